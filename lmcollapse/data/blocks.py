@@ -1,0 +1,75 @@
+"""Tokenising human text into fixed-size blocks, each with its provenance."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from lmcollapse.config import ConfigError, DataConfig
+
+Row = dict[str, Any]
+
+
+@dataclass
+class HumanData:
+    """Tokenised human splits.
+
+    ``records[split]`` holds one token list per text record (kept for per-text scoring);
+    ``train`` and ``validation`` are rows of ``block_tokens`` tokens cut from the
+    concatenated split, and ``test_stream`` is the whole test split as one token list.
+    """
+
+    records: dict[str, list[list[int]]]
+    texts: dict[str, list[str]]
+    train: list[Row]
+    validation: list[Row]
+    test_stream: list[int]
+
+
+def _terminated(record: str) -> str:
+    return record if record.endswith("\n") else record + "\n"
+
+
+def tokenize_records(tokenizer: Any, records: list[str], batch: int = 1000) -> list[list[int]]:
+    """Token ids of each record (newline-terminated), without special tokens."""
+    out: list[list[int]] = []
+    for i in range(0, len(records), batch):
+        chunk = [_terminated(r) for r in records[i:i + batch]]
+        out += tokenizer(chunk, add_special_tokens=False)["input_ids"]
+    return out
+
+
+def human_rows(ids: list[int], block_tokens: int, split: str,
+               limit: int | None = None) -> list[Row]:
+    """Cut a token stream into full blocks (the remainder is dropped)."""
+    n = len(ids) // block_tokens
+    if limit is not None:
+        n = min(n, limit)
+    return [{"sample_id": f"human:{split}:{i}", "origin": "human", "generation": -1,
+             "prompt_id": -1, "input_ids": ids[i * block_tokens:(i + 1) * block_tokens]}
+            for i in range(n)]
+
+
+def prepare_human_data(tokenizer: Any, texts: dict[str, list[str]], cfg: DataConfig,
+                       min_train_blocks: int = 2) -> HumanData:
+    """Tokenise the three splits and cut train/validation into blocks; refuse tiny data."""
+    for split, recs in texts.items():
+        if not any(r.strip() for r in recs):
+            raise ConfigError(f"data: the {split} split is empty (every record is blank)")
+    records = {split: tokenize_records(tokenizer, recs) for split, recs in texts.items()}
+    streams = {split: [t for rec in recs for t in rec] for split, recs in records.items()}
+    train = human_rows(streams["train"], cfg.block_tokens, "train", cfg.max_train_blocks)
+    validation = human_rows(streams["validation"], cfg.block_tokens, "validation",
+                            cfg.max_validation_blocks)
+    if len(train) < min_train_blocks:
+        raise ConfigError(
+            f"data: the train split gives {len(train)} blocks of data.block_tokens="
+            f"{cfg.block_tokens} tokens ({len(streams['train'])} tokens); need at least "
+            f"{min_train_blocks}. Use more text or a smaller data.block_tokens.")
+    if not validation:
+        raise ConfigError(f"data: the validation split has {len(streams['validation'])} tokens, "
+                          f"fewer than one block of data.block_tokens={cfg.block_tokens}")
+    if len(streams["test"]) < 2:
+        raise ConfigError("data: the test split has fewer than 2 tokens")
+    return HumanData(records=records, texts=texts, train=train, validation=validation,
+                     test_stream=streams["test"])

@@ -1,0 +1,63 @@
+"""Prompted continuation: each human training block's first tokens are continued by the model.
+
+Prompts are split across processes and the continuations gathered back in prompt order, so
+the corpus is the same whatever the process count's sharding (sampling draws are seeded per
+batch from its first prompt id).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import gather_object
+from tqdm.auto import tqdm
+from transformers import GenerationConfig
+
+from lmcollapse.config import GenerateConfig
+
+Row = dict[str, Any]
+
+
+def generation_config(gcfg: GenerateConfig, tokenizer: Any) -> GenerationConfig:
+    """Decoding settings; ``min_new_tokens == max_new_tokens`` forces the length."""
+    common = dict(max_new_tokens=gcfg.new_tokens, min_new_tokens=gcfg.new_tokens,
+                  repetition_penalty=gcfg.repetition_penalty,
+                  pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    if gcfg.strategy == "beam":
+        return GenerationConfig(num_beams=gcfg.num_beams, do_sample=False,
+                                early_stopping=True, **common)
+    if gcfg.strategy == "greedy":
+        return GenerationConfig(num_beams=1, do_sample=False, **common)
+    return GenerationConfig(do_sample=True, num_beams=1, temperature=gcfg.temperature,
+                            top_p=gcfg.top_p, top_k=gcfg.top_k or None, **common)
+
+
+@torch.no_grad()
+def generate_corpus(accelerator: Accelerator, model: torch.nn.Module, tokenizer: Any,
+                    prompts: list[Row], gcfg: GenerateConfig, seed: int, generation: int,
+                    desc: str = "generate") -> list[Row]:
+    """Continue every prompt row; return corpus rows with provenance, in prompt order."""
+    model.eval()
+    model.to(accelerator.device)
+    config = generation_config(gcfg, tokenizer)
+    order = list(range(len(prompts)))
+    written: list[tuple[int, list[int]]] = []
+    with accelerator.split_between_processes(order) as mine:
+        batches = [mine[i:i + gcfg.batch_size] for i in range(0, len(mine), gcfg.batch_size)]
+        for batch in tqdm(batches, desc=desc, disable=not accelerator.is_local_main_process,
+                          leave=False):
+            torch.manual_seed(seed * 1_000_003 + batch[0])
+            ids = torch.tensor([prompts[i]["input_ids"][: gcfg.prompt_tokens] for i in batch],
+                               device=accelerator.device)
+            with accelerator.autocast():
+                out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
+                                     generation_config=config)
+            start = 0 if gcfg.keep_prompt else ids.shape[1]
+            written += [(i, out[j, start:].tolist()) for j, i in enumerate(batch)]
+    written = sorted(gather_object(written))
+    origin = f"gen_{generation}"
+    return [{"sample_id": f"{origin}:{i}", "origin": origin, "generation": generation,
+             "prompt_id": i, "input_ids": ids,
+             "text": tokenizer.decode(ids, skip_special_tokens=False)} for i, ids in written]

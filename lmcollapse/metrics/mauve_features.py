@@ -1,0 +1,158 @@
+"""Feature extraction for MAUVE and a multi-seed wrapper around ``mauve.compute_mauve``."""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Sequence
+from typing import Any
+
+import mauve
+import numpy as np
+import torch
+
+TokenSeqs = Sequence[Sequence[int]]
+
+
+def _model_device(model: torch.nn.Module) -> torch.device:
+    """Returns the device of the model's first parameter (CPU if it has none)."""
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
+def _pad_batch(batch: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pads a batch of token lists; returns ``(input_ids, attention_mask)``."""
+    width = max(len(s) for s in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for row, seq in enumerate(batch):
+        ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+        mask[row, : len(seq)] = 1
+    return ids, mask
+
+
+def _last_token_states(
+    model: torch.nn.Module, batch: list[list[int]], pad_id: int, device: torch.device
+) -> torch.Tensor:
+    """Final-layer hidden state at each sequence's last real token, shape [b, hidden]."""
+    ids, mask = _pad_batch(batch, pad_id)
+    out = model(
+        input_ids=ids.to(device),
+        attention_mask=mask.to(device),
+        output_hidden_states=True,
+        use_cache=False,
+    )
+    last = out.hidden_states[-1]
+    pos = torch.tensor([len(s) - 1 for s in batch], device=last.device)
+    return last[torch.arange(len(batch), device=last.device), pos]
+
+
+def terminal_hidden_states(
+    model: torch.nn.Module,
+    seqs: TokenSeqs,
+    batch_size: int = 32,
+    device: torch.device | str | None = None,
+    pad_id: int = 0,
+) -> np.ndarray:
+    """Embeds sequences by the causal LM's final hidden state at their last real token.
+
+    Sequences are batched in length order (less padding), right-padded with ``pad_id``
+    and masked; results are returned in input order. The model is put in eval mode for
+    the call and its previous train/eval mode is restored afterwards.
+
+    Args:
+        model: A Hugging Face causal LM accepting ``output_hidden_states=True``.
+        seqs: Non-empty token-id sequences.
+        batch_size: Sequences per forward pass.
+        device: Device for the inputs; defaults to the device of the model's parameters.
+        pad_id: Id used for padding (masked out, so its value does not matter).
+
+    Returns:
+        float32 array of shape ``[len(seqs), hidden_size]``.
+
+    Raises:
+        ValueError: If any sequence is empty or ``batch_size < 1``.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    toks = [np.asarray(s, dtype=np.int64).reshape(-1).tolist() for s in seqs]
+    if any(len(t) == 0 for t in toks):
+        raise ValueError("terminal_hidden_states needs non-empty sequences")
+    if not toks:
+        return np.zeros((0, model.config.hidden_size), dtype=np.float32)
+    device = torch.device(device) if device is not None else _model_device(model)
+    order = sorted(range(len(toks)), key=lambda i: len(toks[i]))
+    result: np.ndarray | None = None
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for start in range(0, len(order), batch_size):
+                idx = order[start : start + batch_size]
+                states = _last_token_states(model, [toks[i] for i in idx], pad_id, device)
+                states = states.float().cpu().numpy()
+                if result is None:
+                    result = np.empty((len(toks), states.shape[1]), dtype=np.float32)
+                result[idx] = states
+    finally:
+        model.train(was_training)
+    return result
+
+
+def mauve_score(
+    p_features: np.ndarray,
+    q_features: np.ndarray,
+    num_buckets: int | str,
+    seeds: Sequence[int],
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """Runs ``mauve.compute_mauve`` on precomputed features once per k-means seed.
+
+    Note that ``compute_mauve`` L2-normalises features before PCA and k-means, so only
+    feature directions matter. ``num_buckets='auto'`` resolves to
+    ``max(2, round(min(n_p, n_q) / 10))``.
+
+    Args:
+        p_features: Array ``[n_p, d]`` (e.g. human text features).
+        q_features: Array ``[n_q, d]`` (e.g. model text features).
+        num_buckets: k-means cluster count, or ``'auto'``. NumPy integers are accepted
+            (converted to ``int``; ``compute_mauve`` itself rejects them).
+        seeds: k-means seeds; one MAUVE run per seed.
+        **kwargs: Further ``compute_mauve`` keyword arguments (e.g. ``kmeans_num_redo``,
+            ``mauve_scaling_factor``). Must not repeat the ones set here.
+
+    Returns:
+        Dict with ``mauve`` (mean over seeds), ``mauve_std`` (population std, ddof=0),
+        ``mauve_runs`` (list of floats, one per seed), ``num_buckets`` (the resolved
+        integer actually used), ``n_p`` and ``n_q``.
+
+    Raises:
+        ValueError: If ``seeds`` is empty or ``num_buckets`` is neither int nor ``'auto'``.
+    """
+    if len(seeds) == 0:
+        raise ValueError("seeds must be non-empty")
+    if isinstance(num_buckets, numbers.Integral) and not isinstance(num_buckets, bool):
+        num_buckets = int(num_buckets)
+    elif num_buckets != "auto":
+        raise ValueError(f"num_buckets must be an int or 'auto', got {num_buckets!r}")
+    p = np.asarray(p_features)
+    q = np.asarray(q_features)
+    outs = [
+        mauve.compute_mauve(
+            p_features=p,
+            q_features=q,
+            num_buckets=num_buckets,
+            seed=int(s),
+            verbose=False,
+            **kwargs,
+        )
+        for s in seeds
+    ]
+    runs = [float(o.mauve) for o in outs]
+    return {
+        "mauve": float(np.mean(runs)),
+        "mauve_std": float(np.std(runs, ddof=0)),
+        "mauve_runs": runs,
+        "num_buckets": int(outs[0].num_buckets),
+        "n_p": int(p.shape[0]),
+        "n_q": int(q.shape[0]),
+    }

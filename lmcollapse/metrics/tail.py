@@ -1,0 +1,210 @@
+"""Tail-of-distribution metrics: does a (synthetic) corpus keep rare human token types?
+
+Token types are split into a *head* (the most frequent types covering ``head_mass`` of the
+human training tokens) and a *tail* (every other type seen in human text). The metrics
+compare how much tail mass and how many tail types survive in a corpus.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+TokenSeqs = Sequence[Sequence[int]]
+
+# Below this many distinct ids above the token count, np.bincount is used (O(N + V)).
+_BINCOUNT_SLACK = 1 << 20
+
+
+def _concat(seqs: TokenSeqs) -> np.ndarray:
+    """Concatenates all sequences into one int64 array."""
+    parts = [np.asarray(s, dtype=np.int64).reshape(-1) for s in seqs]
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+
+def token_counts(seqs: TokenSeqs) -> Counter:
+    """Counts unigram token types over a corpus.
+
+    Uses ``np.bincount`` for compact non-negative ids (linear time) and ``np.unique``
+    otherwise.
+
+    Args:
+        seqs: The corpus as token-id sequences.
+
+    Returns:
+        A ``collections.Counter`` mapping Python-int token ids to Python-int counts;
+        only types that occur are present.
+    """
+    flat = _concat(seqs)
+    if flat.size == 0:
+        return Counter()
+    lo, hi = int(flat.min()), int(flat.max())
+    if lo >= 0 and hi < flat.size + _BINCOUNT_SLACK:
+        counts = np.bincount(flat)
+        ids = np.flatnonzero(counts)
+        return Counter(dict(zip(ids.tolist(), counts[ids].tolist(), strict=True)))
+    ids, cnts = np.unique(flat, return_counts=True)
+    return Counter(dict(zip(ids.tolist(), cnts.tolist(), strict=True)))
+
+
+def head_tail_split(
+    human_counts: Mapping[int, int], head_mass: float = 0.9
+) -> tuple[set[int], set[int]]:
+    """Splits human token types into head and tail.
+
+    Types are sorted by descending count, ties broken by ascending token id. The head is
+    the shortest prefix whose cumulative count is ``>= head_mass`` of the total; the tail
+    is every remaining type with a positive count.
+
+    Args:
+        human_counts: Token-type counts of the human training pool (see
+            :func:`token_counts`).
+        head_mass: Fraction of human token mass the head must cover, in ``(0, 1]``.
+
+    Returns:
+        ``(head, tail)`` as disjoint sets of token ids.
+
+    Raises:
+        ValueError: If ``head_mass`` is outside ``(0, 1]``.
+    """
+    if not 0.0 < head_mass <= 1.0:
+        raise ValueError(f"head_mass must be in (0, 1], got {head_mass}")
+    items = sorted(((t, c) for t, c in human_counts.items() if c > 0), key=lambda x: (-x[1], x[0]))
+    total = sum(c for _, c in items)
+    cum = 0
+    n_head = len(items)
+    for i, (_, c) in enumerate(items):
+        cum += c
+        if cum / total >= head_mass:
+            n_head = i + 1
+            break
+    return {t for t, _ in items[:n_head]}, {t for t, _ in items[n_head:]}
+
+
+def _mass_frac(counts: Mapping[int, int], types: set[int]) -> float:
+    """Fraction of all tokens in ``counts`` whose type is in ``types`` (NaN if empty)."""
+    total = sum(counts.values())
+    if total == 0:
+        return math.nan
+    return sum(counts.get(t, 0) for t in types) / total
+
+
+def _type_frac(counts: Mapping[int, int], types: set[int]) -> float:
+    """Fraction of ``types`` that occur in ``counts`` (NaN if ``types`` is empty)."""
+    if not types:
+        return math.nan
+    return sum(1 for t in types if counts.get(t, 0) > 0) / len(types)
+
+
+def _ratio(num: float, den: float) -> float:
+    """``num / den``, NaN when the denominator is zero or either side is NaN."""
+    if math.isnan(num) or math.isnan(den) or den == 0:
+        return math.nan
+    return num / den
+
+
+def smoothed_kl(p_counts: Mapping[int, int], q_counts: Mapping[int, int], epsilon: float) -> float:
+    """KL(P || Q) in nats with add-epsilon smoothing on the union vocabulary.
+
+    Both P and Q are ``(count + epsilon) / sum`` over every type in the union of the two
+    count tables.
+
+    Args:
+        p_counts: Counts defining P.
+        q_counts: Counts defining Q.
+        epsilon: Pseudo-count added to every type in the union (> 0).
+
+    Returns:
+        The KL divergence in nats (NaN if both tables are empty).
+    """
+    vocab = sorted(set(p_counts) | set(q_counts))
+    if not vocab:
+        return math.nan
+    p = np.array([p_counts.get(t, 0) for t in vocab], dtype=np.float64) + epsilon
+    q = np.array([q_counts.get(t, 0) for t in vocab], dtype=np.float64) + epsilon
+    p /= p.sum()
+    q /= q.sum()
+    return float(np.sum(p * np.log(p / q)))
+
+
+def tail_metrics(
+    human_train_seqs: TokenSeqs,
+    corpus_seqs: TokenSeqs,
+    human_sample_seqs: TokenSeqs,
+    head_mass: float = 0.9,
+    epsilon: float = 1e-6,
+) -> dict[str, float]:
+    """Measures loss of the human tail in a corpus.
+
+    Args:
+        human_train_seqs: Human training pool; defines head/tail and P for the KL.
+        corpus_seqs: Corpus under evaluation (e.g. model generations).
+        human_sample_seqs: Human sample the caller sized to the corpus's token count
+            (see :func:`equal_size_sample`), the reference for tail-type survival.
+        head_mass: Human token mass covered by the head.
+        epsilon: Add-epsilon pseudo-count for the KL.
+
+    Returns:
+        Dict with ``tail_mass_ratio``, ``tail_mass_corpus_frac``, ``tail_mass_human_frac``,
+        ``tail_type_survival``, ``tail_types_in_corpus_frac``,
+        ``tail_types_in_human_sample_frac``, ``kl_human_corpus`` (nats),
+        ``vanished_types``, ``tail_vanished_types``, ``n_tail_types``, ``n_head_types``
+        and ``head_mass``. Ratios with a zero or undefined denominator are NaN.
+    """
+    human = token_counts(human_train_seqs)
+    corpus = token_counts(corpus_seqs)
+    sample = token_counts(human_sample_seqs)
+    head, tail = head_tail_split(human, head_mass)
+    mass_corpus, mass_human = _mass_frac(corpus, tail), _mass_frac(human, tail)
+    types_corpus, types_sample = _type_frac(corpus, tail), _type_frac(sample, tail)
+    return {
+        "tail_mass_ratio": _ratio(mass_corpus, mass_human),
+        "tail_mass_corpus_frac": mass_corpus,
+        "tail_mass_human_frac": mass_human,
+        "tail_type_survival": _ratio(types_corpus, types_sample),
+        "tail_types_in_corpus_frac": types_corpus,
+        "tail_types_in_human_sample_frac": types_sample,
+        "kl_human_corpus": smoothed_kl(human, corpus, epsilon),
+        "vanished_types": sum(1 for t in human if corpus.get(t, 0) == 0),
+        "tail_vanished_types": sum(1 for t in tail if corpus.get(t, 0) == 0),
+        "n_tail_types": len(tail),
+        "n_head_types": len(head),
+        "head_mass": head_mass,
+    }
+
+
+def equal_size_sample(seqs: TokenSeqs, n_tokens: int, seed: int) -> list[list[int]]:
+    """Samples whole sequences in random order until exactly ``n_tokens`` tokens are taken.
+
+    Sequences are visited in ``numpy.random.default_rng(seed).permutation`` order; the
+    shortest prefix reaching ``>= n_tokens`` tokens is kept and its last sequence is
+    truncated so the total is exactly ``n_tokens``.
+
+    Args:
+        seqs: Pool of sequences to sample from.
+        n_tokens: Target total token count (>= 0).
+        seed: Seed for the permutation.
+
+    Returns:
+        The sampled sequences (lists of Python ints) in sampled order.
+
+    Raises:
+        ValueError: If ``n_tokens`` is negative or the pool holds fewer than ``n_tokens``
+            tokens (an equal-size comparison would be impossible).
+    """
+    if n_tokens < 0:
+        raise ValueError(f"n_tokens must be non-negative, got {n_tokens}")
+    out: list[list[int]] = []
+    taken = 0
+    for i in np.random.default_rng(seed).permutation(len(seqs)).tolist():
+        if taken >= n_tokens:
+            return out
+        seq = np.asarray(seqs[i]).reshape(-1)[: n_tokens - taken].tolist()
+        out.append(seq)
+        taken += len(seq)
+    if taken < n_tokens:
+        raise ValueError(f"pool has {taken} tokens, fewer than n_tokens={n_tokens}")
+    return out

@@ -1,0 +1,48 @@
+"""Token log-likelihoods under a causal LM: the one scorer that validation loss, held-out
+perplexity and reference scoring all share."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+
+def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad ``seqs`` into ``(input_ids, attention_mask)``."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.as_tensor(list(s), dtype=torch.long)
+        mask[i, : len(s)] = 1
+    return ids, mask
+
+
+@torch.no_grad()
+def masked_nll(model: torch.nn.Module, seqs: Sequence[Sequence[int]], score_from: Sequence[int],
+               pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sum of -log p(x_t | x_<t) over positions ``t >= max(1, score_from[i])`` of each sequence.
+
+    Args:
+        model: a causal LM (``model(input_ids, attention_mask).logits``).
+        seqs: token sequences, scored in one right-padded batch.
+        score_from: per sequence, the first position whose token is scored; earlier tokens are
+            context only (the sliding-window rule of the transformers perplexity guide).
+        pad_id: the padding id (never scored).
+
+    Returns:
+        ``(nll, count)``: float64 tensors of shape ``[len(seqs)]`` on the model's device.
+    """
+    device = next(model.parameters()).device
+    ids, mask = pad_batch(seqs, pad_id)
+    ids, mask = ids.to(device), mask.to(device)
+    logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+    targets = ids[:, 1:]
+    nll = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
+    positions = torch.arange(1, ids.shape[1], device=device)
+    start = torch.as_tensor([max(1, s) for s in score_from], device=device)
+    keep = (positions[None, :] >= start[:, None]) & mask[:, 1:].bool()
+    nll = (nll.double() * keep).sum(dim=1)
+    return nll, keep.sum(dim=1).double()

@@ -1,0 +1,138 @@
+"""The accelerate training loop for one generation (shape of transformers' run_clm_no_trainer)."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import get_scheduler
+
+from lmcollapse.config import TrainConfig
+from lmcollapse.scoring import masked_nll, pad_batch
+
+log = logging.getLogger(__name__)
+Row = dict[str, Any]
+
+
+class _Collate:
+    def __init__(self, pad_id: int) -> None:
+        self.pad_id = pad_id
+
+    def __call__(self, seqs: list[list[int]]) -> dict[str, torch.Tensor]:
+        ids, mask = pad_batch(seqs, self.pad_id)
+        labels = ids.masked_fill(mask == 0, -100)
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def planned_steps(tcfg: TrainConfig, steps_per_epoch: int, tokens_per_step: float) -> int:
+    """Optimizer steps: a fixed budget (steps or tokens) if set, else epochs x one pass."""
+    if tcfg.budget_steps is not None:
+        return tcfg.budget_steps
+    if tcfg.budget_tokens is not None:
+        return max(1, math.ceil(tcfg.budget_tokens / tokens_per_step))
+    return tcfg.epochs * steps_per_epoch
+
+
+@torch.no_grad()
+def evaluate(accelerator: Accelerator, model: torch.nn.Module, loader: DataLoader,
+             pad_id: int) -> float:
+    """Token-weighted mean NLL on ``loader`` (sharded across processes, gathered)."""
+    model.eval()
+    nll_sum, count_sum = 0.0, 0.0
+    for seqs in loader:
+        nll, count = masked_nll(model, seqs, [1] * len(seqs), pad_id)
+        # gather_for_metrics drops the samples accelerate repeats to even out the last batch
+        nll, count = accelerator.gather_for_metrics((nll, count))
+        nll_sum, count_sum = nll_sum + nll.sum().item(), count_sum + count.sum().item()
+    model.train()
+    return nll_sum / count_sum
+
+
+def train_generation(accelerator: Accelerator, model: torch.nn.Module, pad_id: int,
+                     rows: list[Row], validation: list[Row], tcfg: TrainConfig, seed: int,
+                     desc: str = "train") -> tuple[torch.nn.Module, list[dict[str, Any]]]:
+    """Fine-tune ``model`` on ``rows``, evaluating on human validation after each pass.
+
+    Returns the best model by validation loss (``select_best``) or the last one, unwrapped
+    and on the CPU-or-device it was trained on, plus the training log records.
+    """
+    # --- data
+    gen = torch.Generator().manual_seed(seed)
+    collate = _Collate(pad_id)
+    train_seqs = [r["input_ids"] for r in rows]
+    loader = DataLoader(train_seqs, batch_size=tcfg.batch_size, shuffle=True, generator=gen,
+                        collate_fn=collate)
+    val_loader = DataLoader([r["input_ids"] for r in validation],
+                            batch_size=tcfg.eval_batch_size, shuffle=False, collate_fn=list)
+    # --- optimizer and schedule
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": tcfg.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=tcfg.lr)
+    model, optimizer, loader, val_loader = accelerator.prepare(model, optimizer, loader, val_loader)
+    steps_per_epoch = math.ceil(len(loader) / tcfg.grad_accum)
+    mean_len = sum(len(s) for s in train_seqs) / max(1, len(train_seqs))
+    tokens_per_step = tcfg.batch_size * tcfg.grad_accum * accelerator.num_processes * mean_len
+    total = planned_steps(tcfg, steps_per_epoch, tokens_per_step)
+    scheduler = get_scheduler(tcfg.scheduler, optimizer,
+                              num_warmup_steps=int(tcfg.warmup_ratio * total)
+                              * accelerator.num_processes,
+                              num_training_steps=total * accelerator.num_processes)
+    scheduler = accelerator.prepare(scheduler)
+    eval_every = min(steps_per_epoch, total)
+    # --- loop
+    records: list[dict[str, Any]] = []
+    best_loss, best_state, step, epoch, start = math.inf, None, 0, 0, time.time()
+    running, seen = 0.0, 0
+    bar = tqdm(total=total, desc=desc, disable=not accelerator.is_local_main_process,
+               leave=False)
+    model.train()
+    while step < total:
+        if hasattr(loader, "set_epoch"):
+            loader.set_epoch(epoch)
+        for batch in loader:
+            with accelerator.accumulate(model):
+                loss = model(**batch).loss
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and tcfg.max_grad_norm:
+                    accelerator.clip_grad_norm_(model.parameters(), tcfg.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+            running += loss.item()
+            seen += 1
+            if not accelerator.sync_gradients:
+                continue
+            step += 1
+            bar.update(1)
+            if step % eval_every == 0 or step == total:
+                val_loss = evaluate(accelerator, model, val_loader, pad_id)
+                rec = {"step": step, "epoch": epoch, "train_loss": running / seen,
+                       "val_loss": val_loss, "val_ppl": math.exp(val_loss),
+                       "lr": scheduler.get_last_lr()[0], "elapsed_s": time.time() - start}
+                records.append(rec)
+                bar.set_postfix(train=f"{rec['train_loss']:.3f}", val=f"{val_loss:.3f}")
+                running, seen = 0.0, 0
+                if val_loss < best_loss:
+                    best_loss = val_loss
+                    best_state = {k: v.detach().to("cpu", copy=True)
+                                  for k, v in accelerator.unwrap_model(model).state_dict().items()}
+            if step >= total:
+                break
+        epoch += 1
+    bar.close()
+    model = accelerator.unwrap_model(model)
+    if tcfg.select_best and best_state is not None:
+        model.load_state_dict(best_state)
+    for rec in records:
+        rec["selected"] = rec["val_loss"] == best_loss if tcfg.select_best else False
+    if not tcfg.select_best and records:
+        records[-1]["selected"] = True
+    accelerator.free_memory()
+    return model, records

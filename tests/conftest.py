@@ -1,0 +1,55 @@
+"""Shared fixtures: a tiny tokenizer and model built in-process, and a tiny experiment config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from lmcollapse.config import ScratchModelConfig, load_config
+from lmcollapse.data.synthetic import MarkovSource
+from lmcollapse.models import scratch_config, train_tokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICKSTART = ROOT / "configs" / "quickstart.yaml"
+
+#: the quickstart shrunk to seconds: same code paths, smaller everything
+TINY = [
+    "generations=2", "data.synthetic.train_docs=120", "data.synthetic.validation_docs=20",
+    "data.synthetic.test_docs=20", "data.synthetic.vocab_size=60", "data.synthetic.branching=6",
+    "model.scratch.vocab_size=200", "model.scratch.hidden_size=32",
+    "model.scratch.intermediate_size=64", "train.epochs=1", "train.batch_size=16",
+    "generate.new_tokens=16", "generate.batch_size=64", "log_level=WARNING",
+]
+
+
+def tiny_config(run_root: Path, *extra: str):
+    return load_config(QUICKSTART, [*TINY, f"output_dir={run_root}", *extra])
+
+
+@pytest.fixture(scope="session")
+def texts() -> list[str]:
+    return MarkovSource(vocab_size=80, branching=6, seed=3).sample_documents(200, 4, seed=1)
+
+
+@pytest.fixture(scope="session")
+def tokenizer(texts):
+    return train_tokenizer(texts, vocab_size=160)
+
+
+@pytest.fixture()
+def tiny_model(tokenizer):
+    torch.manual_seed(0)
+    from transformers import AutoModelForCausalLM
+
+    cfg = ScratchModelConfig(hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64,
+                             max_position_embeddings=128)
+    return AutoModelForCausalLM.from_config(scratch_config(cfg, tokenizer))
+
+
+@pytest.fixture(scope="session")
+def accelerator():
+    from accelerate import Accelerator
+
+    return Accelerator(cpu=True)

@@ -1,0 +1,150 @@
+"""End to end: the run directory, determinism, resume after a failure or a kill, refusals."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from conftest import ROOT, TINY, tiny_config
+
+from lmcollapse.config import ConfigError
+from lmcollapse.loop import Experiment, StepError
+
+POLICIES = ["replace", "mix-0.1", "accumulate"]
+
+
+def _gen_dirs(run: Path) -> list[Path]:
+    seed = run / "seed_0"
+    return [seed / "gen_00"] + [seed / p / f"gen_{k:02d}" for p in POLICIES for k in (1, 2)]
+
+
+def _results(run: Path) -> dict[str, object]:
+    """Everything a run measured or wrote, minus timings."""
+    out = {}
+    for d in _gen_dirs(run):
+        key = str(d.relative_to(run))
+        out[key + "/values"] = json.loads((d / "metrics.json").read_text())["values"]
+        out[key + "/corpus"] = pq.read_table(d / "corpus.parquet").column("input_ids").to_pylist()
+        out[key + "/mix"] = pq.read_table(d / "mix.parquet").column("sample_id").to_pylist()
+    return out
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("ref")
+    Experiment(tiny_config(root)).run()
+    return root / "quickstart"
+
+
+def test_run_directory_layout(reference_run):
+    run = reference_run
+    exp = json.loads((run / "experiment.json").read_text())
+    assert exp["config"]["generations"] == 2 and exp["policies"] == POLICIES
+    assert "torch" in exp["versions"]
+    for d in _gen_dirs(run):
+        for step in ("train", "generate", "measure"):
+            assert (d / f"{step}.done").exists(), d
+        assert (d / "model" / "config.json").exists()
+        metrics = json.loads((d / "metrics.json").read_text())
+        assert metrics["values"]["perplexity"] > 1
+        assert metrics["meta"]["perplexity"]["higher_is_better"] is False
+        corpus = pq.read_table(d / "corpus.parquet").to_pylist()
+        assert {"sample_id", "origin", "generation", "prompt_id", "input_ids",
+                "text"} <= set(corpus[0])
+        k = int(d.name.split("_")[1])
+        assert {r["origin"] for r in corpus} == {f"gen_{k}"}
+    # the mixes carry provenance and are what each policy claims
+    mix = lambda p, k: pq.read_table(run / "seed_0" / p / f"gen_{k:02d}" / "mix.parquet")  # noqa
+    assert set(mix("replace", 2).column("origin").to_pylist()) == {"gen_1"}
+    origins = mix("accumulate", 2).column("origin").to_pylist()
+    n_human = origins.count("human")
+    assert origins.count("gen_0") == origins.count("gen_1") == n_human
+    mixed = mix("mix-0.1", 1).column("origin").to_pylist()
+    assert mixed.count("human") == round(0.1 * len(mixed))
+    # generation 0 is trained once and shared by every policy
+    assert not (run / "seed_0" / "replace" / "gen_00").exists()
+
+
+def test_same_seed_gives_identical_results(reference_run, tmp_path):
+    Experiment(tiny_config(tmp_path)).run()
+    assert _results(tmp_path / "quickstart") == _results(reference_run)
+
+
+def test_rerun_redoes_nothing(reference_run):
+    exp = Experiment(tiny_config(reference_run.parent))
+    exp.run()
+    assert exp.timings == []
+
+
+def test_failed_step_stops_then_resume_matches(reference_run, tmp_path, monkeypatch):
+    real = Experiment._generate
+
+    def failing(self, seed, spec, k, d):
+        if spec is not None and spec.key == "mix-0.1" and k == 2:
+            raise RuntimeError("injected failure")
+        return real(self, seed, spec, k, d)
+
+    monkeypatch.setattr(Experiment, "_generate", failing)
+    with pytest.raises(StepError, match=r"seed 0, policy mix-0\.1, generation 2, step "
+                                        r"generate failed: RuntimeError: injected failure"):
+        Experiment(tiny_config(tmp_path)).run()
+    failed_dir = tmp_path / "quickstart" / "seed_0" / "mix-0.1" / "gen_02"
+    assert (failed_dir / "train.done").exists() and not (failed_dir / "generate.done").exists()
+    assert not (tmp_path / "quickstart" / "seed_0" / "accumulate" / "gen_02").exists()
+    monkeypatch.setattr(Experiment, "_generate", real)
+    exp = Experiment(tiny_config(tmp_path))
+    exp.run()
+    redone = {(t["where"], t["step"]) for t in exp.timings}
+    assert ("seed 0, policy mix-0.1, generation 2", "generate") in redone
+    assert not any("generation 1" in w for w, _ in redone)
+    assert ("seed 0, policy mix-0.1, generation 2", "train") not in redone
+    assert _results(tmp_path / "quickstart") == _results(reference_run)
+
+
+def test_killed_process_resumes_to_the_same_numbers(reference_run, tmp_path):
+    cmd = [sys.executable, str(ROOT / "scripts" / "run_loop.py"), "--config",
+           str(ROOT / "configs" / "quickstart.yaml"), *TINY, f"output_dir={tmp_path}"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    marker = tmp_path / "quickstart" / "seed_0" / "replace" / "gen_01" / "train.done"
+    deadline = time.time() + 120
+    while not marker.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "quickstart" / "seed_0" / "accumulate" / "gen_02" /
+                "measure.done").exists()
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert _results(tmp_path / "quickstart") == _results(reference_run)
+
+
+def test_changed_config_is_refused_and_nothing_is_touched(reference_run):
+    before = {p: p.stat().st_mtime_ns for p in reference_run.rglob("*") if p.is_file()}
+    with pytest.raises(ConfigError, match=r"train\.lr: 0\.004 -> 0\.001"):
+        Experiment(tiny_config(reference_run.parent, "train.lr=1e-3")).run()
+    after = {p: p.stat().st_mtime_ns for p in reference_run.rglob("*") if p.is_file()}
+    assert after == before
+
+
+def test_prompt_longer_than_context_is_refused_before_work(tmp_path):
+    cfg = tiny_config(tmp_path, "model.scratch.max_position_embeddings=24")
+    with pytest.raises(ConfigError, match="context of 24 tokens"):
+        Experiment(cfg).run()
+    assert not (tmp_path / "quickstart").exists()
+
+
+def test_cli_reports_config_errors_with_exit_code(tmp_path):
+    from lmcollapse.cli import run_main
+
+    assert run_main(["run", "--config", str(ROOT / "configs" / "quickstart.yaml"),
+                     "train.lrr=1", f"output_dir={tmp_path}"]) == 2
+    assert not any(tmp_path.iterdir())
