@@ -142,9 +142,52 @@ class PerplexityConfig:
 
 
 @dataclass
+class ReferenceConfig:
+    """Per-sample perplexity of corpus k under the generation-0 model."""
+
+    batch_size: int = 64
+
+
+@dataclass
+class DiversityConfig:
+    sample_size: int = 2000
+    self_bleu_sample: int = 500
+    seed: int = 0
+
+
+@dataclass
+class TailConfig:
+    head_mass: float = 0.9
+    epsilon: float = 1e-6
+    seed: int = 0
+
+
+@dataclass
+class MauveConfig:
+    """``featurizer``: ``gen0`` (the seed's generation-0 model), a hub id or a local dir."""
+
+    featurizer: str = "gen0"
+    num_samples: int = 1000
+    num_buckets: str = "auto"
+    seeds: list[int] = field(default_factory=lambda: [1, 2, 3])
+    batch_size: int = 32
+    seed: int = 0
+
+
+@dataclass
+class GroundTruthConfig:
+    batch_size: int = 32
+
+
+@dataclass
 class MetricsConfig:
     names: list[str] = field(default_factory=lambda: ["perplexity"])
     perplexity: PerplexityConfig = field(default_factory=PerplexityConfig)
+    reference: ReferenceConfig = field(default_factory=ReferenceConfig)
+    diversity: DiversityConfig = field(default_factory=DiversityConfig)
+    tail: TailConfig = field(default_factory=TailConfig)
+    mauve: MauveConfig = field(default_factory=MauveConfig)
+    ground_truth: GroundTruthConfig = field(default_factory=GroundTruthConfig)
 
 
 @dataclass
@@ -413,6 +456,22 @@ def _validate_sizes(cfg: ExperimentConfig) -> None:
             _positive(getattr(s, name), f"model.scratch.{name}")
         if s.hidden_size % s.num_heads:
             raise ConfigError("model.scratch.hidden_size must be divisible by num_heads")
+    mc = cfg.metrics
+    for where, value in [("reference.batch_size", mc.reference.batch_size),
+                         ("diversity.sample_size", mc.diversity.sample_size),
+                         ("diversity.self_bleu_sample", mc.diversity.self_bleu_sample),
+                         ("mauve.num_samples", mc.mauve.num_samples),
+                         ("mauve.batch_size", mc.mauve.batch_size),
+                         ("ground_truth.batch_size", mc.ground_truth.batch_size)]:
+        _positive(value, f"metrics.{where}")
+    if not 0.0 < mc.tail.head_mass < 1.0:
+        raise ConfigError(f"metrics.tail.head_mass: must be in (0, 1), got {mc.tail.head_mass}")
+    _positive(mc.tail.epsilon, "metrics.tail.epsilon")
+    if mc.mauve.num_buckets != "auto" and not mc.mauve.num_buckets.isdigit():
+        raise ConfigError(f"metrics.mauve.num_buckets: 'auto' or a positive integer, got "
+                          f"{mc.mauve.num_buckets!r}")
+    if not mc.mauve.seeds:
+        raise ConfigError("metrics.mauve.seeds: give at least one k-means seed")
     p = cfg.metrics.perplexity
     _positive(p.max_length, "metrics.perplexity.max_length", allow_none=True)
     _positive(p.stride, "metrics.perplexity.stride", allow_none=True)

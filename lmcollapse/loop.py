@@ -98,6 +98,7 @@ class Experiment:
         self.run_dir = cfg.run_dir
         self.timings: list[dict[str, Any]] = []
         self._model: tuple[Path, torch.nn.Module] | None = None
+        self._ref: tuple[int, torch.nn.Module] | None = None
         self._corpora: dict[Path, list[dict[str, Any]]] = {}
 
     @property
@@ -125,7 +126,7 @@ class Experiment:
         self.source = make_synthetic_source(cfg.data) if cfg.data.source == "synthetic" else None
         self.metrics = [METRICS.get(name)(cfg) for name in cfg.metrics.names]
         for metric in self.metrics:
-            metric.preflight(self._context(None, None, None))
+            metric.preflight(self._context(None, None, None, None))
         # nothing was written so far; from here on the run directory is ours
         if self.main:
             self._write_experiment_json()
@@ -199,10 +200,9 @@ class Experiment:
         self.bar = tqdm(total=per_seed * len(cfg.seeds), desc="steps", unit="step",
                         disable=not self.acc.is_local_main_process)
         for seed in cfg.seeds:
-            seed_dir = self.run_dir / f"seed_{seed}"
-            self._step(seed_dir / "human", "measure", f"seed {seed}, human reference",
-                       lambda s=seed_dir: self._measure_human(s))
             self._generation(seed, None, 0)
+            self._step(self.run_dir / f"seed_{seed}" / "human", "measure",
+                       f"seed {seed}, human reference", lambda s=seed: self._measure_human(s))
             for k in range(1, cfg.generations + 1):
                 for spec in cfg.policies:
                     self._generation(seed, spec, k)
@@ -312,27 +312,39 @@ class Experiment:
             self._corpora[d] = _as_arrays(io.read_rows(d / "corpus.parquet"))
         return self._corpora[d]
 
-    def _context(self, k: int | None, model: Any, corpus: Any) -> MeasureContext:
+    def _context(self, seed: int | None, k: int | None, model: Any, corpus: Any,
+                 out_dir: Path | None = None) -> MeasureContext:
+        seed_dir = self.run_dir / f"seed_{seed}" if seed is not None else None
         return MeasureContext(cfg=self.cfg, accelerator=self.acc, tokenizer=self.tokenizer,
                               human=self.human, generation=k, model=model, corpus=corpus,
-                              source=self.source, extras={"run_dir": self.run_dir,
-                                                          "model_config": self.model_config})
+                              source=self.source, seed=seed, out_dir=out_dir,
+                              seed_dir=seed_dir, reference_model=lambda: self._reference(seed),
+                              extras={"run_dir": self.run_dir, "model_config": self.model_config})
+
+    def _reference(self, seed: int) -> torch.nn.Module:
+        """The seed's generation-0 model, loaded once and kept for reference scoring."""
+        d = self.gen_dir(seed, None, 0)
+        if self._model is not None and self._model[0] == d:
+            return self._model[1]
+        if self._ref is None or self._ref[0] != seed:
+            self._ref = (seed, load_model(d / "model").to(self.acc.device))
+        return self._ref[1]
 
     def _measure(self, seed: int, spec: PolicySpec | None, k: int, d: Path) -> None:
-        ctx = self._context(k, self._load(d), self._corpus(d))
+        ctx = self._context(seed, k, self._load(d), self._corpus(d), out_dir=d)
         result = _collect(self.metrics, lambda m: m.compute(ctx))
         if self.main:
             io.write_json(d / "metrics.json", {"seed": seed, "policy": spec.key if spec else None,
                                                "generation": k, **result})
         self._model = None  # the next step trains a new one
 
-    def _measure_human(self, seed_dir: Path) -> None:
-        ctx = self._context(None, None, None)
+    def _measure_human(self, seed: int) -> None:
+        d = self.run_dir / f"seed_{seed}" / "human"
+        ctx = self._context(seed, None, None, None, out_dir=d)
         result = _collect(self.metrics, lambda m: m.human_reference(ctx))
         if self.main:
-            io.write_json(seed_dir / "human" / "metrics.json",
-                          {"seed": int(seed_dir.name.split("_")[1]), "policy": "human",
-                           "generation": None, **result})
+            io.write_json(d / "metrics.json", {"seed": seed, "policy": "human",
+                                               "generation": None, **result})
 
 
 def _collect(metrics: list[Any], fn) -> dict[str, Any]:

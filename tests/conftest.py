@@ -21,6 +21,8 @@ TINY = [
     "model.scratch.vocab_size=200", "model.scratch.hidden_size=32",
     "model.scratch.intermediate_size=64", "train.epochs=1", "train.batch_size=16",
     "generate.new_tokens=16", "generate.batch_size=64", "log_level=WARNING",
+    "metrics.mauve.num_samples=60", "metrics.diversity.sample_size=100",
+    "metrics.diversity.self_bleu_sample=50",
 ]
 
 

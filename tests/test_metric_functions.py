@@ -239,3 +239,18 @@ def test_terminal_hidden_states_batched_equals_single():
             np.testing.assert_allclose(row, alone.numpy(), atol=1e-5)
     other = terminal_hidden_states(model, seqs, batch_size=2, pad_id=17)
     np.testing.assert_allclose(other, feats, atol=1e-5)
+
+
+@pytest.mark.parametrize("trial", range(6))
+def test_self_bleu_equals_nltk_on_random_corpora(trial: int) -> None:
+    """The one-pass Self-BLEU equals nltk's sentence_bleu called per hypothesis, including
+    empty and very short sequences, repeated n-grams and tied reference lengths."""
+    rng = np.random.default_rng(trial)
+    low = 0 if trial % 2 else 3
+    seqs = [list(map(int, rng.integers(0, 4 + 6 * trial, rng.integers(low, 14))))
+            for _ in range(30)]
+    sample = [list(map(int, s)) for s in fixed_sample(seqs, 24, trial)]
+    expected = np.mean([float(sentence_bleu(sample[:i] + sample[i + 1:], hyp,
+                                            smoothing_function=SmoothingFunction().method1))
+                        for i, hyp in enumerate(sample)])
+    assert self_bleu(seqs, trial, 24) == pytest.approx(expected, rel=1e-12, abs=1e-15)

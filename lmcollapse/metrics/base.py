@@ -3,8 +3,12 @@ and, where it applies, held-out human text (the *human reference* row)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from lmcollapse.registry import Registry
 
@@ -23,7 +27,36 @@ class MeasureContext:
     model: Any = None
     corpus: list[dict[str, Any]] | None = None
     source: Any = None
+    seed: int | None = None
+    #: where this generation's (or the human row's) files live; metrics may cache there
+    out_dir: Path | None = None
+    seed_dir: Path | None = None
+    #: returns the seed's generation-0 model (loaded once)
+    reference_model: Callable[[], Any] | None = None
     extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    def corpus_seqs(self) -> list[Any]:
+        return [r["input_ids"] for r in self.corpus]
+
+    def sample_tokens(self) -> int:
+        """Length of one corpus sample as written (new tokens, plus the prompt if kept)."""
+        g = self.cfg.generate
+        return g.new_tokens + (g.prompt_tokens if g.keep_prompt else 0)
+
+    def human_chunks(self, count: int | None, seed: int) -> list[np.ndarray]:
+        """Up to ``count`` held-out human samples shaped like corpus samples: disjoint
+        ``sample_tokens()``-token chunks of the test text, drawn with ``seed``, in order."""
+        length = self.sample_tokens()
+        stream = np.asarray(self.human.test_stream, dtype=np.int64)
+        n = len(stream) // length
+        pick = np.arange(n)
+        if count is not None and count < n:
+            pick = np.sort(np.random.default_rng(seed).choice(n, size=count, replace=False))
+        return [stream[i * length:(i + 1) * length] for i in pick]
 
 
 class Metric:
@@ -37,8 +70,9 @@ class Metric:
 
     name = ""
     display_name = ""
-    higher_is_better = False
-    directions: dict[str, bool] = {}
+    #: True / False; None where neither direction is better (compare with the human row)
+    higher_is_better: bool | None = False
+    directions: dict[str, bool | None] = {}
 
     def __init__(self, cfg: Any) -> None:
         self.cfg = cfg

@@ -10,13 +10,17 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
-from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu
+from nltk.translate.bleu_score import SmoothingFunction
+
+from lmcollapse.metrics.base import METRICS, MeasureContext, Metric
 
 TokenSeqs = Sequence[Sequence[int]]
 
-BLEU4_WEIGHTS = (0.25, 0.25, 0.25, 0.25)
+#: nltk's smoothing method 1 adds this to zero n-gram match counts
+BLEU_EPSILON = SmoothingFunction().epsilon
 
 
 def fixed_sample(seqs: TokenSeqs, size: int, seed: int) -> list:
@@ -118,9 +122,12 @@ def _entropy_from_counts(counts: Counter) -> float:
 def self_bleu(seqs: TokenSeqs, seed: int, sample_size: int) -> float:
     """Computes Self-BLEU-4 on a fixed sample (higher means less diverse).
 
-    Each sampled sequence is scored with ``nltk`` ``sentence_bleu`` (uniform 4-gram
-    weights, ``SmoothingFunction().method1``) against all *other* sampled sequences
-    as references; the scores are averaged. Cost is quadratic in ``sample_size``.
+    Each sampled sequence is scored as ``nltk``'s ``sentence_bleu`` scores it (uniform
+    4-gram weights, ``SmoothingFunction().method1``) against all *other* sampled sequences
+    as references, and the scores are averaged. Calling nltk once per hypothesis rebuilds
+    every reference's n-gram counts each time (quadratic in ``sample_size`` times length);
+    here each n-gram's two largest counts over the sample are kept, so the clipped count
+    against "all others" is read off in one pass. The tests check equality with nltk.
 
     Args:
         seqs: The corpus.
@@ -128,25 +135,49 @@ def self_bleu(seqs: TokenSeqs, seed: int, sample_size: int) -> float:
         sample_size: Number of sequences to sample.
 
     Returns:
-        The mean BLEU-4, or NaN if fewer than two sequences are sampled (there would be
-        no references; nltk raises on an empty reference list).
+        The mean BLEU-4, or NaN if fewer than two sequences are sampled (no references).
     """
-    sample = [_as_int_list(s) for s in fixed_sample(seqs, sample_size, seed)]
+    sample = [tuple(_as_int_list(s)) for s in fixed_sample(seqs, sample_size, seed)]
     if len(sample) < 2:
         return math.nan
-    smoothing = SmoothingFunction().method1
-    scores = [
-        float(
-            sentence_bleu(
-                sample[:i] + sample[i + 1 :],
-                hyp,
-                weights=BLEU4_WEIGHTS,
-                smoothing_function=smoothing,
-            )
-        )
-        for i, hyp in enumerate(sample)
-    ]
+    counts = [[Counter(zip(*(s[k:] for k in range(n)), strict=False)) for n in range(1, 5)]
+              for s in sample]
+    top: list[dict[tuple, tuple[int, int, int]]] = [{} for _ in range(4)]
+    for i, per_n in enumerate(counts):
+        for table, c in zip(top, per_n, strict=True):
+            for gram, v in c.items():
+                best = table.get(gram)
+                if best is None:
+                    table[gram] = (v, i, 0)
+                elif v > best[0]:
+                    table[gram] = (v, i, best[0])
+                elif v > best[2]:
+                    table[gram] = (best[0], best[1], v)
+    lengths = Counter(len(s) for s in sample)
+    scores = [_bleu4_against_others(i, len(s), counts[i], top, lengths)
+              for i, s in enumerate(sample)]
     return float(np.mean(scores))
+
+
+def _bleu4_against_others(i: int, hyp_len: int, per_n: list[Counter],
+                          top: list[dict[tuple, tuple[int, int, int]]],
+                          lengths: Counter) -> float:
+    """nltk ``sentence_bleu`` (BLEU-4, smoothing method 1) of sample ``i`` vs all others."""
+    precisions = []
+    for c, table in zip(per_n, top, strict=True):
+        num = 0
+        for gram, v in c.items():
+            best, holder, second = table[gram]
+            num += min(v, second if holder == i else best)
+        den = max(1, sum(c.values()))
+        precisions.append((num, den))
+    if precisions[0][0] == 0:
+        return 0.0
+    p = [(num if num else BLEU_EPSILON) / den for num, den in precisions]
+    others = [n for n, k in lengths.items() if n != hyp_len or k > 1]
+    ref_len = min(others, key=lambda r: (abs(r - hyp_len), r))
+    bp = 1.0 if hyp_len > ref_len else (0.0 if hyp_len == 0 else math.exp(1 - ref_len / hyp_len))
+    return bp * math.exp(math.fsum(0.25 * math.log(x) for x in p if x > 0))
 
 
 def diversity_metrics(
@@ -180,3 +211,38 @@ def diversity_metrics(
     out["sample_size"] = len(sample)
     out["self_bleu_sample"] = min(self_bleu_sample, len(seqs))
     return out
+
+
+@METRICS.register("diversity")
+class Diversity(Metric):
+    """distinct-1..4, n-gram entropy 1..4 (bits) and Self-BLEU-4 on fixed-size samples.
+
+    The corpus sample and the human reference sample (held-out test chunks of the corpus
+    samples' length) have the same number of sequences, so the numbers compare."""
+
+    name = "diversity"
+    display_name = "Diversity"
+    higher_is_better = True
+    directions = {"self_bleu": False}
+
+    def _sizes(self, ctx: MeasureContext, n_corpus: int) -> tuple[int, int]:
+        d = ctx.cfg.metrics.diversity
+        available = len(ctx.human.test_stream) // ctx.sample_tokens()
+        return (min(d.sample_size, available, n_corpus),
+                min(d.self_bleu_sample, available, n_corpus))
+
+    def _measure(self, seqs: list, sizes: tuple[int, int], seed: int) -> dict[str, Any]:
+        out = diversity_metrics(seqs, sizes[0], seed, max_n=4, self_bleu_sample=sizes[1])
+        details = {"sample_size": out.pop("sample_size"),
+                   "self_bleu_sample": out.pop("self_bleu_sample"), "seed": seed,
+                   "unit": "model tokens"}
+        return {**out, "_details": {"diversity": details}}
+
+    def compute(self, ctx: MeasureContext) -> dict[str, Any]:
+        seqs = ctx.corpus_seqs()
+        return self._measure(seqs, self._sizes(ctx, len(seqs)), ctx.cfg.metrics.diversity.seed)
+
+    def human_reference(self, ctx: MeasureContext) -> dict[str, Any]:
+        sizes = self._sizes(ctx, len(ctx.human.train))
+        seed = ctx.cfg.metrics.diversity.seed
+        return self._measure(ctx.human_chunks(sizes[0], seed), sizes, seed)

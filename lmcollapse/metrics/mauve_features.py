@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import numbers
+import re
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import mauve
 import numpy as np
 import torch
+
+from lmcollapse.config import ConfigError
+from lmcollapse.metrics.base import METRICS, MeasureContext, Metric
+from lmcollapse.scoring import pad_batch
 
 TokenSeqs = Sequence[Sequence[int]]
 
@@ -19,22 +25,11 @@ def _model_device(model: torch.nn.Module) -> torch.device:
     return param.device if param is not None else torch.device("cpu")
 
 
-def _pad_batch(batch: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pads a batch of token lists; returns ``(input_ids, attention_mask)``."""
-    width = max(len(s) for s in batch)
-    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(batch), width), dtype=torch.long)
-    for row, seq in enumerate(batch):
-        ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-        mask[row, : len(seq)] = 1
-    return ids, mask
-
-
 def _last_token_states(
     model: torch.nn.Module, batch: list[list[int]], pad_id: int, device: torch.device
 ) -> torch.Tensor:
     """Final-layer hidden state at each sequence's last real token, shape [b, hidden]."""
-    ids, mask = _pad_batch(batch, pad_id)
+    ids, mask = pad_batch(batch, pad_id)
     out = model(
         input_ids=ids.to(device),
         attention_mask=mask.to(device),
@@ -156,3 +151,106 @@ def mauve_score(
         "n_p": int(p.shape[0]),
         "n_q": int(q.shape[0]),
     }
+
+
+@METRICS.register("mauve")
+class Mauve(Metric):
+    """MAUVE between held-out human text and corpus k on the harness's own features.
+
+    Features are the featurizer's final hidden state at each sample's last token: the seed's
+    generation-0 model (``featurizer: gen0``, the offline default), or any hub id or local
+    model directory (e.g. ``gpt2-large``, the paper's choice), which re-tokenises the decoded
+    text. Features are cached per generation and featurizer (``features_<name>.npy``).
+    Scores compare only within one featurizer setting; it is written beside the score.
+    """
+
+    name = "mauve"
+    display_name = "MAUVE"
+    higher_is_better = True
+    directions = {"mauve_std": None}
+
+    def __init__(self, cfg: Any) -> None:
+        super().__init__(cfg)
+        self._external: tuple[Any, Any] | None = None
+
+    def preflight(self, ctx: MeasureContext) -> None:
+        if self.cfg.metrics.mauve.featurizer != "gen0":
+            self._load_external()
+
+    def _load_external(self) -> tuple[Any, Any]:
+        if self._external is None:
+            from transformers import AutoTokenizer
+
+            from lmcollapse.models import load_model
+
+            name = self.cfg.metrics.mauve.featurizer
+            try:
+                tok = AutoTokenizer.from_pretrained(name)
+                model = load_model(name)
+            except Exception as err:  # noqa: BLE001  (any load failure means the same here)
+                raise ConfigError(
+                    f"metrics.mauve.featurizer: cannot load {name!r} ({type(err).__name__}: "
+                    f"{str(err)[:200]}). Offline, use 'gen0' or a local model directory."
+                ) from None
+            if tok.pad_token_id is None:
+                tok.pad_token = tok.eos_token
+            self._external = (model, tok)
+        return self._external
+
+    def _features(self, ctx: MeasureContext, seqs: list, cache: Path) -> np.ndarray:
+        m = self.cfg.metrics.mauve
+        if cache.exists():
+            return np.load(cache)
+        if m.featurizer == "gen0":
+            model, pad, feats_in = ctx.reference_model(), ctx.tokenizer.pad_token_id, seqs
+        else:
+            model, tok = self._load_external()
+            model.to(ctx.accelerator.device)
+            texts = ctx.tokenizer.batch_decode([list(map(int, s)) for s in seqs])
+            feats_in = [tok(t, add_special_tokens=False)["input_ids"] or [tok.eos_token_id]
+                        for t in texts]
+            pad = tok.pad_token_id
+        feats = terminal_hidden_states(model, feats_in, batch_size=m.batch_size,
+                                       device=ctx.accelerator.device, pad_id=pad)
+        if ctx.main:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            np.save(cache, feats)
+        return feats
+
+    def _cache_name(self) -> str:
+        slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", self.cfg.metrics.mauve.featurizer).strip("_")
+        return f"features_{slug}.npy"
+
+    def _score(self, ctx: MeasureContext, p_feats: np.ndarray, q_feats: np.ndarray) -> dict:
+        m = self.cfg.metrics.mauve
+        buckets = m.num_buckets if m.num_buckets == "auto" else int(m.num_buckets)
+        out = mauve_score(p_feats, q_feats, buckets, m.seeds)
+        details = {k: out[k] for k in ("mauve_runs", "num_buckets", "n_p", "n_q")}
+        details.update(featurizer=m.featurizer, kmeans_seeds=list(m.seeds))
+        return {"mauve": out["mauve"], "mauve_std": out["mauve_std"],
+                "_details": {"mauve": details}}
+
+    def _human(self, ctx: MeasureContext) -> np.ndarray:
+        m = self.cfg.metrics.mauve
+        chunks = ctx.human_chunks(m.num_samples, m.seed)
+        return self._features(ctx, chunks, ctx.seed_dir / "human" / self._cache_name())
+
+    def compute(self, ctx: MeasureContext) -> dict[str, Any]:
+        m = self.cfg.metrics.mauve
+        from lmcollapse.metrics.diversity import fixed_sample
+
+        q = self._features(ctx, fixed_sample(ctx.corpus_seqs(), m.num_samples, m.seed),
+                           ctx.out_dir / self._cache_name())
+        return self._score(ctx, self._human(ctx), q)
+
+    def human_reference(self, ctx: MeasureContext) -> dict[str, Any]:
+        """MAUVE of held-out human text against human training text: the ceiling."""
+        from lmcollapse.metrics.diversity import fixed_sample
+
+        m = self.cfg.metrics.mauve
+        length = ctx.sample_tokens()
+        train = [r["input_ids"][:length] for r in ctx.human.train]
+        q = self._features(ctx, fixed_sample(train, m.num_samples, m.seed),
+                           ctx.out_dir / ("train_" + self._cache_name()))
+        return self._score(ctx, self._human(ctx), q)
+

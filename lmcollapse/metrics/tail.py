@@ -10,8 +10,11 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
+
+from lmcollapse.metrics.base import METRICS, MeasureContext, Metric
 
 TokenSeqs = Sequence[Sequence[int]]
 
@@ -136,6 +139,7 @@ def tail_metrics(
     human_sample_seqs: TokenSeqs,
     head_mass: float = 0.9,
     epsilon: float = 1e-6,
+    corpus_sample_seqs: TokenSeqs | None = None,
 ) -> dict[str, float]:
     """Measures loss of the human tail in a corpus.
 
@@ -146,6 +150,8 @@ def tail_metrics(
             (see :func:`equal_size_sample`), the reference for tail-type survival.
         head_mass: Human token mass covered by the head.
         epsilon: Add-epsilon pseudo-count for the KL.
+        corpus_sample_seqs: A sample of the corpus with the same token count as
+            ``human_sample_seqs``, for the survival numerator (default: the whole corpus).
 
     Returns:
         Dict with ``tail_mass_ratio``, ``tail_mass_corpus_frac``, ``tail_mass_human_frac``,
@@ -159,7 +165,8 @@ def tail_metrics(
     sample = token_counts(human_sample_seqs)
     head, tail = head_tail_split(human, head_mass)
     mass_corpus, mass_human = _mass_frac(corpus, tail), _mass_frac(human, tail)
-    types_corpus, types_sample = _type_frac(corpus, tail), _type_frac(sample, tail)
+    survivors = corpus if corpus_sample_seqs is None else token_counts(corpus_sample_seqs)
+    types_corpus, types_sample = _type_frac(survivors, tail), _type_frac(sample, tail)
     return {
         "tail_mass_ratio": _ratio(mass_corpus, mass_human),
         "tail_mass_corpus_frac": mass_corpus,
@@ -208,3 +215,38 @@ def equal_size_sample(seqs: TokenSeqs, n_tokens: int, seed: int) -> list[list[in
     if taken < n_tokens:
         raise ValueError(f"pool has {taken} tokens, fewer than n_tokens={n_tokens}")
     return out
+
+
+@METRICS.register("tail")
+class TailLoss(Metric):
+    """Tail-token loss against the human train pool (DESIGN.md, "tail-token loss").
+
+    Mass ratio, KL and vanished types use the whole corpus; type survival compares an
+    equal-token sample of the corpus with an equal-token sample of held-out human text, so
+    corpus size cannot fake a loss. The human row measures held-out test text the same way.
+    """
+
+    name = "tail"
+    display_name = "Tail tokens"
+    higher_is_better = True
+    directions = {"kl_human_corpus": False, "vanished_types": False,
+                  "tail_vanished_types": False, "tail_mass_corpus_frac": True}
+
+    def _measure(self, ctx: MeasureContext, seqs: list) -> dict[str, Any]:
+        t = ctx.cfg.metrics.tail
+        test = ctx.human_chunks(None, t.seed)
+        n = min(sum(len(s) for s in seqs), sum(len(s) for s in test))
+        out = tail_metrics([r["input_ids"] for r in ctx.human.train], seqs,
+                           equal_size_sample(test, n, t.seed), t.head_mass, t.epsilon,
+                           corpus_sample_seqs=equal_size_sample(seqs, n, t.seed + 1))
+        keep = ("tail_mass_ratio", "tail_type_survival", "kl_human_corpus", "vanished_types",
+                "tail_vanished_types", "tail_mass_corpus_frac")
+        details = {k: v for k, v in out.items() if k not in keep}
+        details.update(survival_sample_tokens=n, seed=t.seed)
+        return {**{k: out[k] for k in keep}, "_details": {"tail": details}}
+
+    def compute(self, ctx: MeasureContext) -> dict[str, Any]:
+        return self._measure(ctx, ctx.corpus_seqs())
+
+    def human_reference(self, ctx: MeasureContext) -> dict[str, Any]:
+        return self._measure(ctx, ctx.human_chunks(None, ctx.cfg.metrics.tail.seed + 7))

@@ -1,0 +1,120 @@
+"""The registered metrics against independent computations, and their preflight errors."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_config
+
+from lmcollapse.config import ConfigError
+from lmcollapse.data import load_human_text, make_synthetic_source, prepare_human_data
+from lmcollapse.loop import Experiment
+from lmcollapse.metrics import METRICS, MeasureContext
+from lmcollapse.metrics.reference import per_sample_perplexity
+
+
+def test_every_metric_declares_name_display_and_direction(tmp_path):
+    cfg = tiny_config(tmp_path)
+    assert set(METRICS.names()) >= {"perplexity", "reference_perplexity", "diversity", "tail",
+                                    "mauve", "ground_truth"}
+    for name in METRICS.names():
+        metric = METRICS.get(name)(cfg)
+        assert metric.display_name
+        assert metric.higher_is_better in (True, False, None)
+
+
+def test_per_sample_perplexity_matches_model_loss(accelerator, tiny_model, tokenizer, texts):
+    seqs = [tokenizer(t)["input_ids"][:n] for t, n in zip(texts[:5], (9, 20, 33, 2, 15),
+                                                          strict=True)]
+    got = per_sample_perplexity(accelerator, tiny_model, seqs, tokenizer.pad_token_id,
+                                batch_size=2)
+    for s, value in zip(seqs, got, strict=True):
+        with torch.no_grad():
+            loss = tiny_model(input_ids=torch.tensor([s]), labels=torch.tensor([s])).loss
+        assert value == pytest.approx(math.exp(loss.item()), rel=1e-5)
+
+
+def test_ground_truth_matches_token_by_token_scoring(accelerator, tmp_path):
+    """Excess log-loss per word against log p from the transition matrix and log q from one
+    forward pass per token (no batching, no masking)."""
+    cfg = tiny_config(tmp_path, "data.synthetic.test_docs=3",
+                      "data.synthetic.sentences_per_doc=2",
+                      "model.scratch.max_position_embeddings=1024")
+    source = make_synthetic_source(cfg.data)
+    from lmcollapse.models import load_tokenizer, model_config, random_model
+
+    texts = load_human_text(cfg.data)
+    tok = load_tokenizer(cfg.model, texts["train"])
+    human = prepare_human_data(tok, texts, cfg.data)
+    model = random_model(model_config(cfg.model, tok), seed=0).eval()
+    ctx = MeasureContext(cfg=cfg, accelerator=accelerator, tokenizer=tok, human=human,
+                         generation=1, model=model, source=source,
+                         extras={"model_config": model.config})
+    metric = METRICS.get("ground_truth")(cfg)
+    metric.preflight(ctx)
+    out = metric.compute(ctx)
+    log_p = log_q = 0.0
+    words = 0
+    index = source.word_to_index
+    for doc in texts["test"]:
+        doc = doc.rstrip("\n")
+        prev = source.end_index
+        for w in doc.split():
+            log_p += math.log(source.transition_matrix[prev, index[w]])
+            prev = index[w]
+        words += len(doc.split())
+        ids = tok("\n", add_special_tokens=False)["input_ids"] + tok(
+            doc, add_special_tokens=False)["input_ids"]
+        for t in range(1, len(ids)):
+            with torch.no_grad():
+                logits = model(input_ids=torch.tensor([ids[:t]])).logits[0, -1]
+            log_q += torch.log_softmax(logits.double(), -1)[ids[t]].item()
+    assert out["source_nats_per_word"] == pytest.approx(-log_p / words, rel=1e-9)
+    assert out["model_nats_per_word"] == pytest.approx(-log_q / words, rel=1e-5)
+    assert out["excess_nats_per_word"] == pytest.approx((log_p - log_q) / words, rel=1e-5)
+    assert out["source_entropy_rate"] == pytest.approx(source.entropy_rate())
+    # an untrained model is far worse than the source
+    assert out["excess_nats_per_word"] > 1.0
+
+
+def test_ground_truth_needs_the_synthetic_source(tmp_path):
+    cfg = tiny_config(tmp_path, "data.source=text",
+                      f"data.text.train={tmp_path / 'train.txt'}",
+                      f"data.text.test={tmp_path / 'test.txt'}")
+    words = make_synthetic_source(cfg.data).sample_documents(150, 4, seed=0)
+    (tmp_path / "train.txt").write_text("\n".join(words[:120]) + "\n")
+    (tmp_path / "test.txt").write_text("\n".join(words[120:]) + "\n")
+    with pytest.raises(ConfigError, match="ground_truth.*data.source: synthetic"):
+        Experiment(cfg).run()
+    assert not (tmp_path / "quickstart").exists()
+
+
+def test_unloadable_featurizer_fails_before_any_work(tmp_path):
+    cfg = tiny_config(tmp_path, "metrics.mauve.featurizer=/no/such/featurizer")
+    with pytest.raises(ConfigError, match="metrics.mauve.featurizer: cannot load"):
+        Experiment(cfg).run()
+    assert not (tmp_path / "quickstart").exists()
+
+
+def test_diversity_human_and_corpus_samples_have_equal_size(tmp_path, accelerator):
+    cfg = tiny_config(tmp_path)
+    from lmcollapse.models import load_tokenizer
+
+    texts = load_human_text(cfg.data)
+    tok = load_tokenizer(cfg.model, texts["train"])
+    human = prepare_human_data(tok, texts, cfg.data)
+    corpus = [{"input_ids": np.arange(16) % 7, "sample_id": f"gen_1:{i}"} for i in range(300)]
+    ctx = MeasureContext(cfg=cfg, accelerator=accelerator, tokenizer=tok, human=human,
+                         generation=1, corpus=corpus)
+    metric = METRICS.get("diversity")(cfg)
+    got, ref = metric.compute(ctx), metric.human_reference(ctx)
+    assert got["_details"]["diversity"]["sample_size"] == \
+        ref["_details"]["diversity"]["sample_size"]
+    # a corpus of one repeated sample: 7 distinct unigrams, Self-BLEU 1
+    assert got["distinct_1"] == pytest.approx(7 / (16 * got["_details"]["diversity"][
+        "sample_size"]))
+    assert got["self_bleu"] == pytest.approx(1.0)
+    assert ref["distinct_1"] > got["distinct_1"] and ref["self_bleu"] < 0.9
