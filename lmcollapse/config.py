@@ -103,6 +103,18 @@ class ModelConfig:
 
 
 @dataclass
+class LoraConfig:
+    """LoRA (peft) instead of full fine-tuning; the adapter is merged into the saved model."""
+
+    enabled: bool = False
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    #: None: peft's default modules for the architecture
+    target_modules: list[str] | None = None
+
+
+@dataclass
 class TrainConfig:
     epochs: int = 1
     lr: float = 5e-5
@@ -117,6 +129,7 @@ class TrainConfig:
     select_best: bool = True
     eval_batch_size: int = 16
     mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"
+    lora: LoraConfig = field(default_factory=LoraConfig)
 
 
 @dataclass
@@ -438,6 +451,10 @@ def _validate_sizes(cfg: ExperimentConfig) -> None:
     if t.budget_steps is not None and t.budget_tokens is not None:
         raise ConfigError("train.budget_steps and train.budget_tokens: set at most one")
     _fraction(t.warmup_ratio, "train.warmup_ratio")
+    if t.lora.enabled:
+        _positive(t.lora.r, "train.lora.r")
+        _positive(t.lora.alpha, "train.lora.alpha")
+        _fraction(t.lora.dropout, "train.lora.dropout")
     for name in ("prompt_tokens", "new_tokens", "batch_size", "num_beams"):
         _positive(getattr(g, name), f"generate.{name}")
     if g.prompt_tokens > d.block_tokens:

@@ -46,6 +46,7 @@ from lmcollapse.models import (
     model_config,
     random_model,
     starting_model,
+    wrap_tokenizer,
 )
 from lmcollapse.policies import MixContext, make_policy
 from lmcollapse.train import train_generation
@@ -114,11 +115,15 @@ class Experiment:
         with self.acc.main_process_first():
             texts = load_human_text(cfg.data)
         scratch = cfg.model.source == "scratch"
-        tok_dir = self.run_dir / "tokenizer" if scratch else None
-        with self.acc.main_process_first():
-            self.tokenizer = load_tokenizer(cfg.model, texts["train"], saved=None)
-            if scratch and (tok_dir / "tokenizer.json").exists():
-                self.tokenizer = load_tokenizer(cfg.model, saved=tok_dir)
+        tok_dir = self.run_dir / "tokenizer"
+        resuming = (self.run_dir / "experiment.json").exists()
+        if not scratch:
+            with self.acc.main_process_first():
+                self.tokenizer = load_tokenizer(cfg.model)
+        elif resuming and (tok_dir / "tokenizer.json").exists():
+            self.tokenizer = load_tokenizer(cfg.model, saved=tok_dir)
+        else:
+            self.tokenizer = self._train_shared_tokenizer(texts["train"])
         self.human = prepare_human_data(self.tokenizer, texts, cfg.data,
                                         min_train_blocks=max(2, cfg.train.batch_size))
         self.model_config = model_config(cfg.model, self.tokenizer)
@@ -130,11 +135,22 @@ class Experiment:
         # nothing was written so far; from here on the run directory is ours
         if self.main:
             self._write_experiment_json()
-            if scratch and not (tok_dir / "tokenizer.json").exists():
+            if scratch and not resuming:
                 self.tokenizer.save_pretrained(tok_dir)
         self.acc.wait_for_everyone()
         log.info("human data: %d train blocks, %d validation blocks, %d test tokens",
                  len(self.human.train), len(self.human.validation), len(self.human.test_stream))
+
+    def _train_shared_tokenizer(self, train_texts: list[str]) -> Any:
+        """Train the scratch tokenizer on the main process and hand it to the others."""
+        payload = [None]
+        if self.main:
+            payload = [load_tokenizer(self.cfg.model, train_texts).backend_tokenizer.to_str()]
+        broadcast_object_list(payload)
+        tokenizer = wrap_tokenizer(payload[0])
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        return tokenizer
 
     def _check_lengths(self) -> None:
         g, d = self.cfg.generate, self.cfg.data

@@ -34,6 +34,15 @@ def train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFas
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                   show_progress=False)
     tok.train_from_iterator(texts, trainer=trainer)
+    return wrap_tokenizer(tok)
+
+
+def wrap_tokenizer(tok: Any) -> PreTrainedTokenizerFast:
+    """A transformers tokenizer around a ``tokenizers.Tokenizer`` (or its JSON string)."""
+    if isinstance(tok, str):
+        from tokenizers import Tokenizer
+
+        tok = Tokenizer.from_str(tok)
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, bos_token=EOS,
                                    pad_token=PAD, unk_token=None)
 

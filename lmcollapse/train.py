@@ -30,6 +30,19 @@ class _Collate:
         return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
+def _with_lora(model: torch.nn.Module, tcfg: TrainConfig) -> torch.nn.Module:
+    """Wrap ``model`` with trainable LoRA adapters (peft); the base weights are frozen."""
+    from peft import LoraConfig, get_peft_model
+
+    lora = tcfg.lora
+    model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", r=lora.r,
+                                             lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                                             target_modules=lora.target_modules))
+    trainable, total = model.get_nb_trainable_parameters()
+    log.info("LoRA: %d of %d parameters trainable", trainable, total)
+    return model
+
+
 def planned_steps(tcfg: TrainConfig, steps_per_epoch: int, tokens_per_step: float) -> int:
     """Optimizer steps: a fixed budget (steps or tokens) if set, else epochs x one pass."""
     if tcfg.budget_steps is not None:
@@ -62,6 +75,8 @@ def train_generation(accelerator: Accelerator, model: torch.nn.Module, pad_id: i
     Returns the best model by validation loss (``select_best``) or the last one, unwrapped
     and on the CPU-or-device it was trained on, plus the training log records.
     """
+    if tcfg.lora.enabled:
+        model = _with_lora(model, tcfg)
     # --- data
     gen = torch.Generator().manual_seed(seed)
     collate = _Collate(pad_id)
@@ -71,8 +86,9 @@ def train_generation(accelerator: Accelerator, model: torch.nn.Module, pad_id: i
     val_loader = DataLoader([r["input_ids"] for r in validation],
                             batch_size=tcfg.eval_batch_size, shuffle=False, collate_fn=list)
     # --- optimizer and schedule
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in trainable if p.ndim >= 2]
+    no_decay = [p for p in trainable if p.ndim < 2]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": tcfg.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}], lr=tcfg.lr)
     model, optimizer, loader, val_loader = accelerator.prepare(model, optimizer, loader, val_loader)
@@ -130,6 +146,8 @@ def train_generation(accelerator: Accelerator, model: torch.nn.Module, pad_id: i
     model = accelerator.unwrap_model(model)
     if tcfg.select_best and best_state is not None:
         model.load_state_dict(best_state)
+    if tcfg.lora.enabled:
+        model = model.merge_and_unload()
     for rec in records:
         rec["selected"] = rec["val_loss"] == best_loss if tcfg.select_best else False
     if not tcfg.select_best and records:

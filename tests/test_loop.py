@@ -150,3 +150,28 @@ def test_cli_reports_config_errors_with_exit_code(tmp_path):
     assert run_main(["run", "--config", str(ROOT / "configs" / "quickstart.yaml"),
                      "train.lrr=1", f"output_dir={tmp_path}"]) == 2
     assert not any(tmp_path.iterdir())
+
+
+def test_init_modes_start_from_the_right_weights(reference_run):
+    import torch
+
+    from lmcollapse.models import load_model, load_tokenizer, starting_model
+
+    cfg = tiny_config(reference_run.parent)
+    tok = load_tokenizer(cfg.model, saved=reference_run / "tokenizer")
+    seed_dir = reference_run / "seed_0"
+    gen1 = seed_dir / "replace" / "gen_01" / "model"
+
+    def start(init: str, seed: int = 5):
+        return starting_model(cfg.model, tok, init, seed, seed_dir / "base", gen1).state_dict()
+
+    def same(a, b) -> bool:
+        return all(torch.equal(a[k], b[k]) for k in a)
+
+    base = load_model(seed_dir / "base").state_dict()
+    assert same(start("base"), base)
+    assert same(start("previous"), load_model(gen1).state_dict())
+    assert not same(start("previous"), base)
+    scratch = start("scratch")
+    assert same(scratch, start("scratch")) and not same(scratch, start("scratch", seed=6))
+    assert not same(scratch, base)

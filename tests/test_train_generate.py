@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 
 import pytest
+import torch
 
 from lmcollapse.config import GenerateConfig, TrainConfig
 from lmcollapse.data.blocks import human_rows
@@ -81,3 +82,26 @@ def test_keep_prompt_prepends_the_prompt(accelerator, tiny_model, tokenizer, blo
     for row, prompt in zip(corpus, prompts, strict=True):
         assert len(row["input_ids"]) == 14
         assert list(row["input_ids"][:8]) == list(prompt["input_ids"][:8])
+
+
+def test_lora_trains_only_the_adapted_modules(accelerator, tiny_model, tokenizer, blocks):
+    from lmcollapse.config import LoraConfig
+
+    train, val = blocks
+    from torch.utils.data import DataLoader
+
+    val_loader = DataLoader([r["input_ids"] for r in val], batch_size=8, collate_fn=list)
+    start_loss = evaluate(accelerator, tiny_model, val_loader, tokenizer.pad_token_id)
+    before = {k: v.clone() for k, v in tiny_model.state_dict().items()}
+    tcfg = TrainConfig(epochs=4, lr=3e-2, batch_size=16,
+                       lora=LoraConfig(enabled=True, r=4, alpha=8, dropout=0.0,
+                                       target_modules=["q_proj", "v_proj"]))
+    model, log = train_generation(accelerator, tiny_model, tokenizer.pad_token_id, train, val,
+                                  tcfg, seed=0)
+    after = model.state_dict()
+    assert set(after) == set(before)  # merged back into a plain model
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(("q_proj" in k or "v_proj" in k) for k in changed)
+    assert min(r["val_loss"] for r in log) < start_loss - 0.1
+    assert evaluate(accelerator, model, val_loader, tokenizer.pad_token_id) == pytest.approx(
+        min(r["val_loss"] for r in log), rel=1e-6)

@@ -1,0 +1,102 @@
+"""Report figures (matplotlib, Agg canvas, PNG + PDF); no pyplot state, nothing left open.
+
+- :func:`metric_plot`: one metric against generation, a line per policy with a band of
+  mean ± std over seeds, the human reference dashed.
+- :func:`histogram_plot`: Shumailov et al. (2023) Fig. 1 style histograms of the
+  generation-0 perplexity of each generation's corpus, log x axis.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+
+def _figure() -> tuple[Figure, Any]:
+    fig = Figure(figsize=(6.4, 4.0), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig, fig.add_subplot()
+
+
+def _save(fig: Figure, stem: Path) -> list[Path]:
+    """Write ``stem.png`` (150 dpi) and ``stem.pdf``; returns both paths."""
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    paths = [stem.parent / f"{stem.name}.png", stem.parent / f"{stem.name}.pdf"]
+    fig.savefig(paths[0], dpi=150)
+    fig.savefig(paths[1], metadata={"CreationDate": None})
+    fig.clear()
+    return paths
+
+
+def metric_plot(series: dict[str, dict[int, Sequence[float]]], references: dict[str, float],
+                title: str, ylabel: str, stem: Path) -> list[Path]:
+    """One metric against generation.
+
+    Args:
+        series: ``{line label: {generation: (mean, std, n)}}``; std NaN draws no band.
+        references: ``{label: value}`` drawn as dashed horizontal lines (NaN skipped).
+        title: figure title (display name and direction arrow).
+        ylabel: y axis label.
+        stem: output path without suffix.
+    """
+    fig, ax = _figure()
+    for i, (label, points) in enumerate(series.items()):
+        gens = sorted(points)
+        if not gens:
+            continue
+        mean = np.array([points[g][0] for g in gens], dtype=float)
+        std = np.nan_to_num(np.array([points[g][1] for g in gens], dtype=float))
+        color = f"C{i % 10}"
+        ax.plot(gens, mean, marker="o", ms=4, color=color, label=label)
+        ax.fill_between(gens, mean - std, mean + std, color=color, alpha=0.18, lw=0)
+    for j, (label, value) in enumerate(references.items()):
+        if value is not None and math.isfinite(value):
+            ax.axhline(value, color="0.2" if j == 0 else f"C{(j + 5) % 10}", ls="--", lw=1.2,
+                       label=label)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set(xlabel="generation (band: mean ± sample std over seeds)", ylabel=ylabel, title=title)
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize="small", frameon=False)
+    return _save(fig, stem)
+
+
+def histogram_plot(scores: list[tuple[str, np.ndarray]], title: str, stem: Path) -> list[Path]:
+    """Step histograms (fraction of samples per log-spaced bin) of per-sample perplexity.
+
+    Args:
+        scores: ``[(label, values)]``, generations in order; a label ``"human"`` is drawn
+            dashed in black, generations from dark to light.
+        title: figure title.
+        stem: output path without suffix.
+    """
+    fig, ax = _figure()
+    clean = [(lbl, v[np.isfinite(v) & (v > 0)]) for lbl, v in scores]
+    clean = [(lbl, v) for lbl, v in clean if v.size]
+    if clean:
+        allv = np.concatenate([v for _, v in clean])
+        lo, hi = allv.min(), allv.max()
+        bins = np.geomspace(lo, hi * 1.0001 if hi > lo else lo * 2, 50)
+        gens = [lbl for lbl, _ in clean if lbl != "human"]
+        for lbl, v in clean:
+            human = lbl == "human"
+            k = gens.index(lbl) if not human else 0
+            color = "black" if human else colormaps["viridis"](0.85 * k / max(len(gens) - 1, 1))
+            ax.hist(v, bins=bins, weights=np.full(v.size, 1 / v.size), histtype="step",
+                    lw=1.6, ls="--" if human else "-", color=color,
+                    label=f"{lbl} (n={v.size}, median {np.median(v):.3g})")
+    ax.set_xscale("log")
+    ax.set(xlabel="perplexity under the generation-0 model", ylabel="fraction of samples",
+           title=title)
+    ax.grid(alpha=0.3)
+    if clean:
+        ax.legend(fontsize="small", frameon=False)
+    return _save(fig, stem)

@@ -1,0 +1,306 @@
+"""Rendering a leaderboard: Markdown, CSV, LaTeX (tabular fragment) and one HTML page.
+
+Torch-free, like :mod:`lmcollapse.report`, whose computed :class:`Leaderboard` it formats.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import io
+import math
+from pathlib import Path
+from typing import Any
+
+from lmcollapse.report import ARROWS, Experiment, Leaderboard, Row, Stat, median_onset
+
+# --- text rendering -------------------------------------------------------------------------
+
+def _decimals(x: float) -> int:
+    if not math.isfinite(x) or x == 0:
+        return 2
+    return min(4, max(0, 3 - math.floor(math.log10(abs(x)))))
+
+
+def fmt_stat(s: Stat, delta: Stat | None = None) -> str:
+    """``15.46 ± 0.12 (+3.21)``: four significant digits, std only when n > 1."""
+    if s.n == 0:
+        return "–"
+    d = _decimals(s.mean)
+    text = f"{s.mean:.{d}f}" + (f" ± {s.std:.{d}f}" if s.n > 1 else "")
+    return text + (f" ({delta.mean:+.{d}f})" if delta is not None and delta.n else "")
+
+
+def _onset_text(row: Row) -> str:
+    if row.policy == "human":
+        return "–"
+    if not row.onsets:
+        return "n/a"
+    crossed = sum(o is not None for o in row.onsets.values())
+    if not crossed:
+        return "none"
+    med = median_onset(list(row.onsets.values()))
+    return f"{'none' if med is None else f'{med:g}'} ({crossed}/{len(row.onsets)})"
+
+
+def _gens_text(row: Row) -> str:
+    if row.policy == "human":
+        return "–"
+    done = [-1 if g is None else g for g in row.finished.values()] or [-1]
+    lo, hi = (str(g) if g >= 0 else "–" for g in (min(done), max(done)))
+    span = lo if lo == hi else f"{lo}–{hi}"
+    return f"{span}/{row.experiment.generations}"
+
+
+def _cell_text(row: Row, m: str) -> str:
+    cell = row.cells[m]
+    text = fmt_stat(cell.stat, None if row.policy == "human" else cell.delta)
+    tags = []
+    if cell.generation not in (None, row.experiment.generations):
+        tags.append(f"gen {cell.generation}")
+    if cell.stat.n and cell.stat.n != row.n_final:
+        tags.append(f"n={cell.stat.n}")
+    return text + (f" [{', '.join(tags)}]" if tags else "")
+
+
+def leaderboard_table(lb: Leaderboard) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of display strings, shared by the Markdown, LaTeX and HTML writers."""
+    who = "experiment / policy" if len(lb.experiments) > 1 else "policy"
+    header = ["#", who, "n", "gens", "onset",
+              *(f"{c} {ARROWS[lb.meta[c]['higher_is_better']]}" for c in lb.columns)]
+    rows = []
+    for r in lb.rows:
+        n = str(r.n_final) if r.policy == "human" else f"{r.n_final}/{len(r.experiment.seeds)}"
+        rank = "ref" if r.rank is None else str(r.rank)
+        rows.append([rank, r.label + (" †" if r.partial else ""), n, _gens_text(r),
+                     _onset_text(r), *(_cell_text(r, c) for c in lb.columns)])
+    return header, rows
+
+
+def notes(lb: Leaderboard) -> list[str]:
+    """The footnotes every format carries: statistics, arrows, ranking, onset, partial rows."""
+    d = lb.meta[lb.rank_by]["higher_is_better"]
+    how = {True: "highest first", False: "lowest first", None: "closest to the human reference"}
+    out = [
+        "Cells: mean ± sample std over seeds (statistics.stdev, n − 1) at the final generation, "
+        "(+x) = mean over seeds of the change from generation 0; n = seeds that finished the "
+        "final generation / seeds of the experiment; gens = latest finished generation.",
+        "↑ higher is better, ↓ lower is better, ≈ closer to the human reference is better.",
+        f"Ranked by {lb.rank_by} ({how[d]}); the human reference rows ('ref') are unranked.",
+        f"Onset: first generation k ≥ 1 whose held-out perplexity exceeds generation 0's by "
+        f"more than {lb.onset_threshold * 100:g}% (strictly); median over seeds, a seed that "
+        f"never crosses counting as never; (c/n) = seeds that crossed.",
+    ]
+    if any(r.partial for r in lb.rows):
+        out.append("† partial: not every seed finished the final generation; a cell uses the "
+                   "seeds that did, or the latest generation any seed finished [gen k].")
+        out += [note for r in lb.rows for note in r.notes]
+    return out
+
+
+def _join(*parts: Any, sep: str = ", ") -> str:
+    return sep.join(str(p) for p in parts if p not in (None, "", [], False))
+
+
+def _kv(template: str, *values: Any) -> str:
+    """``template.format(*values)``, or "" when any value is missing."""
+    return "" if any(v in (None, "") for v in values) else template.format(*values)
+
+
+def setup_items(exp: Experiment) -> list[tuple[str, str]]:
+    """(label, text) lines stating the conditions of one experiment's numbers."""
+    c, info = exp.config, exp.info
+    det: dict[str, Any] = {}  # metric details as measured (gen 0 first), else the config
+    for rec in sorted(exp.records.values(), key=lambda r: r.get("generation") is None):
+        for k, v in rec.get("details", {}).items():
+            det.setdefault(k, v)
+    m, d, t, g = (c.get(k, {}) for k in ("model", "data", "train", "generate"))
+    mc = c.get("metrics", {})
+    ppl = {**mc.get("perplexity", {}), **det.get("perplexity", {})}
+    mv = {**mc.get("mauve", {}), **det.get("mauve", {})}
+    dv = {**mc.get("diversity", {}), **det.get("diversity", {})}
+    sc = m.get("scratch", {})
+    model = (_kv("from scratch: {} (hidden {}, {} layers, {} heads)", sc.get("arch"),
+                 sc.get("hidden_size"), sc.get("num_layers"), sc.get("num_heads"))
+             if m.get("source") == "scratch"
+             else _join(m.get("name_or_path"), m.get("gguf_file"), m.get("revision")))
+    src = d.get("source")
+    sub = d.get(src) if isinstance(d.get(src), dict) else {}
+    data = {"synthetic": _kv("synthetic Markov source (vocab {}, branching {}, {}/{}/{} "
+                             "train/val/test docs)", sub.get("vocab_size"), sub.get("branching"),
+                             sub.get("train_docs"), sub.get("validation_docs"),
+                             sub.get("test_docs")),
+            "hf": "hf " + _join(sub.get("path"), sub.get("name"), sep="/"),
+            }.get(src, f"{src} " + _join(sub.get("train"), sub.get("validation"), sub.get("test")))
+    dec = {"sample": _join("sampling", _kv("temperature {}", g.get("temperature")),
+                           _kv("top-p {}", g.get("top_p")), _kv("top-k {}", g.get("top_k"))),
+           "beam": _kv("beam search ({} beams)", g.get("num_beams"))}.get(g.get("strategy"),
+                                                                       g.get("strategy"))
+    lora = t.get("lora", {})
+    return [
+        ("experiment", _join(exp.name, _kv("git {:.10}", info.get("git_sha")), info.get("created"),
+                             "dirs: " + ", ".join(map(str, exp.dirs)))),
+        ("model", _join(model, _kv("init={}", m.get("init")),
+                        lora.get("enabled") and _kv("LoRA r={}", lora.get("r")), sep="; ")),
+        ("data", _join(data, _kv("blocks of {} tokens", d.get("block_tokens")), sep="; ")),
+        ("policies", ", ".join(exp.policies)),
+        ("training", _join(_kv("{} epoch(s)", t.get("epochs")), _kv("lr {}", t.get("lr")),
+                           _kv("batch {} × accum {}", t.get("batch_size"), t.get("grad_accum", 1)),
+                           _kv("budget {} steps", t.get("budget_steps")),
+                           _kv("budget {} tokens", t.get("budget_tokens")))),
+        ("decoding", _join(dec, _kv("repetition penalty {}", g.get("repetition_penalty")),
+                           _kv("prompt {} + {} new tokens", g.get("prompt_tokens"),
+                               g.get("new_tokens")),
+                           f"prompt {'kept' if g.get('keep_prompt') else 'dropped'} in the next "
+                           "training text")),
+        ("sizes", _join(f"{exp.generations} generations",
+                        _kv("{} samples per corpus",
+                            det.get("reference_perplexity", {}).get("samples")),
+                        _kv("{} test tokens", ppl.get("test_tokens")),
+                        _kv("diversity sample {}", dv.get("sample_size")),
+                        _kv("self-BLEU sample {}", dv.get("self_bleu_sample")),
+                        _kv("MAUVE {} vs {} samples", mv.get("n_p"), mv.get("n_q")),
+                        _kv("{} buckets", mv.get("num_buckets")))),
+        ("seeds", ", ".join(map(str, exp.seeds))),
+        ("perplexity", _join("sliding window", _kv("max_length {}", ppl.get("max_length")),
+                             _kv("stride {}", ppl.get("stride")))),
+        ("featurizer", _kv("MAUVE on {} features (scores compare only within one featurizer)",
+                           mv.get("featurizer"))),
+        ("hardware", _join(info.get("device"), _kv("{} process(es)", info.get("num_processes")),
+                           *(f"{k} {v}" for k, v in info.get("versions", {}).items()))),
+    ]
+
+
+def _md_table(header: list[str], rows: list[list[str]], left: int = 2) -> str:
+    esc = [[c.replace("|", "\\|") for c in r] for r in [header, *rows]]
+    lines = ["| " + " | ".join(esc[0]) + " |", "|" + "---|" * left + "---:|" * (len(header) - left)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in esc[1:]])
+
+
+def generation_table(table: dict[str, dict[int | str, Stat]]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of :func:`per_generation`: ``…`` = not finished, n shown when short."""
+    gens = sorted({g for row in table.values() for g in row if g != "human"})
+    rows = []
+    for label, row in table.items():
+        full = max(s.n for s in row.values())
+        cells = [fmt_stat(row[g]) + (f" (n={row[g].n})" if row[g].n < full else "")
+                 if g in row else "…" for g in gens]
+        rows.append([label, *cells, fmt_stat(row["human"])])
+    return ["policy", *(f"gen {g}" for g in gens), "human"], rows
+
+
+def markdown_table(table: dict[str, dict[int | str, Stat]]) -> str:
+    """Policies as rows, generations as columns, the human reference last."""
+    return _md_table(*generation_table(table), left=1)
+
+
+def render_markdown(lb: Leaderboard, figures: list[str] | None = None) -> str:
+    """The leaderboard as a Markdown document: setup, table, footnotes, figure links."""
+    out = [f"# lmcollapse leaderboard: {', '.join(e.key for e in lb.experiments)}", ""]
+    for exp in lb.experiments:
+        out += [f"Setup of {exp.key}:", ""] + [f"- **{k}**: {v}" for k, v in setup_items(exp)]
+        out.append("")
+    out += [_md_table(*leaderboard_table(lb)), ""] + [f"- {n}" for n in notes(lb)]
+    if figures:
+        out += ["", "Figures:", ""] + [f"![{Path(f).stem}]({f})" for f in figures]
+    return "\n".join(out) + "\n"
+
+
+def render_csv(lb: Leaderboard) -> str:
+    """One line per row, full-precision numbers, empty = missing, the setup in the last column."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    per = ("generation", "mean", "std", "n", "delta_mean", "delta_std")
+    w.writerow(["experiment", "policy", "rank", "partial", "n_final", "n_seeds",
+                "finished_generations", "final_generation", "onset_median", "onset_per_seed",
+                "onset_threshold", *(f"{c}_{p}" for c in lb.columns for p in per), "setup"])
+
+    def num(x: Any) -> str:
+        return "" if x is None or (isinstance(x, float) and math.isnan(x)) else repr(x)
+
+    for r in lb.rows:
+        human = r.policy == "human"
+        med = None if human else median_onset(list(r.onsets.values()))
+        w.writerow([r.experiment.key, r.policy, num(r.rank), int(r.partial), r.n_final,
+                    len(r.experiment.seeds), ";".join("-" if g is None else str(g)
+                                                      for g in r.finished.values()),
+                    r.experiment.generations, "" if human else ("none" if med is None else med),
+                    ";".join("none" if o is None else str(o) for o in r.onsets.values()),
+                    lb.onset_threshold,
+                    *(num(v) for c in lb.columns
+                      for v in (r.cells[c].generation, *r.cells[c].stat, *r.cells[c].delta[:2])),
+                    "; ".join(f"{k}: {v}" for k, v in setup_items(r.experiment))])
+    return buf.getvalue()
+
+
+_TEX = {**{c: "\\" + c for c in "_%&#${}"}, "\\": r"\textbackslash{}", "~": r"\textasciitilde{}",
+        "^": r"\textasciicircum{}", "±": r"$\pm$", "↑": r"$\uparrow$", "↓": r"$\downarrow$",
+        "≈": r"$\approx$", "†": r"$^\dagger$", "–": "--", "−": "-", "≥": r"$\geq$",
+        "×": r"$\times$", "…": r"\dots{}"}
+
+
+_ASCII = {"±": "+/-", "↑": "up", "↓": "down", "≈": "~", "†": "(dagger)", "–": "-", "−": "-",
+          "≥": ">=", "×": "x", "…": "..."}
+
+
+def _tex_comment(text: str) -> str:
+    """A ``%`` line in plain ASCII, so any TeX engine reads it."""
+    text = "".join(_ASCII.get(ch, ch) for ch in str(text))
+    return "% " + text.encode("ascii", "replace").decode()
+
+
+def tex_escape(text: str) -> str:
+    """Escape LaTeX specials and turn the table's symbols into math."""
+    return "".join(_TEX.get(ch, ch) for ch in str(text))
+
+
+def render_latex(lb: Leaderboard) -> str:
+    """A ``tabular`` fragment (no packages needed), setup and notes as ``%`` comments."""
+    header, rows = leaderboard_table(lb)
+    out = [_tex_comment(f"lmcollapse leaderboard: {', '.join(e.key for e in lb.experiments)}")]
+    out += [_tex_comment(f"{k}: {v}") for e in lb.experiments for k, v in setup_items(e)]
+    out += [_tex_comment(n) for n in notes(lb)]
+    out += [r"\begin{tabular}{ll" + "r" * (len(header) - 2) + "}", r"\hline"]
+    out += [" & ".join(tex_escape(c) for c in header) + r" \\", r"\hline"]
+    for i, r in enumerate(rows):
+        out.append(" & ".join(tex_escape(c) for c in r) + r" \\")
+        if i == len(lb.experiments) - 1:
+            out.append(r"\hline")
+    return "\n".join(out + [r"\hline", r"\end{tabular}"]) + "\n"
+
+
+def _html_table(header: list[str], rows: list[list[str]]) -> str:
+    e = html.escape
+    head = "".join(f"<th>{e(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>\n" for r in rows)
+    return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}</tbody>\n</table>"
+
+
+def render_html(lb: Leaderboard, generation: tuple[str, dict] | None = None,
+                images: dict[str, bytes] | None = None) -> str:
+    """One self-contained page: setup, leaderboard, per-generation table, embedded PNGs."""
+    import base64
+
+    e = html.escape
+    title = f"lmcollapse leaderboard: {', '.join(x.key for x in lb.experiments)}"
+    parts = [f"<h1>{e(title)}</h1>"]
+    for exp in lb.experiments:
+        parts.append(f"<h2>Setup of {e(exp.key)}</h2>\n<dl>" + "".join(
+            f"<dt>{e(k)}</dt><dd>{e(v)}</dd>" for k, v in setup_items(exp)) + "</dl>")
+    parts += ["<h2>Leaderboard</h2>", _html_table(*leaderboard_table(lb)),
+              "<ul>" + "".join(f"<li>{e(n)}</li>" for n in notes(lb)) + "</ul>"]
+    if generation:
+        parts += [f"<h2>Per generation: {e(generation[0])}</h2>",
+                  _html_table(*generation_table(generation[1]))]
+    for name, png in (images or {}).items():
+        parts.append(f'<figure><img alt="{e(name)}" src="data:image/png;base64,'
+                     f'{base64.b64encode(png).decode()}"><figcaption>{e(name)}</figcaption></figure>')
+    style = ("body{font-family:sans-serif;margin:2em;max-width:95em}table{border-collapse:collapse}"
+             "td,th{border:1px solid #ccc;padding:.2em .5em;text-align:right}"
+             "td:nth-child(2),th:nth-child(2){text-align:left}dt{font-weight:bold;float:left;"
+             "width:8em}dd{margin-left:9em}img{max-width:48em}figure{display:inline-block}")
+    return (f'<!DOCTYPE html>\n<html lang="en">\n<head><meta charset="utf-8"><title>{e(title)}'
+            f"</title><style>{style}</style></head>\n<body>\n" + "\n".join(parts)
+            + "\n</body>\n</html>\n")
+
+
