@@ -127,6 +127,9 @@ class TrainConfig:
     budget_steps: int | None = None
     budget_tokens: int | None = None
     select_best: bool = True
+    #: optimizer steps between validation evaluations; None: once per pass over the mix
+    #: (with a fixed budget: 4 evaluations, so growing mixes get as many candidates)
+    eval_every: int | None = None
     eval_batch_size: int = 16
     mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"
     lora: LoraConfig = field(default_factory=LoraConfig)
@@ -447,6 +450,7 @@ def _validate_sizes(cfg: ExperimentConfig) -> None:
         _positive(getattr(t, name), f"train.{name}")
     _positive(t.lr, "train.lr")
     _positive(t.budget_steps, "train.budget_steps", allow_none=True)
+    _positive(t.eval_every, "train.eval_every", allow_none=True)
     _positive(t.budget_tokens, "train.budget_tokens", allow_none=True)
     if t.budget_steps is not None and t.budget_tokens is not None:
         raise ConfigError("train.budget_steps and train.budget_tokens: set at most one")

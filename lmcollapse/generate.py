@@ -1,8 +1,8 @@
 """Prompted continuation: each human training block's first tokens are continued by the model.
 
-Prompts are split across processes and the continuations gathered back in prompt order, so
-the corpus is the same whatever the process count's sharding (sampling draws are seeded per
-batch from its first prompt id).
+Prompts are cut into batches in prompt order, the batches dealt out across processes and the
+continuations gathered back in prompt order; sampling is seeded per batch from its first
+prompt id, so the corpus does not depend on the number of processes.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def generation_config(gcfg: GenerateConfig, tokenizer: Any) -> GenerationConfig:
     if gcfg.strategy == "greedy":
         return GenerationConfig(num_beams=1, do_sample=False, **common)
     return GenerationConfig(do_sample=True, num_beams=1, temperature=gcfg.temperature,
-                            top_p=gcfg.top_p, top_k=gcfg.top_k or None, **common)
+                            top_p=gcfg.top_p, top_k=gcfg.top_k, **common)  # 0: no top-k
 
 
 @torch.no_grad()
@@ -42,11 +42,13 @@ def generate_corpus(accelerator: Accelerator, model: torch.nn.Module, tokenizer:
     model.eval()
     model.to(accelerator.device)
     config = generation_config(gcfg, tokenizer)
+    # batches are cut from the global order and then dealt out, so every batch (and its
+    # sampling seed) is the same whatever the number of processes
     order = list(range(len(prompts)))
+    batches = [order[i:i + gcfg.batch_size] for i in range(0, len(order), gcfg.batch_size)]
     written: list[tuple[int, list[int]]] = []
-    with accelerator.split_between_processes(order) as mine:
-        batches = [mine[i:i + gcfg.batch_size] for i in range(0, len(mine), gcfg.batch_size)]
-        for batch in tqdm(batches, desc=desc, disable=not accelerator.is_local_main_process,
+    with accelerator.split_between_processes(batches) as mine:
+        for batch in tqdm(mine, desc=desc, disable=not accelerator.is_local_main_process,
                           leave=False):
             torch.manual_seed(seed * 1_000_003 + batch[0])
             ids = torch.tensor([prompts[i]["input_ids"][: gcfg.prompt_tokens] for i in batch],

@@ -51,6 +51,17 @@ def write_rows(path: str | Path, rows: list[dict[str, Any]],
     _atomic(Path(path), lambda tmp: pq.write_table(table, tmp))
 
 
+def write_npy(path: str | Path, array: Any) -> None:
+    """Save a numpy array atomically."""
+    import numpy as np
+
+    def save(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            np.save(f, array)
+
+    _atomic(Path(path), save)
+
+
 def read_rows(path: str | Path) -> list[dict[str, Any]]:
     return pq.read_table(path).to_pylist()
 

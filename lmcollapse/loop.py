@@ -82,7 +82,10 @@ def make_accelerator(cfg: ExperimentConfig) -> Accelerator:
             mp = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
         else:
             mp = "no"
-    return Accelerator(gradient_accumulation_steps=cfg.train.grad_accum, mixed_precision=mp)
+    # several processes without CUDA (torchrun / accelerate on CPUs): gloo on the CPU
+    multi_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return Accelerator(gradient_accumulation_steps=cfg.train.grad_accum, mixed_precision=mp,
+                       cpu=multi_cpu)
 
 
 class Experiment:
@@ -192,19 +195,27 @@ class Experiment:
                                  cwd=Path(__file__).parent, check=False).stdout.strip()
         except OSError:
             sha = ""
-        old = self.run_dir / "experiment.json"
-        created = io.read_json(old)["created"] if old.exists() else dt.datetime.now().isoformat()
-        io.write_json(old, {
-            "experiment": self.cfg.experiment, "created": created, "config": self.cfg.to_dict(),
-            "seeds": self.cfg.seeds, "policies": [p.key for p in self.cfg.policies],
-            "git_sha": sha or None, "command": sys.argv,
-            "num_processes": self.acc.num_processes, "device": str(self.acc.device),
-            "mixed_precision": self.acc.mixed_precision,
-            "versions": {"python": platform.python_version(), "torch": torch.__version__,
-                         "transformers": transformers.__version__,
-                         "accelerate": accelerate.__version__, "datasets": datasets.__version__},
+        path = self.run_dir / "experiment.json"
+        now = {"started": dt.datetime.now().isoformat(), "git_sha": sha or None,
+               "command": sys.argv, "num_processes": self.acc.num_processes,
+               "device": str(self.acc.device), "mixed_precision": self.acc.mixed_precision,
+               "versions": {"python": platform.python_version(), "torch": torch.__version__,
+                            "transformers": transformers.__version__,
+                            "accelerate": accelerate.__version__,
+                            "datasets": datasets.__version__}}
+        record = io.read_json(path) if path.exists() else {
+            "experiment": self.cfg.experiment, "created": now["started"], **now,
             "source": self.source.describe() if self.source is not None else None,
-        })
+            "invocations": []}
+        for key in ("num_processes", "mixed_precision"):
+            if record.get(key) != now[key]:
+                log.warning("resuming with %s=%s; the steps already done used %s=%s, so their "
+                            "numbers may differ from what this setting gives", key, now[key],
+                            key, record.get(key))
+        record.update(config=self.cfg.to_dict(), seeds=self.cfg.seeds,
+                      policies=[p.key for p in self.cfg.policies])
+        record["invocations"].append(now)
+        io.write_json(path, record)
 
     # --- the loop ---------------------------------------------------------------------------
 
@@ -216,6 +227,8 @@ class Experiment:
         self.bar = tqdm(total=per_seed * len(cfg.seeds), desc="steps", unit="step",
                         disable=not self.acc.is_local_main_process)
         for seed in cfg.seeds:
+            self._corpora.clear()  # corpora of other seeds are never read again
+            self._ensure_base(seed)
             self._generation(seed, None, 0)
             self._step(self.run_dir / f"seed_{seed}" / "human", "measure",
                        f"seed {seed}, human reference", lambda s=seed: self._measure_human(s))
@@ -285,7 +298,18 @@ class Experiment:
         if self.main:
             self._save_model(model, d / "model")
             io.append_jsonl(d / "train_log.jsonl", records)
-        self._model = (d, model)
+        # generate and measure reload the saved weights, so an uninterrupted run and a
+        # resumed one use exactly the same model object (fp32, no mixed-precision wrapper)
+        self._model = None
+
+    def _ensure_base(self, seed: int) -> None:
+        """A scratch model's initial weights for ``seed``, saved once (``seed_<s>/base``)."""
+        base_dir = self.run_dir / f"seed_{seed}" / "base"
+        if self.cfg.model.source == "scratch" and self.main and not (
+                base_dir / "config.json").exists():
+            self._save_model(random_model(self.model_config, derive_seed(seed, "base")),
+                             base_dir)
+        self.acc.wait_for_everyone()
 
     def _starting_model(self, seed: int, spec: PolicySpec | None, k: int) -> torch.nn.Module:
         cfg = self.cfg
@@ -293,11 +317,6 @@ class Experiment:
         if k == 0 and cfg.model.init == "scratch":
             return random_model(self.model_config, init_seed)
         base_dir = self.run_dir / f"seed_{seed}" / "base"
-        if cfg.model.source == "scratch" and not (base_dir / "config.json").exists():
-            if self.main:
-                self._save_model(random_model(self.model_config, derive_seed(seed, "base")),
-                                 base_dir)
-            self.acc.wait_for_everyone()
         previous = self.gen_dir(seed, spec, k - 1) / "model" if k > 0 else None
         init = cfg.model.init if k > 0 else "base"
         return starting_model(cfg.model, self.tokenizer, init, init_seed, base_dir, previous)
@@ -376,7 +395,7 @@ def _collect(metrics: list[Any], fn) -> dict[str, Any]:
 
 
 def _as_arrays(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Hold token ids as int32 arrays: a WikiText-2-sized corpus then takes ~10 MB, not ~70."""
-    for r in rows:
-        r["input_ids"] = np.asarray(r["input_ids"], dtype=np.int32)
-    return rows
+    """Provenance and int32 token ids only (no decoded text): a WikiText-2-sized corpus then
+    takes ~10 MB in memory."""
+    return [{**{k: r[k] for k in PROVENANCE},
+             "input_ids": np.asarray(r["input_ids"], dtype=np.int32)} for r in rows]

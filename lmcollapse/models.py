@@ -110,9 +110,11 @@ def context_length(config: Any) -> int | None:
 
 
 def random_model(config: Any, seed: int) -> torch.nn.Module:
-    """Freshly initialised weights for ``config``, reproducible from ``seed``."""
-    torch.manual_seed(seed)
-    return AutoModelForCausalLM.from_config(config)
+    """Freshly initialised weights for ``config``, reproducible from ``seed``; the global
+    random state is left as it was (so a resumed run draws the same numbers afterwards)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return AutoModelForCausalLM.from_config(config)
 
 
 def load_model(name_or_path: str | Path, gguf_file: str | None = None,

@@ -118,12 +118,13 @@ class Fresh(Policy):
 
     Shards come from one permutation of the human pool fixed per (seed, policy), so the human
     blocks of generation k were never seen by generations 1..k-1 (Alemohammad et al. 2023,
-    "fresh data loop"). Needs ``generations * r <= 1``; each shard has
+    "fresh data loop"). They were seen by generation 0, which every policy shares and which
+    trains on all of human train. Needs ``generations * r <= 1``; each shard has
     ``min(round(r*N), N // generations)`` blocks.
     """
 
     uses_fraction = True
-    default_fraction = 0.5
+    default_fraction = 0.2
 
     @classmethod
     def check(cls, spec: Any, cfg: Any, where: str) -> None:

@@ -101,7 +101,9 @@ def train_generation(accelerator: Accelerator, model: torch.nn.Module, pad_id: i
                               * accelerator.num_processes,
                               num_training_steps=total * accelerator.num_processes)
     scheduler = accelerator.prepare(scheduler)
-    eval_every = min(steps_per_epoch, total)
+    eval_every = tcfg.eval_every or (
+        min(steps_per_epoch, total) if tcfg.budget_steps is None and tcfg.budget_tokens is None
+        else math.ceil(total / 4))  # a fixed budget: 4 evaluations whatever the mix size
     # --- loop
     records: list[dict[str, Any]] = []
     best_loss, best_state, step, epoch, start = math.inf, None, 0, 0, time.time()
@@ -143,7 +145,7 @@ def train_generation(accelerator: Accelerator, model: torch.nn.Module, pad_id: i
                 break
         epoch += 1
     bar.close()
-    model = accelerator.unwrap_model(model)
+    model = accelerator.unwrap_model(model, keep_fp32_wrapper=False)
     if tcfg.select_best and best_state is not None:
         model.load_state_dict(best_state)
     if tcfg.lora.enabled:

@@ -205,8 +205,9 @@ def test_fraction_on_policy_that_takes_none() -> None:
 def test_fresh_needs_disjoint_shards() -> None:
     msg = config_error(["generations=5", "policies=[{name: fresh, fraction: 0.3}]"])
     assert "policies[0].fraction" in msg and "generations" in msg
-    # the default fraction (0.5) with 5 generations is also refused
-    assert "policies[0].fraction" in config_error(["generations=5", "policies=[fresh]"])
+    # the default fraction (0.2) with 6 generations is also refused, with 5 it fits
+    assert "policies[0].fraction" in config_error(["generations=6", "policies=[fresh]"])
+    assert load_config(None, ["generations=5", "policies=[fresh]"]).policies[0].fraction is None
     cfg = load_config(None, ["generations=5", "policies=[{name: fresh, fraction: 0.2}]"])
     assert cfg.policies[0].fraction == 0.2
 

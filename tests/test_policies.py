@@ -199,7 +199,8 @@ def test_fresh_raises_when_pool_exhausted() -> None:
 
 
 @pytest.mark.parametrize(("generations", "r", "ok"), [
-    (5, 0.2, True), (2, 0.5, True), (3, 0.5, False), (5, 0.3, False), (5, None, False),
+    (5, 0.2, True), (2, 0.5, True), (3, 0.5, False), (5, 0.3, False), (5, None, True),
+    (6, None, False),
 ])
 def test_fresh_check(generations: int, r: float | None, ok: bool) -> None:
     cfg = ExperimentConfig(generations=generations)
@@ -258,7 +259,7 @@ def test_make_policy_for_each_registered_name(name: str) -> None:
 
 def test_make_policy_uses_default_fraction() -> None:
     assert make_policy(PolicySpec("mix")).fraction == 0.1
-    assert make_policy(PolicySpec("fresh")).fraction == 0.5
+    assert make_policy(PolicySpec("fresh")).fraction == 0.2
     assert make_policy(PolicySpec("replace")).fraction is None
 
 

@@ -105,3 +105,11 @@ def test_lora_trains_only_the_adapted_modules(accelerator, tiny_model, tokenizer
     assert min(r["val_loss"] for r in log) < start_loss - 0.1
     assert evaluate(accelerator, model, val_loader, tokenizer.pad_token_id) == pytest.approx(
         min(r["val_loss"] for r in log), rel=1e-6)
+
+
+def test_top_k_zero_means_no_top_k_limit(tokenizer):
+    """transformers fills a None top_k with its default (50): 0 must reach generate as 0."""
+    from lmcollapse.generate import generation_config
+
+    assert generation_config(GenerateConfig(strategy="sample", top_k=0), tokenizer).top_k == 0
+    assert generation_config(GenerateConfig(strategy="sample", top_k=7), tokenizer).top_k == 7

@@ -213,8 +213,9 @@ class Mauve(Metric):
         feats = terminal_hidden_states(model, feats_in, batch_size=m.batch_size,
                                        device=ctx.accelerator.device, pad_id=pad)
         if ctx.main:
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            np.save(cache, feats)
+            from lmcollapse.io import write_npy
+
+            write_npy(cache, feats)  # atomic: a killed run never leaves a truncated cache
         return feats
 
     def _cache_name(self) -> str:
