@@ -39,7 +39,7 @@ def read_json(path: str | Path) -> Any:
     return json.loads(Path(path).read_text())
 
 
-def append_jsonl(path: str | Path, records: Iterable[dict[str, Any]]) -> None:
+def write_jsonl(path: str | Path, records: Iterable[dict[str, Any]]) -> None:
     write_text(path, "".join(json.dumps(r, default=_jsonable) + "\n" for r in records))
 
 

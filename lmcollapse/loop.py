@@ -297,7 +297,7 @@ class Experiment:
             tcfg, seed=derive_seed(seed, tag, k, "order"), desc=f"train gen {k}")
         if self.main:
             self._save_model(model, d / "model")
-            io.append_jsonl(d / "train_log.jsonl", records)
+            io.write_jsonl(d / "train_log.jsonl", records)
         # generate and measure reload the saved weights, so an uninterrupted run and a
         # resumed one use exactly the same model object (fp32, no mixed-precision wrapper)
         self._model = None
@@ -354,7 +354,7 @@ class Experiment:
                               human=self.human, generation=k, model=model, corpus=corpus,
                               source=self.source, seed=seed, out_dir=out_dir,
                               seed_dir=seed_dir, reference_model=lambda: self._reference(seed),
-                              extras={"run_dir": self.run_dir, "model_config": self.model_config})
+                              extras={"model_config": self.model_config})
 
     def _reference(self, seed: int) -> torch.nn.Module:
         """The seed's generation-0 model, loaded once and kept for reference scoring."""
