@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -53,8 +54,6 @@ def write_rows(path: str | Path, rows: list[dict[str, Any]],
 
 def write_npy(path: str | Path, array: Any) -> None:
     """Save a numpy array atomically."""
-    import numpy as np
-
     def save(tmp: str) -> None:
         with open(tmp, "wb") as f:
             np.save(f, array)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
+import os
 import platform
 import subprocess
 import sys
@@ -72,8 +73,6 @@ def gen_name(k: int) -> str:
 
 def make_accelerator(cfg: ExperimentConfig) -> Accelerator:
     """One Accelerator per process; ``mixed_precision: auto`` picks bf16/fp16 on a GPU."""
-    import os
-
     mp = cfg.train.mixed_precision
     if mp == "auto":
         if os.environ.get("ACCELERATE_MIXED_PRECISION"):
@@ -150,10 +149,7 @@ class Experiment:
         if self.main:
             payload = [load_tokenizer(self.cfg.model, train_texts).backend_tokenizer.to_str()]
         broadcast_object_list(payload)
-        tokenizer = wrap_tokenizer(payload[0])
-        if tokenizer.pad_token_id is None:
-            tokenizer.pad_token = tokenizer.eos_token
-        return tokenizer
+        return wrap_tokenizer(payload[0])  # sets <pad>, as the trained one has
 
     def _check_lengths(self) -> None:
         g, d = self.cfg.generate, self.cfg.data

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from lmcollapse.config import ConfigError
 from lmcollapse.registry import Registry
 
 Row = dict[str, Any]
@@ -62,8 +63,6 @@ class Policy:
     @classmethod
     def check(cls, spec: Any, cfg: Any, where: str) -> None:
         """Raise ConfigError for a spec this policy cannot run."""
-        from lmcollapse.config import ConfigError
-
         if not cls.uses_fraction and spec.fraction is not None:
             raise ConfigError(f"{where}.fraction: policy {spec.name!r} takes no fraction")
         r = spec.fraction if spec.fraction is not None else cls.default_fraction
@@ -129,8 +128,6 @@ class Fresh(Policy):
     @classmethod
     def check(cls, spec: Any, cfg: Any, where: str) -> None:
         super().check(spec, cfg, where)
-        from lmcollapse.config import ConfigError
-
         r = spec.fraction if spec.fraction is not None else cls.default_fraction
         if cfg.generations * r > 1.0 + 1e-9:
             raise ConfigError(

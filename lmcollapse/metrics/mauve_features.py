@@ -14,6 +14,7 @@ import torch
 
 from lmcollapse.config import ConfigError
 from lmcollapse.metrics.base import METRICS, MeasureContext, Metric
+from lmcollapse.metrics.diversity import fixed_sample
 from lmcollapse.scoring import pad_batch
 
 TokenSeqs = Sequence[Sequence[int]]
@@ -238,16 +239,12 @@ class Mauve(Metric):
 
     def compute(self, ctx: MeasureContext) -> dict[str, Any]:
         m = self.cfg.metrics.mauve
-        from lmcollapse.metrics.diversity import fixed_sample
-
         q = self._features(ctx, fixed_sample(ctx.corpus_seqs(), m.num_samples, m.seed),
                            ctx.out_dir / self._cache_name())
         return self._score(ctx, self._human(ctx), q)
 
     def human_reference(self, ctx: MeasureContext) -> dict[str, Any]:
         """MAUVE of held-out human text against human training text: the ceiling."""
-        from lmcollapse.metrics.diversity import fixed_sample
-
         m = self.cfg.metrics.mauve
         length = ctx.sample_tokens()
         train = [r["input_ids"][:length] for r in ctx.human.train]

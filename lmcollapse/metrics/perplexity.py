@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import torch
 from tqdm.auto import tqdm
 
 from lmcollapse.metrics.base import METRICS, MeasureContext, Metric
@@ -47,8 +48,6 @@ def stream_perplexity(accelerator: Any, model: Any, stream: list[int], max_lengt
             seqs = [stream[b:e] for b, e, _ in batch]
             nll, count = masked_nll(model, seqs, [s for _, _, s in batch], pad_id)
             nll_sum, count_sum = nll_sum + nll.sum().item(), count_sum + count.sum().item()
-    import torch
-
     totals = torch.tensor([nll_sum, count_sum], dtype=torch.float64, device=accelerator.device)
     totals = accelerator.reduce(totals, reduction="sum")
     return totals[0].item(), totals[1].item()

@@ -249,4 +249,4 @@ class TailLoss(Metric):
         return self._measure(ctx, ctx.corpus_seqs())
 
     def human_reference(self, ctx: MeasureContext) -> dict[str, Any]:
-        return self._measure(ctx, ctx.human_chunks(None, ctx.cfg.metrics.tail.seed + 7))
+        return self._measure(ctx, ctx.human_chunks(None, ctx.cfg.metrics.tail.seed))
