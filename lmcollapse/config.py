@@ -151,6 +151,10 @@ class GenerateConfig:
 
 @dataclass
 class PerplexityConfig:
+    """Sliding windows over the human test text. ``max_length`` defaults to the trained
+    length (a scratch model: ``data.block_tokens``; a pretrained one: its context, at most
+    1024) and may not exceed it; ``stride`` defaults to half the window."""
+
     max_length: int | None = None
     stride: int | None = None
     max_tokens: int | None = None
@@ -159,22 +163,37 @@ class PerplexityConfig:
 
 @dataclass
 class ReferenceConfig:
-    """Per-sample perplexity of corpus k under the generation-0 model."""
+    """Per-sample perplexity of corpus k under the generation-0 model.
 
+    ``sample_size`` samples of the corpus and as many held-out human chunks are scored
+    (None: the largest size both allow)."""
+
+    sample_size: int | None = None
     batch_size: int = 64
+    seed: int = 0
 
 
 @dataclass
 class DiversityConfig:
-    sample_size: int = 2000
-    self_bleu_sample: int = 500
+    """Equal-size samples for the human row and every corpus (None: the largest size both
+    allow; ``self_bleu_sample`` None: ``sample_size``), averaged over ``draws`` draws."""
+
+    sample_size: int | None = None
+    self_bleu_sample: int | None = 500
+    draws: int = 3
     seed: int = 0
 
 
 @dataclass
 class TailConfig:
+    """Every tail number is measured on ``sample_size`` samples (None: the largest size both
+    the human test split and a corpus allow), the same for every row, averaged over
+    ``draws`` draws."""
+
     head_mass: float = 0.9
     epsilon: float = 1e-6
+    sample_size: int | None = None
+    draws: int = 3
     seed: int = 0
 
 
@@ -183,7 +202,8 @@ class MauveConfig:
     """``featurizer``: ``gen0`` (the seed's generation-0 model), a hub id or a local dir."""
 
     featurizer: str = "gen0"
-    num_samples: int = 1000
+    #: human and corpus samples (None: the largest size both allow)
+    num_samples: int | None = None
     num_buckets: str = "auto"
     seeds: list[int] = field(default_factory=lambda: [1, 2, 3])
     batch_size: int = 32
@@ -479,12 +499,18 @@ def _validate_sizes(cfg: ExperimentConfig) -> None:
             raise ConfigError("model.scratch.hidden_size must be divisible by num_heads")
     mc = cfg.metrics
     for where, value in [("reference.batch_size", mc.reference.batch_size),
-                         ("diversity.sample_size", mc.diversity.sample_size),
-                         ("diversity.self_bleu_sample", mc.diversity.self_bleu_sample),
-                         ("mauve.num_samples", mc.mauve.num_samples),
+                         ("diversity.draws", mc.diversity.draws),
+                         ("tail.draws", mc.tail.draws),
                          ("mauve.batch_size", mc.mauve.batch_size),
                          ("ground_truth.batch_size", mc.ground_truth.batch_size)]:
         _positive(value, f"metrics.{where}")
+    for where, value in [("reference.sample_size", mc.reference.sample_size),
+                         ("diversity.sample_size", mc.diversity.sample_size),
+                         ("diversity.self_bleu_sample", mc.diversity.self_bleu_sample),
+                         ("tail.sample_size", mc.tail.sample_size),
+                         ("mauve.num_samples", mc.mauve.num_samples)]:
+        if value is not None and value < 2:
+            raise ConfigError(f"metrics.{where}: must be >= 2 (samples) or null, got {value!r}")
     if not 0.0 < mc.tail.head_mass < 1.0:
         raise ConfigError(f"metrics.tail.head_mass: must be in (0, 1), got {mc.tail.head_mass}")
     _positive(mc.tail.epsilon, "metrics.tail.epsilon")

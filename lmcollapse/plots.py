@@ -1,7 +1,8 @@
 """Report figures (matplotlib, Agg canvas, PNG + PDF); no pyplot state, nothing left open.
 
-- :func:`metric_plot`: one metric against generation, a line per policy with a band of
-  mean ± std over seeds, the human reference dashed.
+- :func:`metric_plot`: one metric against generation, a line per policy (the mean over
+  seeds) with a band of mean ± sample std where at least 2 seeds were measured (the x label
+  says so; with one seed there is no band), the human reference dashed.
 - :func:`histogram_plot`: Shumailov et al. (2023) Fig. 1 style histograms of the
   generation-0 perplexity of each generation's corpus, log x axis.
 """
@@ -41,28 +42,41 @@ def metric_plot(series: dict[str, dict[int, Sequence[float]]], references: dict[
     """One metric against generation.
 
     Args:
-        series: ``{line label: {generation: (mean, std, n)}}``; std NaN draws no band.
+        series: ``{line label: {generation: (mean, std, n)}}``; the band is drawn where
+            n >= 2 and std is finite (zero width elsewhere), not at all when that is nowhere.
         references: ``{label: value}`` drawn as dashed horizontal lines (NaN skipped).
         title: figure title (display name and direction arrow).
         ylabel: y axis label.
         stem: output path without suffix.
     """
     fig, ax = _figure()
+    counts: set[int] = set()
     for i, (label, points) in enumerate(series.items()):
         gens = sorted(points)
         if not gens:
             continue
         mean = np.array([points[g][0] for g in gens], dtype=float)
-        std = np.nan_to_num(np.array([points[g][1] for g in gens], dtype=float))
+        std = np.array([points[g][1] for g in gens], dtype=float)
+        n = np.array([points[g][2] for g in gens])
+        spread = (n >= 2) & np.isfinite(std)
         color = f"C{i % 10}"
         ax.plot(gens, mean, marker="o", ms=4, color=color, label=label)
-        ax.fill_between(gens, mean - std, mean + std, color=color, alpha=0.18, lw=0)
+        if spread.any():
+            std = np.where(spread, std, 0.0)
+            ax.fill_between(gens, mean - std, mean + std, color=color, alpha=0.18, lw=0)
+            counts.update(int(k) for k in n[spread])
     for j, (label, value) in enumerate(references.items()):
         if value is not None and math.isfinite(value):
             ax.axhline(value, color="0.2" if j == 0 else f"C{(j + 5) % 10}", ls="--", lw=1.2,
                        label=label)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set(xlabel="generation (band: mean ± sample std over seeds)", ylabel=ylabel, title=title)
+    if counts:
+        lo, hi = min(counts), max(counts)
+        seeds = f"{lo} seeds" if lo == hi else f"{lo}–{hi} seeds"
+        xlabel = f"generation (line: mean, band: mean ± sample std over {seeds})"
+    else:
+        xlabel = "generation (1 seed: no spread, no band)"
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize="small", frameon=False)

@@ -9,6 +9,10 @@ imports torch or loads a model, so tables can be rebuilt anywhere.
 
 Several directories of one experiment (e.g. seed_0 run on one machine, seed_1 on another)
 merge their seeds; directories of different experiments (or configs) become separate rows.
+
+Seeds pair policies (generation 0 is trained once per seed and shared), so every shown cell
+is compared with the same metric of the row ranked directly above it by a paired t-test over
+seeds (:func:`paired_test`); a gap that is not significant is marked :data:`MARK`.
 """
 
 from __future__ import annotations
@@ -34,6 +38,10 @@ DEFAULT_COLUMNS = ("perplexity", "excess_nats_per_word", "ref_ppl_p50", "ref_ppl
 ARROWS = {True: "↑", False: "↓", None: "≈"}
 STEPS = ("train", "generate", "measure")
 NAN = math.nan
+#: significance level of the paired comparison with the row above
+ALPHA = 0.05
+#: appended to a cell whose gap to the row above is within the seed noise
+MARK = "~"
 
 
 class ReportError(ValueError):
@@ -55,6 +63,50 @@ def stat(values: Any) -> Stat:
         return Stat(NAN, NAN, 0)
     return Stat(statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else NAN,
                 len(vals))
+
+
+class Comparison(NamedTuple):
+    """One cell against the same metric of the row ranked directly above it (same experiment).
+
+    ``n`` seeds have a value in both rows at the same generation; ``diff`` is the mean over
+    them of (this row - the row above), of the values or, for a metric whose direction is None,
+    of each seed's distance to its human value; ``p`` is the two-sided paired t-test p-value
+    (NaN when n < 2).
+    """
+
+    above: str
+    n: int
+    diff: float
+    p: float
+
+    @property
+    def within_noise(self) -> bool:
+        """True (the cell is marked) unless n >= 2 and p < :data:`ALPHA`."""
+        return not (self.n >= 2 and self.p < ALPHA)
+
+
+def paired_test(a: dict[int, float], b: dict[int, float]) -> tuple[int, float, float]:
+    """Two-sided paired t-test of ``a - b`` over the seeds both have: ``(n, mean diff, p)``.
+
+    The p-value is ``scipy.stats.ttest_rel``'s: with per-seed differences d,
+    t = mean(d) / (stdev(d) / sqrt(n)) on n - 1 degrees of freedom. Where stdev(d) = 0 the
+    differences are all equal: p = 0 when they are nonzero, 1 when they are all zero (scipy
+    gives NaN). p is NaN when n < 2 or a difference is not finite.
+    """
+    seeds = sorted(a.keys() & b.keys())
+    d = [a[s] - b[s] for s in seeds]
+    n = len(d)
+    if not n:
+        return 0, NAN, NAN
+    mean = statistics.fmean(d)
+    if n < 2 or not all(map(math.isfinite, d)):
+        return n, mean, NAN
+    sd = statistics.stdev(d)
+    if sd == 0:
+        return n, mean, 0.0 if mean else 1.0
+    from scipy import stats
+
+    return n, mean, float(2 * stats.t.sf(abs(mean / (sd / math.sqrt(n))), n - 1))
 
 
 # --- loading --------------------------------------------------------------------------------
@@ -94,6 +146,25 @@ class Experiment:
     def human(self, metric: str) -> Stat:
         """The human reference of one metric over seeds."""
         return stat(self.values("human", metric, None).values())
+
+    def scored(self, policy: str, metric: str, generation: int | None,
+               direction: bool | None) -> dict[int, float]:
+        """``{seed: what is ranked and compared}``: the values, or for direction None each
+        seed's distance ``|value - human value of that seed|`` (the human mean over seeds
+        where that seed has none; nothing when no seed has one)."""
+        vals = self.values(policy, metric, generation)
+        if direction is not None:
+            return vals
+        human = self.values("human", metric, None)
+        if not human:
+            return {}
+        ref = statistics.fmean(human.values())
+        return {s: abs(v - human.get(s, ref)) for s, v in vals.items()}
+
+    def latest(self, policy: str, metric: str) -> int | None:
+        """Latest generation at which any seed of ``policy`` has ``metric``."""
+        return next((g for g in range(self.generations, -1, -1)
+                     if self.values(policy, metric, g)), None)
 
     def finished(self, policy: str, seed: int) -> int | None:
         """Latest measured generation of one cell, None when nothing is."""
@@ -233,6 +304,8 @@ class Row:
     onsets: dict[int, int | None] = field(default_factory=dict)
     rank: int | None = None
     notes: list[str] = field(default_factory=list)
+    #: metric -> comparison with the row ranked directly above (same experiment, >= 2 seeds)
+    versus: dict[str, Comparison] = field(default_factory=dict)
 
     @property
     def n_final(self) -> int:
@@ -262,7 +335,7 @@ def _policy_row(exp: Experiment, policy: str, metrics: list[str], threshold: flo
     top = exp.generations
     cells = {}
     for m in metrics:
-        gen = next((g for g in range(top, -1, -1) if exp.values(policy, m, g)), None)
+        gen = exp.latest(policy, m)
         vals = exp.values(policy, m, gen) if gen is not None else {}
         base = exp.values(policy, m, 0)
         cells[m] = Cell(stat(vals.values()), gen, stat(v - base[s] for s, v in vals.items()
@@ -321,31 +394,87 @@ def leaderboard(exps: list[Experiment], rank_by: str | None = None,
                                                          for m in columns}))
         rows += [_policy_row(exp, p, columns, onset_threshold, pre + p) for p in exp.policies]
     direction = meta[rank_by]["higher_is_better"]
-    ref = {id(h.experiment): h.cells[rank_by].stat.mean for h in humans}
-
-    def score(row: Row) -> tuple[bool, float]:
-        m = row.cells[rank_by].stat.mean
-        m = abs(m - ref[id(row.experiment)]) if direction is None else -m if direction else m
-        return math.isnan(m), 0.0 if math.isnan(m) else m
-
-    rows.sort(key=score)
+    rows.sort(key=lambda r: _score(r.experiment, r.policy, rank_by, r.cells[rank_by].generation,
+                                   direction))
+    above: dict[int, Row] = {}
     for i, row in enumerate(rows, 1):
         row.rank = i
+        prev = above.get(id(row.experiment))
+        if prev is not None and len(row.experiment.seeds) > 1:
+            row.versus = {m: _compare(row.experiment, m, meta[m]["higher_is_better"],
+                                      (row.policy, row.cells[m].generation),
+                                      (prev.policy, prev.cells[m].generation), prev.label)
+                          for m in columns}
+        above[id(row.experiment)] = row
     return Leaderboard(humans + rows, columns, meta, rank_by, onset_threshold, exps)
 
 
+def _score(exp: Experiment, policy: str, metric: str, generation: int | None,
+           direction: bool | None) -> tuple[bool, float]:
+    """Sort key, best first: mean over seeds of the value (negated when higher is better) or,
+    for direction None, of each seed's distance to its human value; missing last."""
+    vals = exp.scored(policy, metric, generation, direction) if generation is not None else {}
+    m = statistics.fmean(vals.values()) if vals else NAN
+    m = -m if direction else m
+    return math.isnan(m), 0.0 if math.isnan(m) else m
+
+
+def _compare(exp: Experiment, metric: str, direction: bool | None,
+             this: tuple[str, int | None], above: tuple[str, int | None],
+             label: str) -> Comparison:
+    """Paired test of ``this`` (policy, generation) against ``above``; cells shown at different
+    generations are not compared (n = 0)."""
+    if this[1] is None or this[1] != above[1]:
+        return Comparison(label, 0, NAN, NAN)
+    return Comparison(label, *paired_test(exp.scored(this[0], metric, this[1], direction),
+                                          exp.scored(above[0], metric, above[1], direction)))
+
+
+def _ranked_policies(exp: Experiment, metric: str, direction: bool | None) -> list[str]:
+    """The experiment's policies, best first by ``metric`` at their latest generation."""
+    return sorted(exp.policies, key=lambda p: _score(exp, p, metric, exp.latest(p, metric),
+                                                    direction))
+
+
 def per_generation(exps: list[Experiment], metric: str) -> dict[str, dict[int | str, Stat]]:
-    """``{row label: {generation: Stat, "human": Stat}}`` of one metric (gen 0 is shared)."""
-    _check("metric", metric, list(measured(exps)))
+    """``{row label: {generation: Stat, "human": Stat}}`` of one metric (gen 0 is shared).
+
+    Rows are grouped by experiment and ranked within it by ``metric`` at the latest
+    generation, as the leaderboard ranks (direction None: mean distance to human).
+    """
+    meta = measured(exps)
+    _check("metric", metric, list(meta))
+    direction = meta[metric]["higher_is_better"]
     many, table = len(exps) > 1, {}
     for exp in exps:
         human = exp.human(metric)
-        for p in exp.policies:
+        for p in _ranked_policies(exp, metric, direction):
             row: dict[int | str, Stat] = {g: stat(exp.values(p, metric, g).values())
                                           for g in range(exp.generations + 1)}
             row = {g: s for g, s in row.items() if s.n}
             table[f"{exp.key} / {p}" if many else p] = {**row, "human": human}
     return table
+
+
+def generation_marks(exps: list[Experiment], metric: str) -> dict[str, dict[int, Comparison]]:
+    """``{row label: {generation: Comparison}}`` for :func:`per_generation`'s rows: each
+    policy against the row directly above it (same experiment) at every generation k >= 1
+    either has; nothing for the first row, generation 0 (shared) or one-seed experiments."""
+    meta = measured(exps)
+    _check("metric", metric, list(meta))
+    direction = meta[metric]["higher_is_better"]
+    many, marks = len(exps) > 1, {}
+    for exp in exps:
+        order = _ranked_policies(exp, metric, direction)
+        if len(exp.seeds) < 2:
+            continue
+        for prev, p in zip(order[:-1], order[1:], strict=True):
+            label = f"{exp.key} / {p}" if many else p
+            marks[label] = {g: _compare(exp, metric, direction, (p, g), (prev, g),
+                                        f"{exp.key} / {prev}" if many else prev)
+                            for g in range(1, exp.generations + 1)
+                            if exp.values(p, metric, g)}
+    return marks
 
 
 # --- files and command line -----------------------------------------------------------------
@@ -383,12 +512,13 @@ def write_report(run_dirs: list[str | Path], out: str | Path | None = None,
 
     Returns:
         ``{"leaderboard": Leaderboard, "metric": str, "generation_table": per_generation(...),
-        "markdown": str, "files": [Path, ...]}``.
+        "generation_marks": generation_marks(...), "markdown": str, "files": [Path, ...]}``.
     """
     exps = load_runs(run_dirs)
     lb = leaderboard(exps, rank_by, columns, onset_threshold)
     metric = metric or lb.rank_by
     table = per_generation(exps, metric)
+    marks = generation_marks(exps, metric)
     policies = [p for e in exps for p in e.policies]
     if histogram_policy is not None:
         _check("policy", histogram_policy, sorted(set(policies)))
@@ -400,7 +530,7 @@ def write_report(run_dirs: list[str | Path], out: str | Path | None = None,
         for m in lb.columns:
             series = {lbl: {g: s for g, s in row.items() if g != "human"}
                       for lbl, row in per_generation(exps, m).items()}
-            refs = {("human" if len(exps) == 1 else f"human ({e.key})"):
+            refs = {("human reference" if len(exps) == 1 else f"human reference ({e.key})"):
                     e.human(m).mean for e in exps}
             meta = lb.meta[m]
             files += plotting.metric_plot(series, refs, f"{meta['display_name']} "
@@ -421,11 +551,11 @@ def write_report(run_dirs: list[str | Path], out: str | Path | None = None,
     for name, text in [("leaderboard.md", render_markdown(lb, links)),
                        ("leaderboard.csv", render_csv(lb)),
                        ("leaderboard.tex", render_latex(lb)),
-                       ("leaderboard.html", render_html(lb, (metric, table), images))]:
+                       ("leaderboard.html", render_html(lb, (metric, table, marks), images))]:
         write_text(out / name, text)
         files.append(out / name)
-    return {"leaderboard": lb, "metric": metric, "generation_table": table, "markdown": md,
-            "files": files}
+    return {"leaderboard": lb, "metric": metric, "generation_table": table,
+            "generation_marks": marks, "markdown": md, "files": files}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -455,9 +585,14 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 1
     print(res["markdown"])
-    from lmcollapse.report_formats import markdown_table
+    from lmcollapse.report_formats import generation_notes, markdown_table
 
-    print(f"## Per generation: {res['metric']}\n\n{markdown_table(res['generation_table'])}\n")
+    lb, metric = res["leaderboard"], res["metric"]
+    print(f"## Per generation: {metric}\n\n"
+          f"{markdown_table(res['generation_table'], res['generation_marks'])}\n")
+    print("\n".join(f"- {n}" for n in generation_notes(lb.experiments, metric,
+                                                      lb.meta[metric]["higher_is_better"])))
+    print()
     where = sorted({str(f.parent) for f in res["files"]})
     print(f"wrote {len(res['files'])} files into {', '.join(where)}")
     return 0

@@ -12,7 +12,17 @@ import math
 from pathlib import Path
 from typing import Any
 
-from lmcollapse.report import ARROWS, Experiment, Leaderboard, Row, Stat, median_onset
+from lmcollapse.report import (
+    ALPHA,
+    ARROWS,
+    MARK,
+    Comparison,
+    Experiment,
+    Leaderboard,
+    Row,
+    Stat,
+    median_onset,
+)
 
 # --- text rendering -------------------------------------------------------------------------
 
@@ -52,9 +62,16 @@ def _gens_text(row: Row) -> str:
     return f"{span}/{row.experiment.generations}"
 
 
+def _marked(text: str, comparison: Comparison | None) -> str:
+    """``text`` with `` ~`` appended when its gap to the row above is within the seed noise."""
+    return f"{text} {MARK}" if comparison is not None and comparison.within_noise else text
+
+
 def _cell_text(row: Row, m: str) -> str:
     cell = row.cells[m]
     text = fmt_stat(cell.stat, None if row.policy == "human" else cell.delta)
+    if cell.stat.n:
+        text = _marked(text, row.versus.get(m))
     tags = []
     if cell.generation not in (None, row.experiment.generations):
         tags.append(f"gen {cell.generation}")
@@ -77,16 +94,62 @@ def leaderboard_table(lb: Leaderboard) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
+_HOW = {True: "highest first", False: "lowest first",
+        None: "closest to the human reference first: smallest mean over seeds of "
+              "|value − human value of the same seed|"}
+_DIRECTIONS = ("↑ higher is better, ↓ lower is better, ≈ closer to the human reference is "
+               "better (ranked and compared by each seed's distance |value − human value of "
+               "that seed|; its (+x) is the change of the value itself).")
+
+
+def _seed_notes(exps: list[Experiment], per_generation: bool = False) -> list[str]:
+    """The significance rule where an experiment has >= 2 seeds, the one-seed caveat where one
+    has fewer."""
+    multi = [e for e in exps if len(e.seeds) > 1]
+    single = [e.key for e in exps if len(e.seeds) <= 1]
+    out = []
+    if multi and per_generation:
+        out.append(f"{MARK} = gap to the row directly above not significant at that generation "
+                   f"(the leaderboard's rule: paired two-sided t-test over seeds, p ≥ {ALPHA:g} "
+                   f"or fewer than 2 paired seeds; ≈ metrics pair each seed's distance to its "
+                   f"human value); generation 0 (shared) and top rows are never marked.")
+    elif multi:
+        sizes = {len(e.seeds) for e in multi}
+        crit = ""
+        if len(sizes) == 1:
+            from scipy import stats
+
+            n = sizes.pop()
+            crit = (f" With {n} seeds, p < {ALPHA:g} needs |mean difference| > "
+                    f"{stats.t.ppf(1 - ALPHA / 2, n - 1):.2f} × std of the differences / √{n}.")
+        out.append(
+            f"{MARK} = gap to the row directly above (same experiment) not significant: the two "
+            f"policies' values of that metric, at the generation both cells show, are paired by "
+            f"seed (generation 0 is trained once per seed and shared), and a two-sided paired "
+            f"t-test of the per-seed differences (scipy.stats.ttest_rel) gives p ≥ {ALPHA:g}, or "
+            f"fewer than 2 seeds have both values. For ≈ metrics the paired values are each "
+            f"seed's distance |value − human value of that seed|. Top rows are never marked."
+            + crit)
+    if single:
+        out.append("1 seed: no spread, no significance marks"
+                   + (f" ({', '.join(single)})." if multi else "."))
+    return out
+
+
 def notes(lb: Leaderboard) -> list[str]:
-    """The footnotes every format carries: statistics, arrows, ranking, onset, partial rows."""
+    """The footnotes every format carries: statistics, arrows, ranking, significance, onset,
+    partial rows."""
     d = lb.meta[lb.rank_by]["higher_is_better"]
-    how = {True: "highest first", False: "lowest first", None: "closest to the human reference"}
+    spread = any(len(e.seeds) > 1 for e in lb.experiments)
     out = [
-        "Cells: mean ± sample std over seeds (statistics.stdev, n − 1) at the final generation, "
-        "(+x) = mean over seeds of the change from generation 0; n = seeds that finished the "
-        "final generation / seeds of the experiment; gens = latest finished generation.",
-        "↑ higher is better, ↓ lower is better, ≈ closer to the human reference is better.",
-        f"Ranked by {lb.rank_by} ({how[d]}); the human reference rows ('ref') are unranked.",
+        ("Cells: mean ± sample std over seeds (statistics.stdev, n − 1) at the final generation, "
+         "(+x) = mean over seeds of the change from generation 0" if spread else
+         "Cells: the value at the final generation, (+x) = the change from generation 0")
+        + "; n = seeds that finished the final generation / seeds of the experiment; gens = "
+        "latest finished generation.",
+        _DIRECTIONS,
+        f"Ranked by {lb.rank_by} ({_HOW[d]}); the human reference rows ('ref') are unranked.",
+        *_seed_notes(lb.experiments),
         f"Onset: first generation k ≥ 1 whose held-out perplexity exceeds generation 0's by "
         f"more than {lb.onset_threshold * 100:g}% (strictly); median over seeds, a seed that "
         f"never crosses counting as never; (c/n) = seeds that crossed.",
@@ -177,21 +240,42 @@ def _md_table(header: list[str], rows: list[list[str]], left: int = 2) -> str:
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in esc[1:]])
 
 
-def generation_table(table: dict[str, dict[int | str, Stat]]) -> tuple[list[str], list[list[str]]]:
-    """Header and rows of :func:`per_generation`: ``…`` = not finished, n shown when short."""
+GenerationMarks = dict[str, dict[int, Comparison]]
+
+
+def generation_table(table: dict[str, dict[int | str, Stat]], marks: GenerationMarks | None = None
+                     ) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of :func:`per_generation`: ``…`` = not finished, n shown when short,
+    `` ~`` where :func:`~lmcollapse.report.generation_marks` finds the gap within noise."""
     gens = sorted({g for row in table.values() for g in row if g != "human"})
     rows = []
     for label, row in table.items():
         full = max(s.n for s in row.values())
-        cells = [fmt_stat(row[g]) + (f" (n={row[g].n})" if row[g].n < full else "")
+        cells = [_marked(fmt_stat(row[g]), (marks or {}).get(label, {}).get(g))
+                 + (f" (n={row[g].n})" if row[g].n < full else "")
                  if g in row else "…" for g in gens]
         rows.append([label, *cells, fmt_stat(row["human"])])
     return ["policy", *(f"gen {g}" for g in gens), "human"], rows
 
 
-def markdown_table(table: dict[str, dict[int | str, Stat]]) -> str:
+def markdown_table(table: dict[str, dict[int | str, Stat]],
+                   marks: GenerationMarks | None = None) -> str:
     """Policies as rows, generations as columns, the human reference last."""
-    return _md_table(*generation_table(table), left=1)
+    return _md_table(*generation_table(table, marks), left=1)
+
+
+def generation_notes(exps: list[Experiment], metric: str, direction: bool | None) -> list[str]:
+    """The footnotes of the per-generation table."""
+    spread = any(len(e.seeds) > 1 for e in exps)
+    return [
+        ("Cells: mean ± sample std over seeds (statistics.stdev, n − 1)" if spread else
+         "Cells: the value of the one seed")
+        + "; (n=k): fewer seeds than the row's most; … = not measured yet; generation 0 is "
+        "one model per seed, shared by every policy.",
+        f"Rows ranked by {metric} {ARROWS[direction]} at the latest measured generation "
+        f"({_HOW[direction]}), within each experiment.",
+        *_seed_notes(exps, per_generation=True),
+    ]
 
 
 def render_markdown(lb: Leaderboard, figures: list[str] | None = None) -> str:
@@ -210,25 +294,34 @@ def render_csv(lb: Leaderboard) -> str:
     """One line per row, full-precision numbers, empty = missing, the setup in the last column."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    per = ("generation", "mean", "std", "n", "delta_mean", "delta_std")
-    w.writerow(["experiment", "policy", "rank", "partial", "n_final", "n_seeds",
+    per = ("generation", "mean", "std", "n", "delta_mean", "delta_std", "vs_above_n",
+           "vs_above_diff", "vs_above_p", "within_noise")
+    w.writerow(["experiment", "policy", "rank", "above", "partial", "n_final", "n_seeds",
                 "finished_generations", "final_generation", "onset_median", "onset_per_seed",
                 "onset_threshold", *(f"{c}_{p}" for c in lb.columns for p in per), "setup"])
 
     def num(x: Any) -> str:
         return "" if x is None or (isinstance(x, float) and math.isnan(x)) else repr(x)
 
+    def versus(r: Row, c: str) -> list[str]:
+        v = r.versus.get(c)
+        if v is None or not r.cells[c].stat.n:
+            return ["", "", "", ""]
+        return [str(v.n), num(v.diff), num(v.p), str(int(v.within_noise))]
+
     for r in lb.rows:
         human = r.policy == "human"
         med = None if human else median_onset(list(r.onsets.values()))
-        w.writerow([r.experiment.key, r.policy, num(r.rank), int(r.partial), r.n_final,
+        above = next(iter(r.versus.values())).above if r.versus else ""
+        w.writerow([r.experiment.key, r.policy, num(r.rank), above, int(r.partial), r.n_final,
                     len(r.experiment.seeds), ";".join("-" if g is None else str(g)
                                                       for g in r.finished.values()),
                     r.experiment.generations, "" if human else ("none" if med is None else med),
                     ";".join("none" if o is None else str(o) for o in r.onsets.values()),
                     lb.onset_threshold,
-                    *(num(v) for c in lb.columns
-                      for v in (r.cells[c].generation, *r.cells[c].stat, *r.cells[c].delta[:2])),
+                    *(x for c in lb.columns for x in
+                      [*(num(v) for v in (r.cells[c].generation, *r.cells[c].stat,
+                                          *r.cells[c].delta[:2])), *versus(r, c)]),
                     "; ".join(f"{k}: {v}" for k, v in setup_items(r.experiment))])
     return buf.getvalue()
 
@@ -239,8 +332,8 @@ _TEX = {**{c: "\\" + c for c in "_%&#${}"}, "\\": r"\textbackslash{}", "~": r"\t
         "×": r"$\times$", "…": r"\dots{}"}
 
 
-_ASCII = {"±": "+/-", "↑": "up", "↓": "down", "≈": "~", "†": "(dagger)", "–": "-", "−": "-",
-          "≥": ">=", "×": "x", "…": "..."}
+_ASCII = {"±": "+/-", "↑": "up", "↓": "down", "≈": "(near human)", "†": "(dagger)", "–": "-",
+          "−": "-", "≥": ">=", "×": "x", "…": "...", "√": "sqrt "}
 
 
 def _tex_comment(text: str) -> str:
@@ -254,6 +347,11 @@ def tex_escape(text: str) -> str:
     return "".join(_TEX.get(ch, ch) for ch in str(text))
 
 
+def _tex_cell(text: str) -> str:
+    """A value cell, its within-noise mark raised: ``12.3$^{\\sim}$``."""
+    return tex_escape(text).replace(" " + tex_escape(MARK), r"$^{\sim}$", 1)
+
+
 def render_latex(lb: Leaderboard) -> str:
     """A ``tabular`` fragment (no packages needed), setup and notes as ``%`` comments."""
     header, rows = leaderboard_table(lb)
@@ -263,22 +361,35 @@ def render_latex(lb: Leaderboard) -> str:
     out += [r"\begin{tabular}{ll" + "r" * (len(header) - 2) + "}", r"\hline"]
     out += [" & ".join(tex_escape(c) for c in header) + r" \\", r"\hline"]
     for i, r in enumerate(rows):
-        out.append(" & ".join(tex_escape(c) for c in r) + r" \\")
+        out.append(" & ".join(_tex_cell(c) if j >= 5 else tex_escape(c)
+                              for j, c in enumerate(r)) + r" \\")
         if i == len(lb.experiments) - 1:
             out.append(r"\hline")
     return "\n".join(out + [r"\hline", r"\end{tabular}"]) + "\n"
 
 
-def _html_table(header: list[str], rows: list[list[str]]) -> str:
+def _html_table(header: list[str], rows: list[list[str]], first_value: int) -> str:
+    """Marked value cells (columns from ``first_value`` on) are greyed, the mark raised."""
     e = html.escape
+
+    def td(j: int, c: str) -> str:
+        if j >= first_value and f" {MARK}" in c:
+            sup = f'<sup title="within the seed noise of the row above">{MARK}</sup>'
+            return f'<td class="noise">{e(c).replace(f" {MARK}", sup, 1)}</td>'
+        return f"<td>{e(c)}</td>"
+
     head = "".join(f"<th>{e(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>\n" for r in rows)
+    body = "".join("<tr>" + "".join(td(j, c) for j, c in enumerate(r)) + "</tr>\n"
+                   for r in rows)
     return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}</tbody>\n</table>"
 
 
-def render_html(lb: Leaderboard, generation: tuple[str, dict] | None = None,
+def render_html(lb: Leaderboard, generation: tuple[Any, ...] | None = None,
                 images: dict[str, bytes] | None = None) -> str:
-    """One self-contained page: setup, leaderboard, per-generation table, embedded PNGs."""
+    """One self-contained page: setup, leaderboard, per-generation table, embedded PNGs.
+
+    ``generation`` is ``(metric, per_generation(...)[, generation_marks(...)])``.
+    """
     import base64
 
     e = html.escape
@@ -287,18 +398,23 @@ def render_html(lb: Leaderboard, generation: tuple[str, dict] | None = None,
     for exp in lb.experiments:
         parts.append(f"<h2>Setup of {e(exp.key)}</h2>\n<dl>" + "".join(
             f"<dt>{e(k)}</dt><dd>{e(v)}</dd>" for k, v in setup_items(exp)) + "</dl>")
-    parts += ["<h2>Leaderboard</h2>", _html_table(*leaderboard_table(lb)),
+    parts += ["<h2>Leaderboard</h2>", _html_table(*leaderboard_table(lb), first_value=5),
               "<ul>" + "".join(f"<li>{e(n)}</li>" for n in notes(lb)) + "</ul>"]
     if generation:
-        parts += [f"<h2>Per generation: {e(generation[0])}</h2>",
-                  _html_table(*generation_table(generation[1]))]
+        metric, table, marks = (*generation, None)[:3]
+        direction = lb.meta.get(metric, {}).get("higher_is_better")
+        parts += [f"<h2>Per generation: {e(metric)}</h2>",
+                  _html_table(*generation_table(table, marks), first_value=1),
+                  "<ul>" + "".join(f"<li>{e(n)}</li>" for n in
+                                   generation_notes(lb.experiments, metric, direction)) + "</ul>"]
     for name, png in (images or {}).items():
         parts.append(f'<figure><img alt="{e(name)}" src="data:image/png;base64,'
                      f'{base64.b64encode(png).decode()}"><figcaption>{e(name)}</figcaption></figure>')
     style = ("body{font-family:sans-serif;margin:2em;max-width:95em}table{border-collapse:collapse}"
              "td,th{border:1px solid #ccc;padding:.2em .5em;text-align:right}"
              "td:nth-child(2),th:nth-child(2){text-align:left}dt{font-weight:bold;float:left;"
-             "width:8em}dd{margin-left:9em}img{max-width:48em}figure{display:inline-block}")
+             "width:8em}dd{margin-left:9em}img{max-width:48em}figure{display:inline-block}"
+             "td.noise{color:#777}td.noise sup{color:#c60;font-weight:bold}")
     return (f'<!DOCTYPE html>\n<html lang="en">\n<head><meta charset="utf-8"><title>{e(title)}'
             f"</title><style>{style}</style></head>\n<body>\n" + "\n".join(parts)
             + "\n</body>\n</html>\n")

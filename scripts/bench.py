@@ -23,7 +23,7 @@ import torch
 from lmcollapse.config import load_config
 from lmcollapse.data import load_human_text, prepare_human_data
 from lmcollapse.generate import generate_corpus
-from lmcollapse.loop import make_accelerator
+from lmcollapse.loop import make_accelerator, trained_length
 from lmcollapse.metrics.perplexity import stream_perplexity, window_settings
 from lmcollapse.models import load_tokenizer, model_config, random_model, starting_model
 from lmcollapse.train import train_generation
@@ -69,7 +69,7 @@ def main() -> int:
 
     # --- held-out perplexity
     stream = human.test_stream[: args.eval_tokens]
-    max_length, stride = window_settings(cfg.metrics.perplexity, config)
+    max_length, stride = window_settings(cfg.metrics.perplexity, trained_length(cfg, config))
     start = time.perf_counter()
     stream_perplexity(acc, model, stream, max_length, stride, tok.pad_token_id,
                       cfg.metrics.perplexity.batch_size)

@@ -16,14 +16,16 @@ QUICKSTART = ROOT / "configs" / "quickstart.yaml"
 
 #: the quickstart shrunk to seconds: same code paths, smaller everything
 TINY = [
-    "generations=2", "data.synthetic.train_docs=120", "data.synthetic.validation_docs=20",
+    "seeds=[0]", "generations=2", "data.synthetic.train_docs=120",
+    "data.synthetic.validation_docs=20",
     "data.synthetic.test_docs=20", "data.synthetic.vocab_size=60", "data.synthetic.branching=6",
     "model.scratch.vocab_size=200", "model.scratch.hidden_size=32",
     "model.scratch.intermediate_size=64", "train.budget_steps=null", "train.epochs=1",
     "train.batch_size=16",
     "generate.new_tokens=16", "generate.batch_size=64", "log_level=WARNING",
-    "metrics.mauve.num_samples=60", "metrics.diversity.sample_size=100",
-    "metrics.diversity.self_bleu_sample=50",
+    "metrics.mauve.num_samples=null", "metrics.diversity.sample_size=null",
+    "metrics.diversity.self_bleu_sample=50", "metrics.reference.sample_size=null",
+    "metrics.tail.sample_size=null",
 ]
 
 

@@ -20,7 +20,6 @@ from lmcollapse.metrics.diversity import (
 )
 from lmcollapse.metrics.mauve_features import mauve_score, terminal_hidden_states
 from lmcollapse.metrics.tail import (
-    equal_size_sample,
     head_tail_split,
     tail_metrics,
     token_counts,
@@ -173,22 +172,6 @@ def test_kl_by_hand_and_scipy():
     q = np.array([1, 1, 2]) + eps
     out = tail_metrics([[1, 1, 1, 2]], [[1, 2, 3, 3]], [[1]], epsilon=eps)
     assert out["kl_human_corpus"] == pytest.approx(scipy_entropy(p / p.sum(), q / q.sum()))
-
-
-def test_equal_size_sample_exact_tokens():
-    pool = [list(range(k)) for k in (5, 3, 8, 2, 7, 4)]  # 29 tokens
-    for n in (0, 1, 6, 13, 29):
-        sample = equal_size_sample(pool, n, seed=2)
-        assert sum(len(s) for s in sample) == n
-        assert all(s in pool for s in sample[:-1])  # whole sequences except the last
-        if sample:
-            assert any(p[: len(sample[-1])] == sample[-1] for p in pool)
-    assert equal_size_sample(pool, 13, seed=2) == equal_size_sample(pool, 13, seed=2)
-    with pytest.raises(ValueError):
-        equal_size_sample(pool, 30, seed=2)
-
-
-# ---------------------------------------------------------------- MAUVE
 
 
 def test_mauve_identical_close_to_one():

@@ -106,7 +106,9 @@ def test_diversity_human_and_corpus_samples_have_equal_size(tmp_path, accelerato
     texts = load_human_text(cfg.data)
     tok = load_tokenizer(cfg.model, texts["train"])
     human = prepare_human_data(tok, texts, cfg.data)
-    corpus = [{"input_ids": np.arange(16) % 7, "sample_id": f"gen_1:{i}"} for i in range(300)]
+    # a corpus holds one sample per human training block, as the loop writes it
+    corpus = [{"input_ids": np.arange(16) % 7, "sample_id": f"gen_1:{i}"}
+              for i in range(len(human.train))]
     ctx = MeasureContext(cfg=cfg, accelerator=accelerator, tokenizer=tok, human=human,
                          generation=1, corpus=corpus)
     metric = METRICS.get("diversity")(cfg)

@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from scipy import stats
 
 from lmcollapse import report, report_formats
 from lmcollapse.report import ReportError, load_runs, onset
@@ -40,12 +41,13 @@ def value(metric: str, policy: str | None, seed: int, gen: int | None) -> float:
     }[metric]
 
 
-def _write_cell(d: Path, seed: int, policy: str | None, gen: int | None) -> None:
+def _write_cell(d: Path, seed: int, policy: str | None, gen: int | None, values=value,
+                directions=DIRECTION) -> None:
     d.mkdir(parents=True, exist_ok=True)
-    metrics = [m for m in DIRECTION if not (gen is None and m == "perplexity")]
+    metrics = [m for m in directions if not (gen is None and m == "perplexity")]
     rec = {"seed": seed, "policy": policy, "generation": gen,
-           "values": {m: value(m, policy, seed, gen) for m in metrics},
-           "meta": {m: {"metric": m, "display_name": m.title(), "higher_is_better": DIRECTION[m]}
+           "values": {m: values(m, policy, seed, gen) for m in metrics},
+           "meta": {m: {"metric": m, "display_name": m.title(), "higher_is_better": directions[m]}
                     for m in metrics},
            "details": {"perplexity": {"max_length": 64, "stride": 32, "test_tokens": 999},
                        "mauve": {"featurizer": "gen0", "n_p": 50, "n_q": 50}},
@@ -60,12 +62,13 @@ def _write_cell(d: Path, seed: int, policy: str | None, gen: int | None) -> None
 
 
 def make_run(root: Path, seeds=SEEDS, name: str = "fake", stop: dict | None = None,
-             lr: float = 1e-4) -> Path:
+             lr: float = 1e-4, policies=POLICIES, values=value, directions=DIRECTION) -> Path:
     """A run directory; ``stop[(policy, seed)] = k`` ends that cell after generation k,
-    with generation k + 1 trained but not generated or measured."""
+    with generation k + 1 trained but not generated or measured; ``values`` and
+    ``directions`` as :func:`value` and :data:`DIRECTION`."""
     run = root / name
     config = {"experiment": name, "seeds": list(seeds), "generations": GENS,
-              "policies": [{"name": p, "label": None} for p in POLICIES],
+              "policies": [{"name": p, "label": None} for p in policies],
               "data": {"source": "hf", "hf": {"path": "wikitext", "name": "wikitext-2-raw-v1"},
                        "block_tokens": 128},
               "model": {"source": "pretrained", "name_or_path": "facebook/opt-125m",
@@ -76,15 +79,16 @@ def make_run(root: Path, seeds=SEEDS, name: str = "fake", stop: dict | None = No
               "metrics": {"perplexity": {"max_length": 64, "stride": 32}}}
     run.mkdir(parents=True)
     (run / "experiment.json").write_text(json.dumps(
-        {"experiment": name, "config": config, "seeds": list(seeds), "policies": POLICIES,
+        {"experiment": name, "config": config, "seeds": list(seeds), "policies": list(policies),
          "git_sha": "abc123", "device": "cpu", "versions": {"torch": "x"}}))
+    kw = {"values": values, "directions": directions}
     for s in seeds:
-        _write_cell(run / f"seed_{s}" / "human", s, "human", None)
-        _write_cell(run / f"seed_{s}" / "gen_00", s, None, 0)
-        for p in POLICIES:
+        _write_cell(run / f"seed_{s}" / "human", s, "human", None, **kw)
+        _write_cell(run / f"seed_{s}" / "gen_00", s, None, 0, **kw)
+        for p in policies:
             last = (stop or {}).get((p, s), GENS)
             for k in range(1, last + 1):
-                _write_cell(run / f"seed_{s}" / p / f"gen_{k:02d}", s, p, k)
+                _write_cell(run / f"seed_{s}" / p / f"gen_{k:02d}", s, p, k, **kw)
             if last < GENS:
                 nxt = run / f"seed_{s}" / p / f"gen_{last + 1:02d}"
                 nxt.mkdir(parents=True)
@@ -158,6 +162,8 @@ def test_partial_rows_are_marked(run, tmp_path):
     acc = _row(lb, "accumulate")
     assert acc.partial and not _row(lb, "replace").partial
     assert acc.n_final == 2 and acc.finished == {0: 3, 1: 3, 2: 2}
+    # replace (3 seeds) against accumulate (2 finished) pairs the 2 seeds both have
+    assert _row(lb, "replace").versus["perplexity"].n == 2
     md = report_formats.render_markdown(lb)
     assert "accumulate †" in md and "| 2/3 | 2–3/3 |" in md
     assert "seed 2: finished gen 2; gen 3: train done, generate and measure pending" in md
@@ -294,3 +300,242 @@ def test_report_does_not_import_torch():
     code = ("import sys, lmcollapse.report, lmcollapse.plots; "
             "assert not {'torch', 'transformers'} & set(sys.modules), sys.modules.keys()")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+# --- claims that survive the seed spread ----------------------------------------------------
+
+#: metric -> higher_is_better, as the metric classes declare them (None: closer to human)
+SIG_DIRECTION = {"perplexity": False, "ref_ppl_p50": None, "distinct_4": None, "mauve": True}
+SIG_POLICIES = ["replace", "mix", "accumulate"]
+_E = np.array([0.0, 3.0, -3.0])  # seed effect shared by every policy (pairs the seeds)
+_H = 20.0 + np.arange(3.0)  # human ref_ppl_p50 per seed
+_RNG = np.random.default_rng(7)
+#: metric -> (human per seed, gen 0 per seed, {policy: final generation per seed})
+SIG = {
+    # mix - accumulate = 2 +- 0.1 on every seed, though both rows spread by 3: a real gap;
+    # replace - mix = (1.4, -0.9, 0.15): within the seed noise
+    "perplexity": (None, 10 + _E, {"accumulate": 12 + _E,
+                                   "mix": 14 + _E + [0.1, -0.1, 0.05],
+                                   "replace": 14 + _E + [1.5, -1.0, 0.2]}),
+    # distances to human: accumulate 2, 2, 2; mix 2.5, 1.5, 2.1; replace 4, 4, 4.1 (straddles)
+    "ref_ppl_p50": (_H, _H + 0.5, {"accumulate": _H + 2.0, "mix": _H - [2.5, 1.5, 2.1],
+                                   "replace": _H + [4.0, -4.0, 4.1]}),
+    "distinct_4": (0.95 + _RNG.normal(0, 0.01, 3), np.full(3, 0.9),
+                   {p: 0.9 + _RNG.normal(0.03 * i, 0.02, 3) for i, p in enumerate(SIG_POLICIES)}),
+    "mauve": (np.ones(3), np.full(3, 0.6),
+              {p: 0.6 + _RNG.normal(0.1 * i, 0.05, 3) for i, p in enumerate(SIG_POLICIES)}),
+}
+
+
+def sig_value(metric: str, policy: str | None, seed: int, gen: int | None) -> float:
+    """Linear from generation 0 to the final value of :data:`SIG`; gen None = human."""
+    human, gen0, final = SIG[metric]
+    if gen is None:
+        return float(human[seed])
+    return float(gen0[seed] + (final[policy][seed] - gen0[seed]) * gen / GENS if gen else
+                 gen0[seed])
+
+
+def _sig_run(root: Path, seeds=SEEDS, name: str = "sig") -> Path:
+    return make_run(root, seeds=seeds, name=name, policies=SIG_POLICIES, values=sig_value,
+                    directions=SIG_DIRECTION)
+
+
+def _at(metric: str, policy: str, gen: int = GENS) -> np.ndarray:
+    return np.array([sig_value(metric, policy, s, gen) for s in SEEDS])
+
+
+def expected_ranks(metric: str, gen: int = GENS) -> list[tuple[str, float | None]]:
+    """Computed here: ``[(policy, p-value against the row above)]``, best first, by the mean of
+    the values or, direction None, of |value - human of the same seed|; scipy's ttest_rel."""
+    direction = SIG_DIRECTION[metric]
+    human = SIG[metric][0]
+    score = {p: np.abs(_at(metric, p, gen) - human) if direction is None else _at(metric, p, gen)
+             for p in SIG_POLICIES}
+    order = sorted(score, key=lambda p: -score[p].mean() if direction else score[p].mean())
+    return [(order[0], None)] + [(p, float(stats.ttest_rel(score[p], score[up]).pvalue))
+                                 for up, p in zip(order, order[1:], strict=False)]
+
+
+def _md_rows(md: str) -> dict[str, dict[str, str]]:
+    """The first Markdown table: ``{policy: {column (arrow dropped): cell}}``."""
+    lines = [ln for ln in md.splitlines() if ln.startswith("| ")]
+    split = [[c.strip() for c in ln.strip().strip("|").split(" | ")] for ln in lines]
+    cols = [c.rsplit(" ", 1)[0] if c[-1] in "↑↓≈" else c for c in split[0]]
+    key = cols.index("policy")
+    return {r[key]: dict(zip(cols, r, strict=True)) for r in split[1:]}
+
+
+def _is_marked(cell: str) -> bool:
+    return cell.endswith(f" {report.MARK}")
+
+
+def test_marks_follow_a_paired_test_over_seeds(tmp_path):
+    run = _sig_run(tmp_path)
+    out = tmp_path / "out"
+    res = report.write_report([run], out=out, plots=False)
+    md = _md_rows((out / "leaderboard.md").read_text())
+    rows = list(csv.DictReader(io.StringIO((out / "leaderboard.csv").read_text())))
+    by_policy = {r["policy"]: r for r in rows}
+    # rows follow the ranking metric, computed here
+    assert [r["policy"] for r in rows] == ["human"] + [p for p, _ in expected_ranks("perplexity")]
+    assert list(md) == ["human"] + [p for p, _ in expected_ranks("perplexity")]
+    order = [p for p, _ in expected_ranks("perplexity")]
+    for m in SIG_DIRECTION:
+        score = {p: (np.abs(_at(m, p) - SIG[m][0]) if SIG_DIRECTION[m] is None else _at(m, p))
+                 for p in order}
+        for up, p in zip([None, *order], order, strict=False):
+            cell, line = md[p][m], by_policy[p]
+            if up is None:  # the top row is never compared
+                assert not _is_marked(cell) and line[f"{m}_within_noise"] == ""
+                continue
+            pval = stats.ttest_rel(score[p], score[up]).pvalue
+            assert float(line[f"{m}_vs_above_p"]) == pytest.approx(pval, rel=1e-9)
+            assert int(line[f"{m}_vs_above_n"]) == 3 and line["above"] == up
+            assert float(line[f"{m}_vs_above_diff"]) == pytest.approx(np.mean(score[p] - score[up]))
+            assert _is_marked(cell) == (not pval < 0.05), (m, p, cell, pval)
+            assert line[f"{m}_within_noise"] == str(int(not pval < 0.05))
+    # the designed pairs: a consistent gap smaller than the spread over seeds is real ...
+    acc, mix, rep = (_at("perplexity", p) for p in ("accumulate", "mix", "replace"))
+    assert np.mean(mix - acc) < min(np.std(mix, ddof=1), np.std(acc, ddof=1))
+    assert not _is_marked(md["mix"]["perplexity"])
+    assert by_policy["mix"]["perplexity_within_noise"] == "0"
+    # ... and a gap below the seed noise is marked
+    assert _is_marked(md["replace"]["perplexity"])
+    assert by_policy["replace"]["perplexity_within_noise"] == "1"
+    assert np.mean(rep - mix) > 0 and np.std(rep - mix, ddof=1) > np.mean(rep - mix)
+    # LaTeX raises the mark, HTML greys the cell: the same cells in every format
+    n_marks = sum(_is_marked(c) for r in md.values() for c in r.values())
+    assert n_marks >= 2 and (out / "leaderboard.tex").read_text().count("$^{\\sim}$") == n_marks
+    page = (out / "leaderboard.html").read_text().split("<h2>Per generation")[0]
+    assert page.count('<td class="noise">') == n_marks
+    # the rule is stated under the table
+    text = res["markdown"]
+    assert f"{report.MARK} = gap to the row directly above" in text and "p ≥ 0.05" in text
+    assert "4.30 × std of the differences / √3" in text
+
+
+def test_closer_to_human_ranks_and_marks_by_distance(tmp_path):
+    lb = report.leaderboard(load_runs([_sig_run(tmp_path)]), rank_by="ref_ppl_p50")
+    expected = expected_ranks("ref_ppl_p50")
+    assert [r.policy for r in lb.rows[1:]] == [p for p, _ in expected]
+    assert [p for p, _ in expected] == ["accumulate", "mix", "replace"]
+    # the distance of the mean would have put replace (straddling human) first
+    raw = {p: abs(_at("ref_ppl_p50", p).mean() - _H.mean()) for p in SIG_POLICIES}
+    assert min(raw, key=raw.get) == "replace"
+    md = _md_rows(report_formats.render_markdown(lb))
+    for p, pval in expected[1:]:
+        assert _row(lb, p).versus["ref_ppl_p50"].p == pytest.approx(pval, rel=1e-9)
+        assert _is_marked(md[p]["ref_ppl_p50"]) == (not pval < 0.05)
+    # and the raw values would have given the opposite marks
+    assert _is_marked(md["mix"]["ref_ppl_p50"]) and not _is_marked(md["replace"]["ref_ppl_p50"])
+    raw_p = {p: stats.ttest_rel(_at("ref_ppl_p50", p), _at("ref_ppl_p50", up)).pvalue
+             for up, p in [("accumulate", "mix"), ("mix", "replace")]}
+    assert raw_p["mix"] < 0.05 <= raw_p["replace"]
+    # a None-direction column beside another ranking metric is compared by distance too
+    lb = report.leaderboard(load_runs([tmp_path / "sig"]), rank_by="perplexity")
+    dist = {p: np.abs(_at("ref_ppl_p50", p) - _H) for p in SIG_POLICIES}
+    v = _row(lb, "replace").versus["ref_ppl_p50"]
+    assert v.above == "mix" and v.diff == pytest.approx(np.mean(dist["replace"] - dist["mix"]))
+    assert v.p == pytest.approx(stats.ttest_rel(dist["replace"], dist["mix"]).pvalue)
+    header = report_formats.leaderboard_table(lb)[0]
+    assert {"ref_ppl_p50 ≈", "distinct_4 ≈", "perplexity ↓", "mauve ↑"} <= set(header)
+
+
+def test_per_generation_table_marks_each_generation(tmp_path, capsys):
+    run = _sig_run(tmp_path)
+    exps = load_runs([run])
+    for m in SIG_DIRECTION:
+        table = report.per_generation(exps, m)
+        marks = report.generation_marks(exps, m)
+        assert list(table) == [p for p, _ in expected_ranks(m)]
+        order = list(table)
+        md = _md_rows(report_formats.markdown_table(table, marks))
+        for g in range(1, GENS + 1):
+            human = SIG[m][0]
+            score = {p: np.abs(_at(m, p, g) - human) if SIG_DIRECTION[m] is None else _at(m, p, g)
+                     for p in order}
+            for up, p in zip(order, order[1:], strict=False):
+                pval = stats.ttest_rel(score[p], score[up]).pvalue
+                assert marks[p][g].p == pytest.approx(pval, rel=1e-9, nan_ok=True)
+                assert _is_marked(md[p][f"gen {g}"].split(" (n=")[0]) == (not pval < 0.05)
+        assert not any(_is_marked(c) for c in md[order[0]].values())  # the top row
+        assert not any(_is_marked(md[p]["gen 0"]) for p in order)  # generation 0 is shared
+        for p in order:
+            cells = [table[p][g] for g in range(GENS + 1)]
+            assert [c.n for c in cells] == [3] * (GENS + 1)
+            assert cells[-1].std == pytest.approx(np.std(_at(m, p), ddof=1))
+    assert report.main([str(run), "--no-plots", "--out", str(tmp_path / "o"),
+                        "--metric", "perplexity"]) == 0
+    text = capsys.readouterr().out
+    gen_part = text.split("## Per generation: perplexity")[1]
+    assert "± " in gen_part and "at that generation" in gen_part
+    gen_rows = _md_rows(gen_part)  # shared generation 0, no human perplexity
+    assert gen_rows["replace"]["gen 0"] == "10.00 ± 3.00" and gen_rows["replace"]["human"] == "–"
+    assert _is_marked(gen_rows["replace"][f"gen {GENS}"])
+    assert not _is_marked(gen_rows["mix"][f"gen {GENS}"])
+
+
+def test_one_seed_says_so(tmp_path):
+    out = tmp_path / "out"
+    res = report.write_report([_sig_run(tmp_path, seeds=[0])], out=out, plots=False)
+    md = (out / "leaderboard.md").read_text()
+    table = [ln for ln in md.splitlines() if ln.startswith("|")]
+    assert "1 seed: no spread, no significance marks." in md
+    assert "±" not in "\n".join(table) and "mean ± sample std" not in md
+    assert not any(_is_marked(c) for r in _md_rows(md).values() for c in r.values())
+    assert "ttest" not in md
+    rows = list(csv.DictReader(io.StringIO((out / "leaderboard.csv").read_text())))
+    assert all(r[f"{m}_within_noise"] == "" for r in rows for m in SIG_DIRECTION)
+    gen = report_formats.markdown_table(res["generation_table"], res["generation_marks"])
+    assert "±" not in gen and res["generation_marks"] == {}
+    html_page = (out / "leaderboard.html").read_text()
+    assert html_page.count("1 seed: no spread, no significance marks.") == 2
+    # one experiment with one seed beside one with three: the caveat names it
+    many = tmp_path / "many"
+    lb = report.leaderboard(load_runs([_sig_run(many, seeds=[0], name="single"),
+                                       _sig_run(many, name="triple")]))
+    text = "\n".join(report_formats.notes(lb))
+    assert "1 seed: no spread, no significance marks (single)." in text
+    assert "gap to the row directly above" in text
+    assert not any(r.versus for r in lb.rows if r.experiment.name == "single")
+    # rows of the two experiments interleave; each compares with its own experiment's row above
+    triple = [r for r in lb.rows if r.experiment.name == "triple" and r.rank]
+    assert [r.rank for r in triple] != [1, 2, 3] and not triple[0].versus
+    assert [r.versus["perplexity"].above for r in triple[1:]] == [r.label for r in triple[:-1]]
+
+
+def test_plot_band_over_seeds(tmp_path, monkeypatch):
+    from matplotlib.collections import PolyCollection
+
+    from lmcollapse import plots
+
+    seen = {}
+
+    def save(fig, stem):
+        ax = fig.axes[0]
+        seen[stem.name] = {
+            "xlabel": ax.get_xlabel(),
+            "bands": [c.get_paths()[0].vertices for c in ax.collections
+                      if isinstance(c, PolyCollection)],
+            "dashed": [ln.get_ydata()[0] for ln in ax.get_lines() if ln.get_linestyle() == "--"]}
+        return []
+
+    monkeypatch.setattr(plots, "_save", save)
+    for seeds, name in [(SEEDS, "three"), ([0], "one")]:
+        exps = load_runs([_sig_run(tmp_path / name, seeds=seeds)])
+        series = {p: {g: s for g, s in row.items() if g != "human"}
+                  for p, row in report.per_generation(exps, "ref_ppl_p50").items()}
+        plots.metric_plot(series, {"human": exps[0].human("ref_ppl_p50").mean}, "t", "y",
+                          tmp_path / name)
+    three, one = seen["three"], seen["one"]
+    assert "band: mean ± sample std over 3 seeds" in three["xlabel"]
+    assert len(three["bands"]) == 3 and not one["bands"]
+    assert one["xlabel"] == "generation (1 seed: no spread, no band)"
+    assert three["dashed"] == [pytest.approx(_H.mean())] and one["dashed"] == [20.0]
+    # the band of the first line (best first) spans mean - std .. mean + std per generation
+    first = list(report.per_generation(load_runs([tmp_path / "three" / "sig"]), "ref_ppl_p50"))[0]
+    ys = np.array([[sig_value("ref_ppl_p50", first, s, g) for s in SEEDS] for g in range(GENS + 1)])
+    band = three["bands"][0]
+    for lo_hi in (ys.mean(1) - ys.std(1, ddof=1), ys.mean(1) + ys.std(1, ddof=1)):
+        assert all(np.isclose(band[:, 1], y).any() for y in lo_hi)

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from lmcollapse.config import ConfigError
 from lmcollapse.registry import Registry
 
 METRICS: Registry[type[Metric]] = Registry("metric")
@@ -33,6 +34,9 @@ class MeasureContext:
     seed_dir: Path | None = None
     #: returns the seed's generation-0 model (loaded once)
     reference_model: Callable[[], Any] | None = None
+    #: the longest sequence the scored models were trained on (a scratch model:
+    #: ``data.block_tokens``; a pretrained one: its own context); no window may exceed it
+    trained_length: int | None = None
     extras: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -57,6 +61,31 @@ class MeasureContext:
         if count is not None and count < n:
             pick = np.sort(np.random.default_rng(seed).choice(n, size=count, replace=False))
         return [stream[i * length:(i + 1) * length] for i in pick]
+
+    def equal_size(self, configured: int | None, where: str) -> int:
+        """The number of samples a size-dependent metric draws, the same for the human row
+        and every corpus row (DESIGN.md, "equal sizes").
+
+        Corpus k holds one sample per human training block; the human row draws disjoint
+        chunks of the test split of the same length. ``None`` takes the largest size both
+        allow; a larger configured size is refused, naming ``where`` and the maximum.
+        """
+        corpus = len(self.human.train)
+        human = len(self.human.test_stream) // self.sample_tokens()
+        most = min(corpus, human)
+        if most < 2:
+            raise ConfigError(
+                f"{where}: the human test split gives {human} samples of {self.sample_tokens()} "
+                f"tokens; size-dependent metrics need at least 2. Use more test text.")
+        if configured is None:
+            return most
+        if configured > most:
+            raise ConfigError(
+                f"{where}: {configured} samples requested, but the human test split gives "
+                f"{human} samples of {self.sample_tokens()} tokens (generate.new_tokens"
+                f"{' + prompt_tokens' if self.cfg.generate.keep_prompt else ''}) and a corpus "
+                f"holds {corpus}; allowed: 2..{most}, or null for {most}")
+        return configured
 
 
 class Metric:

@@ -218,31 +218,38 @@ class Diversity(Metric):
     """distinct-1..4, n-gram entropy 1..4 (bits) and Self-BLEU-4 on fixed-size samples.
 
     The corpus sample and the human reference sample (held-out test chunks of the corpus
-    samples' length) have the same number of sequences, so the numbers compare."""
+    samples' length) have the same number of sequences, so the numbers compare; each
+    value is the mean over ``draws`` seeded draws. Human text is the target: more distinct
+    n-grams or a lower Self-BLEU than human text is drift, not health, so every value is
+    ranked by its closeness to the human row (``higher_is_better`` None)."""
 
     name = "diversity"
     display_name = "Diversity"
-    higher_is_better = True
-    directions = {"self_bleu": False}
+    higher_is_better = None
 
-    def _sizes(self, ctx: MeasureContext, n_corpus: int) -> tuple[int, int]:
+    def _sizes(self, ctx: MeasureContext) -> tuple[int, int]:
         d = ctx.cfg.metrics.diversity
-        available = len(ctx.human.test_stream) // ctx.sample_tokens()
-        return (min(d.sample_size, available, n_corpus),
-                min(d.self_bleu_sample, available, n_corpus))
+        size = ctx.equal_size(d.sample_size, "metrics.diversity.sample_size")
+        bleu = ctx.equal_size(d.self_bleu_sample, "metrics.diversity.self_bleu_sample") \
+            if d.self_bleu_sample is not None else size
+        return size, bleu
 
-    def _measure(self, seqs: list, sizes: tuple[int, int], seed: int) -> dict[str, Any]:
-        out = diversity_metrics(seqs, sizes[0], seed, max_n=4, self_bleu_sample=sizes[1])
-        details = {"sample_size": out.pop("sample_size"),
-                   "self_bleu_sample": out.pop("self_bleu_sample"), "seed": seed,
-                   "unit": "model tokens"}
-        return {**out, "_details": {"diversity": details}}
+    def preflight(self, ctx: MeasureContext) -> None:
+        self._sizes(ctx)
+
+    def _measure(self, ctx: MeasureContext, pool: list) -> dict[str, Any]:
+        d = ctx.cfg.metrics.diversity
+        sizes = self._sizes(ctx)
+        runs = [diversity_metrics(pool, sizes[0], d.seed + i, max_n=4,
+                                  self_bleu_sample=sizes[1]) for i in range(d.draws)]
+        values = {k: float(np.mean([r[k] for r in runs])) for k in runs[0]
+                  if k not in ("sample_size", "self_bleu_sample")}
+        details = {"sample_size": sizes[0], "self_bleu_sample": sizes[1], "draws": d.draws,
+                   "seed": d.seed, "unit": "model tokens"}
+        return {**values, "_details": {"diversity": details}}
 
     def compute(self, ctx: MeasureContext) -> dict[str, Any]:
-        seqs = ctx.corpus_seqs()
-        return self._measure(seqs, self._sizes(ctx, len(seqs)), ctx.cfg.metrics.diversity.seed)
+        return self._measure(ctx, ctx.corpus_seqs())
 
     def human_reference(self, ctx: MeasureContext) -> dict[str, Any]:
-        sizes = self._sizes(ctx, len(ctx.human.train))
-        seed = ctx.cfg.metrics.diversity.seed
-        return self._measure(ctx.human_chunks(sizes[0], seed), sizes, seed)
+        return self._measure(ctx, ctx.human_chunks(None, 0))

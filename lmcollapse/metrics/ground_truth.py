@@ -6,7 +6,8 @@ newline-separated in training). Reported per word (``.`` counts as a word):
 ``excess = (sum log p - sum log q_k) / words``, beside the source's entropy rate. q_k scores
 one tokenisation of x, a lower bound on q_k(x), so the excess is an upper bound (tight when
 the model puts its mass on the tokenizer's segmentation, as a model trained on it does).
-Documents longer than the model's context are scored in half-overlapping windows.
+Documents longer than the scoring window are scored in sliding windows, the same windows as
+held-out perplexity (``metrics.perplexity``: never longer than the trained length).
 """
 
 from __future__ import annotations
@@ -15,8 +16,7 @@ from typing import Any
 
 from lmcollapse.config import ConfigError
 from lmcollapse.metrics.base import METRICS, MeasureContext, Metric
-from lmcollapse.metrics.perplexity import sliding_windows
-from lmcollapse.models import context_length
+from lmcollapse.metrics.perplexity import sliding_windows, window_settings
 from lmcollapse.scoring import masked_nll
 
 
@@ -46,10 +46,10 @@ class GroundTruth(Metric):
     def compute(self, ctx: MeasureContext) -> dict[str, Any]:
         docs, seqs, start = _scored_docs(ctx)
         log_p, words = self._source(ctx, docs)
-        # documents longer than the context are scored in sliding windows (half overlap)
-        length = min(context_length(ctx.model.config) or 1024, 1024)
+        # documents longer than the window are scored in sliding windows, as perplexity is
+        length, stride = window_settings(ctx.cfg.metrics.perplexity, ctx.trained_length)
         windows = [(s[b:e], max(f, start - b)) for s in seqs
-                   for b, e, f in sliding_windows(len(s), length, max(1, length // 2))]
+                   for b, e, f in sliding_windows(len(s), length, stride)]
         bs, nll = ctx.cfg.metrics.ground_truth.batch_size, 0.0
         ctx.model.eval()
         for i in range(0, len(windows), bs):
@@ -59,7 +59,8 @@ class GroundTruth(Metric):
         return {"excess_nats_per_word": (log_p + nll) / words, "model_nats_per_word": nll / words,
                 "source_nats_per_word": -log_p / words,
                 "source_entropy_rate": ctx.source.entropy_rate(),
-                "_details": {"ground_truth": {"documents": len(docs), "words": words}}}
+                "_details": {"ground_truth": {"documents": len(docs), "words": words,
+                                              "max_length": length, "stride": stride}}}
 
     def human_reference(self, ctx: MeasureContext) -> dict[str, Any]:
         docs, _, _ = _scored_docs(ctx)

@@ -174,7 +174,11 @@ class Mauve(Metric):
         super().__init__(cfg)
         self._external: tuple[Any, Any] | None = None
 
+    def _size(self, ctx: MeasureContext) -> int:
+        return ctx.equal_size(self.cfg.metrics.mauve.num_samples, "metrics.mauve.num_samples")
+
     def preflight(self, ctx: MeasureContext) -> None:
+        self._size(ctx)
         if self.cfg.metrics.mauve.featurizer != "gen0":
             self._load_external()
 
@@ -234,12 +238,12 @@ class Mauve(Metric):
 
     def _human(self, ctx: MeasureContext) -> np.ndarray:
         m = self.cfg.metrics.mauve
-        chunks = ctx.human_chunks(m.num_samples, m.seed)
+        chunks = ctx.human_chunks(self._size(ctx), m.seed)
         return self._features(ctx, chunks, ctx.seed_dir / "human" / self._cache_name())
 
     def compute(self, ctx: MeasureContext) -> dict[str, Any]:
         m = self.cfg.metrics.mauve
-        q = self._features(ctx, fixed_sample(ctx.corpus_seqs(), m.num_samples, m.seed),
+        q = self._features(ctx, fixed_sample(ctx.corpus_seqs(), self._size(ctx), m.seed),
                            ctx.out_dir / self._cache_name())
         return self._score(ctx, self._human(ctx), q)
 
@@ -248,7 +252,7 @@ class Mauve(Metric):
         m = self.cfg.metrics.mauve
         length = ctx.sample_tokens()
         train = [r["input_ids"][:length] for r in ctx.human.train]
-        q = self._features(ctx, fixed_sample(train, m.num_samples, m.seed),
+        q = self._features(ctx, fixed_sample(train, self._size(ctx), m.seed),
                            ctx.out_dir / ("train_" + self._cache_name()))
         return self._score(ctx, self._human(ctx), q)
 

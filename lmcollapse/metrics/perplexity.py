@@ -8,8 +8,8 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from lmcollapse.config import ConfigError
 from lmcollapse.metrics.base import METRICS, MeasureContext, Metric
-from lmcollapse.models import context_length
 from lmcollapse.scoring import masked_nll
 
 
@@ -26,10 +26,22 @@ def sliding_windows(n_tokens: int, max_length: int, stride: int) -> list[tuple[i
     return windows
 
 
-def window_settings(pcfg: Any, model_config: Any) -> tuple[int, int]:
-    """(max_length, stride): configured, else min(context, 1024) and half of that."""
-    ctx = context_length(model_config) or 1024
-    max_length = min(pcfg.max_length or min(ctx, 1024), ctx)
+def window_settings(pcfg: Any, trained_length: int | None) -> tuple[int, int]:
+    """(max_length, stride) of the scoring windows.
+
+    A model is never scored beyond the length it was trained on (``trained_length``: the
+    block length for a scratch model, the context for a pretrained one): the window is
+    ``metrics.perplexity.max_length`` or, by default, ``min(trained_length, 1024)``; the
+    stride defaults to half the window. A configured window longer than the trained length
+    raises ConfigError naming the field and the limit.
+    """
+    limit = trained_length or 1024
+    if pcfg.max_length is not None and pcfg.max_length > limit:
+        raise ConfigError(
+            f"metrics.perplexity.max_length: {pcfg.max_length} exceeds the trained length of "
+            f"{limit} tokens (data.block_tokens for a scratch model, the context of a "
+            f"pretrained one); allowed: 1..{limit}, or null for {min(limit, 1024)}")
+    max_length = pcfg.max_length or min(limit, 1024)
     stride = min(pcfg.stride or max(1, max_length // 2), max_length)
     return max_length, stride
 
@@ -59,15 +71,19 @@ class HeldOutPerplexity(Metric):
     display_name = "Held-out perplexity"
     higher_is_better = False
 
+    def preflight(self, ctx: MeasureContext) -> None:
+        window_settings(ctx.cfg.metrics.perplexity, ctx.trained_length)
+
     def compute(self, ctx: MeasureContext) -> dict[str, Any]:
         pcfg = ctx.cfg.metrics.perplexity
         stream = ctx.human.test_stream[: pcfg.max_tokens] if pcfg.max_tokens else \
             ctx.human.test_stream
-        max_length, stride = window_settings(pcfg, ctx.model.config)
+        max_length, stride = window_settings(pcfg, ctx.trained_length)
         nll, count = stream_perplexity(ctx.accelerator, ctx.model, stream, max_length, stride,
                                        ctx.tokenizer.pad_token_id, pcfg.batch_size,
                                        desc=f"perplexity gen {ctx.generation}")
         return {"perplexity": math.exp(nll / count), "test_nll_per_token": nll / count,
                 "_details": {"perplexity": {"max_length": max_length, "stride": stride,
+                                            "trained_length": ctx.trained_length,
                                             "scored_tokens": int(count),
                                             "test_tokens": len(stream)}}}

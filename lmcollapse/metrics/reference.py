@@ -1,7 +1,10 @@
 """Reference-scored perplexity: how the generation-0 model scores what generation k wrote.
 
 Each corpus sample is scored as the text the next generation trains on (prompt dropped
-unless ``generate.keep_prompt``), its first token unscored. Quantiles go to metrics.json and
+unless ``generate.keep_prompt``), its first token unscored. A fixed number of samples
+(``metrics.reference.sample_size``) is drawn from the corpus and as many held-out human
+chunks of the same length for the human row, so quantiles compare and the cost follows
+the sample size, not the size of the test split. Quantiles go to metrics.json and
 the per-sample values to ``reference_scores.parquet`` beside it, for Shumailov-style
 histograms (their Fig. 1: mass moves to low perplexity while a long high tail grows).
 """
@@ -16,6 +19,7 @@ from tqdm.auto import tqdm
 
 from lmcollapse import io
 from lmcollapse.metrics.base import METRICS, MeasureContext, Metric
+from lmcollapse.metrics.diversity import fixed_sample
 from lmcollapse.scoring import masked_nll
 
 QUANTILES = (5, 50, 95, 99)
@@ -42,6 +46,13 @@ class ReferencePerplexity(Metric):
     display_name = "Gen-0 perplexity of the corpus"
     higher_is_better = None  # both ends move under collapse: compare with the human row
 
+    def preflight(self, ctx: MeasureContext) -> None:
+        ctx.equal_size(ctx.cfg.metrics.reference.sample_size, "metrics.reference.sample_size")
+
+    def _size(self, ctx: MeasureContext) -> int:
+        return ctx.equal_size(ctx.cfg.metrics.reference.sample_size,
+                              "metrics.reference.sample_size")
+
     def _measure(self, ctx: MeasureContext, seqs: list, ids: list[str]) -> dict[str, Any]:
         ppl = per_sample_perplexity(ctx.accelerator, ctx.reference_model(), seqs,
                                     ctx.tokenizer.pad_token_id,
@@ -55,11 +66,12 @@ class ReferencePerplexity(Metric):
         values["ref_ppl_mean"] = float(ppl.mean())
         return {**values, "_details": {"reference_perplexity": {
             "scorer": "generation 0 of this seed", "samples": len(ppl),
-            "file": "reference_scores.parquet"}}}
+            "seed": ctx.cfg.metrics.reference.seed, "file": "reference_scores.parquet"}}}
 
     def compute(self, ctx: MeasureContext) -> dict[str, Any]:
-        return self._measure(ctx, ctx.corpus_seqs(), [r["sample_id"] for r in ctx.corpus])
+        rows = fixed_sample(ctx.corpus, self._size(ctx), ctx.cfg.metrics.reference.seed)
+        return self._measure(ctx, [r["input_ids"] for r in rows], [r["sample_id"] for r in rows])
 
     def human_reference(self, ctx: MeasureContext) -> dict[str, Any]:
-        chunks = ctx.human_chunks(None, 0)
+        chunks = ctx.human_chunks(self._size(ctx), ctx.cfg.metrics.reference.seed)
         return self._measure(ctx, chunks, [f"human:test:{i}" for i in range(len(chunks))])

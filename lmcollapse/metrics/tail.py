@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from lmcollapse.metrics.base import METRICS, MeasureContext, Metric
+from lmcollapse.metrics.diversity import fixed_sample
 
 TokenSeqs = Sequence[Sequence[int]]
 
@@ -147,7 +148,7 @@ def tail_metrics(
         human_train_seqs: Human training pool; defines head/tail and P for the KL.
         corpus_seqs: Corpus under evaluation (e.g. model generations).
         human_sample_seqs: Human sample the caller sized to the corpus's token count
-            (see :func:`equal_size_sample`), the reference for tail-type survival.
+            , the reference for tail-type survival.
         head_mass: Human token mass covered by the head.
         epsilon: Add-epsilon pseudo-count for the KL.
         corpus_sample_seqs: A sample of the corpus with the same token count as
@@ -183,70 +184,47 @@ def tail_metrics(
     }
 
 
-def equal_size_sample(seqs: TokenSeqs, n_tokens: int, seed: int) -> list[list[int]]:
-    """Samples whole sequences in random order until exactly ``n_tokens`` tokens are taken.
-
-    Sequences are visited in ``numpy.random.default_rng(seed).permutation`` order; the
-    shortest prefix reaching ``>= n_tokens`` tokens is kept and its last sequence is
-    truncated so the total is exactly ``n_tokens``.
-
-    Args:
-        seqs: Pool of sequences to sample from.
-        n_tokens: Target total token count (>= 0).
-        seed: Seed for the permutation.
-
-    Returns:
-        The sampled sequences (lists of Python ints) in sampled order.
-
-    Raises:
-        ValueError: If ``n_tokens`` is negative or the pool holds fewer than ``n_tokens``
-            tokens (an equal-size comparison would be impossible).
-    """
-    if n_tokens < 0:
-        raise ValueError(f"n_tokens must be non-negative, got {n_tokens}")
-    out: list[list[int]] = []
-    taken = 0
-    for i in np.random.default_rng(seed).permutation(len(seqs)).tolist():
-        if taken >= n_tokens:
-            return out
-        seq = np.asarray(seqs[i]).reshape(-1)[: n_tokens - taken].tolist()
-        out.append(seq)
-        taken += len(seq)
-    if taken < n_tokens:
-        raise ValueError(f"pool has {taken} tokens, fewer than n_tokens={n_tokens}")
-    return out
-
-
 @METRICS.register("tail")
 class TailLoss(Metric):
     """Tail-token loss against the human train pool (DESIGN.md, "tail-token loss").
 
-    Mass ratio, KL and vanished types use the whole corpus; type survival compares an
-    equal-token sample of the corpus with an equal-token sample of held-out human text, so
-    corpus size cannot fake a loss. The human row measures held-out test text the same way.
+    Every number is measured on a sample of ``sample_size`` sequences (the same size for the
+    human row, which draws held-out test chunks, and for every corpus row), averaged over
+    ``draws`` seeded draws: plug-in KL and vanished-type counts depend on the sample size,
+    so only equal sizes compare. Tail-type survival divides the share of tail types found
+    in the sample by the share found in an equal-size held-out human sample. Human text is
+    the target for mass, survival and vanished types (``≈``: closeness to the human row);
+    KL(human train ‖ sample) is a divergence (lower is better).
     """
 
     name = "tail"
     display_name = "Tail tokens"
-    higher_is_better = True
-    directions = {"kl_human_corpus": False, "vanished_types": False,
-                  "tail_vanished_types": False, "tail_mass_corpus_frac": True}
+    higher_is_better = None
+    directions = {"kl_human_corpus": False}
 
-    def _measure(self, ctx: MeasureContext, seqs: list) -> dict[str, Any]:
-        t = ctx.cfg.metrics.tail
-        test = ctx.human_chunks(None, t.seed)
-        n = min(sum(len(s) for s in seqs), sum(len(s) for s in test))
-        out = tail_metrics([r["input_ids"] for r in ctx.human.train], seqs,
-                           equal_size_sample(test, n, t.seed), t.head_mass, t.epsilon,
-                           corpus_sample_seqs=equal_size_sample(seqs, n, t.seed + 1))
+    def _size(self, ctx: MeasureContext) -> int:
+        return ctx.equal_size(ctx.cfg.metrics.tail.sample_size, "metrics.tail.sample_size")
+
+    def preflight(self, ctx: MeasureContext) -> None:
+        self._size(ctx)
+
+    def _measure(self, ctx: MeasureContext, pool: list) -> dict[str, Any]:
+        t, size = ctx.cfg.metrics.tail, self._size(ctx)
+        train = [r["input_ids"] for r in ctx.human.train]
+        test = ctx.human_chunks(None, 0)
+        runs = [tail_metrics(train, fixed_sample(pool, size, t.seed + i),
+                             fixed_sample(test, size, t.seed + 1000 + i), t.head_mass, t.epsilon)
+                for i in range(t.draws)]
         keep = ("tail_mass_ratio", "tail_type_survival", "kl_human_corpus", "vanished_types",
                 "tail_vanished_types", "tail_mass_corpus_frac")
+        out = {k: float(np.mean([r[k] for r in runs])) for k in runs[0]}
         details = {k: v for k, v in out.items() if k not in keep}
-        details.update(survival_sample_tokens=n, seed=t.seed)
+        details.update(sample_size=size, sample_tokens=size * ctx.sample_tokens(),
+                       draws=t.draws, seed=t.seed)
         return {**{k: out[k] for k in keep}, "_details": {"tail": details}}
 
     def compute(self, ctx: MeasureContext) -> dict[str, Any]:
         return self._measure(ctx, ctx.corpus_seqs())
 
     def human_reference(self, ctx: MeasureContext) -> dict[str, Any]:
-        return self._measure(ctx, ctx.human_chunks(None, ctx.cfg.metrics.tail.seed))
+        return self._measure(ctx, ctx.human_chunks(None, 0))

@@ -1,0 +1,113 @@
+"""The two measurement rules of DESIGN.md that every metric obeys: trained length (no model is
+scored or asked to generate beyond the length it was trained on) and equal sizes (the human
+row and every corpus row are measured on samples of the same size)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from conftest import tiny_config
+
+from lmcollapse.config import ConfigError
+from lmcollapse.data.synthetic import MarkovSource
+from lmcollapse.loop import Experiment
+
+
+def _text_config(tmp_path: Path, *extra: str):
+    """Held-out text == validation text, so held-out perplexity and validation loss score the
+    same tokens."""
+    docs = MarkovSource(vocab_size=60, branching=6, seed=5).sample_documents(160, 3, seed=2)
+    train, val = tmp_path / "train.txt", tmp_path / "val.txt"
+    train.write_text("".join(d if d.endswith("\n") else d + "\n" for d in docs[:130]))
+    val.write_text("".join(d if d.endswith("\n") else d + "\n" for d in docs[130:]))
+    return tiny_config(tmp_path, "data.source=text", f"data.text.train={train}",
+                       f"data.text.validation={val}", f"data.text.test={val}",
+                       "data.block_tokens=32", "generate.prompt_tokens=8",
+                       "generate.new_tokens=16", "metrics.names=[perplexity]",
+                       "train.epochs=2", *extra)
+
+
+def test_perplexity_at_the_trained_length_is_the_validation_loss(tmp_path):
+    """With non-overlapping windows of the trained length (the block length), held-out
+    perplexity scores exactly what validation scores: the selected validation loss of the
+    training log."""
+    cfg = _text_config(tmp_path, "generations=0", "metrics.perplexity.stride=32")
+    exp = Experiment(cfg)
+    exp.run()
+    gen0 = cfg.run_dir / "seed_0" / "gen_00"
+    log = [json.loads(x) for x in (gen0 / "train_log.jsonl").read_text().splitlines()]
+    selected = next(r for r in log if r["selected"])
+    metrics = json.loads((gen0 / "metrics.json").read_text())
+    details = metrics["details"]["perplexity"]
+    assert details["max_length"] == 32 == details["trained_length"]  # the default window
+    # the validation blocks are the first len(validation) * 32 tokens of the same stream;
+    # the stream's remainder (less than one block) is scored too, so compare on the blocks
+    n_blocks = len(exp.human.validation)
+    assert details["test_tokens"] - n_blocks * 32 < 32
+    # the same scorer on exactly the validation blocks' tokens, with the metric's windows
+    from lmcollapse.metrics.perplexity import stream_perplexity, window_settings
+    from lmcollapse.models import load_model
+
+    max_length, stride = window_settings(cfg.metrics.perplexity, exp.trained_length)
+    nll, count = stream_perplexity(exp.acc, load_model(gen0 / "model"),
+                                   exp.human.test_stream[: n_blocks * 32], max_length, stride,
+                                   exp.tokenizer.pad_token_id, batch_size=16)
+    assert count == n_blocks * 31  # every block's first token is context only, as in validation
+    assert nll / count == pytest.approx(selected["val_loss"], rel=1e-6)
+    # and the metric itself, on the whole test stream, is within the remainder's reach of it
+    assert metrics["values"]["test_nll_per_token"] == pytest.approx(selected["val_loss"],
+                                                                    rel=0.05)
+
+
+def test_window_longer_than_the_trained_length_is_refused(tmp_path):
+    cfg = _text_config(tmp_path, "metrics.perplexity.max_length=64")
+    with pytest.raises(ConfigError, match=r"metrics.perplexity.max_length: 64 exceeds the "
+                                          r"trained length of 32 tokens.*allowed: 1..32"):
+        Experiment(cfg).run()
+    assert not cfg.run_dir.exists()  # refused before any work
+
+
+def test_generation_beyond_the_trained_length_is_refused(tmp_path):
+    cfg = _text_config(tmp_path, "generate.prompt_tokens=16", "generate.new_tokens=24")
+    with pytest.raises(ConfigError, match=r"generate.prompt_tokens \+ generate.new_tokens "
+                                          r"\(16 \+ 24\) must be <= 32 \(data.block_tokens"):
+        Experiment(cfg).run()
+    assert not cfg.run_dir.exists()
+
+
+def test_sample_size_larger_than_the_test_split_allows_is_refused(tmp_path):
+    cfg = tiny_config(tmp_path, "metrics.tail.sample_size=100000")
+    with pytest.raises(ConfigError, match=r"metrics.tail.sample_size: 100000 samples "
+                                          r"requested.*allowed: 2\.\.\d+, or null"):
+        Experiment(cfg).run()
+    assert not cfg.run_dir.exists()
+
+
+@pytest.fixture(scope="module")
+def sized_run(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("sizes")
+    cfg = tiny_config(root, "generations=1", "policies=[replace]",
+                      "metrics.names=[reference_perplexity,diversity,tail,mauve]",
+                      "metrics.reference.sample_size=30", "metrics.diversity.sample_size=30",
+                      "metrics.diversity.self_bleu_sample=20", "metrics.tail.sample_size=25",
+                      "metrics.mauve.num_samples=30", "metrics.tail.draws=2")
+    Experiment(cfg).run()
+    return cfg.run_dir / "seed_0"
+
+
+def test_human_and_corpus_rows_are_measured_at_equal_size(sized_run):
+    rows = {"human": sized_run / "human", "gen_00": sized_run / "gen_00",
+            "replace/gen_01": sized_run / "replace" / "gen_01"}
+    for name, d in rows.items():
+        details = json.loads((d / "metrics.json").read_text())["details"]
+        assert details["reference_perplexity"]["samples"] == 30, name
+        assert details["diversity"]["sample_size"] == 30, name
+        assert details["diversity"]["self_bleu_sample"] == 20, name
+        assert details["tail"]["sample_size"] == 25 and details["tail"]["draws"] == 2, name
+        assert details["mauve"]["n_p"] == details["mauve"]["n_q"] == 30, name
+        # the per-sample scores behind the histogram: exactly the fixed sample, whatever the
+        # size of the test split (the human row's cost follows the sample size)
+        assert pq.read_table(d / "reference_scores.parquet").num_rows == 30, name
