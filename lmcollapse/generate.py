@@ -3,6 +3,14 @@
 Prompts are cut into batches in prompt order, the batches dealt out across processes and the
 continuations gathered back in prompt order; sampling is seeded per batch from its first
 prompt id, so the corpus does not depend on the number of processes.
+
+Every prompt is the first ``prompt_tokens`` tokens of a full human block, so a batch has no
+padding (its attention mask is all ones, and the tokenizer's padding side never matters);
+``pad_token_id`` only fills the rows of beams that finish early, which a forced length
+prevents. Decoding is exactly what ``generate`` configures: the checkpoint's own
+``generation_config.json`` (a chat model's temperature, a ``no_repeat_ngram_size``) is not
+mixed in, except its end-of-sequence ids, which are all held back until ``new_tokens``
+tokens are written.
 """
 
 from __future__ import annotations
@@ -20,11 +28,23 @@ from lmcollapse.config import GenerateConfig
 Row = dict[str, Any]
 
 
-def generation_config(gcfg: GenerateConfig, tokenizer: Any) -> GenerationConfig:
-    """Decoding settings; ``min_new_tokens == max_new_tokens`` forces the length."""
+def eos_token_ids(model: Any, tokenizer: Any) -> int | list[int] | None:
+    """The ids that end a sequence: the tokenizer's EOS and any the model's generation config
+    adds (a chat model's end-of-turn token)."""
+    extra = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids = [tokenizer.eos_token_id, *(extra if isinstance(extra, list) else [extra])]
+    ids = sorted({i for i in ids if i is not None})
+    return ids[0] if len(ids) == 1 else (ids or None)
+
+
+def generation_config(gcfg: GenerateConfig, tokenizer: Any,
+                      eos_token_id: int | list[int] | None = None) -> GenerationConfig:
+    """Decoding settings; ``min_new_tokens == max_new_tokens`` forces the length (every id
+    in ``eos_token_id``, default the tokenizer's EOS, is held back until then)."""
+    eos = tokenizer.eos_token_id if eos_token_id is None else eos_token_id
     common = dict(max_new_tokens=gcfg.new_tokens, min_new_tokens=gcfg.new_tokens,
                   repetition_penalty=gcfg.repetition_penalty,
-                  pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+                  pad_token_id=tokenizer.pad_token_id, eos_token_id=eos)
     if gcfg.strategy == "beam":
         return GenerationConfig(num_beams=gcfg.num_beams, do_sample=False,
                                 early_stopping=True, **common)
@@ -41,23 +61,33 @@ def generate_corpus(accelerator: Accelerator, model: torch.nn.Module, tokenizer:
     """Continue every prompt row; return corpus rows with provenance, in prompt order."""
     model.eval()
     model.to(accelerator.device)
-    config = generation_config(gcfg, tokenizer)
-    # batches are cut from the global order and then dealt out, so every batch (and its
-    # sampling seed) is the same whatever the number of processes
-    order = list(range(len(prompts)))
-    batches = [order[i:i + gcfg.batch_size] for i in range(0, len(order), gcfg.batch_size)]
-    written: list[tuple[int, list[int]]] = []
-    with accelerator.split_between_processes(batches) as mine:
-        for batch in tqdm(mine, desc=desc, disable=not accelerator.is_local_main_process,
-                          leave=False):
-            torch.manual_seed(seed * 1_000_003 + batch[0])
-            ids = torch.tensor([prompts[i]["input_ids"][: gcfg.prompt_tokens] for i in batch],
-                               device=accelerator.device)
-            with accelerator.autocast():
-                out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
-                                     generation_config=config)
-            start = 0 if gcfg.keep_prompt else ids.shape[1]
-            written += [(i, out[j, start:].tolist()) for j, i in enumerate(batch)]
+    config = generation_config(gcfg, tokenizer, eos_token_ids(model, tokenizer))
+    short = [i for i, p in enumerate(prompts) if len(p["input_ids"]) < gcfg.prompt_tokens]
+    if short:
+        raise ValueError(f"{len(short)} prompts (first: row {short[0]}) are shorter than "
+                         f"generate.prompt_tokens={gcfg.prompt_tokens}")
+    # decode exactly as configured: transformers would fill every setting left unset from
+    # the checkpoint's generation_config.json; the model gets its own back afterwards
+    checkpoint_defaults, model.generation_config = model.generation_config, GenerationConfig()
+    try:
+        # batches are cut from the global order and then dealt out, so every batch (and its
+        # sampling seed) is the same whatever the number of processes
+        order = list(range(len(prompts)))
+        batches = [order[i:i + gcfg.batch_size] for i in range(0, len(order), gcfg.batch_size)]
+        written: list[tuple[int, list[int]]] = []
+        with accelerator.split_between_processes(batches) as mine:
+            for batch in tqdm(mine, desc=desc, disable=not accelerator.is_local_main_process,
+                              leave=False):
+                torch.manual_seed(seed * 1_000_003 + batch[0])
+                ids = torch.tensor([prompts[i]["input_ids"][: gcfg.prompt_tokens] for i in batch],
+                                   device=accelerator.device)
+                with accelerator.autocast():
+                    out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
+                                         generation_config=config)
+                start = 0 if gcfg.keep_prompt else ids.shape[1]
+                written += [(i, out[j, start:].tolist()) for j, i in enumerate(batch)]
+    finally:
+        model.generation_config = checkpoint_defaults
     written = sorted(gather_object(written))
     origin = f"gen_{generation}"
     return [{"sample_id": f"{origin}:{i}", "origin": origin, "generation": generation,

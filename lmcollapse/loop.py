@@ -22,6 +22,7 @@ import datetime as dt
 import logging
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -41,8 +42,11 @@ from lmcollapse.data import load_human_text, make_synthetic_source, prepare_huma
 from lmcollapse.generate import generate_corpus
 from lmcollapse.metrics import METRICS, MeasureContext, metric_meta
 from lmcollapse.models import (
+    check_pretrained,
+    check_vocab,
     context_length,
     load_model,
+    load_pretrained,
     load_tokenizer,
     model_config,
     random_model,
@@ -69,6 +73,15 @@ def derive_seed(*parts: Any) -> int:
 
 def gen_name(k: int) -> str:
     return f"gen_{k:02d}"
+
+
+def trained_length(cfg: ExperimentConfig, model_config: Any) -> int:
+    """The longest sequence the experiment's models are trained on and may be scored at:
+    ``data.block_tokens`` for a scratch model (it never sees a later position), the
+    architecture's context for a pretrained one (1024 when it declares none)."""
+    if cfg.model.source == "scratch":
+        return cfg.data.block_tokens
+    return context_length(model_config) or 1024
 
 
 def make_accelerator(cfg: ExperimentConfig) -> Accelerator:
@@ -100,6 +113,7 @@ class Experiment:
             cfg.experiment = f"{cfg.experiment}-{stamp[0]}"
         self.run_dir = cfg.run_dir
         self.timings: list[dict[str, Any]] = []
+        self.trained_length: int | None = None  # set by prepare(), from data and model
         self._model: tuple[Path, torch.nn.Module] | None = None
         self._ref: tuple[int, torch.nn.Module] | None = None
         self._corpora: dict[Path, list[dict[str, Any]]] = {}
@@ -120,8 +134,10 @@ class Experiment:
         tok_dir = self.run_dir / "tokenizer"
         resuming = (self.run_dir / "experiment.json").exists()
         if not scratch:
+            check_pretrained(cfg.model)  # a missing optional package (gguf), a missing file
             with self.acc.main_process_first():
                 self.tokenizer = load_tokenizer(cfg.model)
+                check_vocab(self.tokenizer, model_config(cfg.model, self.tokenizer))
         elif resuming and (tok_dir / "tokenizer.json").exists():
             self.tokenizer = load_tokenizer(cfg.model, saved=tok_dir)
         else:
@@ -152,14 +168,22 @@ class Experiment:
         return wrap_tokenizer(payload[0])  # sets <pad>, as the trained one has
 
     def _check_lengths(self) -> None:
+        """The trained-length rule (DESIGN.md): nothing is scored or generated beyond the
+        length the model was trained on. A scratch model learns positions only up to
+        ``data.block_tokens``; a pretrained model brings its own context."""
         g, d = self.cfg.generate, self.cfg.data
         ctx = context_length(self.model_config)
-        longest = max(d.block_tokens, g.prompt_tokens + g.new_tokens)
-        if ctx is not None and longest > ctx:
+        if ctx is not None and d.block_tokens > ctx:
+            raise ConfigError(f"data.block_tokens ({d.block_tokens}) must fit the model's "
+                              f"context of {ctx} tokens")
+        self.trained_length = trained_length(self.cfg, self.model_config)
+        what = ("data.block_tokens, the length a scratch model is trained on"
+                if self.cfg.model.source == "scratch" else "the model's context")
+        if g.prompt_tokens + g.new_tokens > self.trained_length:
             raise ConfigError(
                 f"generate.prompt_tokens + generate.new_tokens ({g.prompt_tokens} + "
-                f"{g.new_tokens}) and data.block_tokens ({d.block_tokens}) must fit the "
-                f"model's context of {ctx} tokens")
+                f"{g.new_tokens}) must be <= {self.trained_length} ({what}); shorten them or "
+                "raise data.block_tokens")
 
     def _check_compatible(self) -> None:
         path = self.run_dir / "experiment.json"
@@ -298,13 +322,26 @@ class Experiment:
         # resumed one use exactly the same model object (fp32, no mixed-precision wrapper)
         self._model = None
 
+    def _base_dir(self, seed: int) -> Path | None:
+        """Where the run keeps the weights ``init: base`` starts from: a scratch model's
+        initial weights (``seed_<s>/base``), or a GGUF checkpoint dequantized once for all
+        seeds (``base_model/``); None for other pretrained models, loaded as named."""
+        if self.cfg.model.source == "scratch":
+            return self.run_dir / f"seed_{seed}" / "base"
+        if self.cfg.model.gguf_file:
+            return self.run_dir / "base_model"
+        return None
+
     def _ensure_base(self, seed: int) -> None:
-        """A scratch model's initial weights for ``seed``, saved once (``seed_<s>/base``)."""
-        base_dir = self.run_dir / f"seed_{seed}" / "base"
-        if self.cfg.model.source == "scratch" and self.main and not (
-                base_dir / "config.json").exists():
-            self._save_model(random_model(self.model_config, derive_seed(seed, "base")),
-                             base_dir)
+        """Save the ``base`` weights once, on the main process, atomically (a resumed run
+        reuses them): a scratch model's initial weights for ``seed``, or the GGUF checkpoint
+        as plain float32 weights with its tokenizer, so every generation reloads ordinary
+        weights and every saved model is serializable."""
+        base_dir = self._base_dir(seed)
+        if base_dir is not None and self.main and not (base_dir / "config.json").exists():
+            model = (random_model(self.model_config, derive_seed(seed, "base"))
+                     if self.cfg.model.source == "scratch" else load_pretrained(self.cfg.model))
+            self._save_model(model, base_dir)
         self.acc.wait_for_everyone()
 
     def _starting_model(self, seed: int, spec: PolicySpec | None, k: int) -> torch.nn.Module:
@@ -312,13 +349,15 @@ class Experiment:
         init_seed = derive_seed(seed, spec.key if spec else "shared", k, "init")
         if k == 0 and cfg.model.init == "scratch":
             return random_model(self.model_config, init_seed)
-        base_dir = self.run_dir / f"seed_{seed}" / "base"
         previous = self.gen_dir(seed, spec, k - 1) / "model" if k > 0 else None
         init = cfg.model.init if k > 0 else "base"
-        return starting_model(cfg.model, self.tokenizer, init, init_seed, base_dir, previous)
+        return starting_model(cfg.model, self.tokenizer, init, init_seed, self._base_dir(seed),
+                              previous)
 
     def _save_model(self, model: torch.nn.Module, final: Path) -> None:
         tmp = final.with_name(final.name + ".tmp")
+        if tmp.exists():  # left by a killed run
+            shutil.rmtree(tmp)
         model.save_pretrained(tmp)
         self.tokenizer.save_pretrained(tmp)
         io.replace_dir(tmp, final)
@@ -350,6 +389,7 @@ class Experiment:
                               human=self.human, generation=k, model=model, corpus=corpus,
                               source=self.source, seed=seed, out_dir=out_dir,
                               seed_dir=seed_dir, reference_model=lambda: self._reference(seed),
+                              trained_length=self.trained_length,
                               extras={"model_config": self.model_config})
 
     def _reference(self, seed: int) -> torch.nn.Module:

@@ -1,8 +1,24 @@
-"""Models and tokenizers: load pretrained (hub id, local dir, gguf file) or build from scratch."""
+"""Models and tokenizers: load pretrained (hub id, local dir, gguf file) or build from scratch.
+
+A pretrained model is used as its users load it: ``AutoTokenizer`` / ``AutoModelForCausalLM``
+from ``model.name_or_path`` (a hub id or a local directory), or from a GGUF file
+(``model.gguf_file``: a file inside that directory or hub repository, or a path of its own).
+A GGUF checkpoint is dequantized once into a plain float32 model (transformers would
+otherwise keep it behind its GGUF quantizer, which can neither train nor save); the loop
+saves that copy in the run directory and every generation starts from it.
+
+Tokenizer rules (checked before any work, see :func:`check_pretrained`, :func:`check_vocab`):
+a tokenizer without a pad token pads with its EOS token (padding is always told apart by
+the attention mask, never by the id); a tokenizer with more tokens than the model has
+embedding rows is refused rather than resized, since new rows would be untrained weights
+that change the pretrained model.
+"""
 
 from __future__ import annotations
 
+import importlib.util
 import logging
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +37,9 @@ from lmcollapse.config import ConfigError, ModelConfig, ScratchModelConfig
 
 log = logging.getLogger(__name__)
 EOS, PAD = "<|endoftext|>", "<pad>"
+#: the oldest gguf package transformers reads GGUF files with
+GGUF_MIN_VERSION = "0.10.0"
+GGUF_HINT = "pip install 'lmcollapse[gguf]'"
 
 
 def train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
@@ -54,8 +73,13 @@ def load_tokenizer(cfg: ModelConfig, train_texts: list[str] | None = None,
     A scratch tokenizer is trained once and saved to ``saved``; later calls reload it.
     """
     if cfg.source == "pretrained":
-        tok = AutoTokenizer.from_pretrained(cfg.name_or_path, gguf_file=cfg.gguf_file,
-                                            revision=cfg.revision)
+        where, gguf_file = pretrained_location(cfg)
+        try:
+            tok = AutoTokenizer.from_pretrained(where, gguf_file=gguf_file,
+                                                revision=cfg.revision)
+        except OSError as err:  # not found locally, or the hub cannot be reached
+            raise ConfigError(f"model.name_or_path: cannot load the tokenizer of {where}"
+                              f"{' / ' + gguf_file if gguf_file else ''}: {err}") from err
     elif saved is not None and (saved / "tokenizer.json").exists():
         tok = AutoTokenizer.from_pretrained(saved)
     else:
@@ -65,8 +89,77 @@ def load_tokenizer(cfg: ModelConfig, train_texts: list[str] | None = None,
         if saved is not None:
             tok.save_pretrained(saved)
     if tok.pad_token_id is None:
-        tok.pad_token = tok.eos_token
+        if tok.eos_token is None:
+            raise ConfigError(f"model.name_or_path: the tokenizer of {cfg.name_or_path} has "
+                              "neither a pad nor an EOS token to pad batches with")
+        tok.pad_token = tok.eos_token  # padding is masked by attention_mask, never by id
     return tok
+
+
+def pretrained_location(cfg: ModelConfig) -> tuple[str, str | None]:
+    """``(name_or_path, gguf_file)`` as transformers' ``from_pretrained`` takes them.
+
+    ``model.gguf_file`` names a file inside ``model.name_or_path`` (a local directory or a
+    hub repository), or else a local path of its own, whose folder is then used.
+    """
+    if not cfg.gguf_file:
+        return cfg.name_or_path, None
+    alone = Path(cfg.gguf_file).expanduser()
+    inside = Path(cfg.name_or_path).expanduser() / alone
+    if alone.is_absolute() or (alone.is_file() and not inside.is_file()):
+        return str(alone.resolve().parent), alone.name
+    return cfg.name_or_path, cfg.gguf_file
+
+
+def check_pretrained(cfg: ModelConfig) -> None:
+    """Refuse, before any work, a pretrained model that cannot load: a GGUF file without
+    the optional ``gguf`` package (transformers reads GGUF files with it), or a GGUF file
+    that is not where the config says."""
+    if cfg.source != "pretrained" or not cfg.gguf_file:
+        return
+    if importlib.util.find_spec("gguf") is None:
+        raise ConfigError(f"model.gguf_file needs the 'gguf' package: {GGUF_HINT}")
+    try:
+        found = version("gguf")
+    except PackageNotFoundError:  # importable but not installed as a distribution
+        found = None
+    from packaging.version import Version
+
+    if found is not None and Version(found) < Version(GGUF_MIN_VERSION):
+        raise ConfigError(f"model.gguf_file needs gguf>={GGUF_MIN_VERSION}, found {found}: "
+                          f"{GGUF_HINT.replace('install', 'install -U')}")
+    where, gguf_file = pretrained_location(cfg)
+    local = Path(where).expanduser().is_dir() or Path(cfg.gguf_file).expanduser().is_absolute()
+    if local and not (Path(where).expanduser() / gguf_file).is_file():
+        raise ConfigError(f"model.gguf_file: no file {gguf_file!r} in {where} (nor at "
+                          f"{Path(cfg.gguf_file).expanduser()})")
+
+
+def embedding_rows(config: Any) -> int | None:
+    """The number of rows of the model's input embedding matrix (``vocab_size``)."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    rows = getattr(text, "vocab_size", None)
+    return rows if isinstance(rows, int) and rows > 0 else None
+
+
+def check_vocab(tokenizer: Any, config: Any) -> None:
+    """Refuse a tokenizer that can emit ids past the model's embedding matrix.
+
+    ``len(tokenizer) <= vocab_size`` is fine (OPT-125m: 50265 tokens, 50272 rows, padded
+    for speed); a larger tokenizer (an added pad or chat token the checkpoint never learnt)
+    is refused instead of resized: resizing adds untrained rows to the pretrained model.
+    """
+    rows = embedding_rows(config)
+    if rows is None:
+        return
+    special = {tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id} - {None}
+    if len(tokenizer) > rows or any(i >= rows for i in special):
+        raise ConfigError(
+            f"model: the tokenizer has {len(tokenizer)} tokens (special ids "
+            f"{sorted(special)}) but the model's embedding matrix has {rows} rows "
+            f"(config.vocab_size); ids >= {rows} would index past it. Use the tokenizer that "
+            "belongs to the checkpoint, or resize its embeddings "
+            "(model.resize_token_embeddings) and save it as a new checkpoint first.")
 
 
 def scratch_config(cfg: ScratchModelConfig, tokenizer: Any) -> Any:
@@ -96,8 +189,12 @@ def model_config(cfg: ModelConfig, tokenizer: Any) -> Any:
     """The architecture config of the experiment's model (no weights are loaded)."""
     if cfg.source == "scratch":
         return scratch_config(cfg.scratch, tokenizer)
-    return AutoConfig.from_pretrained(cfg.name_or_path, gguf_file=cfg.gguf_file,
-                                      revision=cfg.revision)
+    where, gguf_file = pretrained_location(cfg)
+    try:
+        return AutoConfig.from_pretrained(where, gguf_file=gguf_file, revision=cfg.revision)
+    except OSError as err:
+        raise ConfigError(f"model.name_or_path: cannot load the config of {where}"
+                          f"{' / ' + gguf_file if gguf_file else ''}: {err}") from err
 
 
 def context_length(config: Any) -> int | None:
@@ -119,9 +216,32 @@ def random_model(config: Any, seed: int) -> torch.nn.Module:
 
 def load_model(name_or_path: str | Path, gguf_file: str | None = None,
                revision: str | None = None) -> torch.nn.Module:
-    """A pretrained causal LM from a hub id or local directory, in float32 for training."""
-    return AutoModelForCausalLM.from_pretrained(str(name_or_path), gguf_file=gguf_file,
-                                                revision=revision, dtype=torch.float32)
+    """A pretrained causal LM from a hub id or local directory, in float32 for training.
+
+    With ``gguf_file`` (a file in ``name_or_path``) every weight is dequantized and the model
+    detached from transformers' GGUF quantizer, so it trains and saves like any other.
+    """
+    kwargs: dict[str, Any] = {}
+    if gguf_file is not None:
+        try:  # transformers 5 keeps GGUF blocks packed unless told otherwise
+            from transformers import GgufConfig
+
+            kwargs["quantization_config"] = GgufConfig(dequantize=True)
+        except ImportError:  # transformers 4 always dequantizes
+            pass
+    model = AutoModelForCausalLM.from_pretrained(str(name_or_path), gguf_file=gguf_file,
+                                                 revision=revision, dtype=torch.float32,
+                                                 **kwargs)
+    quantizer = getattr(model, "hf_quantizer", None)
+    if gguf_file is not None and quantizer is not None:
+        quantizer.remove_quantization_config(model)  # plain weights: nothing is packed
+    return model
+
+
+def load_pretrained(cfg: ModelConfig) -> torch.nn.Module:
+    """The configured pretrained weights (a GGUF file dequantized), float32."""
+    where, gguf_file = pretrained_location(cfg)
+    return load_model(where, gguf_file, cfg.revision)
 
 
 def starting_model(cfg: ModelConfig, tokenizer: Any, init: str, seed: int,
@@ -132,15 +252,17 @@ def starting_model(cfg: ModelConfig, tokenizer: Any, init: str, seed: int,
         init: ``base`` (the pretrained weights, or the seed's saved initial weights for a
             scratch model), ``previous`` (the model of generation k-1) or ``scratch``
             (fresh random weights drawn from ``seed``).
-        base_dir: where a scratch model's initial weights are saved.
+        base_dir: the run's saved copy of the ``base`` weights: a scratch model's initial
+            weights, or a GGUF checkpoint dequantized; used when it holds a model. Without
+            one a pretrained model is loaded from ``cfg`` (a GGUF file dequantized anew).
         previous_dir: the model directory of generation k-1.
     """
     if init == "previous" and previous_dir is not None:
         return load_model(previous_dir)
     if init == "scratch":
         return random_model(model_config(cfg, tokenizer), seed)
+    if base_dir is not None and (base_dir / "config.json").exists():
+        return load_model(base_dir)
     if cfg.source == "pretrained":
-        return load_model(cfg.name_or_path, cfg.gguf_file, cfg.revision)
-    if base_dir is None or not (base_dir / "config.json").exists():
-        raise FileNotFoundError(f"initial weights missing: {base_dir}")
-    return load_model(base_dir)
+        return load_pretrained(cfg)
+    raise FileNotFoundError(f"initial weights missing: {base_dir}")

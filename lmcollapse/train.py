@@ -21,6 +21,10 @@ Row = dict[str, Any]
 
 
 class _Collate:
+    """Right-pads a batch. Labels are masked where ``attention_mask`` is 0, never by id, so
+    a pad id that is also a real token (pad = EOS for GPT-2 and many chat tokenizers) is
+    still learnt where it occurs in the text."""
+
     def __init__(self, pad_id: int) -> None:
         self.pad_id = pad_id
 

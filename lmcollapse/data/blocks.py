@@ -31,11 +31,23 @@ def _terminated(record: str) -> str:
 
 
 def tokenize_records(tokenizer: Any, records: list[str], batch: int = 1000) -> list[list[int]]:
-    """Token ids of each record (newline-terminated), without special tokens."""
+    """Token ids of each record (newline-terminated), encoded as the tokenizer encodes a text
+    by default (``add_special_tokens=True``), before the records are concatenated into blocks.
+
+    This is what Shumailov et al. did (their ``dataset.py``, the ``run_clm`` recipe):
+    ``tokenizer(examples["text"])`` on each WikiText-2 line, then concatenate and cut into
+    64-token blocks. OPT's tokenizer puts its BOS ``</s>`` before every record, so blocks
+    carry ``</s>`` at record starts, as in the paper; a Llama/Gemma tokenizer puts ``<s>`` /
+    ``<bos>`` there, as the model saw in pretraining; GPT-2's, Qwen's and the scratch
+    tokenizer add nothing. Training blocks, prompts and the held-out test stream all come
+    from here, so every step sees the same encoding. Generated continuations hold no EOS
+    (generation runs to a fixed length), so for a tokenizer whose BOS is its EOS (OPT) the
+    corpora carry no ``</s>`` while human text does, also as in the paper.
+    """
     out: list[list[int]] = []
     for i in range(0, len(records), batch):
         chunk = [_terminated(r) for r in records[i:i + batch]]
-        out += tokenizer(chunk, add_special_tokens=False)["input_ids"]
+        out += tokenizer(chunk, add_special_tokens=True)["input_ids"]
     return out
 
 
