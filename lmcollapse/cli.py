@@ -49,6 +49,10 @@ def run_main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         cfg = load_config(args.config, args.overrides)
+        if args.command == "validate":  # `run` checks this in its preflight
+            from lmcollapse.models import check_pretrained  # torch: not for `report`
+
+            check_pretrained(cfg.model)  # a missing optional extra, named before any work
     except ConfigError as err:
         print(f"lmcollapse: config error: {err}", file=sys.stderr)
         return 2

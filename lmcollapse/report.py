@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from scipy import stats
+
 from lmcollapse.registry import unknown_name_message
 
 log = logging.getLogger("lmcollapse.report")
@@ -88,10 +90,10 @@ class Comparison(NamedTuple):
 def paired_test(a: dict[int, float], b: dict[int, float]) -> tuple[int, float, float]:
     """Two-sided paired t-test of ``a - b`` over the seeds both have: ``(n, mean diff, p)``.
 
-    The p-value is ``scipy.stats.ttest_rel``'s: with per-seed differences d,
-    t = mean(d) / (stdev(d) / sqrt(n)) on n - 1 degrees of freedom. Where stdev(d) = 0 the
-    differences are all equal: p = 0 when they are nonzero, 1 when they are all zero (scipy
-    gives NaN). p is NaN when n < 2 or a difference is not finite.
+    The p-value is ``scipy.stats.ttest_rel``'s (t = mean(d) / (stdev(d) / sqrt(n)) on n - 1
+    degrees of freedom, d the per-seed differences). Where stdev(d) = 0 the differences are
+    all equal and scipy gives NaN: p = 0 when they are nonzero, 1 when they are all zero.
+    p is NaN when n < 2 or a difference is not finite.
     """
     seeds = sorted(a.keys() & b.keys())
     d = [a[s] - b[s] for s in seeds]
@@ -104,9 +106,7 @@ def paired_test(a: dict[int, float], b: dict[int, float]) -> tuple[int, float, f
     sd = statistics.stdev(d)
     if sd == 0:
         return n, mean, 0.0 if mean else 1.0
-    from scipy import stats
-
-    return n, mean, float(2 * stats.t.sf(abs(mean / (sd / math.sqrt(n))), n - 1))
+    return n, mean, float(stats.ttest_rel([a[s] for s in seeds], [b[s] for s in seeds]).pvalue)
 
 
 # --- loading --------------------------------------------------------------------------------

@@ -107,7 +107,7 @@ def test_diversity_human_and_corpus_samples_have_equal_size(tmp_path, accelerato
     tok = load_tokenizer(cfg.model, texts["train"])
     human = prepare_human_data(tok, texts, cfg.data)
     # a corpus holds one sample per human training block, as the loop writes it
-    corpus = [{"input_ids": np.arange(16) % 7, "sample_id": f"gen_1:{i}"}
+    corpus = [{"input_ids": np.arange(16) % 7 + 2, "sample_id": f"gen_1:{i}"}
               for i in range(len(human.train))]
     ctx = MeasureContext(cfg=cfg, accelerator=accelerator, tokenizer=tok, human=human,
                          generation=1, corpus=corpus)
@@ -115,8 +115,38 @@ def test_diversity_human_and_corpus_samples_have_equal_size(tmp_path, accelerato
     got, ref = metric.compute(ctx), metric.human_reference(ctx)
     assert got["_details"]["diversity"]["sample_size"] == \
         ref["_details"]["diversity"]["sample_size"]
-    # a corpus of one repeated sample: 7 distinct unigrams, Self-BLEU 1
+    # a corpus of one repeated sample: 7 distinct unigrams (no special token), Self-BLEU 1
     assert got["distinct_1"] == pytest.approx(7 / (16 * got["_details"]["diversity"][
         "sample_size"]))
     assert got["self_bleu"] == pytest.approx(1.0)
     assert ref["distinct_1"] > got["distinct_1"] and ref["self_bleu"] < 0.9
+
+
+def test_special_tokens_are_left_out_of_word_statistics(tmp_path, accelerator):
+    """A pretrained tokenizer puts BOS/EOS into human text (OPT: ``</s>`` before every
+    record) but a corpus never holds them; tail and diversity count words only, so adding
+    special tokens to the human train blocks and to the corpus changes no value."""
+    cfg = tiny_config(tmp_path)
+    from lmcollapse.models import load_tokenizer
+
+    texts = load_human_text(cfg.data)
+    tok = load_tokenizer(cfg.model, texts["train"])
+    plain = prepare_human_data(tok, texts, cfg.data)
+    marked = prepare_human_data(tok, texts, cfg.data)
+    specials = [tok.eos_token_id, tok.pad_token_id]
+    marked.train = [{**r, "input_ids": [specials[i % 2], *r["input_ids"]]}
+                    for i, r in enumerate(plain.train)]
+    rng = np.random.default_rng(0)
+    corpus = [{"sample_id": f"gen_1:{i}", "input_ids": rng.integers(2, 150, 16)}
+              for i in range(len(plain.train))]
+    corpus_marked = [{**r, "input_ids": np.r_[specials[0], r["input_ids"], specials[1]]}
+                     for r in corpus]
+    for name in ("tail", "diversity"):
+        metric = METRICS.get(name)(cfg)
+        got = [metric.compute(MeasureContext(cfg=cfg, accelerator=accelerator, tokenizer=tok,
+                                             human=h, generation=1, corpus=c))
+               for h, c in ((plain, corpus), (marked, corpus_marked))]
+        values = [{k: v for k, v in g.items() if k != "_details"} for g in got]
+        assert values[0] == values[1], name
+    ctx = MeasureContext(cfg=cfg, accelerator=accelerator, tokenizer=tok, human=marked)
+    assert ctx.content([[specials[0], 5, specials[1], 7]])[0].tolist() == [5, 7]

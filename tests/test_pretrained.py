@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import QUICKSTART, tiny_config
 from transformers import LlamaConfig, LlamaForCausalLM, OPTConfig, OPTForCausalLM
 
 from lmcollapse.config import ConfigError
@@ -226,7 +226,7 @@ def test_gguf_file_given_as_a_path_of_its_own(tmp_path):
 
 
 @pytest.mark.parametrize("how", ["sys.modules", "find_spec"])
-def test_missing_gguf_package_is_refused_before_any_work(tmp_path, monkeypatch, how):
+def test_missing_gguf_package_is_refused_before_any_work(tmp_path, monkeypatch, capsys, how):
     if how == "sys.modules":
         monkeypatch.setitem(sys.modules, "gguf", None)  # `import gguf` raises ImportError
     else:
@@ -244,6 +244,13 @@ def test_missing_gguf_package_is_refused_before_any_work(tmp_path, monkeypatch, 
     assert "model.gguf_file needs the 'gguf' package" in str(err.value)
     assert "pip install 'lmcollapse[gguf]'" in str(err.value)
     assert not cfg.run_dir.exists() or not any(cfg.run_dir.rglob("*"))
+    # `lmcollapse validate` names the extra too, with exit code 2
+    from lmcollapse.cli import run_main
+
+    assert run_main(["validate", "--config", str(QUICKSTART), "model.source=pretrained",
+                     f"model.name_or_path={tmp_path / 'model'}",
+                     "model.gguf_file=tiny.gguf"]) == 2
+    assert "pip install 'lmcollapse[gguf]'" in capsys.readouterr().err
 
 
 def test_tokenizer_larger_than_the_embeddings_is_refused(tmp_path):

@@ -62,6 +62,15 @@ class MeasureContext:
             pick = np.sort(np.random.default_rng(seed).choice(n, size=count, replace=False))
         return [stream[i * length:(i + 1) * length] for i in pick]
 
+    def content(self, seqs: list) -> list[np.ndarray]:
+        """``seqs`` without the tokenizer's special tokens. A pretrained tokenizer may put
+        BOS/EOS into human text (OPT starts every record with ``</s>``), while a corpus
+        never holds them (continuations run to a fixed length): unigram, n-gram and tail
+        counts compare the words only."""
+        special = np.asarray(sorted(set(self.tokenizer.all_special_ids)), dtype=np.int64)
+        out = [np.asarray(s, dtype=np.int64) for s in seqs]
+        return out if special.size == 0 else [s[~np.isin(s, special)] for s in out]
+
     def equal_size(self, configured: int | None, where: str) -> int:
         """The number of samples a size-dependent metric draws, the same for the human row
         and every corpus row (DESIGN.md, "equal sizes").

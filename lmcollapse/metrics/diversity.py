@@ -240,6 +240,7 @@ class Diversity(Metric):
     def _measure(self, ctx: MeasureContext, pool: list) -> dict[str, Any]:
         d = ctx.cfg.metrics.diversity
         sizes = self._sizes(ctx)
+        pool = ctx.content(pool)
         runs = [diversity_metrics(pool, sizes[0], d.seed + i, max_n=4,
                                   self_bleu_sample=sizes[1]) for i in range(d.draws)]
         values = {k: float(np.mean([r[k] for r in runs])) for k in runs[0]

@@ -210,8 +210,8 @@ class TailLoss(Metric):
 
     def _measure(self, ctx: MeasureContext, pool: list) -> dict[str, Any]:
         t, size = ctx.cfg.metrics.tail, self._size(ctx)
-        train = [r["input_ids"] for r in ctx.human.train]
-        test = ctx.human_chunks(None, 0)
+        train = ctx.content([r["input_ids"] for r in ctx.human.train])
+        test, pool = ctx.content(ctx.human_chunks(None, 0)), ctx.content(pool)
         runs = [tail_metrics(train, fixed_sample(pool, size, t.seed + i),
                              fixed_sample(test, size, t.seed + 1000 + i), t.head_mass, t.epsilon)
                 for i in range(t.draws)]
