@@ -179,7 +179,7 @@ class DiversityConfig:
     allow; ``self_bleu_sample`` None: ``sample_size``), averaged over ``draws`` draws."""
 
     sample_size: int | None = None
-    self_bleu_sample: int | None = 500
+    self_bleu_sample: int | None = None
     draws: int = 3
     seed: int = 0
 

@@ -40,11 +40,16 @@ def eos_token_ids(model: Any, tokenizer: Any) -> int | list[int] | None:
 def generation_config(gcfg: GenerateConfig, tokenizer: Any,
                       eos_token_id: int | list[int] | None = None) -> GenerationConfig:
     """Decoding settings; ``min_new_tokens == max_new_tokens`` forces the length (every id
-    in ``eos_token_id``, default the tokenizer's EOS, is held back until then)."""
+    in ``eos_token_id``, default the tokenizer's EOS, is held back until then). The pad
+    token, when it is not an end-of-sequence id, is never written: padding is not text,
+    yet a model that never saw it (its labels are masked) still gives it a little mass."""
     eos = tokenizer.eos_token_id if eos_token_id is None else eos_token_id
+    pad = tokenizer.pad_token_id
+    suppress = [pad] if pad is not None and pad not in (
+        eos if isinstance(eos, list) else [eos]) else None
     common = dict(max_new_tokens=gcfg.new_tokens, min_new_tokens=gcfg.new_tokens,
-                  repetition_penalty=gcfg.repetition_penalty,
-                  pad_token_id=tokenizer.pad_token_id, eos_token_id=eos)
+                  repetition_penalty=gcfg.repetition_penalty, suppress_tokens=suppress,
+                  pad_token_id=pad, eos_token_id=eos)
     if gcfg.strategy == "beam":
         return GenerationConfig(num_beams=gcfg.num_beams, do_sample=False,
                                 early_stopping=True, **common)

@@ -77,9 +77,10 @@ def gen_name(k: int) -> str:
 
 def trained_length(cfg: ExperimentConfig, model_config: Any) -> int:
     """The longest sequence the experiment's models are trained on and may be scored at:
-    ``data.block_tokens`` for a scratch model (it never sees a later position), the
+    ``data.block_tokens`` for a model built from scratch or re-initialised every
+    generation (``model.init: scratch``: it never sees a later position), the
     architecture's context for a pretrained one (1024 when it declares none)."""
-    if cfg.model.source == "scratch":
+    if cfg.model.source == "scratch" or cfg.model.init == "scratch":
         return cfg.data.block_tokens
     return context_length(model_config) or 1024
 
@@ -177,8 +178,9 @@ class Experiment:
             raise ConfigError(f"data.block_tokens ({d.block_tokens}) must fit the model's "
                               f"context of {ctx} tokens")
         self.trained_length = trained_length(self.cfg, self.model_config)
-        what = ("data.block_tokens, the length a scratch model is trained on"
-                if self.cfg.model.source == "scratch" else "the model's context")
+        m = self.cfg.model
+        what = ("data.block_tokens, the length a model trained from scratch sees"
+                if m.source == "scratch" or m.init == "scratch" else "the model's context")
         if g.prompt_tokens + g.new_tokens > self.trained_length:
             raise ConfigError(
                 f"generate.prompt_tokens + generate.new_tokens ({g.prompt_tokens} + "

@@ -182,6 +182,7 @@ def setup_items(exp: Experiment) -> list[tuple[str, str]]:
     ppl = {**mc.get("perplexity", {}), **det.get("perplexity", {})}
     mv = {**mc.get("mauve", {}), **det.get("mauve", {})}
     dv = {**mc.get("diversity", {}), **det.get("diversity", {})}
+    tl = {**mc.get("tail", {}), **det.get("tail", {})}
     sc = m.get("scratch", {})
     model = (_kv("from scratch: {} (hidden {}, {} layers, {} heads)", sc.get("arch"),
                  sc.get("hidden_size"), sc.get("num_layers"), sc.get("num_heads"))
@@ -217,11 +218,14 @@ def setup_items(exp: Experiment) -> list[tuple[str, str]]:
                            f"prompt {'kept' if g.get('keep_prompt') else 'dropped'} in the next "
                            "training text")),
         ("sizes", _join(f"{exp.generations} generations",
-                        _kv("{} samples per corpus",
-                            det.get("reference_perplexity", {}).get("samples")),
                         _kv("{} test tokens", ppl.get("test_tokens")),
+                        _kv("reference scoring {} samples",
+                            det.get("reference_perplexity", {}).get("samples")),
                         _kv("diversity sample {}", dv.get("sample_size")),
                         _kv("self-BLEU sample {}", dv.get("self_bleu_sample")),
+                        _kv("tail sample {} ({} tokens)", tl.get("sample_size"),
+                            tl.get("sample_tokens")),
+                        _kv("{} draws", dv.get("draws") or tl.get("draws")),
                         _kv("MAUVE {} vs {} samples", mv.get("n_p"), mv.get("n_q")),
                         _kv("{} buckets", mv.get("num_buckets")))),
         ("seeds", ", ".join(map(str, exp.seeds))),

@@ -124,8 +124,10 @@ def test_diversity_human_and_corpus_samples_have_equal_size(tmp_path, accelerato
 
 def test_special_tokens_are_left_out_of_word_statistics(tmp_path, accelerator):
     """A pretrained tokenizer puts BOS/EOS into human text (OPT: ``</s>`` before every
-    record) but a corpus never holds them; tail and diversity count words only, so adding
-    special tokens to the human train blocks and to the corpus changes no value."""
+    record) but a corpus never holds them; tail and diversity count words only, and human
+    samples are cut from the test text without them (as many words as a corpus sample), so
+    adding special tokens to the human train blocks, the test text and the corpus changes
+    no value of a corpus row or of the human row."""
     cfg = tiny_config(tmp_path)
     from lmcollapse.models import load_tokenizer
 
@@ -136,6 +138,8 @@ def test_special_tokens_are_left_out_of_word_statistics(tmp_path, accelerator):
     specials = [tok.eos_token_id, tok.pad_token_id]
     marked.train = [{**r, "input_ids": [specials[i % 2], *r["input_ids"]]}
                     for i, r in enumerate(plain.train)]
+    marked.test_stream = [t for i, x in enumerate(plain.test_stream)
+                          for t in ((specials[0], x) if i % 10 == 0 else (x,))]
     rng = np.random.default_rng(0)
     corpus = [{"sample_id": f"gen_1:{i}", "input_ids": rng.integers(2, 150, 16)}
               for i in range(len(plain.train))]
@@ -143,10 +147,15 @@ def test_special_tokens_are_left_out_of_word_statistics(tmp_path, accelerator):
                      for r in corpus]
     for name in ("tail", "diversity"):
         metric = METRICS.get(name)(cfg)
-        got = [metric.compute(MeasureContext(cfg=cfg, accelerator=accelerator, tokenizer=tok,
-                                             human=h, generation=1, corpus=c))
-               for h, c in ((plain, corpus), (marked, corpus_marked))]
-        values = [{k: v for k, v in g.items() if k != "_details"} for g in got]
-        assert values[0] == values[1], name
+        ctxs = [MeasureContext(cfg=cfg, accelerator=accelerator, tokenizer=tok, human=h,
+                               generation=1, corpus=c)
+                for h, c in ((plain, corpus), (marked, corpus_marked))]
+        for row in ("compute", "human_reference"):
+            got = [getattr(metric, row)(c) for c in ctxs]
+            values = [{k: v for k, v in g.items() if k != "_details"} for g in got]
+            assert values[0] == values[1], (name, row)
+            # human and corpus samples hold the same number of tokens
+            assert got[1]["_details"][name]["sample_tokens"] == \
+                got[1]["_details"][name]["sample_size"] * 16, (name, row)
     ctx = MeasureContext(cfg=cfg, accelerator=accelerator, tokenizer=tok, human=marked)
     assert ctx.content([[specials[0], 5, specials[1], 7]])[0].tolist() == [5, 7]

@@ -113,3 +113,29 @@ def test_top_k_zero_means_no_top_k_limit(tokenizer):
 
     assert generation_config(GenerateConfig(strategy="sample", top_k=0), tokenizer).top_k == 0
     assert generation_config(GenerateConfig(strategy="sample", top_k=7), tokenizer).top_k == 7
+
+
+def test_generation_never_writes_the_pad_token(accelerator, tiny_model, tokenizer, blocks,
+                                               monkeypatch):
+    """An untrained model gives the pad token some mass; a corpus must not hold padding."""
+    import lmcollapse.generate as gen
+
+    prompts = (blocks[0] * 10)[:150]
+    gcfg = GenerateConfig(prompt_tokens=8, new_tokens=16, strategy="sample", batch_size=50)
+    pad = tokenizer.pad_token_id
+    assert gen.generation_config(gcfg, tokenizer).suppress_tokens == [pad]
+    corpus = generate_corpus(accelerator, tiny_model, tokenizer, prompts, gcfg, seed=3,
+                             generation=1)
+    assert not any(pad in r["input_ids"] for r in corpus)
+    # the same sampling without the suppression does write it (so the check above can fail)
+    configured = gen.generation_config
+
+    def without_suppression(*args, **kwargs):
+        config = configured(*args, **kwargs)
+        config.suppress_tokens = None
+        return config
+
+    monkeypatch.setattr(gen, "generation_config", without_suppression)
+    corpus = generate_corpus(accelerator, tiny_model, tokenizer, prompts, gcfg, seed=3,
+                             generation=1)
+    assert any(pad in r["input_ids"] for r in corpus)

@@ -104,10 +104,29 @@ def test_human_and_corpus_rows_are_measured_at_equal_size(sized_run):
     for name, d in rows.items():
         details = json.loads((d / "metrics.json").read_text())["details"]
         assert details["reference_perplexity"]["samples"] == 30, name
+        # what was drawn, in samples and in tokens (16 new tokens per sample)
         assert details["diversity"]["sample_size"] == 30, name
+        assert details["diversity"]["sample_tokens"] == 30 * 16, name
         assert details["diversity"]["self_bleu_sample"] == 20, name
         assert details["tail"]["sample_size"] == 25 and details["tail"]["draws"] == 2, name
+        assert details["tail"]["sample_tokens"] == 25 * 16, name
         assert details["mauve"]["n_p"] == details["mauve"]["n_q"] == 30, name
         # the per-sample scores behind the histogram: exactly the fixed sample, whatever the
         # size of the test split (the human row's cost follows the sample size)
         assert pq.read_table(d / "reference_scores.parquet").num_rows == 30, name
+
+
+def test_pretrained_model_reinitialised_each_generation_has_the_block_length():
+    """``model.init: scratch`` trains fresh weights on ``data.block_tokens``-token blocks
+    every generation, so a pretrained architecture's long context does not apply."""
+    from transformers import OPTConfig
+
+    from lmcollapse.config import load_config
+    from lmcollapse.loop import trained_length
+
+    arch = OPTConfig(max_position_embeddings=512)
+    pretrained = load_config(None, ["model.source=pretrained", "data.block_tokens=128"])
+    assert trained_length(pretrained, arch) == 512
+    scratch_init = load_config(None, ["model.source=pretrained", "model.init=scratch",
+                                      "data.block_tokens=128"])
+    assert trained_length(scratch_init, arch) == 128

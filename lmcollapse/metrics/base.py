@@ -51,11 +51,18 @@ class MeasureContext:
         g = self.cfg.generate
         return g.new_tokens + (g.prompt_tokens if g.keep_prompt else 0)
 
+    def human_stream(self) -> np.ndarray:
+        """The held-out test tokens without special tokens, the text human samples are cut
+        from: a corpus sample never holds BOS/EOS, so a human sample of the same length
+        holds as many words."""
+        return self.content([self.human.test_stream])[0]
+
     def human_chunks(self, count: int | None, seed: int) -> list[np.ndarray]:
         """Up to ``count`` held-out human samples shaped like corpus samples: disjoint
-        ``sample_tokens()``-token chunks of the test text, drawn with ``seed``, in order."""
+        ``sample_tokens()``-token chunks of the test text (special tokens left out), drawn
+        with ``seed``, in order."""
         length = self.sample_tokens()
-        stream = np.asarray(self.human.test_stream, dtype=np.int64)
+        stream = self.human_stream()
         n = len(stream) // length
         pick = np.arange(n)
         if count is not None and count < n:
@@ -80,7 +87,7 @@ class MeasureContext:
         allow; a larger configured size is refused, naming ``where`` and the maximum.
         """
         corpus = len(self.human.train)
-        human = len(self.human.test_stream) // self.sample_tokens()
+        human = len(self.human_stream()) // self.sample_tokens()
         most = min(corpus, human)
         if most < 2:
             raise ConfigError(

@@ -245,8 +245,11 @@ class Diversity(Metric):
                                   self_bleu_sample=sizes[1]) for i in range(d.draws)]
         values = {k: float(np.mean([r[k] for r in runs])) for k in runs[0]
                   if k not in ("sample_size", "self_bleu_sample")}
-        details = {"sample_size": sizes[0], "self_bleu_sample": sizes[1], "draws": d.draws,
-                   "seed": d.seed, "unit": "model tokens"}
+        # the sizes actually drawn, and their token count (special tokens left out)
+        details = {"sample_size": runs[0]["sample_size"],
+                   "self_bleu_sample": runs[0]["self_bleu_sample"],
+                   "sample_tokens": sum(map(len, fixed_sample(pool, sizes[0], d.seed))),
+                   "draws": d.draws, "seed": d.seed, "unit": "model tokens"}
         return {**values, "_details": {"diversity": details}}
 
     def compute(self, ctx: MeasureContext) -> dict[str, Any]:

@@ -36,6 +36,7 @@ class GroundTruth(Metric):
                   "source_entropy_rate": None}
 
     def preflight(self, ctx: MeasureContext) -> None:
+        window_settings(ctx.cfg.metrics.perplexity, ctx.trained_length)  # same windows
         if ctx.source is None:
             raise ConfigError("metrics.names: 'ground_truth' needs data.source: synthetic "
                               f"(the source must know log p(text)); got {ctx.cfg.data.source!r}")
