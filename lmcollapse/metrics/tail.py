@@ -184,6 +184,11 @@ def tail_metrics(
     }
 
 
+def _whole(x: float) -> int | float:
+    """``x`` as an int when it is whole (a token count), else as a float."""
+    return int(x) if float(x).is_integer() else float(x)
+
+
 @METRICS.register("tail")
 class TailLoss(Metric):
     """Tail-token loss against the human train pool (DESIGN.md, "tail-token loss").
@@ -224,7 +229,7 @@ class TailLoss(Metric):
         details = {k: v for k, v in out.items() if k not in keep}
         # what was drawn (a corpus sample may lose special tokens, so count them)
         details.update(sample_size=int(np.mean([len(x) for x in samples])),
-                       sample_tokens=float(np.mean([sum(map(len, x)) for x in samples])),
+                       sample_tokens=_whole(np.mean([sum(map(len, x)) for x in samples])),
                        draws=t.draws, seed=t.seed)
         return {**{k: out[k] for k in keep}, "_details": {"tail": details}}
 
