@@ -11,7 +11,8 @@ import argparse
 import logging
 import sys
 
-from lmcollapse.config import ConfigError, load_config
+from lmcollapse.config import load_config
+from lmcollapse.errors import ConfigError, StepError
 
 log = logging.getLogger("lmcollapse")
 
@@ -27,6 +28,9 @@ def _parser() -> argparse.ArgumentParser:
         q.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=1e-4")
     run.add_argument("--new-run", action="store_true",
                      help="start a fresh run directory instead of resuming an existing one")
+    # its own parser (lmcollapse.report.main) reads the rest: `lmcollapse report --help`
+    sub.add_parser("report", add_help=False,
+                   help="leaderboard, per-generation tables and plots from run directories")
     return p
 
 
@@ -42,11 +46,14 @@ def _setup_logging(level: str, main_process: bool) -> None:
 def run_main(argv: list[str] | None = None) -> int:
     """Entry point shared by ``lmcollapse`` and ``scripts/run_loop.py``; returns an exit code."""
     argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] == "report":
-        from lmcollapse.report import main as report_main
+    parser = _parser()
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "report":
+        from lmcollapse.report import main as report_main  # no torch: reads JSON and parquet
 
-        return report_main(argv[1:])
-    args = _parser().parse_args(argv)
+        return report_main(rest)
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
         cfg = load_config(args.config, args.overrides)
         if args.command == "validate":  # `run` checks this in its preflight
@@ -61,7 +68,7 @@ def run_main(argv: list[str] | None = None) -> int:
 
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         return 0
-    from lmcollapse.loop import Experiment, StepError, make_accelerator
+    from lmcollapse.loop import Experiment, make_accelerator
 
     accelerator = make_accelerator(cfg)
     _setup_logging(cfg.log_level, accelerator.is_main_process)

@@ -20,11 +20,9 @@ from typing import Any, Literal
 
 import yaml
 
+from lmcollapse.errors import ConfigError
+
 CONFIG_VERSION = 1
-
-
-class ConfigError(ValueError):
-    """A config value is missing, unknown, of the wrong type or out of range."""
 
 
 # --- sections ----------------------------------------------------------------------------

@@ -37,8 +37,9 @@ from accelerate.utils import broadcast_object_list, set_seed
 from tqdm.auto import tqdm
 
 from lmcollapse import io
-from lmcollapse.config import ConfigError, ExperimentConfig, PolicySpec, config_diff
+from lmcollapse.config import ExperimentConfig, PolicySpec, config_diff
 from lmcollapse.data import load_human_text, make_synthetic_source, prepare_human_data
+from lmcollapse.errors import ConfigError, StepError
 from lmcollapse.generate import generate_corpus
 from lmcollapse.metrics import METRICS, MeasureContext, metric_meta
 from lmcollapse.models import (
@@ -60,10 +61,6 @@ log = logging.getLogger(__name__)
 PROVENANCE = ["sample_id", "origin", "generation", "prompt_id"]
 #: config keys that may change between invocations of one run: the grid grows by cells
 GRID_KEYS = ("seeds", "policies", "log_level")
-
-
-class StepError(RuntimeError):
-    """A step failed; the message names the cell, the generation and the step."""
 
 
 def derive_seed(*parts: Any) -> int:

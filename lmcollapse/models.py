@@ -33,7 +33,8 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from lmcollapse.config import ConfigError, ModelConfig, ScratchModelConfig
+from lmcollapse.config import ModelConfig, ScratchModelConfig
+from lmcollapse.errors import ConfigError
 
 log = logging.getLogger(__name__)
 EOS, PAD = "<|endoftext|>", "<pad>"

@@ -30,6 +30,7 @@ from typing import Any, NamedTuple
 
 from scipy import stats
 
+from lmcollapse.errors import ReportError
 from lmcollapse.registry import unknown_name_message
 
 log = logging.getLogger("lmcollapse.report")
@@ -44,10 +45,6 @@ NAN = math.nan
 ALPHA = 0.05
 #: appended to a cell whose gap to the row above is within the seed noise
 MARK = "~"
-
-
-class ReportError(ValueError):
-    """A directory that is not a run, or a metric or policy that no run has."""
 
 
 class Stat(NamedTuple):

@@ -15,8 +15,8 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import ROOT, TINY, tiny_config
 
-from lmcollapse.config import ConfigError
-from lmcollapse.loop import Experiment, StepError
+from lmcollapse.errors import ConfigError, StepError
+from lmcollapse.loop import Experiment
 
 POLICIES = ["replace", "mix-0.1", "accumulate"]
 
@@ -149,6 +149,24 @@ def test_cli_reports_config_errors_with_exit_code(tmp_path):
 
     assert run_main(["run", "--config", str(ROOT / "configs" / "quickstart.yaml"),
                      "train.lrr=1", f"output_dir={tmp_path}"]) == 2
+    assert not any(tmp_path.iterdir())
+
+
+def test_cli_lists_every_subcommand_and_refuses_unknown_options(tmp_path, capsys):
+    from lmcollapse.cli import run_main
+
+    with pytest.raises(SystemExit) as done:
+        run_main(["--help"])
+    assert done.value.code == 0
+    listed = capsys.readouterr().out
+    assert all(name in listed for name in ("run", "validate", "report"))
+    with pytest.raises(SystemExit) as done:  # `report` parses its own options
+        run_main(["report", "--help"])
+    assert done.value.code == 0 and "--rank-by" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as done:
+        run_main(["run", "--config", str(ROOT / "configs" / "quickstart.yaml"), "--bogus",
+                  f"output_dir={tmp_path}"])
+    assert done.value.code == 2 and "unrecognized arguments: --bogus" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
 
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 from conftest import tiny_config
 
-from lmcollapse.config import ConfigError
 from lmcollapse.data import load_human_text, make_synthetic_source, prepare_human_data
+from lmcollapse.errors import ConfigError
 from lmcollapse.loop import Experiment
 from lmcollapse.metrics import METRICS, MeasureContext
 from lmcollapse.metrics.reference import per_sample_perplexity

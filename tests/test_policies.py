@@ -7,8 +7,9 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from lmcollapse.config import ConfigError, ExperimentConfig, PolicySpec
+from lmcollapse.config import ExperimentConfig, PolicySpec
 from lmcollapse.data.blocks import human_rows
+from lmcollapse.errors import ConfigError
 from lmcollapse.policies import (
     POLICIES,
     Accumulate,

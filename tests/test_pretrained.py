@@ -14,9 +14,9 @@ import torch
 from conftest import QUICKSTART, tiny_config
 from transformers import LlamaConfig, LlamaForCausalLM, OPTConfig, OPTForCausalLM
 
-from lmcollapse.config import ConfigError
 from lmcollapse.data import load_human_text
 from lmcollapse.data.blocks import tokenize_records
+from lmcollapse.errors import ConfigError
 from lmcollapse.loop import Experiment
 from lmcollapse.models import EOS, PAD, load_model, train_tokenizer, wrap_tokenizer
 

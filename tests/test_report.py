@@ -19,7 +19,8 @@ import pytest
 from scipy import stats
 
 from lmcollapse import report, report_formats
-from lmcollapse.report import ReportError, load_runs, onset
+from lmcollapse.errors import ReportError
+from lmcollapse.report import load_runs, onset
 
 SEEDS = [0, 1, 2]
 GENS = 3

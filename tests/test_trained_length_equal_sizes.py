@@ -11,8 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import tiny_config
 
-from lmcollapse.config import ConfigError
 from lmcollapse.data.synthetic import MarkovSource
+from lmcollapse.errors import ConfigError
 from lmcollapse.loop import Experiment
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from lmcollapse.config import ConfigError, DataConfig
+from lmcollapse.config import DataConfig
+from lmcollapse.errors import ConfigError
 
 Row = dict[str, Any]
 

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from lmcollapse.config import ConfigError, DataConfig
+from lmcollapse.config import DataConfig
 from lmcollapse.data.synthetic import MarkovSource
+from lmcollapse.errors import ConfigError
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "validation", "test")

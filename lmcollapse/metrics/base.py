@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from lmcollapse.config import ConfigError
+from lmcollapse.errors import ConfigError
 from lmcollapse.registry import Registry
 
 METRICS: Registry[type[Metric]] = Registry("metric")

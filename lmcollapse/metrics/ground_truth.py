@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lmcollapse.config import ConfigError
+from lmcollapse.errors import ConfigError
 from lmcollapse.metrics.base import METRICS, MeasureContext, Metric
 from lmcollapse.metrics.perplexity import sliding_windows, window_settings
 from lmcollapse.scoring import masked_nll

@@ -12,7 +12,7 @@ import mauve
 import numpy as np
 import torch
 
-from lmcollapse.config import ConfigError
+from lmcollapse.errors import ConfigError
 from lmcollapse.metrics.base import METRICS, MeasureContext, Metric
 from lmcollapse.metrics.diversity import fixed_sample
 from lmcollapse.scoring import pad_batch

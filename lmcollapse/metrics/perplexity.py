@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from lmcollapse.config import ConfigError
+from lmcollapse.errors import ConfigError
 from lmcollapse.metrics.base import METRICS, MeasureContext, Metric
 from lmcollapse.scoring import masked_nll
 
