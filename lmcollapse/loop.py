@@ -77,9 +77,14 @@ def trained_length(cfg: ExperimentConfig, model_config: Any) -> int:
     ``data.block_tokens`` for a model built from scratch or re-initialised every
     generation (``model.init: scratch``: it never sees a later position), the
     architecture's context for a pretrained one (1024 when it declares none)."""
-    if cfg.model.source == "scratch" or cfg.model.init == "scratch":
+    if learns_positions_from_blocks(cfg):
         return cfg.data.block_tokens
     return context_length(model_config) or 1024
+
+
+def learns_positions_from_blocks(cfg: ExperimentConfig) -> bool:
+    """True when every model of the run is trained from random weights on the blocks."""
+    return cfg.model.source == "scratch" or cfg.model.init == "scratch"
 
 
 def make_accelerator(cfg: ExperimentConfig) -> Accelerator:
@@ -175,9 +180,8 @@ class Experiment:
             raise ConfigError(f"data.block_tokens ({d.block_tokens}) must fit the model's "
                               f"context of {ctx} tokens")
         self.trained_length = trained_length(self.cfg, self.model_config)
-        m = self.cfg.model
         what = ("data.block_tokens, the length a model trained from scratch sees"
-                if m.source == "scratch" or m.init == "scratch" else "the model's context")
+                if learns_positions_from_blocks(self.cfg) else "the model's context")
         if g.prompt_tokens + g.new_tokens > self.trained_length:
             raise ConfigError(
                 f"generate.prompt_tokens + generate.new_tokens ({g.prompt_tokens} + "

@@ -37,12 +37,17 @@ def test_per_sample_perplexity_matches_model_loss(accelerator, tiny_model, token
         assert value == pytest.approx(math.exp(loss.item()), rel=1e-5)
 
 
-def test_ground_truth_matches_token_by_token_scoring(accelerator, tmp_path):
+@pytest.mark.parametrize("window", [None, 8])
+def test_ground_truth_matches_token_by_token_scoring(accelerator, tmp_path, window):
     """Excess log-loss per word against log p from the transition matrix and log q from one
-    forward pass per token (no batching, no masking)."""
+    forward pass per token (no batching, no masking). With a trained length of 8 and stride
+    1, every token is scored with at most the 7 tokens before it: never past the trained
+    length, and as much context as that allows."""
+    extra = [] if window is None else [f"metrics.perplexity.max_length={window}",
+                                       "metrics.perplexity.stride=1"]
     cfg = tiny_config(tmp_path, "data.synthetic.test_docs=3",
                       "data.synthetic.sentences_per_doc=2",
-                      "model.scratch.max_position_embeddings=1024")
+                      "model.scratch.max_position_embeddings=1024", *extra)
     source = make_synthetic_source(cfg.data)
     from lmcollapse.models import load_tokenizer, model_config, random_model
 
@@ -51,7 +56,7 @@ def test_ground_truth_matches_token_by_token_scoring(accelerator, tmp_path):
     human = prepare_human_data(tok, texts, cfg.data)
     model = random_model(model_config(cfg.model, tok), seed=0).eval()
     ctx = MeasureContext(cfg=cfg, accelerator=accelerator, tokenizer=tok, human=human,
-                         generation=1, model=model, source=source,
+                         generation=1, model=model, source=source, trained_length=window,
                          extras={"model_config": model.config})
     metric = METRICS.get("ground_truth")(cfg)
     metric.preflight(ctx)
@@ -68,9 +73,11 @@ def test_ground_truth_matches_token_by_token_scoring(accelerator, tmp_path):
         words += len(doc.split())
         ids = tok("\n", add_special_tokens=False)["input_ids"] + tok(
             doc, add_special_tokens=False)["input_ids"]
+        assert window is None or len(ids) > 3 * window  # the windows really slide
         for t in range(1, len(ids)):
+            context = ids[:t] if window is None else ids[max(0, t - (window - 1)):t]
             with torch.no_grad():
-                logits = model(input_ids=torch.tensor([ids[:t]])).logits[0, -1]
+                logits = model(input_ids=torch.tensor([context])).logits[0, -1]
             log_q += torch.log_softmax(logits.double(), -1)[ids[t]].item()
     assert out["source_nats_per_word"] == pytest.approx(-log_p / words, rel=1e-9)
     assert out["model_nats_per_word"] == pytest.approx(-log_q / words, rel=1e-5)

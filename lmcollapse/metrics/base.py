@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,7 @@ class MeasureContext:
         g = self.cfg.generate
         return g.new_tokens + (g.prompt_tokens if g.keep_prompt else 0)
 
+    @cached_property
     def human_stream(self) -> np.ndarray:
         """The held-out test tokens without special tokens, the text human samples are cut
         from: a corpus sample never holds BOS/EOS, so a human sample of the same length
@@ -62,7 +64,7 @@ class MeasureContext:
         ``sample_tokens()``-token chunks of the test text (special tokens left out), drawn
         with ``seed``, in order."""
         length = self.sample_tokens()
-        stream = self.human_stream()
+        stream = self.human_stream
         n = len(stream) // length
         pick = np.arange(n)
         if count is not None and count < n:
@@ -87,7 +89,7 @@ class MeasureContext:
         allow; a larger configured size is refused, naming ``where`` and the maximum.
         """
         corpus = len(self.human.train)
-        human = len(self.human_stream()) // self.sample_tokens()
+        human = len(self.human_stream) // self.sample_tokens()
         most = min(corpus, human)
         if most < 2:
             raise ConfigError(

@@ -47,7 +47,7 @@ class ReferencePerplexity(Metric):
     higher_is_better = None  # both ends move under collapse: compare with the human row
 
     def preflight(self, ctx: MeasureContext) -> None:
-        ctx.equal_size(ctx.cfg.metrics.reference.sample_size, "metrics.reference.sample_size")
+        self._size(ctx)
 
     def _size(self, ctx: MeasureContext) -> int:
         return ctx.equal_size(ctx.cfg.metrics.reference.sample_size,

@@ -140,19 +140,16 @@ def tail_metrics(
     human_sample_seqs: TokenSeqs,
     head_mass: float = 0.9,
     epsilon: float = 1e-6,
-    corpus_sample_seqs: TokenSeqs | None = None,
 ) -> dict[str, float]:
     """Measures loss of the human tail in a corpus.
 
     Args:
         human_train_seqs: Human training pool; defines head/tail and P for the KL.
         corpus_seqs: Corpus under evaluation (e.g. model generations).
-        human_sample_seqs: Human sample the caller sized to the corpus's token count
-            , the reference for tail-type survival.
+        human_sample_seqs: Held-out human sample of the corpus's size, the reference for
+            tail-type survival.
         head_mass: Human token mass covered by the head.
         epsilon: Add-epsilon pseudo-count for the KL.
-        corpus_sample_seqs: A sample of the corpus with the same token count as
-            ``human_sample_seqs``, for the survival numerator (default: the whole corpus).
 
     Returns:
         Dict with ``tail_mass_ratio``, ``tail_mass_corpus_frac``, ``tail_mass_human_frac``,
@@ -166,8 +163,7 @@ def tail_metrics(
     sample = token_counts(human_sample_seqs)
     head, tail = head_tail_split(human, head_mass)
     mass_corpus, mass_human = _mass_frac(corpus, tail), _mass_frac(human, tail)
-    survivors = corpus if corpus_sample_seqs is None else token_counts(corpus_sample_seqs)
-    types_corpus, types_sample = _type_frac(survivors, tail), _type_frac(sample, tail)
+    types_corpus, types_sample = _type_frac(corpus, tail), _type_frac(sample, tail)
     return {
         "tail_mass_ratio": _ratio(mass_corpus, mass_human),
         "tail_mass_corpus_frac": mass_corpus,
