@@ -385,7 +385,9 @@ def _html_table(header: list[str], rows: list[list[str]], first_value: int) -> s
     head = "".join(f"<th>{e(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(td(j, c) for j, c in enumerate(r)) + "</tr>\n"
                    for r in rows)
-    return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}</tbody>\n</table>"
+    # a wide table scrolls inside its own box instead of widening the page
+    return (f'<div class="scroll"><table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}'
+            "</tbody>\n</table></div>")
 
 
 def render_html(lb: Leaderboard, generation: tuple[Any, ...] | None = None,
@@ -417,10 +419,12 @@ def render_html(lb: Leaderboard, generation: tuple[Any, ...] | None = None,
     style = ("body{font-family:sans-serif;margin:2em;max-width:95em}table{border-collapse:collapse}"
              "td,th{border:1px solid #ccc;padding:.2em .5em;text-align:right}"
              "td:nth-child(2),th:nth-child(2){text-align:left}dt{font-weight:bold;float:left;"
-             "width:8em}dd{margin-left:9em}img{max-width:48em}figure{display:inline-block}"
+             "width:8em}dd{margin-left:9em}img{max-width:min(48em,100%)}figure{display:inline-block;"
+             "max-width:100%;margin:1em 0}.scroll{overflow-x:auto;max-width:100%}"
              "td.noise{color:#777}td.noise sup{color:#c60;font-weight:bold}")
-    return (f'<!DOCTYPE html>\n<html lang="en">\n<head><meta charset="utf-8"><title>{e(title)}'
-            f"</title><style>{style}</style></head>\n<body>\n" + "\n".join(parts)
+    viewport = '<meta name="viewport" content="width=device-width, initial-scale=1">'
+    return (f'<!DOCTYPE html>\n<html lang="en">\n<head><meta charset="utf-8">{viewport}'
+            f"<title>{e(title)}</title><style>{style}</style></head>\n<body>\n" + "\n".join(parts)
             + "\n</body>\n</html>\n")
 
 
