@@ -16,65 +16,111 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 
 from lmcollapse.errors import ConfigError
+from lmcollapse.registry import (
+    METRICS,
+    POLICIES,
+    SOURCES,
+    Registry,
+    settings_of,
+    unknown_name_message,
+)
 
 CONFIG_VERSION = 1
 
 
-# --- sections ----------------------------------------------------------------------------
+# --- core sections -------------------------------------------------------------------------
+# The settings of the loop itself. A registered part (policy, metric, data source) declares
+# its own settings next to its code; the sections below hold them by name (see Sections).
+
+
+def positive(value: Any, where: str, allow_none: bool = False, allow_zero: bool = False) -> None:
+    """Refuse a missing, non-finite, negative (or zero) number, naming ``where``."""
+    if value is None and allow_none:
+        return
+    if value is None or not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        limit = ">= 0" if allow_zero else "> 0"
+        raise ConfigError(f"{where}: must be {limit}, got {value!r}")
+
+
+def fraction(value: Any, where: str) -> None:
+    """Refuse anything but a number in [0, 1], naming ``where``."""
+    if value is None or not 0.0 <= value <= 1.0:
+        raise ConfigError(f"{where}: must be a number in [0, 1], got {value!r}")
+
+
+def sample_size(value: int | None, where: str) -> None:
+    """A size-dependent metric's sample size: null (the largest both allow) or >= 2."""
+    if value is not None and value < 2:
+        raise ConfigError(f"{where}: must be >= 2 (samples) or null, got {value!r}")
+
+
+class Sections:
+    """Settings sections owned by registered parts, read as attributes (``cfg.metrics.tail``).
+
+    A subclass names its registry in ``registry``; every registered part gets a section
+    built from its ``settings`` dataclass (defaults where the config says nothing), keyed
+    by the part's ``section`` (default: its name). The config layer never names a part.
+    """
+
+    registry: ClassVar[Registry[Any]]
+    sections: dict[str, Any]
+
+    @classmethod
+    def owners(cls) -> dict[str, Any]:
+        """``{section key: part class}`` of every registered part."""
+        return {getattr(part, "section", "") or name: part for name, part in cls.registry.items()}
+
+    def checked(self) -> dict[str, Any]:
+        """The sections whose ``check`` runs at validation (all of them by default)."""
+        return self.sections
+
+    def fill_defaults(self) -> None:
+        for key, part in self.owners().items():
+            self.sections.setdefault(key, settings_of(part)())
+
+    def __getattr__(self, name: str) -> Any:
+        sections = self.__dict__.get("sections") or {}
+        if name in sections:
+            return sections[name]
+        raise AttributeError(f"{type(self).__name__} has no section {name!r}")
 
 
 @dataclass
-class HFSourceConfig:
-    """``datasets.load_dataset(path, name)``; the defaults are WikiText-2 raw."""
+class DataConfig(Sections):
+    """Human data: ``source`` names a registered data source, whose settings live in the
+    section of the same name (``data.synthetic``, ``data.text``, ``data.hf``)."""
 
-    path: str = "wikitext"
-    name: str | None = "wikitext-2-raw-v1"
-    revision: str | None = None
-    text_field: str = "text"
-    train_split: str = "train"
-    validation_split: str = "validation"
-    test_split: str = "test"
-
-
-@dataclass
-class TextSourceConfig:
-    """Local files: ``.txt`` (one record per line), ``.jsonl`` or ``.parquet``."""
-
-    train: str | None = None
-    validation: str | None = None
-    test: str | None = None
-    text_field: str = "text"
-
-
-@dataclass
-class SyntheticSourceConfig:
-    """A seeded Markov language with exactly known probabilities."""
-
-    vocab_size: int = 500
-    branching: int = 16
-    zipf_exponent: float = 1.1
-    mean_sentence_words: float = 12.0
-    seed: int = 0
-    sentences_per_doc: int = 4
-    train_docs: int = 2000
-    validation_docs: int = 200
-    test_docs: int = 200
-
-
-@dataclass
-class DataConfig:
-    source: Literal["hf", "text", "synthetic"] = "hf"
-    hf: HFSourceConfig = field(default_factory=HFSourceConfig)
-    text: TextSourceConfig = field(default_factory=TextSourceConfig)
-    synthetic: SyntheticSourceConfig = field(default_factory=SyntheticSourceConfig)
+    registry: ClassVar[Registry[Any]] = SOURCES
+    source: str = "hf"
     block_tokens: int = 64
     max_train_blocks: int | None = None
     max_validation_blocks: int | None = None
+    sections: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        self.fill_defaults()
+
+    def check(self, where: str) -> None:
+        if self.source not in self.registry:
+            raise ConfigError(f"{where}.source: " + unknown_name_message(
+                "data source", self.source, self.registry.names()))
+        positive(self.block_tokens, f"{where}.block_tokens")
+        positive(self.max_train_blocks, f"{where}.max_train_blocks", allow_none=True)
+        positive(self.max_validation_blocks, f"{where}.max_validation_blocks", allow_none=True)
+
+    def checked(self) -> dict[str, Any]:
+        """Only the selected source's section: the others are not used."""
+        return {self.source: self.sections[self.source]} if self.source in self.sections else {}
+
+    @property
+    def selected(self) -> Any:
+        """The settings of the selected source."""
+        return self.sections[self.source]
 
 
 @dataclass
@@ -89,6 +135,13 @@ class ScratchModelConfig:
     intermediate_size: int = 256
     max_position_embeddings: int = 256
 
+    def check(self, where: str) -> None:
+        for name in ("vocab_size", "hidden_size", "num_layers", "num_heads",
+                     "intermediate_size", "max_position_embeddings"):
+            positive(getattr(self, name), f"{where}.{name}")
+        if self.hidden_size % self.num_heads:
+            raise ConfigError(f"{where}.hidden_size must be divisible by num_heads")
+
 
 @dataclass
 class ModelConfig:
@@ -98,6 +151,10 @@ class ModelConfig:
     revision: str | None = None
     init: Literal["base", "previous", "scratch"] = "base"
     scratch: ScratchModelConfig = field(default_factory=ScratchModelConfig)
+
+    def check(self, where: str) -> None:
+        if self.source == "scratch":
+            self.scratch.check(f"{where}.scratch")
 
 
 @dataclass
@@ -110,6 +167,12 @@ class LoraConfig:
     dropout: float = 0.05
     #: None: peft's default modules for the architecture
     target_modules: list[str] | None = None
+
+    def check(self, where: str) -> None:
+        if self.enabled:
+            positive(self.r, f"{where}.r")
+            positive(self.alpha, f"{where}.alpha")
+            fraction(self.dropout, f"{where}.dropout")
 
 
 @dataclass
@@ -132,6 +195,17 @@ class TrainConfig:
     mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"
     lora: LoraConfig = field(default_factory=LoraConfig)
 
+    def check(self, where: str) -> None:
+        for name in ("epochs", "batch_size", "grad_accum", "eval_batch_size"):
+            positive(getattr(self, name), f"{where}.{name}")
+        positive(self.lr, f"{where}.lr")
+        for name in ("budget_steps", "eval_every", "budget_tokens"):
+            positive(getattr(self, name), f"{where}.{name}", allow_none=True)
+        if self.budget_steps is not None and self.budget_tokens is not None:
+            raise ConfigError(f"{where}.budget_steps and {where}.budget_tokens: set at most one")
+        fraction(self.warmup_ratio, f"{where}.warmup_ratio")
+        self.lora.check(f"{where}.lora")
+
 
 @dataclass
 class GenerateConfig:
@@ -146,82 +220,47 @@ class GenerateConfig:
     batch_size: int = 32
     keep_prompt: bool = False
 
+    def check(self, where: str) -> None:
+        for name in ("prompt_tokens", "new_tokens", "batch_size", "num_beams"):
+            positive(getattr(self, name), f"{where}.{name}")
+        positive(self.temperature, f"{where}.temperature")
+        positive(self.repetition_penalty, f"{where}.repetition_penalty")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ConfigError(f"{where}.top_p: must be in (0, 1], got {self.top_p}")
+        positive(self.top_k, f"{where}.top_k", allow_zero=True)
 
-@dataclass
-class PerplexityConfig:
-    """Sliding windows over the human test text. ``max_length`` defaults to the trained
-    length (a scratch model: ``data.block_tokens``; a pretrained one: its context, at most
-    1024) and may not exceed it; ``stride`` defaults to half the window."""
-
-    max_length: int | None = None
-    stride: int | None = None
-    max_tokens: int | None = None
-    batch_size: int = 8
-
-
-@dataclass
-class ReferenceConfig:
-    """Per-sample perplexity of corpus k under the generation-0 model.
-
-    ``sample_size`` samples of the corpus and as many held-out human chunks are scored
-    (None: the largest size both allow)."""
-
-    sample_size: int | None = None
-    batch_size: int = 64
-    seed: int = 0
+    @property
+    def sample_tokens(self) -> int:
+        """Length of one corpus sample as written (new tokens, plus the prompt if kept)."""
+        return self.new_tokens + (self.prompt_tokens if self.keep_prompt else 0)
 
 
 @dataclass
-class DiversityConfig:
-    """Equal-size samples for the human row and every corpus (None: the largest size both
-    allow; ``self_bleu_sample`` None: ``sample_size``), averaged over ``draws`` draws."""
+class MetricsConfig(Sections):
+    """``names``: the metrics to measure, in order; each metric's settings live in its own
+    section (``metrics.perplexity``, ``metrics.tail``, ...)."""
 
-    sample_size: int | None = None
-    self_bleu_sample: int | None = None
-    draws: int = 3
-    seed: int = 0
-
-
-@dataclass
-class TailConfig:
-    """Every tail number is measured on ``sample_size`` samples (None: the largest size both
-    the human test split and a corpus allow), the same for every row, averaged over
-    ``draws`` draws."""
-
-    head_mass: float = 0.9
-    epsilon: float = 1e-6
-    sample_size: int | None = None
-    draws: int = 3
-    seed: int = 0
-
-
-@dataclass
-class MauveConfig:
-    """``featurizer``: ``gen0`` (the seed's generation-0 model), a hub id or a local dir."""
-
-    featurizer: str = "gen0"
-    #: human and corpus samples (None: the largest size both allow)
-    num_samples: int | None = None
-    num_buckets: str = "auto"
-    seeds: list[int] = field(default_factory=lambda: [1, 2, 3])
-    batch_size: int = 32
-    seed: int = 0
-
-
-@dataclass
-class GroundTruthConfig:
-    batch_size: int = 32
-
-
-@dataclass
-class MetricsConfig:
+    registry: ClassVar[Registry[Any]] = METRICS
     names: list[str] = field(default_factory=lambda: ["perplexity"])
-    perplexity: PerplexityConfig = field(default_factory=PerplexityConfig)
-    reference: ReferenceConfig = field(default_factory=ReferenceConfig)
-    diversity: DiversityConfig = field(default_factory=DiversityConfig)
-    tail: TailConfig = field(default_factory=TailConfig)
-    mauve: MauveConfig = field(default_factory=MauveConfig)
-    ground_truth: GroundTruthConfig = field(default_factory=GroundTruthConfig)
+    sections: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        self.fill_defaults()
+
+    def check(self, where: str) -> None:
+        for i, name in enumerate(self.names):
+            if name not in self.registry:
+                raise ConfigError(f"{where}.names[{i}]: " + unknown_name_message(
+                    "metric", name, self.registry.names()))
+
+    def of(self, metric: str) -> Any:
+        """The settings of the metric registered as ``metric``."""
+        part = self.registry.get(metric)
+        return self.sections[getattr(part, "section", "") or metric]
+
+
+#: the keys of a policy entry that every policy has; the rest are the policy's own settings
+POLICY_KEYS = ("name", "label", "epochs")
 
 
 @dataclass
@@ -229,17 +268,28 @@ class PolicySpec:
     """One retention policy of the grid; ``label`` names its directory (default: ``name``).
 
     ``epochs``, when set, replaces ``train.epochs`` for generations >= 1 of this policy
-    (Shumailov et al. train the 0%-kept and 10%-kept settings for 5 and 10 epochs).
+    (Shumailov et al. train the 0%-kept and 10%-kept settings for 5 and 10 epochs). Any
+    other key of the entry (``fraction``) belongs to the policy's own settings.
     """
 
     name: str = "replace"
-    fraction: float | None = None
     label: str | None = None
     epochs: int | None = None
+    settings: Any = None
+
+    def __post_init__(self) -> None:
+        if self.settings is None and self.name in POLICIES:
+            self.settings = settings_of(POLICIES.get(self.name))()
 
     @property
     def key(self) -> str:
         return self.label or self.name
+
+    def __getattr__(self, name: str) -> Any:
+        settings = self.__dict__.get("settings")
+        if settings is not None and hasattr(settings, name):
+            return getattr(settings, name)
+        raise AttributeError(f"policy {self.__dict__.get('name')!r} has no setting {name!r}")
 
 
 @dataclass
@@ -262,7 +312,26 @@ class ExperimentConfig:
         return Path(self.output_dir) / self.experiment
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return plain(self)
+
+
+def plain(obj: Any) -> Any:
+    """A config object as the plain data YAML and experiment.json hold: sections and a
+    policy's own settings flattened into their parent, as they are written."""
+    if isinstance(obj, PolicySpec):
+        return {"name": obj.name, "label": obj.label, "epochs": obj.epochs,
+                **plain(obj.settings)}
+    if dataclasses.is_dataclass(obj):
+        out = {f.name: plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)
+               if f.name != "sections"}
+        if isinstance(obj, Sections):
+            out.update({k: plain(v) for k, v in sorted(obj.sections.items())})
+        return out
+    if isinstance(obj, list | tuple):
+        return [plain(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: plain(v) for k, v in obj.items()}
+    return obj
 
 
 # --- building dataclasses from plain data --------------------------------------------------
@@ -307,6 +376,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if tp is PolicySpec and isinstance(value, str):
             value = {"name": value}
         return build(tp, value, where)
+    if tp is Any:
+        return value
     return _coerce_scalar(value, tp, where)
 
 
@@ -348,22 +419,59 @@ def _coerce_scalar(value: Any, tp: Any, where: str) -> Any:
 
 
 def build(cls: type, data: Any, where: str = "") -> Any:
-    """Build dataclass ``cls`` from a mapping, refusing unknown keys with the valid ones."""
+    """Build dataclass ``cls`` from a mapping, refusing unknown keys with the valid ones.
+
+    A :class:`Sections` class also takes one key per registered part (its settings); a
+    :class:`PolicySpec` passes every key but ``name``, ``label`` and ``epochs`` to the
+    named policy's settings."""
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{where or 'config'}: expected a mapping, got {data!r}")
+    if cls is PolicySpec:
+        return _build_policy(data, where)
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    kwargs = {}
+    names = [f.name for f in dataclasses.fields(cls) if f.name != "sections"]
+    owners = cls.owners() if issubclass(cls, Sections) else {}
+    kwargs: dict[str, Any] = {}
+    sections: dict[str, Any] = {}
     for key, value in data.items():
         path = f"{where}.{key}" if where else str(key)
+        if key in owners:
+            sections[key] = build(settings_of(owners[key]), value, path)
+            continue
         if key not in names:
-            close = difflib.get_close_matches(str(key), names, n=1)
+            valid = names + sorted(owners)
+            close = difflib.get_close_matches(str(key), valid, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ConfigError(f"unknown key {path!r}{hint}; valid keys: {', '.join(names)}")
+            raise ConfigError(f"unknown key {path!r}{hint}; valid keys: {', '.join(valid)}")
         kwargs[key] = _coerce(value, hints[key], path)
+    if owners:
+        kwargs["sections"] = sections
     return cls(**kwargs)
+
+
+def _build_policy(data: dict[str, Any], where: str) -> PolicySpec:
+    common = {k: v for k, v in data.items() if k in POLICY_KEYS}
+    own = {k: v for k, v in data.items() if k not in POLICY_KEYS}
+    name = _coerce(common.get("name", "replace"), str, f"{where}.name")
+    if name not in POLICIES:
+        raise ConfigError(f"{where}.name: " + unknown_name_message(
+            "policy", name, POLICIES.names()))
+    settings_cls = settings_of(POLICIES.get(name))
+    allowed = [f.name for f in dataclasses.fields(settings_cls)]
+    for key in own:
+        if key not in allowed:
+            close = difflib.get_close_matches(str(key), allowed + list(POLICY_KEYS), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(
+                f"{where}.{key}: policy {name!r} takes no setting {key!r}{hint}; its own "
+                f"settings: {', '.join(allowed) or 'none'}; every policy takes "
+                f"{', '.join(POLICY_KEYS)}")
+    settings = build(settings_cls, own, where)
+    return PolicySpec(name=name, label=_coerce(common.get("label"), str | None, f"{where}.label"),
+                      epochs=_coerce(common.get("epochs"), int | None, f"{where}.epochs"),
+                      settings=settings)
 
 
 # --- overrides, loading, validation ---------------------------------------------------------
@@ -410,119 +518,43 @@ def load_config(path: str | Path | None = None,
     return cfg
 
 
-def _positive(value: Any, where: str, allow_none: bool = False, allow_zero: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    if value is None or not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
-        limit = ">= 0" if allow_zero else "> 0"
-        raise ConfigError(f"{where}: must be {limit}, got {value!r}")
-
-
-def _fraction(value: Any, where: str) -> None:
-    if value is None or not 0.0 <= value <= 1.0:
-        raise ConfigError(f"{where}: must be a number in [0, 1], got {value!r}")
-
-
 def validate(cfg: ExperimentConfig) -> None:
-    """Check ranges and cross-field rules that the types alone cannot express."""
-    from lmcollapse.metrics import METRICS
-    from lmcollapse.policies import POLICIES
-    from lmcollapse.registry import unknown_name_message
+    """Check ranges and cross-field rules that the types alone cannot express.
 
+    Every section with a ``check(where)`` method checks itself (the core sections here, a
+    part's settings next to its code); what spans sections is checked below."""
     if cfg.version != CONFIG_VERSION:
         raise ConfigError(f"version: this lmcollapse reads config version {CONFIG_VERSION}")
     if not cfg.experiment or "/" in cfg.experiment:
         raise ConfigError("experiment: must be a non-empty name without '/'")
     if not cfg.seeds or len(set(cfg.seeds)) != len(cfg.seeds):
         raise ConfigError(f"seeds: must be a non-empty list of distinct integers, got {cfg.seeds}")
-    _positive(cfg.generations, "generations", allow_zero=True)
+    positive(cfg.generations, "generations", allow_zero=True)
     if not cfg.policies:
         raise ConfigError("policies: name at least one policy")
     keys = [p.key for p in cfg.policies]
     if len(set(keys)) != len(keys):
         raise ConfigError(f"policies: labels must be unique, got {keys}; set `label` to tell apart")
     for i, spec in enumerate(cfg.policies):
-        if spec.name not in POLICIES:
-            raise ConfigError(f"policies[{i}].name: " + unknown_name_message(
-                "policy", spec.name, POLICIES.names()))
-        POLICIES.get(spec.name).check(spec, cfg, f"policies[{i}]")
-        _positive(spec.epochs, f"policies[{i}].epochs", allow_none=True)
-    for i, name in enumerate(cfg.metrics.names):
-        if name not in METRICS:
-            raise ConfigError(f"metrics.names[{i}]: " + unknown_name_message(
-                "metric", name, METRICS.names()))
-    _validate_sizes(cfg)
-
-
-def _validate_sizes(cfg: ExperimentConfig) -> None:
-    d, t, g, m = cfg.data, cfg.train, cfg.generate, cfg.model
-    _positive(d.block_tokens, "data.block_tokens")
-    _positive(d.max_train_blocks, "data.max_train_blocks", allow_none=True)
-    _positive(d.max_validation_blocks, "data.max_validation_blocks", allow_none=True)
-    if d.source == "text":
-        for split in ("train", "test"):
-            if not getattr(d.text, split):
-                raise ConfigError(f"data.text.{split}: a file path is required when data.source "
-                                  "is 'text'")
-    for name in ("epochs", "batch_size", "grad_accum", "eval_batch_size"):
-        _positive(getattr(t, name), f"train.{name}")
-    _positive(t.lr, "train.lr")
-    _positive(t.budget_steps, "train.budget_steps", allow_none=True)
-    _positive(t.eval_every, "train.eval_every", allow_none=True)
-    _positive(t.budget_tokens, "train.budget_tokens", allow_none=True)
-    if t.budget_steps is not None and t.budget_tokens is not None:
-        raise ConfigError("train.budget_steps and train.budget_tokens: set at most one")
-    _fraction(t.warmup_ratio, "train.warmup_ratio")
-    if t.lora.enabled:
-        _positive(t.lora.r, "train.lora.r")
-        _positive(t.lora.alpha, "train.lora.alpha")
-        _fraction(t.lora.dropout, "train.lora.dropout")
-    for name in ("prompt_tokens", "new_tokens", "batch_size", "num_beams"):
-        _positive(getattr(g, name), f"generate.{name}")
-    if g.prompt_tokens > d.block_tokens:
+        POLICIES.get(spec.name).check(spec.settings, f"policies[{i}]", cfg.generations)
+        positive(spec.epochs, f"policies[{i}].epochs", allow_none=True)
+    for name in ("data", "model", "train", "generate", "metrics"):
+        _check_tree(getattr(cfg, name), name)
+    if cfg.generate.prompt_tokens > cfg.data.block_tokens:
         raise ConfigError(
-            f"generate.prompt_tokens ({g.prompt_tokens}) must be <= data.block_tokens "
-            f"({d.block_tokens}): prompts are the first tokens of human training blocks")
-    _positive(g.temperature, "generate.temperature")
-    _positive(g.repetition_penalty, "generate.repetition_penalty")
-    if not 0.0 < g.top_p <= 1.0:
-        raise ConfigError(f"generate.top_p: must be in (0, 1], got {g.top_p}")
-    _positive(g.top_k, "generate.top_k", allow_zero=True)
-    if m.source == "scratch":
-        s = m.scratch
-        for name in ("vocab_size", "hidden_size", "num_layers", "num_heads",
-                     "intermediate_size", "max_position_embeddings"):
-            _positive(getattr(s, name), f"model.scratch.{name}")
-        if s.hidden_size % s.num_heads:
-            raise ConfigError("model.scratch.hidden_size must be divisible by num_heads")
-    mc = cfg.metrics
-    for where, value in [("reference.batch_size", mc.reference.batch_size),
-                         ("diversity.draws", mc.diversity.draws),
-                         ("tail.draws", mc.tail.draws),
-                         ("mauve.batch_size", mc.mauve.batch_size),
-                         ("ground_truth.batch_size", mc.ground_truth.batch_size)]:
-        _positive(value, f"metrics.{where}")
-    for where, value in [("reference.sample_size", mc.reference.sample_size),
-                         ("diversity.sample_size", mc.diversity.sample_size),
-                         ("diversity.self_bleu_sample", mc.diversity.self_bleu_sample),
-                         ("tail.sample_size", mc.tail.sample_size),
-                         ("mauve.num_samples", mc.mauve.num_samples)]:
-        if value is not None and value < 2:
-            raise ConfigError(f"metrics.{where}: must be >= 2 (samples) or null, got {value!r}")
-    if not 0.0 < mc.tail.head_mass < 1.0:
-        raise ConfigError(f"metrics.tail.head_mass: must be in (0, 1), got {mc.tail.head_mass}")
-    _positive(mc.tail.epsilon, "metrics.tail.epsilon")
-    if mc.mauve.num_buckets != "auto" and not mc.mauve.num_buckets.isdigit():
-        raise ConfigError(f"metrics.mauve.num_buckets: 'auto' or a positive integer, got "
-                          f"{mc.mauve.num_buckets!r}")
-    if not mc.mauve.seeds:
-        raise ConfigError("metrics.mauve.seeds: give at least one k-means seed")
-    p = cfg.metrics.perplexity
-    _positive(p.max_length, "metrics.perplexity.max_length", allow_none=True)
-    _positive(p.stride, "metrics.perplexity.stride", allow_none=True)
-    _positive(p.max_tokens, "metrics.perplexity.max_tokens", allow_none=True)
-    if p.max_length and p.stride and p.stride > p.max_length:
-        raise ConfigError("metrics.perplexity.stride must be <= metrics.perplexity.max_length")
+            f"generate.prompt_tokens ({cfg.generate.prompt_tokens}) must be <= data.block_tokens "
+            f"({cfg.data.block_tokens}): prompts are the first tokens of human training blocks")
+
+
+def _check_tree(section: Any, where: str) -> None:
+    """``check(where)`` of a section, then of its part sections."""
+    check = getattr(section, "check", None)
+    if check is not None:
+        check(where)
+    if isinstance(section, Sections):
+        for key, settings in sorted(section.checked().items()):
+            if hasattr(settings, "check"):
+                settings.check(f"{where}.{key}")
 
 
 def config_diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:

@@ -24,8 +24,7 @@ from tqdm.auto import tqdm
 from transformers import GenerationConfig
 
 from lmcollapse.config import GenerateConfig
-
-Row = dict[str, Any]
+from lmcollapse.data.blocks import Sample
 
 
 def eos_token_ids(model: Any, tokenizer: Any) -> int | list[int] | None:
@@ -61,8 +60,8 @@ def generation_config(gcfg: GenerateConfig, tokenizer: Any,
 
 @torch.no_grad()
 def generate_corpus(accelerator: Accelerator, model: torch.nn.Module, tokenizer: Any,
-                    prompts: list[Row], gcfg: GenerateConfig, seed: int, generation: int,
-                    desc: str = "generate") -> list[Row]:
+                    prompts: list[Sample], gcfg: GenerateConfig, seed: int, generation: int,
+                    desc: str = "generate") -> list[Sample]:
     """Continue every prompt row; return corpus rows with provenance, in prompt order."""
     model.eval()
     model.to(accelerator.device)

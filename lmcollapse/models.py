@@ -23,6 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from packaging.version import Version
+from tokenizers import Tokenizer, decoders, pre_tokenizers, trainers
+from tokenizers.models import BPE
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
@@ -32,6 +35,11 @@ from transformers import (
     OPTConfig,
     PreTrainedTokenizerFast,
 )
+
+try:  # transformers >= 5
+    from transformers import GgufConfig
+except ImportError:  # transformers 4 dequantizes GGUF weights by itself
+    GgufConfig = None
 
 from lmcollapse.config import ModelConfig, ScratchModelConfig
 from lmcollapse.errors import ConfigError
@@ -45,9 +53,7 @@ GGUF_HINT = "pip install 'lmcollapse[gguf]'"
 
 def train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
     """A byte-level BPE tokenizer trained on ``texts`` (the human train pool)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    tok = Tokenizer(models.BPE())
+    tok = Tokenizer(BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS, PAD],
@@ -60,8 +66,6 @@ def train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFas
 def wrap_tokenizer(tok: Any) -> PreTrainedTokenizerFast:
     """A transformers tokenizer around a ``tokenizers.Tokenizer`` (or its JSON string)."""
     if isinstance(tok, str):
-        from tokenizers import Tokenizer
-
         tok = Tokenizer.from_str(tok)
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, bos_token=EOS,
                                    pad_token=PAD, unk_token=None)
@@ -124,8 +128,6 @@ def check_pretrained(cfg: ModelConfig) -> None:
         found = version("gguf")
     except PackageNotFoundError:  # importable but not installed as a distribution
         found = None
-    from packaging.version import Version
-
     if found is not None and Version(found) < Version(GGUF_MIN_VERSION):
         raise ConfigError(f"model.gguf_file needs gguf>={GGUF_MIN_VERSION}, found {found}: "
                           f"{GGUF_HINT.replace('install', 'install -U')}")
@@ -223,13 +225,9 @@ def load_model(name_or_path: str | Path, gguf_file: str | None = None,
     detached from transformers' GGUF quantizer, so it trains and saves like any other.
     """
     kwargs: dict[str, Any] = {}
-    if gguf_file is not None:
-        try:  # transformers 5 keeps GGUF blocks packed unless told otherwise
-            from transformers import GgufConfig
-
-            kwargs["quantization_config"] = GgufConfig(dequantize=True)
-        except ImportError:  # transformers 4 always dequantizes
-            pass
+    if gguf_file is not None and GgufConfig is not None:
+        # transformers 5 keeps GGUF blocks packed unless told otherwise (4 always dequantizes)
+        kwargs["quantization_config"] = GgufConfig(dequantize=True)
     model = AutoModelForCausalLM.from_pretrained(str(name_or_path), gguf_file=gguf_file,
                                                  revision=revision, dtype=torch.float32,
                                                  **kwargs)

@@ -1,6 +1,6 @@
 """Retention policies: how the training mix of generation k >= 1 is built.
 
-A *row* is a dict with the sample's provenance (``sample_id``, ``origin``, ``generation``,
+A *sample* is a dict with its provenance (``sample_id``, ``origin``, ``generation``,
 ``prompt_id``) and its ``input_ids``. ``human`` is the human training pool (N blocks);
 ``corpora[j]`` is what generation j wrote (one continuation per human block by default).
 Generation k trains on a mix built from ``human`` and ``corpora[0..k-1]``; generation 0 always
@@ -17,11 +17,11 @@ from typing import Any
 
 import numpy as np
 
+from lmcollapse.config import fraction as check_fraction
+from lmcollapse.data.blocks import Sample
 from lmcollapse.errors import ConfigError
-from lmcollapse.registry import Registry
-
-Row = dict[str, Any]
-POLICIES: Registry[type[Policy]] = Registry("policy")
+from lmcollapse.registry import POLICIES
+from lmcollapse.sampling import draw_indices
 
 
 @dataclass
@@ -29,8 +29,8 @@ class MixContext:
     """What a policy may draw from when it builds the mix of generation ``k``."""
 
     k: int
-    human: list[Row]
-    corpora: dict[int, list[Row]]
+    human: list[Sample]
+    corpora: dict[int, list[Sample]]
     rng: np.random.Generator
     generations: int
 
@@ -39,45 +39,63 @@ class MixContext:
         """N: the size of the human training set in blocks."""
         return len(self.human)
 
-    def previous(self) -> list[Row]:
+    def previous(self) -> list[Sample]:
         return self.corpora[self.k - 1]
 
-    def draw(self, rows: list[Row], count: int) -> list[Row]:
-        """``count`` rows drawn without replacement, in pool order."""
-        if count > len(rows):
-            raise ValueError(f"cannot draw {count} samples from a pool of {len(rows)}")
-        idx = np.sort(self.rng.choice(len(rows), size=count, replace=False))
-        return [rows[i] for i in idx]
+    def draw(self, samples: list[Sample], count: int) -> list[Sample]:
+        """``count`` samples drawn without replacement, in pool order."""
+        return [samples[i] for i in draw_indices(len(samples), count, self.rng)]
 
 
 class Policy:
-    """Base class: ``build(ctx)`` returns the training mix; ``check`` validates the spec."""
+    """Base class: ``build(ctx)`` returns the training mix.
 
-    #: whether the policy reads ``fraction`` (r).
-    uses_fraction = False
-    default_fraction: float | None = None
+    A policy with parameters declares a ``settings`` dataclass: its fields are the keys the
+    policy's config entry may hold beside ``name``, ``label`` and ``epochs``, and its
+    ``check(where)`` validates them; :meth:`check` adds rules that need the experiment
+    (the number of generations).
+    """
 
-    def __init__(self, fraction: float | None = None) -> None:
-        self.fraction = fraction if fraction is not None else self.default_fraction
+    name = ""
+    settings: type | None = None
+
+    def __init__(self, settings: Any = None, shard_seed: int = 0) -> None:
+        if settings is None and self.settings is not None:
+            settings = self.settings()
+        self.config = settings
+        #: a seed fixed per (seed, policy), for draws that must hold across generations
+        self.shard_seed = shard_seed
 
     @classmethod
-    def check(cls, spec: Any, cfg: Any, where: str) -> None:
-        """Raise ConfigError for a spec this policy cannot run."""
-        if not cls.uses_fraction and spec.fraction is not None:
-            raise ConfigError(f"{where}.fraction: policy {spec.name!r} takes no fraction")
-        r = spec.fraction if spec.fraction is not None else cls.default_fraction
-        if cls.uses_fraction and (r is None or not 0.0 <= r <= 1.0):
-            raise ConfigError(f"{where}.fraction: must be a number in [0, 1], got {r!r}")
+    def with_settings(cls, shard_seed: int = 0, **settings: Any) -> Policy:
+        """The policy with these settings (``Mix.with_settings(fraction=0.3)``)."""
+        return cls(cls.settings(**settings) if cls.settings else None, shard_seed=shard_seed)
 
-    def build(self, ctx: MixContext) -> list[Row]:
+    @classmethod
+    def check(cls, settings: Any, where: str, generations: int) -> None:
+        """Raise ConfigError for settings this policy cannot run with."""
+        if settings is not None and hasattr(settings, "check"):
+            settings.check(where)
+
+    def build(self, ctx: MixContext) -> list[Sample]:
         raise NotImplementedError
+
+
+@dataclass
+class FractionSettings:
+    """``fraction``: r, the share of N that is human data."""
+
+    fraction: float = 0.1
+
+    def check(self, where: str) -> None:
+        check_fraction(self.fraction, f"{where}.fraction")
 
 
 @POLICIES.register("replace")
 class Replace(Policy):
     """Corpus k-1 only: no human data is kept (Shumailov et al. 2023, 0%)."""
 
-    def build(self, ctx: MixContext) -> list[Row]:
+    def build(self, ctx: MixContext) -> list[Sample]:
         return list(ctx.previous())
 
 
@@ -85,11 +103,10 @@ class Replace(Policy):
 class Mix(Policy):
     """round(r*N) human blocks drawn afresh each generation, N - round(r*N) from corpus k-1."""
 
-    uses_fraction = True
-    default_fraction = 0.1
+    settings = FractionSettings
 
-    def build(self, ctx: MixContext) -> list[Row]:
-        n_human = round(self.fraction * ctx.n)
+    def build(self, ctx: MixContext) -> list[Sample]:
+        n_human = round(self.config.fraction * ctx.n)
         human = ctx.draw(ctx.human, n_human)
         synthetic = ctx.draw(ctx.previous(), min(ctx.n - n_human, len(ctx.previous())))
         return human + synthetic
@@ -99,7 +116,7 @@ class Mix(Policy):
 class Accumulate(Policy):
     """All human train plus every corpus written so far, 0..k-1 (Gerstgrasser et al. 2024)."""
 
-    def build(self, ctx: MixContext) -> list[Row]:
+    def build(self, ctx: MixContext) -> list[Sample]:
         return _accumulated(ctx)
 
 
@@ -107,8 +124,13 @@ class Accumulate(Policy):
 class AccumulateSubsample(Policy):
     """N rows drawn uniformly from the accumulated pool: a fixed budget (Kazdan et al. 2024)."""
 
-    def build(self, ctx: MixContext) -> list[Row]:
+    def build(self, ctx: MixContext) -> list[Sample]:
         return ctx.draw(_accumulated(ctx), ctx.n)
+
+
+@dataclass
+class FreshSettings(FractionSettings):
+    fraction: float = 0.2
 
 
 @POLICIES.register("fresh")
@@ -122,25 +144,20 @@ class Fresh(Policy):
     ``min(round(r*N), N // generations)`` blocks.
     """
 
-    uses_fraction = True
-    default_fraction = 0.2
+    settings = FreshSettings
 
     @classmethod
-    def check(cls, spec: Any, cfg: Any, where: str) -> None:
-        super().check(spec, cfg, where)
-        r = spec.fraction if spec.fraction is not None else cls.default_fraction
-        if cfg.generations * r > 1.0 + 1e-9:
+    def check(cls, settings: Any, where: str, generations: int) -> None:
+        super().check(settings, where, generations)
+        r = settings.fraction
+        if generations * r > 1.0 + 1e-9:
             raise ConfigError(
                 f"{where}.fraction: fresh needs generations * fraction <= 1 so that every "
-                f"generation gets a disjoint human shard; got {cfg.generations} * {r}")
+                f"generation gets a disjoint human shard; got {generations} * {r}")
 
-    def __init__(self, fraction: float | None = None, shard_seed: int = 0) -> None:
-        super().__init__(fraction)
-        self.shard_seed = shard_seed
-
-    def build(self, ctx: MixContext) -> list[Row]:
+    def build(self, ctx: MixContext) -> list[Sample]:
         # never more than N // generations, so rounding up cannot exhaust the pool late
-        n_human = min(round(self.fraction * ctx.n), ctx.n // max(ctx.generations, 1))
+        n_human = min(round(self.config.fraction * ctx.n), ctx.n // max(ctx.generations, 1))
         order = np.random.default_rng(self.shard_seed).permutation(ctx.n)
         shard = np.sort(order[(ctx.k - 1) * n_human: ctx.k * n_human])
         if len(shard) < n_human:
@@ -149,7 +166,7 @@ class Fresh(Policy):
         return [ctx.human[i] for i in shard] + synthetic
 
 
-def _accumulated(ctx: MixContext) -> list[Row]:
+def _accumulated(ctx: MixContext) -> list[Sample]:
     pool = list(ctx.human)
     for j in range(ctx.k):
         pool += ctx.corpora[j]
@@ -157,8 +174,6 @@ def _accumulated(ctx: MixContext) -> list[Row]:
 
 
 def make_policy(spec: Any, shard_seed: int = 0) -> Policy:
-    """Instantiate the policy a :class:`~lmcollapse.config.PolicySpec` names."""
-    cls = POLICIES.get(spec.name)
-    if cls is Fresh:
-        return Fresh(spec.fraction, shard_seed=shard_seed)
-    return cls(spec.fraction)
+    """Instantiate the policy a :class:`~lmcollapse.config.PolicySpec` names, with its
+    settings; ``shard_seed`` is fixed per (seed, policy)."""
+    return POLICIES.get(spec.name)(spec.settings, shard_seed=shard_seed)

@@ -1,496 +1,41 @@
-"""Leaderboards, per-generation tables and plots from run directories.
-
-Reads ``experiment.json``, ``metrics.json`` and ``reference_scores.parquet`` only: it never
-imports torch or loads a model, so tables can be rebuilt anywhere.
+"""``lmcollapse report``: leaderboards, per-generation tables and plots from run directories.
 
     lmcollapse report runs/quickstart [runs/more ...] [--rank-by perplexity]
         [--metric perplexity] [--columns perplexity,mauve] [--onset-threshold 0.1]
         [--histogram-policy replace] [--out DIR] [--no-plots]
 
-Several directories of one experiment (e.g. seed_0 run on one machine, seed_1 on another)
-merge their seeds; directories of different experiments (or configs) become separate rows.
-
-Seeds pair policies (generation 0 is trained once per seed and shared), so every shown cell
-is compared with the same metric of the row ranked directly above it by a paired t-test over
-seeds (:func:`paired_test`); a gap that is not significant is marked :data:`MARK`.
+The numbers come from :mod:`lmcollapse.results` (JSON and parquet only, never torch); the
+formats from :mod:`lmcollapse.report_formats`, the figures from :mod:`lmcollapse.plots`.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import logging
-import math
 import re
-import statistics
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
-from scipy import stats
-
+from lmcollapse import plots as plotting
 from lmcollapse.errors import ReportError
-from lmcollapse.registry import unknown_name_message
-
-log = logging.getLogger("lmcollapse.report")
-
-#: key columns of the leaderboard, in order, when present in the runs
-DEFAULT_COLUMNS = ("perplexity", "excess_nats_per_word", "ref_ppl_p50", "ref_ppl_p99",
-                   "distinct_4", "self_bleu", "tail_type_survival", "kl_human_corpus", "mauve")
-ARROWS = {True: "↑", False: "↓", None: "≈"}
-STEPS = ("train", "generate", "measure")
-NAN = math.nan
-#: significance level of the paired comparison with the row above
-ALPHA = 0.05
-#: appended to a cell whose gap to the row above is within the seed noise
-MARK = "~"
-
-
-class Stat(NamedTuple):
-    """Mean, sample standard deviation (n - 1; NaN when n < 2) and count over seeds."""
-
-    mean: float
-    std: float
-    n: int
-
-
-def stat(values: Any) -> Stat:
-    """``Stat`` of the finite-or-inf values; NaN and None are dropped."""
-    vals = [float(v) for v in values if v is not None and not math.isnan(v)]
-    if not vals:
-        return Stat(NAN, NAN, 0)
-    return Stat(statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else NAN,
-                len(vals))
-
-
-class Comparison(NamedTuple):
-    """One cell against the same metric of the row ranked directly above it (same experiment).
-
-    ``n`` seeds have a value in both rows at the same generation; ``diff`` is the mean over
-    them of (this row - the row above), of the values or, for a metric whose direction is None,
-    of each seed's distance to its human value; ``p`` is the two-sided paired t-test p-value
-    (NaN when n < 2).
-    """
-
-    above: str
-    n: int
-    diff: float
-    p: float
-
-    @property
-    def within_noise(self) -> bool:
-        """True (the cell is marked) unless n >= 2 and p < :data:`ALPHA`."""
-        return not (self.n >= 2 and self.p < ALPHA)
-
-
-def paired_test(a: dict[int, float], b: dict[int, float]) -> tuple[int, float, float]:
-    """Two-sided paired t-test of ``a - b`` over the seeds both have: ``(n, mean diff, p)``.
-
-    The p-value is ``scipy.stats.ttest_rel``'s (t = mean(d) / (stdev(d) / sqrt(n)) on n - 1
-    degrees of freedom, d the per-seed differences). Where stdev(d) = 0 the differences are
-    all equal and scipy gives NaN: p = 0 when they are nonzero, 1 when they are all zero.
-    p is NaN when n < 2 or a difference is not finite.
-    """
-    seeds = sorted(a.keys() & b.keys())
-    d = [a[s] - b[s] for s in seeds]
-    n = len(d)
-    if not n:
-        return 0, NAN, NAN
-    mean = statistics.fmean(d)
-    if n < 2 or not all(map(math.isfinite, d)):
-        return n, mean, NAN
-    sd = statistics.stdev(d)
-    if sd == 0:
-        return n, mean, 0.0 if mean else 1.0
-    return n, mean, float(stats.ttest_rel([a[s] for s in seeds], [b[s] for s in seeds]).pvalue)
-
-
-# --- loading --------------------------------------------------------------------------------
-
-@dataclass
-class Experiment:
-    """One experiment, merged from every given run directory with its name and config."""
-
-    name: str
-    dirs: list[Path]
-    info: dict[str, Any]
-    seeds: list[int] = field(default_factory=list)
-    policies: list[str] = field(default_factory=list)
-    #: (policy, seed, generation) -> metrics.json; policy None at gen 0, "human" at gen None
-    records: dict[tuple[str | None, int, int | None], dict[str, Any]] = field(default_factory=dict)
-    key: str = ""
-
-    @property
-    def config(self) -> dict[str, Any]:
-        return self.info.get("config", {})
-
-    @property
-    def generations(self) -> int:
-        gens = [g for (_, _, g) in self.records if g is not None]
-        return int(self.config.get("generations", max(gens, default=0)))
-
-    def values(self, policy: str, metric: str, generation: int | None) -> dict[int, float]:
-        """``{seed: value}`` of one metric; gen 0 is shared by all policies, None = human."""
-        pol = "human" if generation is None else None if generation == 0 else policy
-        out = {}
-        for seed in self.seeds:
-            v = self.records.get((pol, seed, generation), {}).get("values", {}).get(metric)
-            if isinstance(v, int | float) and not isinstance(v, bool) and not math.isnan(v):
-                out[seed] = float(v)
-        return out
-
-    def human(self, metric: str) -> Stat:
-        """The human reference of one metric over seeds."""
-        return stat(self.values("human", metric, None).values())
-
-    def scored(self, policy: str, metric: str, generation: int | None,
-               direction: bool | None) -> dict[int, float]:
-        """``{seed: what is ranked and compared}``: the values, or for direction None each
-        seed's distance ``|value - human value of that seed|`` (the human mean over seeds
-        where that seed has none; nothing when no seed has one)."""
-        vals = self.values(policy, metric, generation)
-        if direction is not None:
-            return vals
-        human = self.values("human", metric, None)
-        if not human:
-            return {}
-        ref = statistics.fmean(human.values())
-        return {s: abs(v - human.get(s, ref)) for s, v in vals.items()}
-
-    def latest(self, policy: str, metric: str) -> int | None:
-        """Latest generation at which any seed of ``policy`` has ``metric``."""
-        return next((g for g in range(self.generations, -1, -1)
-                     if self.values(policy, metric, g)), None)
-
-    def finished(self, policy: str, seed: int) -> int | None:
-        """Latest measured generation of one cell, None when nothing is."""
-        return max((g for (p, s, g) in self.records if s == seed and g is not None
-                    and (g == 0 or p == policy)), default=None)
-
-    def gen_dirs(self, policy: str | None, seed: int, generation: int | None) -> list[Path]:
-        """The directories (one per merged run dir) that hold one step of one cell."""
-        seed_dir = f"seed_{seed}"
-        rel = (Path(seed_dir, "human") if generation is None else Path(seed_dir, "gen_00")
-               if generation == 0 else Path(seed_dir, str(policy), f"gen_{generation:02d}"))
-        return [d / rel for d in self.dirs if (d / rel).is_dir()]
-
-
-def _runs_below(path: Path) -> list[str]:
-    """Run directories one or two levels below ``path`` (e.g. ``runs/`` or a checkout)."""
-    return sorted({str(p.parent) for pat in ("*/experiment.json", "*/*/experiment.json")
-                   for p in path.glob(pat)}) if path.is_dir() else []
-
-
-def _read_experiment(run: Path) -> dict[str, Any]:
-    if not (run / "experiment.json").is_file():
-        what = "does not exist" if not run.exists() else "is not a run directory"
-        below = _runs_below(run)
-        raise ReportError(f"{run} {what} (no experiment.json); run directories found under "
-                          f"{run}: {', '.join(below) if below else 'none'}")
-    return json.loads((run / "experiment.json").read_text())
-
-
-def load_records(run_dirs: list[str | Path]) -> list[dict[str, Any]]:
-    """Every ``metrics.json`` below the given run directories, each with ``run`` added."""
-    records = []
-    for run in map(Path, run_dirs):
-        name = _read_experiment(run).get("experiment", run.name)
-        for path in sorted(run.glob("seed_*/**/metrics.json")):
-            rec = json.loads(path.read_text())
-            rec.update(run=str(run), experiment=name)
-            if rec.get("generation") == 0:
-                rec["policy"] = None
-            records.append(rec)
-    return records
-
-
-def _fingerprint(config: dict[str, Any]) -> str:
-    """The config minus what may differ between machines running one experiment."""
-    rest = {k: v for k, v in config.items() if k not in ("seeds", "output_dir", "log_level")}
-    return json.dumps(rest, sort_keys=True, default=str)
-
-
-def load_runs(run_dirs: list[str | Path]) -> list[Experiment]:
-    """Group run directories into experiments (same name and config: seeds merge)."""
-    if not run_dirs:
-        raise ReportError("no run directory given")
-    groups: dict[tuple[str, str], Experiment] = {}
-    unique: dict[Path, Path] = {}
-    for r in run_dirs:
-        unique.setdefault(Path(r).resolve(), Path(r))
-    for run in unique.values():
-        info = _read_experiment(run)
-        name = info.get("experiment", run.name)
-        exp = groups.setdefault((name, _fingerprint(info.get("config", {}))),
-                                Experiment(name, [], info))
-        exp.dirs.append(run)
-        seeds = info.get("seeds", info.get("config", {}).get("seeds", []))
-        exp.seeds += [s for s in seeds if s not in exp.seeds]
-        exp.policies += [p for p in info.get("policies", []) if p not in exp.policies]
-        for rec in load_records([run]):
-            key = (rec["policy"], int(rec["seed"]), rec["generation"])
-            if key in exp.records:
-                log.warning("%s: seed %s %s gen %s measured twice; keeping the first",
-                            run, key[1], key[0], key[2])
-                continue
-            exp.records[key] = rec
-            if key[1] not in exp.seeds:
-                exp.seeds.append(key[1])
-            if key[0] not in (None, "human") and key[0] not in exp.policies:
-                exp.policies.append(key[0])
-    exps = list(groups.values())
-    for exp in exps:
-        exp.seeds.sort()
-        twins = sum(e.name == exp.name for e in exps) > 1
-        exp.key = f"{exp.name} ({', '.join(map(str, exp.dirs))})" if twins else exp.name
-    return exps
-
-
-def measured(exps: list[Experiment]) -> dict[str, dict[str, Any]]:
-    """``{value key: meta}`` of every value any record holds, sorted by key."""
-    meta: dict[str, dict[str, Any]] = {}
-    for exp in exps:
-        for rec in exp.records.values():
-            for k in rec.get("values", {}):
-                meta.setdefault(k, rec.get("meta", {}).get(k, {}))
-    return {k: {"higher_is_better": None, "display_name": k, **meta[k]} for k in sorted(meta)}
-
-
-def _check(kind: str, name: str, allowed: list[str]) -> None:
-    if name not in allowed:
-        raise ReportError(unknown_name_message(kind, name, allowed))
-
-
-# --- the leaderboard ------------------------------------------------------------------------
-
-def onset(perplexity: dict[int, float], threshold: float) -> int | None:
-    """First generation k >= 1 with perplexity_k > perplexity_0 * (1 + threshold), else None."""
-    base = perplexity.get(0)
-    if base is None:
-        return None
-    return next((k for k in sorted(perplexity) if k >= 1
-                 and perplexity[k] > base * (1 + threshold)), None)
-
-
-def median_onset(onsets: list[int | None]) -> float | None:
-    """Median over seeds, a seed that never crossed counting as never (None when that wins)."""
-    if not onsets:
-        return None
-    med = statistics.median([math.inf if o is None else o for o in onsets])
-    return None if math.isinf(med) else med
-
-
-class Cell(NamedTuple):
-    """One metric of one row: its value at ``generation`` and the change from generation 0."""
-
-    stat: Stat
-    generation: int | None
-    delta: Stat = Stat(NAN, NAN, 0)
-
-
-@dataclass
-class Row:
-    """One leaderboard row: a policy of an experiment, or its human reference."""
-
-    experiment: Experiment
-    policy: str
-    label: str
-    cells: dict[str, Cell]
-    finished: dict[int, int | None] = field(default_factory=dict)
-    onsets: dict[int, int | None] = field(default_factory=dict)
-    rank: int | None = None
-    notes: list[str] = field(default_factory=list)
-    #: metric -> comparison with the row ranked directly above (same experiment, >= 2 seeds)
-    versus: dict[str, Comparison] = field(default_factory=dict)
-
-    @property
-    def n_final(self) -> int:
-        if self.policy == "human":
-            return max((c.stat.n for c in self.cells.values()), default=0)
-        return sum(g == self.experiment.generations for g in self.finished.values())
-
-    @property
-    def partial(self) -> bool:
-        return self.policy != "human" and self.n_final < len(self.experiment.seeds)
-
-
-@dataclass
-class Leaderboard:
-    """Ranked rows (human references first) and what they were built from."""
-
-    rows: list[Row]
-    columns: list[str]
-    meta: dict[str, dict[str, Any]]
-    rank_by: str
-    onset_threshold: float
-    experiments: list[Experiment]
-
-
-def _policy_row(exp: Experiment, policy: str, metrics: list[str], threshold: float,
-                label: str) -> Row:
-    top = exp.generations
-    cells = {}
-    for m in metrics:
-        gen = exp.latest(policy, m)
-        vals = exp.values(policy, m, gen) if gen is not None else {}
-        base = exp.values(policy, m, 0)
-        cells[m] = Cell(stat(vals.values()), gen, stat(v - base[s] for s, v in vals.items()
-                                                        if s in base))
-    ppl: dict[int, dict[int, float]] = {}
-    for g in range(top + 1):
-        for s, v in exp.values(policy, "perplexity", g).items():
-            ppl.setdefault(s, {})[g] = v
-    row = Row(exp, policy, label, cells, {s: exp.finished(policy, s) for s in exp.seeds},
-              {s: onset(p, threshold) for s, p in sorted(ppl.items()) if 0 in p})
-    for s, done in row.finished.items():
-        if done != top:
-            row.notes.append(f"{label} seed {s}: {_progress(exp, policy, s, done)}")
-    return row
-
-
-def _progress(exp: Experiment, policy: str, seed: int, done: int | None) -> str:
-    """``finished gen 2; gen 3: train done, generate and measure pending``."""
-    nxt = 0 if done is None else done + 1
-    head = "nothing measured" if done is None else f"finished gen {done}"
-    dirs = exp.gen_dirs(policy, seed, nxt)
-    if not dirs:
-        return f"{head}; gen {nxt} not started"
-    have = [s for s in STEPS if any((d / f"{s}.done").exists() for d in dirs)]
-    todo = [s for s in STEPS if s not in have]
-    return (f"{head}; gen {nxt}: " + (f"{', '.join(have)} done, " if have else "")
-            + f"{' and '.join(todo)} pending")
-
-
-def leaderboard(exps: list[Experiment], rank_by: str | None = None,
-                columns: list[str] | None = None, onset_threshold: float = 0.1) -> Leaderboard:
-    """Rank every (experiment, policy) by ``rank_by`` at the final generation.
-
-    Args:
-        exps: from :func:`load_runs`.
-        rank_by: value key; direction from its ``higher_is_better`` (None: closest to human).
-        columns: value keys to show; default the :data:`DEFAULT_COLUMNS` that were measured.
-        onset_threshold: relative rise of held-out perplexity over gen 0 that marks onset.
-    """
-    meta = measured(exps)
-    names = list(meta)
-    if not names:
-        dirs = ", ".join(str(d) for e in exps for d in e.dirs)
-        raise ReportError(f"nothing measured yet in {dirs}: no seed_*/**/metrics.json")
-    columns = list(dict.fromkeys(columns or [c for c in DEFAULT_COLUMNS if c in meta]))
-    for c in columns:
-        _check("metric", c, names)
-    rank_by = rank_by or ("perplexity" if "perplexity" in meta else (columns or names)[0])
-    _check("metric", rank_by, names)
-    columns = columns if rank_by in columns else [rank_by, *columns]
-    many = len(exps) > 1
-    humans, rows = [], []
-    for exp in exps:
-        pre = f"{exp.key} / " if many else ""
-        humans.append(Row(exp, "human", f"{pre}human", {m: Cell(exp.human(m), None)
-                                                         for m in columns}))
-        rows += [_policy_row(exp, p, columns, onset_threshold, pre + p) for p in exp.policies]
-    direction = meta[rank_by]["higher_is_better"]
-    rows.sort(key=lambda r: _score(r.experiment, r.policy, rank_by, r.cells[rank_by].generation,
-                                   direction))
-    above: dict[int, Row] = {}
-    for i, row in enumerate(rows, 1):
-        row.rank = i
-        prev = above.get(id(row.experiment))
-        if prev is not None and len(row.experiment.seeds) > 1:
-            row.versus = {m: _compare(row.experiment, m, meta[m]["higher_is_better"],
-                                      (row.policy, row.cells[m].generation),
-                                      (prev.policy, prev.cells[m].generation), prev.label)
-                          for m in columns}
-        above[id(row.experiment)] = row
-    return Leaderboard(humans + rows, columns, meta, rank_by, onset_threshold, exps)
-
-
-def _score(exp: Experiment, policy: str, metric: str, generation: int | None,
-           direction: bool | None) -> tuple[bool, float]:
-    """Sort key, best first: mean over seeds of the value (negated when higher is better) or,
-    for direction None, of each seed's distance to its human value; missing last."""
-    vals = exp.scored(policy, metric, generation, direction) if generation is not None else {}
-    m = statistics.fmean(vals.values()) if vals else NAN
-    m = -m if direction else m
-    return math.isnan(m), 0.0 if math.isnan(m) else m
-
-
-def _compare(exp: Experiment, metric: str, direction: bool | None,
-             this: tuple[str, int | None], above: tuple[str, int | None],
-             label: str) -> Comparison:
-    """Paired test of ``this`` (policy, generation) against ``above``; cells shown at different
-    generations are not compared (n = 0)."""
-    if this[1] is None or this[1] != above[1]:
-        return Comparison(label, 0, NAN, NAN)
-    return Comparison(label, *paired_test(exp.scored(this[0], metric, this[1], direction),
-                                          exp.scored(above[0], metric, above[1], direction)))
-
-
-def _ranked_policies(exp: Experiment, metric: str, direction: bool | None) -> list[str]:
-    """The experiment's policies, best first by ``metric`` at their latest generation."""
-    return sorted(exp.policies, key=lambda p: _score(exp, p, metric, exp.latest(p, metric),
-                                                    direction))
-
-
-def per_generation(exps: list[Experiment], metric: str) -> dict[str, dict[int | str, Stat]]:
-    """``{row label: {generation: Stat, "human": Stat}}`` of one metric (gen 0 is shared).
-
-    Rows are grouped by experiment and ranked within it by ``metric`` at the latest
-    generation, as the leaderboard ranks (direction None: mean distance to human).
-    """
-    meta = measured(exps)
-    _check("metric", metric, list(meta))
-    direction = meta[metric]["higher_is_better"]
-    many, table = len(exps) > 1, {}
-    for exp in exps:
-        human = exp.human(metric)
-        for p in _ranked_policies(exp, metric, direction):
-            row: dict[int | str, Stat] = {g: stat(exp.values(p, metric, g).values())
-                                          for g in range(exp.generations + 1)}
-            row = {g: s for g, s in row.items() if s.n}
-            table[f"{exp.key} / {p}" if many else p] = {**row, "human": human}
-    return table
-
-
-def generation_marks(exps: list[Experiment], metric: str) -> dict[str, dict[int, Comparison]]:
-    """``{row label: {generation: Comparison}}`` for :func:`per_generation`'s rows: each
-    policy against the row directly above it (same experiment) at every generation k >= 1
-    either has; nothing for the first row, generation 0 (shared) or one-seed experiments."""
-    meta = measured(exps)
-    _check("metric", metric, list(meta))
-    direction = meta[metric]["higher_is_better"]
-    many, marks = len(exps) > 1, {}
-    for exp in exps:
-        order = _ranked_policies(exp, metric, direction)
-        if len(exp.seeds) < 2:
-            continue
-        for prev, p in zip(order[:-1], order[1:], strict=True):
-            label = f"{exp.key} / {p}" if many else p
-            marks[label] = {g: _compare(exp, metric, direction, (p, g), (prev, g),
-                                        f"{exp.key} / {prev}" if many else prev)
-                            for g in range(1, exp.generations + 1)
-                            if exp.values(p, metric, g)}
-    return marks
-
-
-# --- files and command line -----------------------------------------------------------------
-
-def reference_scores(exp: Experiment, policy: str) -> list[tuple[str, Any]]:
-    """``[(label, per-sample perplexities)]`` for each measured generation and human (pooled
-    over seeds), from ``reference_scores.parquet``."""
-    import numpy as np
-    import pyarrow.parquet as pq
-
-    out = []
-    for gen in [*range(exp.generations + 1), None]:
-        parts = [pq.read_table(d / "reference_scores.parquet", columns=["perplexity"])
-                 .column("perplexity").to_numpy() for s in exp.seeds
-                 for d in exp.gen_dirs(policy, s, gen)[:1]
-                 if (d / "reference_scores.parquet").is_file() and (d / "metrics.json").is_file()]
-        if parts:
-            out.append(("human" if gen is None else f"gen {gen}", np.concatenate(parts)))
-    return out
+from lmcollapse.files import write_text
+from lmcollapse.report_formats import (
+    generation_notes,
+    markdown_table,
+    render_csv,
+    render_html,
+    render_latex,
+    render_markdown,
+)
+from lmcollapse.results import (
+    ARROWS,
+    check_name,
+    generation_marks,
+    leaderboard,
+    load_runs,
+    per_generation,
+    reference_scores,
+)
 
 
 def _slug(text: str) -> str:
@@ -518,47 +63,40 @@ def write_report(run_dirs: list[str | Path], out: str | Path | None = None,
     marks = generation_marks(exps, metric)
     policies = [p for e in exps for p in e.policies]
     if histogram_policy is not None:
-        _check("policy", histogram_policy, sorted(set(policies)))
+        check_name("policy", histogram_policy, sorted(set(policies)))
     out = Path(out) if out else exps[0].dirs[0]
-    files, images = [], {}
+    made, images = [], {}
     if plots:
-        from lmcollapse import plots as plotting
-
         for m in lb.columns:
             series = {lbl: {g: s for g, s in row.items() if g != "human"}
                       for lbl, row in per_generation(exps, m).items()}
             refs = {("human reference" if len(exps) == 1 else f"human reference ({e.key})"):
                     e.human(m).mean for e in exps}
             meta = lb.meta[m]
-            files += plotting.metric_plot(series, refs, f"{meta['display_name']} "
+            made += plotting.metric_plot(series, refs, f"{meta['display_name']} "
                                           f"{ARROWS[meta['higher_is_better']]}", m,
                                           out / "plots" / _slug(m))
         pol = histogram_policy or (policies[0] if policies else None)
         for exp in (e for e in exps if pol in e.policies):
-            files += plotting.histogram_plot(
+            made += plotting.histogram_plot(
                 reference_scores(exp, pol), f"Gen-0 perplexity of corpus k: {exp.key} / {pol}",
                 out / "plots" / _slug(f"ref_ppl_hist_{pol}" if len(exps) == 1
                                       else f"ref_ppl_hist_{exp.key}_{pol}"))
-        images = {p.stem: p.read_bytes() for p in files if p.suffix == ".png"}
-    from lmcollapse.io import write_text
-    from lmcollapse.report_formats import render_csv, render_html, render_latex, render_markdown
-
+        images = {p.stem: p.read_bytes() for p in made if p.suffix == ".png"}
     md = render_markdown(lb)
-    links = [p.relative_to(out).as_posix() for p in files if p.suffix == ".png"]
+    links = [p.relative_to(out).as_posix() for p in made if p.suffix == ".png"]
     for name, text in [("leaderboard.md", render_markdown(lb, links)),
                        ("leaderboard.csv", render_csv(lb)),
                        ("leaderboard.tex", render_latex(lb)),
                        ("leaderboard.html", render_html(lb, (metric, table, marks), images))]:
         write_text(out / name, text)
-        files.append(out / name)
+        made.append(out / name)
     return {"leaderboard": lb, "metric": metric, "generation_table": table,
-            "generation_marks": marks, "markdown": md, "files": files}
+            "generation_marks": marks, "markdown": md, "files": made}
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``lmcollapse report``: prints the leaderboard and one per-generation table."""
-    p = argparse.ArgumentParser(prog="lmcollapse report", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of ``lmcollapse report``."""
     p.add_argument("runs", nargs="+", help="run directories (runs/<experiment>)")
     p.add_argument("--rank-by", default=None, help="metric that ranks rows (default perplexity)")
     p.add_argument("--metric", default=None,
@@ -569,7 +107,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--histogram-policy", default=None, help="policy of the histogram figure")
     p.add_argument("--out", default=None, help="output folder (default: the first run dir)")
     p.add_argument("--no-plots", action="store_true", help="skip the figures")
-    args = p.parse_args(argv)
+
+
+def report_command(args: argparse.Namespace) -> int:
+    """``lmcollapse report``: writes the files, prints the leaderboard and one
+    per-generation table; returns an exit code."""
     cols = [c.strip() for c in args.columns.split(",") if c.strip()] if args.columns else None
     try:
         res = write_report(args.runs, args.out, args.rank_by, args.metric, cols,
@@ -582,8 +124,6 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 1
     print(res["markdown"])
-    from lmcollapse.report_formats import generation_notes, markdown_table
-
     lb, metric = res["leaderboard"], res["metric"]
     print(f"## Per generation: {metric}\n\n"
           f"{markdown_table(res['generation_table'], res['generation_marks'])}\n")

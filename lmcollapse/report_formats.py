@@ -1,10 +1,11 @@
 """Rendering a leaderboard: Markdown, CSV, LaTeX (tabular fragment) and one HTML page.
 
-Torch-free, like :mod:`lmcollapse.report`, whose computed :class:`Leaderboard` it formats.
+Torch-free, like :mod:`lmcollapse.results`, whose computed :class:`Leaderboard` it formats.
 """
 
 from __future__ import annotations
 
+import base64
 import csv
 import html
 import io
@@ -12,14 +13,16 @@ import math
 from pathlib import Path
 from typing import Any
 
-from lmcollapse.report import (
+from scipy import stats
+
+from lmcollapse.results import (
     ALPHA,
     ARROWS,
     MARK,
     Comparison,
-    Experiment,
     Leaderboard,
-    Row,
+    LeaderboardRow,
+    RunResults,
     Stat,
     median_onset,
 )
@@ -41,7 +44,7 @@ def fmt_stat(s: Stat, delta: Stat | None = None) -> str:
     return text + (f" ({delta.mean:+.{d}f})" if delta is not None and delta.n else "")
 
 
-def _onset_text(row: Row) -> str:
+def _onset_text(row: LeaderboardRow) -> str:
     if row.policy == "human":
         return "–"
     if not row.onsets:
@@ -53,7 +56,7 @@ def _onset_text(row: Row) -> str:
     return f"{'none' if med is None else f'{med:g}'} ({crossed}/{len(row.onsets)})"
 
 
-def _gens_text(row: Row) -> str:
+def _gens_text(row: LeaderboardRow) -> str:
     if row.policy == "human":
         return "–"
     done = [-1 if g is None else g for g in row.finished.values()] or [-1]
@@ -67,7 +70,7 @@ def _marked(text: str, comparison: Comparison | None) -> str:
     return f"{text} {MARK}" if comparison is not None and comparison.within_noise else text
 
 
-def _cell_text(row: Row, m: str) -> str:
+def _cell_text(row: LeaderboardRow, m: str) -> str:
     cell = row.cells[m]
     text = fmt_stat(cell.stat, None if row.policy == "human" else cell.delta)
     if cell.stat.n:
@@ -102,7 +105,7 @@ _DIRECTIONS = ("↑ higher is better, ↓ lower is better, ≈ closer to the hum
                "that seed|; its (+x) is the change of the value itself).")
 
 
-def _seed_notes(exps: list[Experiment], per_generation: bool = False) -> list[str]:
+def _seed_notes(exps: list[RunResults], per_generation: bool = False) -> list[str]:
     """The significance rule where an experiment has >= 2 seeds, the one-seed caveat where one
     has fewer."""
     multi = [e for e in exps if len(e.seeds) > 1]
@@ -117,8 +120,6 @@ def _seed_notes(exps: list[Experiment], per_generation: bool = False) -> list[st
         sizes = {len(e.seeds) for e in multi}
         crit = ""
         if len(sizes) == 1:
-            from scipy import stats
-
             n = sizes.pop()
             crit = (f" With {n} seeds, p < {ALPHA:g} needs |mean difference| > "
                     f"{stats.t.ppf(1 - ALPHA / 2, n - 1):.2f} × std of the differences / √{n}.")
@@ -170,32 +171,27 @@ def _kv(template: str, *values: Any) -> str:
     return "" if any(v in (None, "") for v in values) else template.format(*values)
 
 
-def setup_items(exp: Experiment) -> list[tuple[str, str]]:
-    """(label, text) lines stating the conditions of one experiment's numbers."""
-    c, info = exp.config, exp.info
-    det: dict[str, Any] = {}  # metric details as measured (gen 0 first), else the config
+def conditions(exp: RunResults) -> dict[str, str]:
+    """``{metric: how it was measured}``, as each metric described itself in metrics.json
+    (generation 0 first, where corpus sizes are stated; the human row where only it has a
+    metric)."""
+    out: dict[str, str] = {}
     for rec in sorted(exp.records.values(), key=lambda r: r.get("generation") is None):
-        for k, v in rec.get("details", {}).items():
-            det.setdefault(k, v)
+        for metric, text in rec.get("conditions", {}).items():
+            out.setdefault(metric, text)
+    return out
+
+
+def setup_items(exp: RunResults) -> list[tuple[str, str]]:
+    """(label, text) lines stating the conditions of one experiment's numbers: the run's
+    model, data, training and decoding from experiment.json, then one line per metric."""
+    c, info = exp.config, exp.info
     m, d, t, g = (c.get(k, {}) for k in ("model", "data", "train", "generate"))
-    mc = c.get("metrics", {})
-    ppl = {**mc.get("perplexity", {}), **det.get("perplexity", {})}
-    mv = {**mc.get("mauve", {}), **det.get("mauve", {})}
-    dv = {**mc.get("diversity", {}), **det.get("diversity", {})}
-    tl = {**mc.get("tail", {}), **det.get("tail", {})}
     sc = m.get("scratch", {})
     model = (_kv("from scratch: {} (hidden {}, {} layers, {} heads)", sc.get("arch"),
                  sc.get("hidden_size"), sc.get("num_layers"), sc.get("num_heads"))
              if m.get("source") == "scratch"
              else _join(m.get("name_or_path"), m.get("gguf_file"), m.get("revision")))
-    src = d.get("source")
-    sub = d.get(src) if isinstance(d.get(src), dict) else {}
-    data = {"synthetic": _kv("synthetic Markov source (vocab {}, branching {}, {}/{}/{} "
-                             "train/val/test docs)", sub.get("vocab_size"), sub.get("branching"),
-                             sub.get("train_docs"), sub.get("validation_docs"),
-                             sub.get("test_docs")),
-            "hf": "hf " + _join(sub.get("path"), sub.get("name"), sep="/"),
-            }.get(src, f"{src} " + _join(sub.get("train"), sub.get("validation"), sub.get("test")))
     dec = {"sample": _join("sampling", _kv("temperature {}", g.get("temperature")),
                            _kv("top-p {}", g.get("top_p")), _kv("top-k {}", g.get("top_k"))),
            "beam": _kv("beam search ({} beams)", g.get("num_beams"))}.get(g.get("strategy"),
@@ -206,7 +202,8 @@ def setup_items(exp: Experiment) -> list[tuple[str, str]]:
                              "dirs: " + ", ".join(map(str, exp.dirs)))),
         ("model", _join(model, _kv("init={}", m.get("init")),
                         lora.get("enabled") and _kv("LoRA r={}", lora.get("r")), sep="; ")),
-        ("data", _join(data, _kv("blocks of {} tokens", d.get("block_tokens")), sep="; ")),
+        ("data", _join(info.get("data") or d.get("source"),
+                       _kv("blocks of {} tokens", d.get("block_tokens")), sep="; ")),
         ("policies", ", ".join(exp.policies)),
         ("training", _join(_kv("{} epoch(s)", t.get("epochs")), _kv("lr {}", t.get("lr")),
                            _kv("batch {} × accum {}", t.get("batch_size"), t.get("grad_accum", 1)),
@@ -217,22 +214,9 @@ def setup_items(exp: Experiment) -> list[tuple[str, str]]:
                                g.get("new_tokens")),
                            f"prompt {'kept' if g.get('keep_prompt') else 'dropped'} in the next "
                            "training text")),
-        ("sizes", _join(f"{exp.generations} generations",
-                        _kv("{} test tokens", ppl.get("test_tokens")),
-                        _kv("reference scoring {} samples",
-                            det.get("reference_perplexity", {}).get("samples")),
-                        _kv("diversity sample {}", dv.get("sample_size")),
-                        _kv("self-BLEU sample {}", dv.get("self_bleu_sample")),
-                        _kv("tail sample {} ({} tokens)", tl.get("sample_size"),
-                            tl.get("sample_tokens")),
-                        _kv("{} draws", dv.get("draws") or tl.get("draws")),
-                        _kv("MAUVE {} vs {} samples", mv.get("n_p"), mv.get("n_q")),
-                        _kv("{} buckets", mv.get("num_buckets")))),
+        ("generations", str(exp.generations)),
         ("seeds", ", ".join(map(str, exp.seeds))),
-        ("perplexity", _join("sliding window", _kv("max_length {}", ppl.get("max_length")),
-                             _kv("stride {}", ppl.get("stride")))),
-        ("featurizer", _kv("MAUVE on {} features (scores compare only within one featurizer)",
-                           mv.get("featurizer"))),
+        *conditions(exp).items(),
         ("hardware", _join(info.get("device"), _kv("{} process(es)", info.get("num_processes")),
                            *(f"{k} {v}" for k, v in info.get("versions", {}).items()))),
     ]
@@ -268,7 +252,7 @@ def markdown_table(table: dict[str, dict[int | str, Stat]],
     return _md_table(*generation_table(table, marks), left=1)
 
 
-def generation_notes(exps: list[Experiment], metric: str, direction: bool | None) -> list[str]:
+def generation_notes(exps: list[RunResults], metric: str, direction: bool | None) -> list[str]:
     """The footnotes of the per-generation table."""
     spread = any(len(e.seeds) > 1 for e in exps)
     return [
@@ -307,7 +291,7 @@ def render_csv(lb: Leaderboard) -> str:
     def num(x: Any) -> str:
         return "" if x is None or (isinstance(x, float) and math.isnan(x)) else repr(x)
 
-    def versus(r: Row, c: str) -> list[str]:
+    def versus(r: LeaderboardRow, c: str) -> list[str]:
         v = r.versus.get(c)
         if v is None or not r.cells[c].stat.n:
             return ["", "", "", ""]
@@ -396,7 +380,6 @@ def render_html(lb: Leaderboard, generation: tuple[Any, ...] | None = None,
 
     ``generation`` is ``(metric, per_generation(...)[, generation_marks(...)])``.
     """
-    import base64
 
     e = html.escape
     title = f"lmcollapse leaderboard: {', '.join(x.key for x in lb.experiments)}"

@@ -1,12 +1,19 @@
-"""Token log-likelihoods under a causal LM: the one scorer that validation loss, held-out
-perplexity and reference scoring all share."""
+"""Token log-likelihoods under a causal LM: the one scorer behind every log-likelihood the
+harness reports (validation loss, held-out perplexity, reference scoring, ground truth).
+
+:func:`masked_nll` scores one padded batch; :func:`score` scores any number of sequences in
+batches, sharded over the processes, and returns per-sequence sums in input order."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from accelerate.utils import gather_object
+from tqdm.auto import tqdm
 
 
 def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -46,3 +53,36 @@ def masked_nll(model: torch.nn.Module, seqs: Sequence[Sequence[int]], score_from
     keep = (positions[None, :] >= start[:, None]) & mask[:, 1:].bool()
     nll = (nll.double() * keep).sum(dim=1)
     return nll, keep.sum(dim=1).double()
+
+
+def score(accelerator: Any, model: torch.nn.Module, seqs: Sequence[Sequence[int]],
+          score_from: Sequence[int], pad_id: int, batch_size: int,
+          desc: str = "scoring") -> tuple[np.ndarray, np.ndarray]:
+    """Summed NLL and scored-token count of every sequence, in input order.
+
+    Sequences are cut into batches of ``batch_size`` in order, the batches shared out
+    between processes (``accelerator.split_between_processes``), and the results gathered,
+    so every process returns the same arrays.
+
+    Args:
+        seqs: token sequences (a window of a stream, a corpus sample, a document).
+        score_from: per sequence, the first position whose token is scored (see
+            :func:`masked_nll`).
+
+    Returns:
+        ``(nll, count)``: float64 arrays of shape ``[len(seqs)]``.
+    """
+    model.eval()
+    done: list[tuple[int, float, float]] = []
+    with accelerator.split_between_processes(list(range(len(seqs)))) as mine:
+        batches = [mine[i:i + batch_size] for i in range(0, len(mine), batch_size)]
+        for batch in tqdm(batches, desc=desc, disable=not accelerator.is_local_main_process,
+                          leave=False):
+            nll, count = masked_nll(model, [seqs[i] for i in batch],
+                                    [score_from[i] for i in batch], pad_id)
+            done += zip(batch, nll.tolist(), count.tolist(), strict=True)
+    if accelerator.num_processes > 1:
+        done = gather_object(done)
+    done.sort()
+    return (np.array([n for _, n, _ in done], dtype=np.float64),
+            np.array([c for _, _, c in done], dtype=np.float64))

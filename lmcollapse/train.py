@@ -9,15 +9,17 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
+from peft import LoraConfig, get_peft_model
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from lmcollapse.config import TrainConfig
+from lmcollapse.data.blocks import Sample
 from lmcollapse.scoring import masked_nll, pad_batch
 
 log = logging.getLogger(__name__)
-Row = dict[str, Any]
+
 
 
 class _Collate:
@@ -36,8 +38,6 @@ class _Collate:
 
 def _with_lora(model: torch.nn.Module, tcfg: TrainConfig) -> torch.nn.Module:
     """Wrap ``model`` with trainable LoRA adapters (peft); the base weights are frozen."""
-    from peft import LoraConfig, get_peft_model
-
     lora = tcfg.lora
     model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", r=lora.r,
                                              lora_alpha=lora.alpha, lora_dropout=lora.dropout,
@@ -72,7 +72,7 @@ def evaluate(accelerator: Accelerator, model: torch.nn.Module, loader: DataLoade
 
 
 def train_generation(accelerator: Accelerator, model: torch.nn.Module, pad_id: int,
-                     rows: list[Row], validation: list[Row], tcfg: TrainConfig, seed: int,
+                     rows: list[Sample], validation: list[Sample], tcfg: TrainConfig, seed: int,
                      desc: str = "train") -> tuple[torch.nn.Module, list[dict[str, Any]]]:
     """Fine-tune ``model`` on ``rows``, evaluating on human validation after each pass.
 
@@ -108,6 +108,12 @@ def train_generation(accelerator: Accelerator, model: torch.nn.Module, pad_id: i
     eval_every = tcfg.eval_every or (
         min(steps_per_epoch, total) if tcfg.budget_steps is None and tcfg.budget_tokens is None
         else math.ceil(total / 4))  # a fixed budget: 4 evaluations whatever the mix size
+    if accelerator.is_main_process:  # the derived numbers, as run_clm_no_trainer logs them
+        log.info("%s: %d samples, %d processes x batch %d x accumulation %d = %.0f tokens per "
+                 "step; %d steps (%d per pass over the mix), validation every %d steps on %d "
+                 "blocks", desc, len(train_seqs), accelerator.num_processes, tcfg.batch_size,
+                 tcfg.grad_accum, tokens_per_step, total, steps_per_epoch, eval_every,
+                 len(validation))
     # --- loop
     records: list[dict[str, Any]] = []
     best_loss, best_state, step, epoch, start = math.inf, None, 0, 0, time.time()

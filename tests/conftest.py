@@ -58,3 +58,22 @@ def accelerator():
     from accelerate import Accelerator
 
     return Accelerator(cpu=True)
+
+
+def measure_context(cfg, accelerator, tokenizer, human, out_dir: Path, **row):
+    """A metric context as the loop builds it, for a metric called outside the loop."""
+    from lmcollapse.metrics.base import MeasureContext
+
+    return MeasureContext(accelerator=accelerator, tokenizer=tokenizer, human=human,
+                          trained_length=cfg.data.block_tokens,
+                          sample_tokens=cfg.generate.sample_tokens,
+                          sample_tokens_from="generate.new_tokens",
+                          reference_model=lambda: row.get("model"), seed_dir=out_dir,
+                          out_dir=out_dir, **row)
+
+
+def metric(cfg, name: str):
+    """The metric registered as ``name``, with its settings from ``cfg``."""
+    from lmcollapse.registry import METRICS
+
+    return METRICS.get(name)(cfg.metrics.of(name))

@@ -207,7 +207,8 @@ def test_fresh_needs_disjoint_shards() -> None:
     assert "policies[0].fraction" in msg and "generations" in msg
     # the default fraction (0.2) with 6 generations is also refused, with 5 it fits
     assert "policies[0].fraction" in config_error(["generations=6", "policies=[fresh]"])
-    assert load_config(None, ["generations=5", "policies=[fresh]"]).policies[0].fraction is None
+    resolved = load_config(None, ["generations=5", "policies=[fresh]"]).policies[0]
+    assert resolved.fraction == 0.2
     cfg = load_config(None, ["generations=5", "policies=[{name: fresh, fraction: 0.2}]"])
     assert cfg.policies[0].fraction == 0.2
 

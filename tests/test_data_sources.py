@@ -10,15 +10,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from lmcollapse.config import (
-    ConfigError,
-    DataConfig,
-    SyntheticSourceConfig,
-    TextSourceConfig,
-    load_config,
-)
+from lmcollapse.config import ConfigError, DataConfig, load_config
+from lmcollapse.data.base import load_human_text
 from lmcollapse.data.blocks import prepare_human_data
-from lmcollapse.data.sources import HELD_OUT_VALIDATION, load_human_text, read_records
+from lmcollapse.data.synthetic import SyntheticSettings
+from lmcollapse.data.text import HELD_OUT_VALIDATION, TextSettings, read_records
 from lmcollapse.models import train_tokenizer
 
 WIKITEXT = Path(__file__).resolve().parents[2] / "shared" / "data" / "wikitext-2"
@@ -34,7 +30,7 @@ def sentences(n: int, seed: int = 0) -> list[str]:
 
 
 def text_cfg(**kwargs: str | None) -> DataConfig:
-    return DataConfig(source="text", text=TextSourceConfig(**kwargs))
+    return DataConfig(source="text", sections={"text": TextSettings(**kwargs)})
 
 
 @pytest.fixture(scope="module")
@@ -245,7 +241,7 @@ def test_prepare_refuses_all_blank_split(tokenizer, texts) -> None:
 def _synthetic(**kwargs: int) -> dict[str, list[str]]:
     sizes = {"train_docs": 30, "validation_docs": 8, "test_docs": 8, **kwargs}
     return load_human_text(DataConfig(source="synthetic",
-                                      synthetic=SyntheticSourceConfig(**sizes)))
+                                      sections={"synthetic": SyntheticSettings(**sizes)}))
 
 
 def test_synthetic_source_splits() -> None:

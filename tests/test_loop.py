@@ -16,7 +16,7 @@ import pytest
 from conftest import ROOT, TINY, tiny_config
 
 from lmcollapse.errors import ConfigError, StepError
-from lmcollapse.loop import Experiment
+from lmcollapse.loop import CollapseLoop
 
 POLICIES = ["replace", "mix-0.1", "accumulate"]
 
@@ -40,7 +40,7 @@ def _results(run: Path) -> dict[str, object]:
 @pytest.fixture(scope="module")
 def reference_run(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("ref")
-    Experiment(tiny_config(root)).run()
+    CollapseLoop(tiny_config(root)).run()
     return root / "quickstart"
 
 
@@ -74,33 +74,33 @@ def test_run_directory_layout(reference_run):
 
 
 def test_same_seed_gives_identical_results(reference_run, tmp_path):
-    Experiment(tiny_config(tmp_path)).run()
+    CollapseLoop(tiny_config(tmp_path)).run()
     assert _results(tmp_path / "quickstart") == _results(reference_run)
 
 
 def test_rerun_redoes_nothing(reference_run):
-    exp = Experiment(tiny_config(reference_run.parent))
+    exp = CollapseLoop(tiny_config(reference_run.parent))
     exp.run()
     assert exp.timings == []
 
 
 def test_failed_step_stops_then_resume_matches(reference_run, tmp_path, monkeypatch):
-    real = Experiment._generate
+    real = CollapseLoop.generate
 
-    def failing(self, seed, spec, k, d):
-        if spec is not None and spec.key == "mix-0.1" and k == 2:
+    def failing(self, gen, d):
+        if gen.policy == "mix-0.1" and gen.k == 2:
             raise RuntimeError("injected failure")
-        return real(self, seed, spec, k, d)
+        return real(self, gen, d)
 
-    monkeypatch.setattr(Experiment, "_generate", failing)
+    monkeypatch.setattr(CollapseLoop, "generate", failing)
     with pytest.raises(StepError, match=r"seed 0, policy mix-0\.1, generation 2, step "
                                         r"generate failed: RuntimeError: injected failure"):
-        Experiment(tiny_config(tmp_path)).run()
+        CollapseLoop(tiny_config(tmp_path)).run()
     failed_dir = tmp_path / "quickstart" / "seed_0" / "mix-0.1" / "gen_02"
     assert (failed_dir / "train.done").exists() and not (failed_dir / "generate.done").exists()
     assert not (tmp_path / "quickstart" / "seed_0" / "accumulate" / "gen_02").exists()
-    monkeypatch.setattr(Experiment, "_generate", real)
-    exp = Experiment(tiny_config(tmp_path))
+    monkeypatch.setattr(CollapseLoop, "generate", real)
+    exp = CollapseLoop(tiny_config(tmp_path))
     exp.run()
     redone = {(t["where"], t["step"]) for t in exp.timings}
     assert ("seed 0, policy mix-0.1, generation 2", "generate") in redone
@@ -132,7 +132,7 @@ def test_changed_config_is_refused_and_nothing_is_touched(reference_run):
     before = {p: p.stat().st_mtime_ns for p in reference_run.rglob("*") if p.is_file()}
     old_lr = tiny_config(reference_run.parent).train.lr
     with pytest.raises(ConfigError, match=rf"train\.lr: {re.escape(repr(old_lr))} -> 0\.001"):
-        Experiment(tiny_config(reference_run.parent, "train.lr=1e-3")).run()
+        CollapseLoop(tiny_config(reference_run.parent, "train.lr=1e-3")).run()
     after = {p: p.stat().st_mtime_ns for p in reference_run.rglob("*") if p.is_file()}
     assert after == before
 
@@ -140,7 +140,7 @@ def test_changed_config_is_refused_and_nothing_is_touched(reference_run):
 def test_prompt_longer_than_context_is_refused_before_work(tmp_path):
     cfg = tiny_config(tmp_path, "model.scratch.max_position_embeddings=24")
     with pytest.raises(ConfigError, match="context of 24 tokens"):
-        Experiment(cfg).run()
+        CollapseLoop(cfg).run()
     assert not (tmp_path / "quickstart").exists()
 
 

@@ -7,13 +7,15 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import measure_context, metric, tiny_config
 
-from lmcollapse.data import load_human_text, make_synthetic_source, prepare_human_data
+from lmcollapse.data.base import load_human_text, make_source
+from lmcollapse.data.blocks import prepare_human_data
 from lmcollapse.errors import ConfigError
-from lmcollapse.loop import Experiment
-from lmcollapse.metrics import METRICS, MeasureContext
+from lmcollapse.loop import CollapseLoop
+from lmcollapse.metrics.base import MeasureContext
 from lmcollapse.metrics.reference import per_sample_perplexity
+from lmcollapse.registry import METRICS
 
 
 def test_every_metric_declares_name_display_and_direction(tmp_path):
@@ -21,9 +23,10 @@ def test_every_metric_declares_name_display_and_direction(tmp_path):
     assert set(METRICS.names()) >= {"perplexity", "reference_perplexity", "diversity", "tail",
                                     "mauve", "ground_truth"}
     for name in METRICS.names():
-        metric = METRICS.get(name)(cfg)
-        assert metric.display_name
-        assert metric.higher_is_better in (True, False, None)
+        part = metric(cfg, name)
+        assert part.display_name and part.name == name
+        assert part.higher_is_better in (True, False, None)
+        assert part.columns, name  # every metric puts at least one value on the leaderboard
 
 
 def test_per_sample_perplexity_matches_model_loss(accelerator, tiny_model, tokenizer, texts):
@@ -43,24 +46,26 @@ def test_ground_truth_matches_token_by_token_scoring(accelerator, tmp_path, wind
     forward pass per token (no batching, no masking). With a trained length of 8 and stride
     1, every token is scored with at most the 7 tokens before it: never past the trained
     length, and as much context as that allows."""
-    extra = [] if window is None else [f"metrics.perplexity.max_length={window}",
-                                       "metrics.perplexity.stride=1"]
+    extra = [] if window is None else [f"metrics.ground_truth.max_length={window}",
+                                       "metrics.ground_truth.stride=1"]
     cfg = tiny_config(tmp_path, "data.synthetic.test_docs=3",
                       "data.synthetic.sentences_per_doc=2",
                       "model.scratch.max_position_embeddings=1024", *extra)
-    source = make_synthetic_source(cfg.data)
+    source = make_source(cfg.data).truth()
     from lmcollapse.models import load_tokenizer, model_config, random_model
 
     texts = load_human_text(cfg.data)
     tok = load_tokenizer(cfg.model, texts["train"])
     human = prepare_human_data(tok, texts, cfg.data)
     model = random_model(model_config(cfg.model, tok), seed=0).eval()
-    ctx = MeasureContext(cfg=cfg, accelerator=accelerator, tokenizer=tok, human=human,
-                         generation=1, model=model, source=source, trained_length=window,
-                         extras={"model_config": model.config})
-    metric = METRICS.get("ground_truth")(cfg)
-    metric.preflight(ctx)
-    out = metric.compute(ctx)
+    ctx = MeasureContext(accelerator=accelerator, tokenizer=tok, human=human,
+                         trained_length=window or 1024, sample_tokens=cfg.generate.sample_tokens,
+                         sample_tokens_from="generate.new_tokens", reference_model=lambda: model,
+                         seed_dir=tmp_path, out_dir=tmp_path, truth=source, generation=1,
+                         model=model)
+    truth = METRICS.get("ground_truth")(cfg.metrics.ground_truth)
+    truth.preflight(ctx)
+    out = truth.compute(ctx).values
     log_p = log_q = 0.0
     words = 0
     index = source.word_to_index
@@ -91,18 +96,18 @@ def test_ground_truth_needs_the_synthetic_source(tmp_path):
     cfg = tiny_config(tmp_path, "data.source=text",
                       f"data.text.train={tmp_path / 'train.txt'}",
                       f"data.text.test={tmp_path / 'test.txt'}")
-    words = make_synthetic_source(cfg.data).sample_documents(150, 4, seed=0)
+    words = make_source(tiny_config(tmp_path).data).truth().sample_documents(150, 4, seed=0)
     (tmp_path / "train.txt").write_text("\n".join(words[:120]) + "\n")
     (tmp_path / "test.txt").write_text("\n".join(words[120:]) + "\n")
     with pytest.raises(ConfigError, match="ground_truth.*data.source: synthetic"):
-        Experiment(cfg).run()
+        CollapseLoop(cfg).run()
     assert not (tmp_path / "quickstart").exists()
 
 
 def test_unloadable_featurizer_fails_before_any_work(tmp_path):
     cfg = tiny_config(tmp_path, "metrics.mauve.featurizer=/no/such/featurizer")
     with pytest.raises(ConfigError, match="metrics.mauve.featurizer: cannot load"):
-        Experiment(cfg).run()
+        CollapseLoop(cfg).run()
     assert not (tmp_path / "quickstart").exists()
 
 
@@ -116,17 +121,15 @@ def test_diversity_human_and_corpus_samples_have_equal_size(tmp_path, accelerato
     # a corpus holds one sample per human training block, as the loop writes it
     corpus = [{"input_ids": np.arange(16) % 7 + 2, "sample_id": f"gen_1:{i}"}
               for i in range(len(human.train))]
-    ctx = MeasureContext(cfg=cfg, accelerator=accelerator, tokenizer=tok, human=human,
-                         generation=1, corpus=corpus)
-    metric = METRICS.get("diversity")(cfg)
-    got, ref = metric.compute(ctx), metric.human_reference(ctx)
-    assert got["_details"]["diversity"]["sample_size"] == \
-        ref["_details"]["diversity"]["sample_size"]
+    ctx = measure_context(cfg, accelerator, tok, human, tmp_path, generation=1, corpus=corpus)
+    diversity = metric(cfg, "diversity")
+    got, ref = diversity.compute(ctx), diversity.human_reference(ctx)
+    assert got.sizes["sample_size"] == ref.sizes["sample_size"]
     # a corpus of one repeated sample: 7 distinct unigrams (no special token), Self-BLEU 1
-    assert got["distinct_1"] == pytest.approx(7 / (16 * got["_details"]["diversity"][
-        "sample_size"]))
-    assert got["self_bleu"] == pytest.approx(1.0)
-    assert ref["distinct_1"] > got["distinct_1"] and ref["self_bleu"] < 0.9
+    assert got.values["distinct_1"] == pytest.approx(7 / (16 * got.sizes["sample_size"]))
+    assert got.values["self_bleu"] == pytest.approx(1.0)
+    assert ref.values["distinct_1"] > got.values["distinct_1"]
+    assert ref.values["self_bleu"] < 0.9
 
 
 def test_special_tokens_are_left_out_of_word_statistics(tmp_path, accelerator):
@@ -153,16 +156,13 @@ def test_special_tokens_are_left_out_of_word_statistics(tmp_path, accelerator):
     corpus_marked = [{**r, "input_ids": np.r_[specials[0], r["input_ids"], specials[1]]}
                      for r in corpus]
     for name in ("tail", "diversity"):
-        metric = METRICS.get(name)(cfg)
-        ctxs = [MeasureContext(cfg=cfg, accelerator=accelerator, tokenizer=tok, human=h,
-                               generation=1, corpus=c)
+        part = metric(cfg, name)
+        ctxs = [measure_context(cfg, accelerator, tok, h, tmp_path, generation=1, corpus=c)
                 for h, c in ((plain, corpus), (marked, corpus_marked))]
         for row in ("compute", "human_reference"):
-            got = [getattr(metric, row)(c) for c in ctxs]
-            values = [{k: v for k, v in g.items() if k != "_details"} for g in got]
-            assert values[0] == values[1], (name, row)
+            got = [getattr(part, row)(c) for c in ctxs]
+            assert got[0].values == got[1].values, (name, row)
             # human and corpus samples hold the same number of tokens
-            assert got[1]["_details"][name]["sample_tokens"] == \
-                got[1]["_details"][name]["sample_size"] * 16, (name, row)
-    ctx = MeasureContext(cfg=cfg, accelerator=accelerator, tokenizer=tok, human=marked)
+            assert got[1].sizes["sample_tokens"] == got[1].sizes["sample_size"] * 16, (name, row)
+    ctx = measure_context(cfg, accelerator, tok, marked, tmp_path)
     assert ctx.content([[specials[0], 5, specials[1], 7]])[0].tolist() == [5, 7]

@@ -7,11 +7,10 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from lmcollapse.config import ExperimentConfig, PolicySpec
+from lmcollapse.config import PolicySpec, build
 from lmcollapse.data.blocks import human_rows
 from lmcollapse.errors import ConfigError
 from lmcollapse.policies import (
-    POLICIES,
     Accumulate,
     AccumulateSubsample,
     Fresh,
@@ -21,6 +20,7 @@ from lmcollapse.policies import (
     Replace,
     make_policy,
 )
+from lmcollapse.registry import POLICIES
 
 N = 100
 BLOCK = 4
@@ -78,7 +78,7 @@ def test_replace_is_exactly_previous_corpus(k: int) -> None:
 @pytest.mark.parametrize(("k", "r"), [(1, 0.1), (3, 0.1), (2, 0.25), (2, 0.0), (2, 1.0)])
 def test_mix_counts(k: int, r: float) -> None:
     ctx = make_ctx(k)
-    mix = Mix(r).build(ctx)
+    mix = Mix.with_settings(fraction=r).build(ctx)
     n_human = round(r * N)
     assert len(mix) == N
     assert len(set(ids(mix))) == N  # no duplicates
@@ -91,28 +91,29 @@ def test_mix_counts(k: int, r: float) -> None:
 
 
 def test_mix_default_fraction_is_point_one() -> None:
-    assert Mix().fraction == 0.1
+    assert Mix().config.fraction == 0.1
     assert origins(Mix().build(make_ctx(1)))["human"] == 10
 
 
 def test_mix_odd_pool_rounds() -> None:
     ctx = make_ctx(2, n=37)
-    mix = Mix(0.3).build(ctx)
+    mix = Mix.with_settings(fraction=0.3).build(ctx)
     assert origins(mix) == {"human": round(0.3 * 37), "gen_1": 37 - round(0.3 * 37)}
 
 
 def test_mix_human_draws_differ_across_generations_but_repeat_with_seed() -> None:
     def human_part(seed: int) -> list[str]:
-        return [r["sample_id"] for r in Mix(0.1).build(make_ctx(2, seed=seed))
-                if r["origin"] == "human"]
+        mix = Mix.with_settings(fraction=0.1).build(make_ctx(2, seed=seed))
+        return [r["sample_id"] for r in mix if r["origin"] == "human"]
 
     assert human_part(1) != human_part(2)  # a new rng (another generation) draws anew
     assert human_part(1) == human_part(1)  # the same seed rebuilds the same mix
-    assert Mix(0.1).build(make_ctx(2, seed=5)) == Mix(0.1).build(make_ctx(2, seed=5))
+    mix = Mix.with_settings(fraction=0.1)
+    assert mix.build(make_ctx(2, seed=5)) == mix.build(make_ctx(2, seed=5))
 
 
 def test_mix_keeps_pool_order() -> None:
-    mix = Mix(0.2).build(make_ctx(1, seed=3))
+    mix = Mix.with_settings(fraction=0.2).build(make_ctx(1, seed=3))
     human_idx = [int(r["sample_id"].rsplit(":", 1)[1]) for r in mix if r["origin"] == "human"]
     gen_idx = [r["prompt_id"] for r in mix if r["origin"] == "gen_0"]
     assert human_idx == sorted(human_idx) and gen_idx == sorted(gen_idx)
@@ -166,7 +167,7 @@ def test_accumulate_subsample_reproducible_and_seed_dependent() -> None:
 
 def test_fresh_shards_are_disjoint_and_rest_is_previous_corpus() -> None:
     generations, r = 5, 0.2
-    policy = Fresh(r, shard_seed=123)
+    policy = Fresh.with_settings(fraction=r, shard_seed=123)
     n_human = round(r * N)
     shards = []
     for k in range(1, generations + 1):
@@ -185,7 +186,8 @@ def test_fresh_shards_are_disjoint_and_rest_is_previous_corpus() -> None:
 
 def test_fresh_shard_depends_on_shard_seed_not_mix_rng() -> None:
     def shard(shard_seed: int, rng_seed: int) -> list[str]:
-        mix = Fresh(0.2, shard_seed=shard_seed).build(make_ctx(2, seed=rng_seed))
+        policy = Fresh.with_settings(fraction=0.2, shard_seed=shard_seed)
+        mix = policy.build(make_ctx(2, seed=rng_seed))
         return [row["sample_id"] for row in mix if row["origin"] == "human"]
 
     assert shard(7, 1) == shard(7, 2)
@@ -193,10 +195,15 @@ def test_fresh_shard_depends_on_shard_seed_not_mix_rng() -> None:
 
 
 def test_fresh_raises_when_pool_exhausted() -> None:
-    policy = Fresh(0.5, shard_seed=0)
+    policy = Fresh.with_settings(fraction=0.5, shard_seed=0)
     assert len(policy.build(make_ctx(2, generations=2))) == N
     with pytest.raises(ValueError, match="exhausted"):  # a generation past the configured ones
         policy.build(make_ctx(3, generations=2))
+
+
+def spec(where: str = "policies[0]", **entry) -> PolicySpec:
+    """A policy entry as the config layer builds it from YAML."""
+    return build(PolicySpec, entry, where)
 
 
 @pytest.mark.parametrize(("generations", "r", "ok"), [
@@ -204,19 +211,18 @@ def test_fresh_raises_when_pool_exhausted() -> None:
     (6, None, False),
 ])
 def test_fresh_check(generations: int, r: float | None, ok: bool) -> None:
-    cfg = ExperimentConfig(generations=generations)
-    spec = PolicySpec("fresh", r)
+    s = spec(name="fresh", **({} if r is None else {"fraction": r}))
     if ok:
-        Fresh.check(spec, cfg, "policies[0]")
+        Fresh.check(s.settings, "policies[0]", generations)
     else:
         with pytest.raises(ConfigError, match=r"policies\[0\]\.fraction.*generations"):
-            Fresh.check(spec, cfg, "policies[0]")
+            Fresh.check(s.settings, "policies[0]", generations)
 
 
 def test_fresh_every_generation_fits_when_check_passes() -> None:
     generations, r, n = 3, 0.3333333333, 1001
-    Fresh.check(PolicySpec("fresh", r), ExperimentConfig(generations=generations), "policies[0]")
-    policy = Fresh(r, shard_seed=0)
+    Fresh.check(spec(name="fresh", fraction=r).settings, "policies[0]", generations)
+    policy = Fresh.with_settings(fraction=r, shard_seed=0)
     for k in range(1, generations + 1):
         assert len(policy.build(make_ctx(k, n=n, generations=generations))) == n
 
@@ -225,17 +231,17 @@ def test_fresh_every_generation_fits_when_check_passes() -> None:
 
 
 @pytest.mark.parametrize("name", ["replace", "accumulate", "accumulate-subsample"])
-def test_check_refuses_fraction_for_policies_without_one(name: str) -> None:
-    cls = POLICIES.get(name)
-    cls.check(PolicySpec(name), ExperimentConfig(), "policies[2]")  # no fraction: fine
-    with pytest.raises(ConfigError, match=r"policies\[2\]\.fraction.*takes no fraction"):
-        cls.check(PolicySpec(name, 0.1), ExperimentConfig(), "policies[2]")
+def test_policies_without_a_fraction_refuse_one(name: str) -> None:
+    spec("policies[2]", name=name)  # no fraction: fine
+    with pytest.raises(ConfigError, match=r"policies\[2\]\.fraction: policy .* takes no "
+                                          r"setting 'fraction'"):
+        spec("policies[2]", name=name, fraction=0.1)
 
 
 @pytest.mark.parametrize("fraction", [-0.01, 1.01])
 def test_check_refuses_fraction_out_of_range(fraction: float) -> None:
     with pytest.raises(ConfigError, match=r"policies\[0\]\.fraction"):
-        Mix.check(PolicySpec("mix", fraction), ExperimentConfig(), "policies[0]")
+        Mix.check(spec(name="mix", fraction=fraction).settings, "policies[0]", 5)
 
 
 def test_registry_holds_the_design_policies() -> None:
@@ -247,21 +253,20 @@ def test_registry_holds_the_design_policies() -> None:
 @pytest.mark.parametrize("name", POLICIES.names())
 def test_make_policy_for_each_registered_name(name: str) -> None:
     cls = POLICIES.get(name)
-    fraction = 0.2 if cls.uses_fraction else None
-    policy = make_policy(PolicySpec(name, fraction, label=f"{name}-x"), shard_seed=9)
+    entry = {"fraction": 0.2} if cls.settings is not None else {}
+    policy = make_policy(spec(name=name, label=f"{name}-x", **entry), shard_seed=9)
     assert type(policy) is cls
     assert isinstance(policy, Policy)
-    assert policy.fraction == fraction
-    if cls is Fresh:
-        assert policy.shard_seed == 9
+    assert getattr(policy.config, "fraction", None) == entry.get("fraction")
+    assert policy.shard_seed == 9
     mix = policy.build(make_ctx(1))
     assert mix and all("sample_id" in row and "input_ids" in row for row in mix)
 
 
 def test_make_policy_uses_default_fraction() -> None:
-    assert make_policy(PolicySpec("mix")).fraction == 0.1
-    assert make_policy(PolicySpec("fresh")).fraction == 0.2
-    assert make_policy(PolicySpec("replace")).fraction is None
+    assert make_policy(spec(name="mix")).config.fraction == 0.1
+    assert make_policy(spec(name="fresh")).config.fraction == 0.2
+    assert not hasattr(make_policy(spec(name="replace")).config, "fraction")
 
 
 def test_registry_did_you_mean() -> None:
@@ -273,6 +278,8 @@ def test_registry_did_you_mean() -> None:
     assert "replace" in msg and "fresh" in msg
     with pytest.raises(KeyError) as info:
         make_policy(PolicySpec("zzz"))
+    with pytest.raises(ConfigError, match="unknown policy 'zzz'"):
+        spec(name="zzz")
     assert "did you mean" not in info.value.args[0]
 
 

@@ -14,10 +14,10 @@ import torch
 from conftest import QUICKSTART, tiny_config
 from transformers import LlamaConfig, LlamaForCausalLM, OPTConfig, OPTForCausalLM
 
-from lmcollapse.data import load_human_text
+from lmcollapse.data.base import load_human_text
 from lmcollapse.data.blocks import tokenize_records
 from lmcollapse.errors import ConfigError
-from lmcollapse.loop import Experiment
+from lmcollapse.loop import CollapseLoop
 from lmcollapse.models import EOS, PAD, load_model, train_tokenizer, wrap_tokenizer
 
 #: one generation after generation 0, one policy, two cheap metrics (reference_perplexity
@@ -74,7 +74,7 @@ def _check_run(run: Path) -> None:
 def _rerun_does_nothing(cfg_args: list[str], root: Path) -> None:
     run = root / "quickstart"
     before = _metrics(run)
-    again = Experiment(tiny_config(root, *cfg_args))
+    again = CollapseLoop(tiny_config(root, *cfg_args))
     again.run()
     assert again.timings == []  # every step was already done
     assert _metrics(run) == before
@@ -88,16 +88,16 @@ def test_local_pretrained_directory_runs_the_loop(tmp_path):
     _opt(tok, len(tok) + 7).save_pretrained(model_dir)
     tok.save_pretrained(model_dir)
     args = [*FAST, "model.source=pretrained", f"model.name_or_path={model_dir}"]
-    exp = Experiment(tiny_config(tmp_path, *args))
+    exp = CollapseLoop(tiny_config(tmp_path, *args))
     exp.run()
     run = tmp_path / "quickstart"
     _check_run(run)
     assert not (run / "base_model").exists()  # a plain checkpoint is loaded as named
     # the tokenizer's standard encoding: BOS at the start of every human record
-    train_texts = exp.human.texts["train"]
-    stream = [t for rec in exp.human.records["train"] for t in rec]
+    train_texts = exp.setup.human.texts["train"]
+    stream = [t for rec in exp.setup.human.records["train"] for t in rec]
     assert stream.count(tok.bos_token_id) == len(train_texts)
-    assert all(rec[0] == tok.bos_token_id for rec in exp.human.records["train"])
+    assert all(rec[0] == tok.bos_token_id for rec in exp.setup.human.records["train"])
     _rerun_does_nothing(args, tmp_path)
 
 
@@ -185,7 +185,7 @@ def test_gguf_file_runs_the_loop_from_a_dequantized_copy(tmp_path):
     expected = write_gguf(gguf_dir / "tiny.gguf", _tiny_llama(tok), tok)
     args = [*FAST, "model.source=pretrained", f"model.name_or_path={gguf_dir}",
             "model.gguf_file=tiny.gguf"]
-    Experiment(tiny_config(tmp_path, *args)).run()
+    CollapseLoop(tiny_config(tmp_path, *args)).run()
     run = tmp_path / "quickstart"
     # the GGUF is dequantized once into ordinary weights, with its tokenizer
     base = run / "base_model"
@@ -240,7 +240,7 @@ def test_missing_gguf_package_is_refused_before_any_work(tmp_path, monkeypatch, 
     cfg = tiny_config(tmp_path / "runs", "model.source=pretrained",
                       f"model.name_or_path={tmp_path / 'model'}", "model.gguf_file=tiny.gguf")
     with pytest.raises(ConfigError) as err:
-        Experiment(cfg).run()
+        CollapseLoop(cfg).run()
     assert "model.gguf_file needs the 'gguf' package" in str(err.value)
     assert "pip install 'lmcollapse[gguf]'" in str(err.value)
     assert not cfg.run_dir.exists() or not any(cfg.run_dir.rglob("*"))
@@ -262,7 +262,7 @@ def test_tokenizer_larger_than_the_embeddings_is_refused(tmp_path):
                       f"model.name_or_path={model_dir}")
     with pytest.raises(ConfigError, match=rf"tokenizer has {len(tok)} tokens .* embedding "
                                           rf"matrix has {len(tok) - 20} rows"):
-        Experiment(cfg).run()
+        CollapseLoop(cfg).run()
     assert not cfg.run_dir.exists()
 
 

@@ -18,9 +18,10 @@ import pyarrow.parquet as pq
 import pytest
 from scipy import stats
 
-from lmcollapse import report, report_formats
+from lmcollapse import report, report_formats, results
+from lmcollapse.cli import run_main
 from lmcollapse.errors import ReportError
-from lmcollapse.report import load_runs, onset
+from lmcollapse.results import load_runs, onset
 
 SEEDS = [0, 1, 2]
 GENS = 3
@@ -48,10 +49,13 @@ def _write_cell(d: Path, seed: int, policy: str | None, gen: int | None, values=
     metrics = [m for m in directions if not (gen is None and m == "perplexity")]
     rec = {"seed": seed, "policy": policy, "generation": gen,
            "values": {m: values(m, policy, seed, gen) for m in metrics},
-           "meta": {m: {"metric": m, "display_name": m.title(), "higher_is_better": directions[m]}
-                    for m in metrics},
-           "details": {"perplexity": {"max_length": 64, "stride": 32, "test_tokens": 999},
-                       "mauve": {"featurizer": "gen0", "n_p": 50, "n_q": 50}},
+           "meta": {m: {"metric": m, "display_name": m.title(), "higher_is_better": directions[m],
+                        "column": True} for m in metrics},
+           "details": {"perplexity": {"max_length": 64, "stride": 32},
+                       "mauve": {"featurizer": "gen0"}},
+           "sizes": {"perplexity": {"test_tokens": 999}, "mauve": {"n_p": 50, "n_q": 50}},
+           "conditions": {"perplexity": "sliding window 64, stride 32 over 999 test tokens",
+                          "mauve": "50 vs 50 samples, gen0 features"},
            "elapsed_s": {}}
     (d / "metrics.json").write_text(json.dumps(rec))
     for step in ("train", "generate", "measure"):
@@ -81,7 +85,8 @@ def make_run(root: Path, seeds=SEEDS, name: str = "fake", stop: dict | None = No
     run.mkdir(parents=True)
     (run / "experiment.json").write_text(json.dumps(
         {"experiment": name, "config": config, "seeds": list(seeds), "policies": list(policies),
-         "git_sha": "abc123", "device": "cpu", "versions": {"torch": "x"}}))
+         "git_sha": "abc123", "device": "cpu", "versions": {"torch": "x"},
+         "data": "hf wikitext/wikitext-2-raw-v1"}))
     kw = {"values": values, "directions": directions}
     for s in seeds:
         _write_cell(run / f"seed_{s}" / "human", s, "human", None, **kw)
@@ -109,18 +114,18 @@ def _row(lb, policy):
 
 def test_ranking_follows_direction(run):
     exps = load_runs([run])
-    order = {m: [r.policy for r in report.leaderboard(exps, rank_by=m).rows] for m in DIRECTION}
+    order = {m: [r.policy for r in results.leaderboard(exps, rank_by=m).rows] for m in DIRECTION}
     assert order["perplexity"] == ["human", "accumulate", "replace"]  # lower is better
     assert order["mauve"] == ["human", "replace", "accumulate"]  # higher is better
     # null: closest to human (about 20), though replace's value is the lowest
     assert order["ref_ppl_p50"] == ["human", "accumulate", "replace"]
-    lb = report.leaderboard(exps, rank_by="mauve", columns=["perplexity"])
+    lb = results.leaderboard(exps, rank_by="mauve", columns=["perplexity"])
     assert lb.columns == ["mauve", "perplexity"]  # the ranking metric is always shown
     assert [r.rank for r in lb.rows] == [None, 1, 2]
 
 
 def test_mean_std_n_and_change_from_gen0(run):
-    lb = report.leaderboard(load_runs([run]))
+    lb = results.leaderboard(load_runs([run]))
     for policy, seeds in [("replace", SEEDS), ("accumulate", [0, 1])]:
         for m in DIRECTION:
             cell = _row(lb, policy).cells[m]
@@ -142,24 +147,24 @@ def test_onset_rule_at_the_boundary():
     assert onset(ppl, 0.5) is None  # gen 3 equals 8 * 1.5: not onset
     assert onset(ppl, 0.49) == 3
     assert onset({1: 50.0}, 0.1) is None  # no generation 0
-    assert report.median_onset([1, 2, None]) == 2
-    assert report.median_onset([1, None, None]) is None  # most seeds never cross
-    assert report.median_onset([]) is None
+    assert results.median_onset([1, 2, None]) == 2
+    assert results.median_onset([1, None, None]) is None  # most seeds never cross
+    assert results.median_onset([]) is None
 
 
 def test_onset_in_the_leaderboard(run):
-    lb = report.leaderboard(load_runs([run]), onset_threshold=0.1)
+    lb = results.leaderboard(load_runs([run]), onset_threshold=0.1)
     assert _row(lb, "replace").onsets == {0: 1, 1: 1, 2: 1}  # 1.2 x gen 0 at gen 1
     assert _row(lb, "accumulate").onsets == {0: None, 1: None, 2: None}  # at most 1.06 x
     header, rows = report_formats.leaderboard_table(lb)
     onset_col = {r[1].split()[0]: r[header.index("onset")] for r in rows}
     assert onset_col == {"human": "–", "replace": "1 (3/3)", "accumulate": "none"}
-    lb = report.leaderboard(load_runs([run]), onset_threshold=0.4)  # gen 2 = 1.4 x exactly
+    lb = results.leaderboard(load_runs([run]), onset_threshold=0.4)  # gen 2 = 1.4 x exactly
     assert _row(lb, "replace").onsets == {0: 3, 1: 3, 2: 3}
 
 
 def test_partial_rows_are_marked(run, tmp_path):
-    lb = report.leaderboard(load_runs([run]))
+    lb = results.leaderboard(load_runs([run]))
     acc = _row(lb, "accumulate")
     assert acc.partial and not _row(lb, "replace").partial
     assert acc.n_final == 2 and acc.finished == {0: 3, 1: 3, 2: 2}
@@ -170,11 +175,11 @@ def test_partial_rows_are_marked(run, tmp_path):
     assert "seed 2: finished gen 2; gen 3: train done, generate and measure pending" in md
     # no seed finished the final generation: the latest one is shown and marked
     early = make_run(tmp_path / "early", stop={("replace", s): 1 for s in SEEDS})
-    lb = report.leaderboard(load_runs([early]))
+    lb = results.leaderboard(load_runs([early]))
     cell = _row(lb, "replace").cells["mauve"]
     assert cell.generation == 1 and cell.stat.n == 3
     assert "[gen 1, n=3]" in report_formats.render_markdown(lb)
-    table = report.per_generation(load_runs([early]), "mauve")
+    table = results.per_generation(load_runs([early]), "mauve")
     assert set(table["replace"]) == {0, 1, "human"}
     assert "…" in report_formats.markdown_table(table)
 
@@ -184,13 +189,13 @@ def test_runs_split_over_machines_merge_seeds(tmp_path, run):
     b = make_run(tmp_path / "machine_b", seeds=[2])
     exps = load_runs([a, b])
     assert len(exps) == 1 and exps[0].seeds == [0, 1, 2]
-    merged = report.leaderboard(exps)
-    whole = report.leaderboard(load_runs([make_run(tmp_path / "whole")]))
+    merged = results.leaderboard(exps)
+    whole = results.leaderboard(load_runs([make_run(tmp_path / "whole")]))
     for m in DIRECTION:
         assert _row(merged, "replace").cells[m] == _row(whole, "replace").cells[m]
     # another experiment (different config) gets its own rows and human reference
     other = make_run(tmp_path / "other", name="fake-lr", lr=1e-3)
-    lb = report.leaderboard(load_runs([run, other]))
+    lb = results.leaderboard(load_runs([run, other]))
     assert [r.label for r in lb.rows if r.policy == "human"] == ["fake / human",
                                                                 "fake-lr / human"]
     assert len(lb.rows) == 6
@@ -267,7 +272,7 @@ def test_every_format(run, tmp_path):
 
 def test_cli(run, tmp_path, capsys):
     out = tmp_path / "cli"
-    assert report.main([str(run), "--out", str(out), "--no-plots", "--rank-by", "mauve",
+    assert run_main(["report", str(run), "--out", str(out), "--no-plots", "--rank-by", "mauve",
                         "--columns", "perplexity,distinct_4", "--metric", "distinct_4"]) == 0
     text = capsys.readouterr().out
     assert "| 1 | replace |" in text and "## Per generation: distinct_4" in text
@@ -283,12 +288,12 @@ def test_bad_input_messages(run, tmp_path, capsys):
         load_runs([tmp_path / "nope"])
     exps = load_runs([run])
     with pytest.raises(ReportError, match=r"did you mean 'perplexity'\?.*distinct_4"):
-        report.leaderboard(exps, rank_by="perplexty")
+        results.leaderboard(exps, rank_by="perplexty")
     with pytest.raises(ReportError, match="unknown metric 'bleu'"):
-        report.per_generation(exps, "bleu")
+        results.per_generation(exps, "bleu")
     with pytest.raises(ReportError, match=r"unknown policy 'replce'; did you mean 'replace'"):
         report.write_report([run], out=tmp_path / "x", histogram_policy="replce", plots=False)
-    assert report.main([str(run), "--columns", "mauve,perplexty", "--no-plots"]) == 2
+    assert run_main(["report", str(run), "--columns", "mauve,perplexty", "--no-plots"]) == 2
     assert "did you mean 'perplexity'" in capsys.readouterr().err
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -368,7 +373,7 @@ def _md_rows(md: str) -> dict[str, dict[str, str]]:
 
 
 def _is_marked(cell: str) -> bool:
-    return cell.endswith(f" {report.MARK}")
+    return cell.endswith(f" {results.MARK}")
 
 
 def test_marks_follow_a_paired_test_over_seeds(tmp_path):
@@ -412,12 +417,12 @@ def test_marks_follow_a_paired_test_over_seeds(tmp_path):
     assert page.count('<td class="noise">') == n_marks
     # the rule is stated under the table
     text = res["markdown"]
-    assert f"{report.MARK} = gap to the row directly above" in text and "p ≥ 0.05" in text
+    assert f"{results.MARK} = gap to the row directly above" in text and "p ≥ 0.05" in text
     assert "4.30 × std of the differences / √3" in text
 
 
 def test_closer_to_human_ranks_and_marks_by_distance(tmp_path):
-    lb = report.leaderboard(load_runs([_sig_run(tmp_path)]), rank_by="ref_ppl_p50")
+    lb = results.leaderboard(load_runs([_sig_run(tmp_path)]), rank_by="ref_ppl_p50")
     expected = expected_ranks("ref_ppl_p50")
     assert [r.policy for r in lb.rows[1:]] == [p for p, _ in expected]
     assert [p for p, _ in expected] == ["accumulate", "mix", "replace"]
@@ -434,7 +439,7 @@ def test_closer_to_human_ranks_and_marks_by_distance(tmp_path):
              for up, p in [("accumulate", "mix"), ("mix", "replace")]}
     assert raw_p["mix"] < 0.05 <= raw_p["replace"]
     # a None-direction column beside another ranking metric is compared by distance too
-    lb = report.leaderboard(load_runs([tmp_path / "sig"]), rank_by="perplexity")
+    lb = results.leaderboard(load_runs([tmp_path / "sig"]), rank_by="perplexity")
     dist = {p: np.abs(_at("ref_ppl_p50", p) - _H) for p in SIG_POLICIES}
     v = _row(lb, "replace").versus["ref_ppl_p50"]
     assert v.above == "mix" and v.diff == pytest.approx(np.mean(dist["replace"] - dist["mix"]))
@@ -447,8 +452,8 @@ def test_per_generation_table_marks_each_generation(tmp_path, capsys):
     run = _sig_run(tmp_path)
     exps = load_runs([run])
     for m in SIG_DIRECTION:
-        table = report.per_generation(exps, m)
-        marks = report.generation_marks(exps, m)
+        table = results.per_generation(exps, m)
+        marks = results.generation_marks(exps, m)
         assert list(table) == [p for p, _ in expected_ranks(m)]
         order = list(table)
         md = _md_rows(report_formats.markdown_table(table, marks))
@@ -466,7 +471,7 @@ def test_per_generation_table_marks_each_generation(tmp_path, capsys):
             cells = [table[p][g] for g in range(GENS + 1)]
             assert [c.n for c in cells] == [3] * (GENS + 1)
             assert cells[-1].std == pytest.approx(np.std(_at(m, p), ddof=1))
-    assert report.main([str(run), "--no-plots", "--out", str(tmp_path / "o"),
+    assert run_main(["report", str(run), "--no-plots", "--out", str(tmp_path / "o"),
                         "--metric", "perplexity"]) == 0
     text = capsys.readouterr().out
     gen_part = text.split("## Per generation: perplexity")[1]
@@ -494,7 +499,7 @@ def test_one_seed_says_so(tmp_path):
     assert html_page.count("1 seed: no spread, no significance marks.") == 2
     # one experiment with one seed beside one with three: the caveat names it
     many = tmp_path / "many"
-    lb = report.leaderboard(load_runs([_sig_run(many, seeds=[0], name="single"),
+    lb = results.leaderboard(load_runs([_sig_run(many, seeds=[0], name="single"),
                                        _sig_run(many, name="triple")]))
     text = "\n".join(report_formats.notes(lb))
     assert "1 seed: no spread, no significance marks (single)." in text
@@ -526,7 +531,7 @@ def test_plot_band_over_seeds(tmp_path, monkeypatch):
     for seeds, name in [(SEEDS, "three"), ([0], "one")]:
         exps = load_runs([_sig_run(tmp_path / name, seeds=seeds)])
         series = {p: {g: s for g, s in row.items() if g != "human"}
-                  for p, row in report.per_generation(exps, "ref_ppl_p50").items()}
+                  for p, row in results.per_generation(exps, "ref_ppl_p50").items()}
         plots.metric_plot(series, {"human": exps[0].human("ref_ppl_p50").mean}, "t", "y",
                           tmp_path / name)
     three, one = seen["three"], seen["one"]
@@ -535,7 +540,7 @@ def test_plot_band_over_seeds(tmp_path, monkeypatch):
     assert one["xlabel"] == "generation (1 seed: no spread, no band)"
     assert three["dashed"] == [pytest.approx(_H.mean())] and one["dashed"] == [20.0]
     # the band of the first line (best first) spans mean - std .. mean + std per generation
-    first = list(report.per_generation(load_runs([tmp_path / "three" / "sig"]), "ref_ppl_p50"))[0]
+    first = list(results.per_generation(load_runs([tmp_path / "three" / "sig"]), "ref_ppl_p50"))[0]
     ys = np.array([[sig_value("ref_ppl_p50", first, s, g) for s in SEEDS] for g in range(GENS + 1)])
     band = three["bands"][0]
     for lo_hi in (ys.mean(1) - ys.std(1, ddof=1), ys.mean(1) + ys.std(1, ddof=1)):

@@ -42,11 +42,17 @@ def test_training_lowers_validation_loss_and_selects_best(accelerator, tiny_mode
     assert after == pytest.approx(best["val_loss"], rel=1e-6)
 
 
-def test_fixed_budget_sets_the_step_count(accelerator, tiny_model, tokenizer, blocks):
+def test_fixed_budget_sets_the_step_count(accelerator, tiny_model, tokenizer, blocks, caplog):
     train, val = blocks
-    _, log = train_generation(accelerator, tiny_model, tokenizer.pad_token_id, train, val,
-                              TrainConfig(batch_size=16, budget_steps=25), seed=0)
+    with caplog.at_level("INFO", logger="lmcollapse.train"):
+        _, log = train_generation(accelerator, tiny_model, tokenizer.pad_token_id, train, val,
+                                  TrainConfig(batch_size=16, budget_steps=25), seed=0)
     assert log[-1]["step"] == 25
+    # the derived numbers are logged before the first step: 16 blocks of 24 tokens a step,
+    # 10 steps a pass over 160 blocks, 25 steps, a fixed budget evaluates every ceil(25/4)
+    assert ("160 samples, 1 processes x batch 16 x accumulation 1 = 384 tokens per step; "
+            "25 steps (10 per pass over the mix), validation every 7 steps on 30 blocks"
+            ) in caplog.text
     _, log = train_generation(accelerator, copy.deepcopy(tiny_model), tokenizer.pad_token_id,
                               train, val, TrainConfig(batch_size=16, budget_tokens=16 * 24 * 7),
                               seed=0)

@@ -13,7 +13,7 @@ from conftest import tiny_config
 
 from lmcollapse.data.synthetic import MarkovSource
 from lmcollapse.errors import ConfigError
-from lmcollapse.loop import Experiment
+from lmcollapse.loop import CollapseLoop
 
 
 def _text_config(tmp_path: Path, *extra: str):
@@ -35,26 +35,26 @@ def test_perplexity_at_the_trained_length_is_the_validation_loss(tmp_path):
     perplexity scores exactly what validation scores: the selected validation loss of the
     training log."""
     cfg = _text_config(tmp_path, "generations=0", "metrics.perplexity.stride=32")
-    exp = Experiment(cfg)
+    exp = CollapseLoop(cfg)
     exp.run()
     gen0 = cfg.run_dir / "seed_0" / "gen_00"
     log = [json.loads(x) for x in (gen0 / "train_log.jsonl").read_text().splitlines()]
     selected = next(r for r in log if r["selected"])
     metrics = json.loads((gen0 / "metrics.json").read_text())
-    details = metrics["details"]["perplexity"]
+    details = {**metrics["details"]["perplexity"], **metrics["sizes"]["perplexity"]}
     assert details["max_length"] == 32 == details["trained_length"]  # the default window
     # the validation blocks are the first len(validation) * 32 tokens of the same stream;
     # the stream's remainder (less than one block) is scored too, so compare on the blocks
-    n_blocks = len(exp.human.validation)
+    n_blocks = len(exp.setup.human.validation)
     assert details["test_tokens"] - n_blocks * 32 < 32
     # the same scorer on exactly the validation blocks' tokens, with the metric's windows
-    from lmcollapse.metrics.perplexity import stream_perplexity, window_settings
+    from lmcollapse.metrics.perplexity import stream_perplexity
     from lmcollapse.models import load_model
 
-    max_length, stride = window_settings(cfg.metrics.perplexity, exp.trained_length)
+    max_length, stride = cfg.metrics.perplexity.windows(exp.setup.trained_length, "x")
     nll, count = stream_perplexity(exp.acc, load_model(gen0 / "model"),
-                                   exp.human.test_stream[: n_blocks * 32], max_length, stride,
-                                   exp.tokenizer.pad_token_id, batch_size=16)
+                                   exp.setup.human.test_stream[: n_blocks * 32], max_length,
+                                   stride, exp.setup.tokenizer.pad_token_id, batch_size=16)
     assert count == n_blocks * 31  # every block's first token is context only, as in validation
     assert nll / count == pytest.approx(selected["val_loss"], rel=1e-6)
     # and the metric itself, on the whole test stream, is within the remainder's reach of it
@@ -66,7 +66,7 @@ def test_window_longer_than_the_trained_length_is_refused(tmp_path):
     cfg = _text_config(tmp_path, "metrics.perplexity.max_length=64")
     with pytest.raises(ConfigError, match=r"metrics.perplexity.max_length: 64 exceeds the "
                                           r"trained length of 32 tokens.*allowed: 1..32"):
-        Experiment(cfg).run()
+        CollapseLoop(cfg).run()
     assert not cfg.run_dir.exists()  # refused before any work
 
 
@@ -74,7 +74,7 @@ def test_generation_beyond_the_trained_length_is_refused(tmp_path):
     cfg = _text_config(tmp_path, "generate.prompt_tokens=16", "generate.new_tokens=24")
     with pytest.raises(ConfigError, match=r"generate.prompt_tokens \+ generate.new_tokens "
                                           r"\(16 \+ 24\) must be <= 32 \(data.block_tokens"):
-        Experiment(cfg).run()
+        CollapseLoop(cfg).run()
     assert not cfg.run_dir.exists()
 
 
@@ -82,7 +82,7 @@ def test_sample_size_larger_than_the_test_split_allows_is_refused(tmp_path):
     cfg = tiny_config(tmp_path, "metrics.tail.sample_size=100000")
     with pytest.raises(ConfigError, match=r"metrics.tail.sample_size: 100000 samples "
                                           r"requested.*allowed: 2\.\.\d+, or null"):
-        Experiment(cfg).run()
+        CollapseLoop(cfg).run()
     assert not cfg.run_dir.exists()
 
 
@@ -94,7 +94,7 @@ def sized_run(tmp_path_factory) -> Path:
                       "metrics.reference.sample_size=30", "metrics.diversity.sample_size=30",
                       "metrics.diversity.self_bleu_sample=20", "metrics.tail.sample_size=25",
                       "metrics.mauve.num_samples=30", "metrics.tail.draws=2")
-    Experiment(cfg).run()
+    CollapseLoop(cfg).run()
     return cfg.run_dir / "seed_0"
 
 
@@ -102,7 +102,7 @@ def test_human_and_corpus_rows_are_measured_at_equal_size(sized_run):
     rows = {"human": sized_run / "human", "gen_00": sized_run / "gen_00",
             "replace/gen_01": sized_run / "replace" / "gen_01"}
     for name, d in rows.items():
-        details = json.loads((d / "metrics.json").read_text())["details"]
+        details = json.loads((d / "metrics.json").read_text())["sizes"]
         assert details["reference_perplexity"]["samples"] == 30, name
         # what was drawn, in samples and in tokens (16 new tokens per sample)
         assert details["diversity"]["sample_size"] == 30, name
@@ -122,7 +122,7 @@ def test_pretrained_model_reinitialised_each_generation_has_the_block_length():
     from transformers import OPTConfig
 
     from lmcollapse.config import load_config
-    from lmcollapse.loop import trained_length
+    from lmcollapse.preflight import trained_length
 
     arch = OPTConfig(max_position_embeddings=512)
     pretrained = load_config(None, ["model.source=pretrained", "data.block_tokens=128"])

@@ -8,7 +8,11 @@ from typing import Any
 from lmcollapse.config import DataConfig
 from lmcollapse.errors import ConfigError
 
-Row = dict[str, Any]
+#: one sample: provenance (see :data:`PROVENANCE`) and its ``input_ids``; human blocks,
+#: corpus continuations and mix entries all have this shape
+Sample = dict[str, Any]
+#: the provenance columns every sample carries into mix.parquet and corpus.parquet
+PROVENANCE = ["sample_id", "origin", "generation", "prompt_id"]
 
 
 @dataclass
@@ -22,8 +26,8 @@ class HumanData:
 
     records: dict[str, list[list[int]]]
     texts: dict[str, list[str]]
-    train: list[Row]
-    validation: list[Row]
+    train: list[Sample]
+    validation: list[Sample]
     test_stream: list[int]
 
 
@@ -53,7 +57,7 @@ def tokenize_records(tokenizer: Any, records: list[str], batch: int = 1000) -> l
 
 
 def human_rows(ids: list[int], block_tokens: int, split: str,
-               limit: int | None = None) -> list[Row]:
+               limit: int | None = None) -> list[Sample]:
     """Cut a token stream into full blocks (the remainder is dropped)."""
     n = len(ids) // block_tokens
     if limit is not None:

@@ -14,9 +14,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from lmcollapse.data.base import SPLITS, Source
+from lmcollapse.errors import ConfigError
+from lmcollapse.registry import SOURCES
 
 END_TOKEN = "."
 """The sentence end token; always the last entry of :attr:`MarkovSource.words`."""
@@ -412,3 +417,65 @@ def _check_explicit(words: list[str], matrix: np.ndarray) -> None:
         raise ValueError("matrix rows must sum to one")
     if matrix[-1, -1] != 0:
         raise ValueError("the start distribution must not emit '.' (no empty sentences)")
+
+
+# --- the registered data source -------------------------------------------------------------
+
+
+@dataclass
+class SyntheticSettings:
+    """``data.synthetic``: a seeded Markov language with exactly known probabilities."""
+
+    vocab_size: int = 500
+    branching: int = 16
+    zipf_exponent: float = 1.1
+    mean_sentence_words: float = 12.0
+    seed: int = 0
+    sentences_per_doc: int = 4
+    train_docs: int = 2000
+    validation_docs: int = 200
+    test_docs: int = 200
+
+    def check(self, where: str) -> None:
+        try:
+            _check_params(self.vocab_size, self.branching, self.zipf_exponent,
+                          self.mean_sentence_words)
+        except ValueError as err:
+            raise ConfigError(f"{where}: {err}") from None
+        for name in ("sentences_per_doc", "train_docs", "validation_docs", "test_docs"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{where}.{name}: must be >= 1, got {getattr(self, name)}")
+        if self.seed < 0:
+            raise ConfigError(f"{where}.seed: must be >= 0, got {self.seed}")
+
+
+@SOURCES.register("synthetic")
+class SyntheticSource(Source):
+    """Documents sampled from :class:`MarkovSource`; its exact log p is the ground truth."""
+
+    settings = SyntheticSettings
+
+    def __init__(self, settings: SyntheticSettings) -> None:
+        super().__init__(settings)
+        self._chain: MarkovSource | None = None
+
+    def truth(self) -> MarkovSource:
+        if self._chain is None:
+            s = self.config
+            self._chain = MarkovSource(vocab_size=s.vocab_size, branching=s.branching,
+                                       zipf_exponent=s.zipf_exponent,
+                                       mean_sentence_words=s.mean_sentence_words, seed=s.seed)
+        return self._chain
+
+    def load(self) -> dict[str, list[str]]:
+        s = self.config
+        counts = (s.train_docs, s.validation_docs, s.test_docs)
+        # each split draws from its own stream so changing one size leaves the others intact
+        return {split: self.truth().sample_documents(n, s.sentences_per_doc,
+                                                     seed=s.seed * 1000 + i + 1)
+                for i, (split, n) in enumerate(zip(SPLITS, counts, strict=True))}
+
+    def describe(self) -> str:
+        s = self.config
+        return (f"synthetic Markov source (vocab {s.vocab_size}, branching {s.branching}, "
+                f"{s.train_docs}/{s.validation_docs}/{s.test_docs} train/val/test docs)")

@@ -1,13 +1,4 @@
-"""Metrics: each registered with a display name and ``higher_is_better``."""
-
-from lmcollapse.metrics import (  # noqa: F401  (importing registers them)
-    diversity,
-    ground_truth,
-    mauve_features,
-    perplexity,
-    reference,
-    tail,
-)
-from lmcollapse.metrics.base import METRICS, MeasureContext, Metric, metric_meta
-
-__all__ = ["METRICS", "MeasureContext", "Metric", "metric_meta"]
+"""Metrics: one module each, registered in :data:`lmcollapse.registry.METRICS` with their
+settings, display name, direction and default leaderboard columns (see
+:mod:`lmcollapse.metrics.base`). :func:`lmcollapse.registry.discover` imports every module
+here, so a new metric is one new file."""

@@ -1,5 +1,24 @@
 """The metric interface. A metric measures one generation (its model and the corpus it wrote)
-and, where it applies, held-out human text (the *human reference* row)."""
+and, where it applies, held-out human text (the *human reference* row).
+
+A metric is one module in this package::
+
+    @dataclass
+    class MySettings:                        # YAML section metrics.<section>
+        sample_size: int | None = None
+        def check(self, where: str) -> None: ...
+
+    @METRICS.register("my_metric")
+    class MyMetric(Metric):
+        settings = MySettings
+        display_name, higher_is_better, columns = "My metric", False, ("my_metric",)
+        def compute(self, ctx: MeasureContext) -> Measurement: ...
+
+It receives only its own settings (``self.config``) and a :class:`MeasureContext`; it
+returns a :class:`Measurement`. The loop writes ``values`` (scalars), ``details`` and
+``sizes`` to metrics.json with each value's display name and direction, and the report
+reads them from there (it never imports a metric).
+"""
 
 from __future__ import annotations
 
@@ -11,46 +30,57 @@ from typing import Any
 
 import numpy as np
 
+from lmcollapse.data.blocks import HumanData, Sample
 from lmcollapse.errors import ConfigError
-from lmcollapse.registry import Registry
+from lmcollapse.sampling import fixed_sample
 
-METRICS: Registry[type[Metric]] = Registry("metric")
+
+@dataclass
+class Measurement:
+    """What one metric measured on one row.
+
+    Attributes:
+        values: scalar results by key (the metric's ``name`` is its headline value).
+        details: settings as applied and anything a reader needs to interpret the values.
+        sizes: what was drawn (samples, tokens, draws): the "equal sizes" rule, stated.
+    """
+
+    values: dict[str, float]
+    details: dict[str, Any] = field(default_factory=dict)
+    sizes: dict[str, int | float] = field(default_factory=dict)
 
 
 @dataclass
 class MeasureContext:
     """Everything a metric may read. ``model`` and ``corpus`` are None for the human row."""
 
-    cfg: Any
     accelerator: Any
     tokenizer: Any
-    human: Any
-    generation: int | None = None
-    model: Any = None
-    corpus: list[dict[str, Any]] | None = None
-    source: Any = None
-    seed: int | None = None
-    #: where this generation's (or the human row's) files live; metrics may cache there
-    out_dir: Path | None = None
-    seed_dir: Path | None = None
-    #: returns the seed's generation-0 model (loaded once)
-    reference_model: Callable[[], Any] | None = None
+    human: HumanData
     #: the longest sequence the scored models were trained on (a scratch model:
     #: ``data.block_tokens``; a pretrained one: its own context); no window may exceed it
-    trained_length: int | None = None
-    extras: dict[str, Any] = field(default_factory=dict)
+    trained_length: int
+    #: length of one corpus sample as written (new tokens, plus the prompt if kept), and
+    #: the config keys that set it (for messages)
+    sample_tokens: int
+    sample_tokens_from: str
+    #: returns the seed's generation-0 model (loaded once)
+    reference_model: Callable[[], Any]
+    #: the seed's directory; ``out_dir`` is this row's (metrics may cache files there)
+    seed_dir: Path
+    out_dir: Path
+    #: the exact distribution of human text, where the data source knows it
+    truth: Any = None
+    generation: int | None = None
+    model: Any = None
+    corpus: list[Sample] | None = None
 
     @property
-    def main(self) -> bool:
+    def is_main_process(self) -> bool:
         return self.accelerator.is_main_process
 
     def corpus_seqs(self) -> list[Any]:
         return [r["input_ids"] for r in self.corpus]
-
-    def sample_tokens(self) -> int:
-        """Length of one corpus sample as written (new tokens, plus the prompt if kept)."""
-        g = self.cfg.generate
-        return g.new_tokens + (g.prompt_tokens if g.keep_prompt else 0)
 
     @cached_property
     def human_stream(self) -> np.ndarray:
@@ -61,15 +91,11 @@ class MeasureContext:
 
     def human_chunks(self, count: int | None, seed: int) -> list[np.ndarray]:
         """Up to ``count`` held-out human samples shaped like corpus samples: disjoint
-        ``sample_tokens()``-token chunks of the test text (special tokens left out), drawn
+        ``sample_tokens``-token chunks of the test text (special tokens left out), drawn
         with ``seed``, in order."""
-        length = self.sample_tokens()
-        stream = self.human_stream
-        n = len(stream) // length
-        pick = np.arange(n)
-        if count is not None and count < n:
-            pick = np.sort(np.random.default_rng(seed).choice(n, size=count, replace=False))
-        return [stream[i * length:(i + 1) * length] for i in pick]
+        length, stream = self.sample_tokens, self.human_stream
+        chunks = [stream[i * length:(i + 1) * length] for i in range(len(stream) // length)]
+        return fixed_sample(chunks, count, seed)
 
     def content(self, seqs: list) -> list[np.ndarray]:
         """``seqs`` without the tokenizer's special tokens. A pretrained tokenizer may put
@@ -89,58 +115,69 @@ class MeasureContext:
         allow; a larger configured size is refused, naming ``where`` and the maximum.
         """
         corpus = len(self.human.train)
-        human = len(self.human_stream) // self.sample_tokens()
+        human = len(self.human_stream) // self.sample_tokens
         most = min(corpus, human)
         if most < 2:
             raise ConfigError(
-                f"{where}: the human test split gives {human} samples of {self.sample_tokens()} "
+                f"{where}: the human test split gives {human} samples of {self.sample_tokens} "
                 f"tokens; size-dependent metrics need at least 2. Use more test text.")
         if configured is None:
             return most
         if configured > most:
             raise ConfigError(
                 f"{where}: {configured} samples requested, but the human test split gives "
-                f"{human} samples of {self.sample_tokens()} tokens (generate.new_tokens"
-                f"{' + prompt_tokens' if self.cfg.generate.keep_prompt else ''}) and a corpus "
-                f"holds {corpus}; allowed: 2..{most}, or null for {most}")
+                f"{human} samples of {self.sample_tokens} tokens ({self.sample_tokens_from}) "
+                f"and a corpus holds {corpus}; allowed: 2..{most}, or null for {most}")
         return configured
 
 
 class Metric:
     """Base class.
 
-    Subclasses set ``name``, ``display_name`` and ``higher_is_better`` (for the headline value
-    ``values[name]``; ``directions`` overrides it for other keys they return) and implement
-    :meth:`compute`. :meth:`preflight` runs before the loop starts and raises on anything that
-    would make the metric fail later.
+    Subclasses set ``display_name`` and ``higher_is_better`` (for the headline value
+    ``values[headline]``, by default ``values[name]``; ``directions`` overrides it for other
+    keys they return), ``columns`` (the keys the leaderboard shows by default) and
+    ``settings`` (their settings dataclass,
+    the YAML section ``metrics.<section>``; ``section`` defaults to the registered name),
+    and implement :meth:`compute`. :meth:`preflight` runs before the loop starts and raises
+    on anything that would make the metric fail later.
     """
 
     name = ""
+    section = ""
+    #: the key of the headline value (default: the metric's name)
+    headline = ""
+    settings: type | None = None
     display_name = ""
     #: True / False; None where neither direction is better (compare with the human row)
     higher_is_better: bool | None = False
     directions: dict[str, bool | None] = {}
+    #: value keys the leaderboard shows unless the user picks columns
+    columns: tuple[str, ...] = ()
 
-    def __init__(self, cfg: Any) -> None:
-        self.cfg = cfg
+    def __init__(self, settings: Any = None) -> None:
+        self.config = settings
 
     def preflight(self, ctx: MeasureContext) -> None:
         """Check the metric can run (files, models, sizes); raise ConfigError otherwise."""
 
-    def compute(self, ctx: MeasureContext) -> dict[str, Any]:
-        """Values for generation ``ctx.generation``: scalars, and ``_details`` for the rest."""
+    def compute(self, ctx: MeasureContext) -> Measurement:
+        """Values for generation ``ctx.generation``."""
         raise NotImplementedError
 
-    def human_reference(self, ctx: MeasureContext) -> dict[str, Any] | None:
+    def human_reference(self, ctx: MeasureContext) -> Measurement | None:
         """The same values on held-out human text, or None where they do not apply."""
         return None
 
+    def describe(self, m: Measurement) -> str:
+        """One line for the report: how the values were measured (windows, sizes)."""
+        return ", ".join(f"{k} {v}" for k, v in {**m.sizes, **m.details}.items()
+                         if isinstance(v, int | float | str))
+
     def meta(self, key: str) -> dict[str, Any]:
-        return {"metric": self.name, "display_name": self.display_name if key == self.name
-                else f"{self.display_name} ({key})",
-                "higher_is_better": self.directions.get(key, self.higher_is_better)}
-
-
-def metric_meta(metric: Metric, values: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Per scalar key: which metric made it, its display name and direction."""
-    return {k: metric.meta(k) for k in values if not k.startswith("_")}
+        """Which metric made value ``key``, its display name, direction and whether the
+        leaderboard shows it by default."""
+        return {"metric": self.name, "display_name": self.display_name
+                if key == (self.headline or self.name) else f"{self.display_name} ({key})",
+                "higher_is_better": self.directions.get(key, self.higher_is_better),
+                "column": key in self.columns}

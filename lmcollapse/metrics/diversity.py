@@ -10,40 +10,20 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 from nltk.translate.bleu_score import SmoothingFunction
 
-from lmcollapse.metrics.base import METRICS, MeasureContext, Metric
+from lmcollapse.config import positive, sample_size
+from lmcollapse.metrics.base import MeasureContext, Measurement, Metric
+from lmcollapse.registry import METRICS
+from lmcollapse.sampling import fixed_sample
 
 TokenSeqs = Sequence[Sequence[int]]
 
 #: nltk's smoothing method 1 adds this to zero n-gram match counts
 BLEU_EPSILON = SmoothingFunction().epsilon
-
-
-def fixed_sample(seqs: TokenSeqs, size: int, seed: int) -> list:
-    """Draws a deterministic sample without replacement, keeping corpus order.
-
-    Args:
-        seqs: The corpus to sample from.
-        size: Number of items to draw. If ``size >= len(seqs)`` every item is returned.
-        seed: Seed for ``numpy.random.default_rng``.
-
-    Returns:
-        A new list with the sampled items, ordered by their index in ``seqs``.
-
-    Raises:
-        ValueError: If ``size`` is negative.
-    """
-    if size < 0:
-        raise ValueError(f"size must be non-negative, got {size}")
-    if size >= len(seqs):
-        return list(seqs)
-    rng = np.random.default_rng(seed)
-    idx = np.sort(rng.choice(len(seqs), size=size, replace=False))
-    return [seqs[i] for i in idx.tolist()]
 
 
 def _as_int_list(seq: Sequence[int]) -> list[int]:
@@ -213,6 +193,23 @@ def diversity_metrics(
     return out
 
 
+@dataclass
+class DiversitySettings:
+    """``metrics.diversity``: equal-size samples for the human row and every corpus (None:
+    the largest size both allow; ``self_bleu_sample`` None: ``sample_size``), averaged over
+    ``draws`` draws."""
+
+    sample_size: int | None = None
+    self_bleu_sample: int | None = None
+    draws: int = 3
+    seed: int = 0
+
+    def check(self, where: str) -> None:
+        sample_size(self.sample_size, f"{where}.sample_size")
+        sample_size(self.self_bleu_sample, f"{where}.self_bleu_sample")
+        positive(self.draws, f"{where}.draws")
+
+
 @METRICS.register("diversity")
 class Diversity(Metric):
     """distinct-1..4, n-gram entropy 1..4 (bits) and Self-BLEU-4 on fixed-size samples.
@@ -223,12 +220,13 @@ class Diversity(Metric):
     n-grams or a lower Self-BLEU than human text is drift, not health, so every value is
     ranked by its closeness to the human row (``higher_is_better`` None)."""
 
-    name = "diversity"
+    settings = DiversitySettings
     display_name = "Diversity"
     higher_is_better = None
+    columns = ("distinct_4", "self_bleu")
 
     def _sizes(self, ctx: MeasureContext) -> tuple[int, int]:
-        d = ctx.cfg.metrics.diversity
+        d = self.config
         size = ctx.equal_size(d.sample_size, "metrics.diversity.sample_size")
         bleu = ctx.equal_size(d.self_bleu_sample, "metrics.diversity.self_bleu_sample") \
             if d.self_bleu_sample is not None else size
@@ -237,8 +235,8 @@ class Diversity(Metric):
     def preflight(self, ctx: MeasureContext) -> None:
         self._sizes(ctx)
 
-    def _measure(self, ctx: MeasureContext, pool: list) -> dict[str, Any]:
-        d = ctx.cfg.metrics.diversity
+    def _measure(self, ctx: MeasureContext, pool: list) -> Measurement:
+        d = self.config
         sizes = self._sizes(ctx)
         pool = ctx.content(pool)
         runs = [diversity_metrics(pool, sizes[0], d.seed + i, max_n=4,
@@ -246,14 +244,20 @@ class Diversity(Metric):
         values = {k: float(np.mean([r[k] for r in runs])) for k in runs[0]
                   if k not in ("sample_size", "self_bleu_sample")}
         # the sizes actually drawn, and their token count (special tokens left out)
-        details = {"sample_size": runs[0]["sample_size"],
-                   "self_bleu_sample": runs[0]["self_bleu_sample"],
-                   "sample_tokens": sum(map(len, fixed_sample(pool, sizes[0], d.seed))),
-                   "draws": d.draws, "seed": d.seed, "unit": "model tokens"}
-        return {**values, "_details": {"diversity": details}}
+        return Measurement(values, details={"seed": d.seed, "unit": "model tokens"},
+                           sizes={"sample_size": runs[0]["sample_size"],
+                                  "self_bleu_sample": runs[0]["self_bleu_sample"],
+                                  "sample_tokens": sum(map(len, fixed_sample(
+                                      pool, sizes[0], d.seed))),
+                                  "draws": d.draws})
 
-    def compute(self, ctx: MeasureContext) -> dict[str, Any]:
+    def compute(self, ctx: MeasureContext) -> Measurement:
         return self._measure(ctx, ctx.corpus_seqs())
 
-    def human_reference(self, ctx: MeasureContext) -> dict[str, Any]:
+    def human_reference(self, ctx: MeasureContext) -> Measurement:
         return self._measure(ctx, ctx.human_chunks(None, 0))
+
+    def describe(self, m: Measurement) -> str:
+        s = m.sizes
+        return (f"{s['sample_size']} samples ({s['sample_tokens']} tokens), Self-BLEU on "
+                f"{s['self_bleu_sample']}, mean of {s['draws']} draws")

@@ -6,18 +6,29 @@ newline-separated in training). Reported per word (``.`` counts as a word):
 ``excess = (sum log p - sum log q_k) / words``, beside the source's entropy rate. q_k scores
 one tokenisation of x, a lower bound on q_k(x), so the excess is an upper bound (tight when
 the model puts its mass on the tokenizer's segmentation, as a model trained on it does).
-Documents longer than the scoring window are scored in sliding windows, the same windows as
-held-out perplexity (``metrics.perplexity``: never longer than the trained length).
+Documents longer than the scoring window are scored in sliding windows (by default the
+same windows as held-out perplexity: never longer than the trained length).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
 
 from lmcollapse.errors import ConfigError
-from lmcollapse.metrics.base import METRICS, MeasureContext, Metric
-from lmcollapse.metrics.perplexity import sliding_windows, window_settings
-from lmcollapse.scoring import masked_nll
+from lmcollapse.metrics.base import MeasureContext, Measurement, Metric
+from lmcollapse.metrics.perplexity import WindowSettings, sliding_windows
+from lmcollapse.registry import METRICS
+from lmcollapse.scoring import score
+
+WHERE = "metrics.ground_truth"
+
+
+@dataclass
+class GroundTruthSettings(WindowSettings):
+    """``metrics.ground_truth``: the scoring windows (default: the trained length, stride
+    half of it) and the batch size."""
+
+    batch_size: int = 32
 
 
 def _scored_docs(ctx: MeasureContext) -> tuple[list[str], list[list[int]], int]:
@@ -29,43 +40,47 @@ def _scored_docs(ctx: MeasureContext) -> tuple[list[str], list[list[int]], int]:
 
 @METRICS.register("ground_truth")
 class GroundTruth(Metric):
-    name = "excess_nats_per_word"
+    headline = "excess_nats_per_word"
+    settings = GroundTruthSettings
     display_name = "Excess log-loss vs source (nats/word)"
     higher_is_better = False
     directions = {"model_nats_per_word": False, "source_nats_per_word": None,
                   "source_entropy_rate": None}
+    columns = ("excess_nats_per_word",)
 
     def preflight(self, ctx: MeasureContext) -> None:
-        window_settings(ctx.cfg.metrics.perplexity, ctx.trained_length)  # same windows
-        if ctx.source is None:
-            raise ConfigError("metrics.names: 'ground_truth' needs data.source: synthetic "
-                              f"(the source must know log p(text)); got {ctx.cfg.data.source!r}")
+        self.config.windows(ctx.trained_length, WHERE)
+        if ctx.truth is None:
+            raise ConfigError("metrics.names: 'ground_truth' needs a data source that knows "
+                              "log p(text) (data.source: synthetic)")
 
     def _source(self, ctx: MeasureContext, docs: list[str]) -> tuple[float, int]:
-        return sum(ctx.source.log_prob(d) for d in docs), sum(ctx.source.n_words(d) for d in docs)
+        return sum(ctx.truth.log_prob(d) for d in docs), sum(ctx.truth.n_words(d) for d in docs)
 
-    def compute(self, ctx: MeasureContext) -> dict[str, Any]:
+    def compute(self, ctx: MeasureContext) -> Measurement:
         docs, seqs, start = _scored_docs(ctx)
         log_p, words = self._source(ctx, docs)
-        # documents longer than the window are scored in sliding windows, as perplexity is
-        length, stride = window_settings(ctx.cfg.metrics.perplexity, ctx.trained_length)
+        length, stride = self.config.windows(ctx.trained_length, WHERE)
         windows = [(s[b:e], max(f, start - b)) for s in seqs
                    for b, e, f in sliding_windows(len(s), length, stride)]
-        bs, nll = ctx.cfg.metrics.ground_truth.batch_size, 0.0
-        ctx.model.eval()
-        for i in range(0, len(windows), bs):
-            batch = windows[i:i + bs]
-            nll += masked_nll(ctx.model, [w for w, _ in batch], [f for _, f in batch],
-                              ctx.tokenizer.pad_token_id)[0].sum().item()
-        return {"excess_nats_per_word": (log_p + nll) / words, "model_nats_per_word": nll / words,
-                "source_nats_per_word": -log_p / words,
-                "source_entropy_rate": ctx.source.entropy_rate(),
-                "_details": {"ground_truth": {"documents": len(docs), "words": words,
-                                              "max_length": length, "stride": stride}}}
+        nll, _ = score(ctx.accelerator, ctx.model, [w for w, _ in windows],
+                       [f for _, f in windows], ctx.tokenizer.pad_token_id,
+                       self.config.batch_size, desc=f"ground truth gen {ctx.generation}")
+        nll = float(nll.sum())
+        return Measurement(
+            values={"excess_nats_per_word": (log_p + nll) / words,
+                    "model_nats_per_word": nll / words, "source_nats_per_word": -log_p / words,
+                    "source_entropy_rate": ctx.truth.entropy_rate()},
+            details={"max_length": length, "stride": stride},
+            sizes={"documents": len(docs), "words": words})
 
-    def human_reference(self, ctx: MeasureContext) -> dict[str, Any]:
+    def human_reference(self, ctx: MeasureContext) -> Measurement:
         docs, _, _ = _scored_docs(ctx)
         log_p, words = self._source(ctx, docs)
-        return {"excess_nats_per_word": 0.0, "source_nats_per_word": -log_p / words,
-                "source_entropy_rate": ctx.source.entropy_rate(),
-                "_details": {"ground_truth": {"documents": len(docs), "words": words}}}
+        return Measurement(values={"excess_nats_per_word": 0.0,
+                                   "source_nats_per_word": -log_p / words,
+                                   "source_entropy_rate": ctx.truth.entropy_rate()},
+                           sizes={"documents": len(docs), "words": words})
+
+    def describe(self, m: Measurement) -> str:
+        return f"exact log p of {m.sizes['documents']} test documents ({m.sizes['words']} words)"

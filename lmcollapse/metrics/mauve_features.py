@@ -5,16 +5,22 @@ from __future__ import annotations
 import numbers
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import mauve
 import numpy as np
 import torch
+from transformers import AutoTokenizer
 
+from lmcollapse.config import positive, sample_size
 from lmcollapse.errors import ConfigError
-from lmcollapse.metrics.base import METRICS, MeasureContext, Metric
-from lmcollapse.metrics.diversity import fixed_sample
+from lmcollapse.files import write_npy
+from lmcollapse.metrics.base import MeasureContext, Measurement, Metric
+from lmcollapse.models import load_model
+from lmcollapse.registry import METRICS
+from lmcollapse.sampling import fixed_sample
 from lmcollapse.scoring import pad_batch
 
 TokenSeqs = Sequence[Sequence[int]]
@@ -154,6 +160,29 @@ def mauve_score(
     }
 
 
+@dataclass
+class MauveSettings:
+    """``metrics.mauve``. ``featurizer``: ``gen0`` (the seed's generation-0 model), a hub id
+    or a local dir; ``num_samples`` human and corpus samples (None: the largest size both
+    allow)."""
+
+    featurizer: str = "gen0"
+    num_samples: int | None = None
+    num_buckets: str = "auto"
+    seeds: list[int] = field(default_factory=lambda: [1, 2, 3])
+    batch_size: int = 32
+    seed: int = 0
+
+    def check(self, where: str) -> None:
+        sample_size(self.num_samples, f"{where}.num_samples")
+        positive(self.batch_size, f"{where}.batch_size")
+        if self.num_buckets != "auto" and not self.num_buckets.isdigit():
+            raise ConfigError(f"{where}.num_buckets: 'auto' or a positive integer, got "
+                              f"{self.num_buckets!r}")
+        if not self.seeds:
+            raise ConfigError(f"{where}.seeds: give at least one k-means seed")
+
+
 @METRICS.register("mauve")
 class Mauve(Metric):
     """MAUVE between held-out human text and corpus k on the harness's own features.
@@ -165,30 +194,27 @@ class Mauve(Metric):
     Scores compare only within one featurizer setting; it is written beside the score.
     """
 
-    name = "mauve"
+    settings = MauveSettings
     display_name = "MAUVE"
     higher_is_better = True
     directions = {"mauve_std": None}
+    columns = ("mauve",)
 
-    def __init__(self, cfg: Any) -> None:
-        super().__init__(cfg)
+    def __init__(self, settings: MauveSettings) -> None:
+        super().__init__(settings)
         self._external: tuple[Any, Any] | None = None
 
     def _size(self, ctx: MeasureContext) -> int:
-        return ctx.equal_size(self.cfg.metrics.mauve.num_samples, "metrics.mauve.num_samples")
+        return ctx.equal_size(self.config.num_samples, "metrics.mauve.num_samples")
 
     def preflight(self, ctx: MeasureContext) -> None:
         self._size(ctx)
-        if self.cfg.metrics.mauve.featurizer != "gen0":
+        if self.config.featurizer != "gen0":
             self._load_external()
 
     def _load_external(self) -> tuple[Any, Any]:
         if self._external is None:
-            from transformers import AutoTokenizer
-
-            from lmcollapse.models import load_model
-
-            name = self.cfg.metrics.mauve.featurizer
+            name = self.config.featurizer
             try:
                 tok = AutoTokenizer.from_pretrained(name)
                 model = load_model(name)
@@ -203,7 +229,7 @@ class Mauve(Metric):
         return self._external
 
     def _features(self, ctx: MeasureContext, seqs: list, cache: Path) -> np.ndarray:
-        m = self.cfg.metrics.mauve
+        m = self.config
         if cache.exists():
             return np.load(cache)
         if m.featurizer == "gen0":
@@ -217,42 +243,46 @@ class Mauve(Metric):
             pad = tok.pad_token_id
         feats = terminal_hidden_states(model, feats_in, batch_size=m.batch_size,
                                        device=ctx.accelerator.device, pad_id=pad)
-        if ctx.main:
-            from lmcollapse.io import write_npy
-
+        if ctx.is_main_process:
             write_npy(cache, feats)  # atomic: a killed run never leaves a truncated cache
         return feats
 
     def _cache_name(self) -> str:
-        slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", self.cfg.metrics.mauve.featurizer).strip("_")
+        slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", self.config.featurizer).strip("_")
         return f"features_{slug}.npy"
 
-    def _score(self, ctx: MeasureContext, p_feats: np.ndarray, q_feats: np.ndarray) -> dict:
-        m = self.cfg.metrics.mauve
+    def _score(self, p_feats: np.ndarray, q_feats: np.ndarray) -> Measurement:
+        m = self.config
         buckets = m.num_buckets if m.num_buckets == "auto" else int(m.num_buckets)
         out = mauve_score(p_feats, q_feats, buckets, m.seeds)
-        details = {k: out[k] for k in ("mauve_runs", "num_buckets", "n_p", "n_q")}
-        details.update(featurizer=m.featurizer, kmeans_seeds=list(m.seeds))
-        return {"mauve": out["mauve"], "mauve_std": out["mauve_std"],
-                "_details": {"mauve": details}}
+        return Measurement({"mauve": out["mauve"], "mauve_std": out["mauve_std"]},
+                           details={"mauve_runs": out["mauve_runs"],
+                                    "num_buckets": out["num_buckets"],
+                                    "featurizer": m.featurizer, "kmeans_seeds": list(m.seeds)},
+                           sizes={"n_p": out["n_p"], "n_q": out["n_q"]})
 
     def _human(self, ctx: MeasureContext) -> np.ndarray:
-        m = self.cfg.metrics.mauve
+        m = self.config
         chunks = ctx.human_chunks(self._size(ctx), m.seed)
         return self._features(ctx, chunks, ctx.seed_dir / "human" / self._cache_name())
 
-    def compute(self, ctx: MeasureContext) -> dict[str, Any]:
-        m = self.cfg.metrics.mauve
+    def compute(self, ctx: MeasureContext) -> Measurement:
+        m = self.config
         q = self._features(ctx, fixed_sample(ctx.corpus_seqs(), self._size(ctx), m.seed),
                            ctx.out_dir / self._cache_name())
-        return self._score(ctx, self._human(ctx), q)
+        return self._score(self._human(ctx), q)
 
-    def human_reference(self, ctx: MeasureContext) -> dict[str, Any]:
+    def human_reference(self, ctx: MeasureContext) -> Measurement:
         """MAUVE of held-out human text against human training text: the ceiling."""
-        m = self.cfg.metrics.mauve
-        length = ctx.sample_tokens()
+        m = self.config
+        length = ctx.sample_tokens
         train = [r["input_ids"][:length] for r in ctx.human.train]
         q = self._features(ctx, fixed_sample(train, self._size(ctx), m.seed),
                            ctx.out_dir / ("train_" + self._cache_name()))
-        return self._score(ctx, self._human(ctx), q)
+        return self._score(self._human(ctx), q)
+
+    def describe(self, m: Measurement) -> str:
+        return (f"{m.sizes['n_p']} vs {m.sizes['n_q']} samples, {m.details['num_buckets']} "
+                f"buckets, {m.details['featurizer']} features (scores compare only within one "
+                "featurizer)")
 

@@ -3,14 +3,62 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from dataclasses import dataclass
 
-import torch
-from tqdm.auto import tqdm
-
+from lmcollapse.config import positive
 from lmcollapse.errors import ConfigError
-from lmcollapse.metrics.base import METRICS, MeasureContext, Metric
-from lmcollapse.scoring import masked_nll
+from lmcollapse.metrics.base import MeasureContext, Measurement, Metric
+from lmcollapse.registry import METRICS
+from lmcollapse.scoring import score
+
+
+@dataclass
+class WindowSettings:
+    """Sliding windows. ``max_length`` defaults to the trained length (a scratch model:
+    ``data.block_tokens``; a pretrained one: its context, at most 1024) and may not exceed
+    it; ``stride`` defaults to half the window."""
+
+    max_length: int | None = None
+    stride: int | None = None
+    batch_size: int = 8
+
+    def check(self, where: str) -> None:
+        positive(self.max_length, f"{where}.max_length", allow_none=True)
+        positive(self.stride, f"{where}.stride", allow_none=True)
+        positive(self.batch_size, f"{where}.batch_size")
+        if self.max_length and self.stride and self.stride > self.max_length:
+            raise ConfigError(f"{where}.stride must be <= {where}.max_length")
+
+    def windows(self, trained_length: int | None, where: str) -> tuple[int, int]:
+        """(max_length, stride) of the scoring windows.
+
+        A model is never scored beyond the length it was trained on (``trained_length``: the
+        block length for a scratch model, the context for a pretrained one): the window is
+        ``max_length`` or, by default, ``min(trained_length, 1024)``; the stride defaults to
+        half the window. A configured window longer than the trained length raises
+        ConfigError naming ``where`` and the limit.
+        """
+        limit = trained_length or 1024
+        if self.max_length is not None and self.max_length > limit:
+            raise ConfigError(
+                f"{where}.max_length: {self.max_length} exceeds the trained length of {limit} "
+                f"tokens (data.block_tokens for a scratch model, the context of a pretrained "
+                f"one); allowed: 1..{limit}, or null for {min(limit, 1024)}")
+        max_length = self.max_length or min(limit, 1024)
+        stride = min(self.stride or max(1, max_length // 2), max_length)
+        return max_length, stride
+
+
+@dataclass
+class PerplexitySettings(WindowSettings):
+    """``metrics.perplexity``: the windows, and ``max_tokens`` to score only the start of
+    the test text."""
+
+    max_tokens: int | None = None
+
+    def check(self, where: str) -> None:
+        super().check(where)
+        positive(self.max_tokens, f"{where}.max_tokens", allow_none=True)
 
 
 def sliding_windows(n_tokens: int, max_length: int, stride: int) -> list[tuple[int, int, int]]:
@@ -26,64 +74,39 @@ def sliding_windows(n_tokens: int, max_length: int, stride: int) -> list[tuple[i
     return windows
 
 
-def window_settings(pcfg: Any, trained_length: int | None) -> tuple[int, int]:
-    """(max_length, stride) of the scoring windows.
-
-    A model is never scored beyond the length it was trained on (``trained_length``: the
-    block length for a scratch model, the context for a pretrained one): the window is
-    ``metrics.perplexity.max_length`` or, by default, ``min(trained_length, 1024)``; the
-    stride defaults to half the window. A configured window longer than the trained length
-    raises ConfigError naming the field and the limit.
-    """
-    limit = trained_length or 1024
-    if pcfg.max_length is not None and pcfg.max_length > limit:
-        raise ConfigError(
-            f"metrics.perplexity.max_length: {pcfg.max_length} exceeds the trained length of "
-            f"{limit} tokens (data.block_tokens for a scratch model, the context of a "
-            f"pretrained one); allowed: 1..{limit}, or null for {min(limit, 1024)}")
-    max_length = pcfg.max_length or min(limit, 1024)
-    stride = min(pcfg.stride or max(1, max_length // 2), max_length)
-    return max_length, stride
-
-
-def stream_perplexity(accelerator: Any, model: Any, stream: list[int], max_length: int,
-                      stride: int, pad_id: int, batch_size: int,
+def stream_perplexity(accelerator, model, stream: list[int], max_length: int, stride: int,
+                      pad_id: int, batch_size: int,
                       desc: str = "perplexity") -> tuple[float, float]:
     """Sliding-window (total NLL, scored tokens) of ``stream``, windows sharded over processes."""
     windows = sliding_windows(len(stream), max_length, stride)
-    model.eval()
-    nll_sum, count_sum = 0.0, 0.0
-    with accelerator.split_between_processes(windows) as mine:
-        batches = [mine[i:i + batch_size] for i in range(0, len(mine), batch_size)]
-        for batch in tqdm(batches, desc=desc, disable=not accelerator.is_local_main_process,
-                          leave=False):
-            seqs = [stream[b:e] for b, e, _ in batch]
-            nll, count = masked_nll(model, seqs, [s for _, _, s in batch], pad_id)
-            nll_sum, count_sum = nll_sum + nll.sum().item(), count_sum + count.sum().item()
-    totals = torch.tensor([nll_sum, count_sum], dtype=torch.float64, device=accelerator.device)
-    totals = accelerator.reduce(totals, reduction="sum")
-    return totals[0].item(), totals[1].item()
+    nll, count = score(accelerator, model, [stream[b:e] for b, e, _ in windows],
+                       [f for _, _, f in windows], pad_id, batch_size, desc=desc)
+    return float(nll.sum()), float(count.sum())
 
 
 @METRICS.register("perplexity")
 class HeldOutPerplexity(Metric):
-    name = "perplexity"
+    settings = PerplexitySettings
     display_name = "Held-out perplexity"
     higher_is_better = False
+    columns = ("perplexity",)
 
     def preflight(self, ctx: MeasureContext) -> None:
-        window_settings(ctx.cfg.metrics.perplexity, ctx.trained_length)
+        self.config.windows(ctx.trained_length, "metrics.perplexity")
 
-    def compute(self, ctx: MeasureContext) -> dict[str, Any]:
-        pcfg = ctx.cfg.metrics.perplexity
-        stream = ctx.human.test_stream[: pcfg.max_tokens] if pcfg.max_tokens else \
-            ctx.human.test_stream
-        max_length, stride = window_settings(pcfg, ctx.trained_length)
+    def compute(self, ctx: MeasureContext) -> Measurement:
+        p = self.config
+        stream = ctx.human.test_stream[: p.max_tokens] if p.max_tokens else ctx.human.test_stream
+        max_length, stride = p.windows(ctx.trained_length, "metrics.perplexity")
         nll, count = stream_perplexity(ctx.accelerator, ctx.model, stream, max_length, stride,
-                                       ctx.tokenizer.pad_token_id, pcfg.batch_size,
+                                       ctx.tokenizer.pad_token_id, p.batch_size,
                                        desc=f"perplexity gen {ctx.generation}")
-        return {"perplexity": math.exp(nll / count), "test_nll_per_token": nll / count,
-                "_details": {"perplexity": {"max_length": max_length, "stride": stride,
-                                            "trained_length": ctx.trained_length,
-                                            "scored_tokens": int(count),
-                                            "test_tokens": len(stream)}}}
+        return Measurement(
+            values={"perplexity": math.exp(nll / count), "test_nll_per_token": nll / count},
+            details={"max_length": max_length, "stride": stride,
+                     "trained_length": ctx.trained_length},
+            sizes={"scored_tokens": int(count), "test_tokens": len(stream)})
+
+    def describe(self, m: Measurement) -> str:
+        return (f"sliding window {m.details['max_length']}, stride {m.details['stride']} over "
+                f"{m.sizes['test_tokens']} test tokens")

@@ -11,67 +11,78 @@ histograms (their Fig. 1: mass moves to low perplexity while a long high tail gr
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from accelerate.utils import gather_object
-from tqdm.auto import tqdm
 
-from lmcollapse import io
-from lmcollapse.metrics.base import METRICS, MeasureContext, Metric
-from lmcollapse.metrics.diversity import fixed_sample
-from lmcollapse.scoring import masked_nll
+from lmcollapse import files
+from lmcollapse.config import positive, sample_size
+from lmcollapse.metrics.base import MeasureContext, Measurement, Metric
+from lmcollapse.registry import METRICS
+from lmcollapse.sampling import fixed_sample
+from lmcollapse.scoring import score
 
 QUANTILES = (5, 50, 95, 99)
+SCORES_FILE = "reference_scores.parquet"
+
+
+@dataclass
+class ReferenceSettings:
+    """``metrics.reference``: ``sample_size`` samples of the corpus and as many held-out
+    human chunks are scored (None: the largest size both allow)."""
+
+    sample_size: int | None = None
+    batch_size: int = 64
+    seed: int = 0
+
+    def check(self, where: str) -> None:
+        sample_size(self.sample_size, f"{where}.sample_size")
+        positive(self.batch_size, f"{where}.batch_size")
 
 
 def per_sample_perplexity(accelerator: Any, model: Any, seqs: list, pad_id: int,
                           batch_size: int, desc: str = "reference scoring") -> np.ndarray:
-    """exp(mean NLL) of each sequence under ``model``; samples sharded over processes."""
-    model.eval()
-    scored: list[tuple[int, float]] = []
-    with accelerator.split_between_processes(list(range(len(seqs)))) as mine:
-        batches = [mine[i:i + batch_size] for i in range(0, len(mine), batch_size)]
-        for batch in tqdm(batches, desc=desc, disable=not accelerator.is_local_main_process,
-                          leave=False):
-            nll, count = masked_nll(model, [seqs[i] for i in batch], [1] * len(batch), pad_id)
-            ppl = (nll / count.clamp(min=1)).exp().tolist()
-            scored += list(zip(batch, ppl, strict=True))
-    return np.array([p for _, p in sorted(gather_object(scored))], dtype=np.float64)
+    """exp(mean NLL) of each sequence under ``model`` (its first token unscored)."""
+    nll, count = score(accelerator, model, seqs, [1] * len(seqs), pad_id, batch_size, desc)
+    return np.exp(nll / np.maximum(count, 1))
 
 
 @METRICS.register("reference_perplexity")
 class ReferencePerplexity(Metric):
-    name = "reference_perplexity"
+    section = "reference"
+    settings = ReferenceSettings
     display_name = "Gen-0 perplexity of the corpus"
     higher_is_better = None  # both ends move under collapse: compare with the human row
+    columns = ("ref_ppl_p50", "ref_ppl_p99")
 
     def preflight(self, ctx: MeasureContext) -> None:
         self._size(ctx)
 
     def _size(self, ctx: MeasureContext) -> int:
-        return ctx.equal_size(ctx.cfg.metrics.reference.sample_size,
-                              "metrics.reference.sample_size")
+        return ctx.equal_size(self.config.sample_size, "metrics.reference.sample_size")
 
-    def _measure(self, ctx: MeasureContext, seqs: list, ids: list[str]) -> dict[str, Any]:
+    def _measure(self, ctx: MeasureContext, seqs: list, ids: list[str]) -> Measurement:
         ppl = per_sample_perplexity(ctx.accelerator, ctx.reference_model(), seqs,
-                                    ctx.tokenizer.pad_token_id,
-                                    ctx.cfg.metrics.reference.batch_size,
+                                    ctx.tokenizer.pad_token_id, self.config.batch_size,
                                     desc=f"reference scoring gen {ctx.generation}")
-        if ctx.main:
-            io.write_rows(ctx.out_dir / "reference_scores.parquet",
-                          [{"sample_id": i, "perplexity": p} for i, p in zip(ids, ppl,
-                                                                           strict=True)])
+        if ctx.is_main_process:
+            files.write_rows(ctx.out_dir / SCORES_FILE,
+                             [{"sample_id": i, "perplexity": p}
+                              for i, p in zip(ids, ppl.tolist(), strict=True)])
         values = {f"ref_ppl_p{q}": float(np.percentile(ppl, q)) for q in QUANTILES}
         values["ref_ppl_mean"] = float(ppl.mean())
-        return {**values, "_details": {"reference_perplexity": {
-            "scorer": "generation 0 of this seed", "samples": len(ppl),
-            "seed": ctx.cfg.metrics.reference.seed, "file": "reference_scores.parquet"}}}
+        return Measurement(values, details={"scorer": "generation 0 of this seed",
+                                            "seed": self.config.seed, "file": SCORES_FILE},
+                           sizes={"samples": len(ppl)})
 
-    def compute(self, ctx: MeasureContext) -> dict[str, Any]:
-        rows = fixed_sample(ctx.corpus, self._size(ctx), ctx.cfg.metrics.reference.seed)
+    def compute(self, ctx: MeasureContext) -> Measurement:
+        rows = fixed_sample(ctx.corpus, self._size(ctx), self.config.seed)
         return self._measure(ctx, [r["input_ids"] for r in rows], [r["sample_id"] for r in rows])
 
-    def human_reference(self, ctx: MeasureContext) -> dict[str, Any]:
-        chunks = ctx.human_chunks(self._size(ctx), ctx.cfg.metrics.reference.seed)
+    def human_reference(self, ctx: MeasureContext) -> Measurement:
+        chunks = ctx.human_chunks(self._size(ctx), self.config.seed)
         return self._measure(ctx, chunks, [f"human:test:{i}" for i in range(len(chunks))])
+
+    def describe(self, m: Measurement) -> str:
+        return f"{m.sizes['samples']} samples scored by generation 0 of the seed"

@@ -10,12 +10,15 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 
-from lmcollapse.metrics.base import METRICS, MeasureContext, Metric
-from lmcollapse.metrics.diversity import fixed_sample
+from lmcollapse.config import positive, sample_size
+from lmcollapse.errors import ConfigError
+from lmcollapse.metrics.base import MeasureContext, Measurement, Metric
+from lmcollapse.registry import METRICS
+from lmcollapse.sampling import fixed_sample
 
 TokenSeqs = Sequence[Sequence[int]]
 
@@ -185,6 +188,26 @@ def _whole(x: float) -> int | float:
     return int(x) if float(x).is_integer() else float(x)
 
 
+@dataclass
+class TailSettings:
+    """``metrics.tail``: every tail number is measured on ``sample_size`` samples (None:
+    the largest size both the human test split and a corpus allow), the same for every
+    row, averaged over ``draws`` draws."""
+
+    head_mass: float = 0.9
+    epsilon: float = 1e-6
+    sample_size: int | None = None
+    draws: int = 3
+    seed: int = 0
+
+    def check(self, where: str) -> None:
+        if not 0.0 < self.head_mass < 1.0:
+            raise ConfigError(f"{where}.head_mass: must be in (0, 1), got {self.head_mass}")
+        positive(self.epsilon, f"{where}.epsilon")
+        sample_size(self.sample_size, f"{where}.sample_size")
+        positive(self.draws, f"{where}.draws")
+
+
 @METRICS.register("tail")
 class TailLoss(Metric):
     """Tail-token loss against the human train pool (DESIGN.md, "tail-token loss").
@@ -201,19 +224,20 @@ class TailLoss(Metric):
     draw would.
     """
 
-    name = "tail"
+    settings = TailSettings
     display_name = "Tail tokens"
     higher_is_better = None
     directions = {"kl_human_corpus": False}
+    columns = ("tail_type_survival", "kl_human_corpus")
 
     def _size(self, ctx: MeasureContext) -> int:
-        return ctx.equal_size(ctx.cfg.metrics.tail.sample_size, "metrics.tail.sample_size")
+        return ctx.equal_size(self.config.sample_size, "metrics.tail.sample_size")
 
     def preflight(self, ctx: MeasureContext) -> None:
         self._size(ctx)
 
-    def _measure(self, ctx: MeasureContext, pool: list) -> dict[str, Any]:
-        t, size = ctx.cfg.metrics.tail, self._size(ctx)
+    def _measure(self, ctx: MeasureContext, pool: list) -> Measurement:
+        t, size = self.config, self._size(ctx)
         train = ctx.content([r["input_ids"] for r in ctx.human.train])
         test, pool = ctx.human_chunks(None, 0), ctx.content(pool)
         samples = [fixed_sample(pool, size, t.seed + i) for i in range(t.draws)]
@@ -223,14 +247,20 @@ class TailLoss(Metric):
                 "tail_vanished_types", "tail_mass_corpus_frac")
         out = {k: float(np.mean([r[k] for r in runs])) for k in runs[0]}
         details = {k: v for k, v in out.items() if k not in keep}
+        details["seed"] = t.seed
         # what was drawn (a corpus sample may lose special tokens, so count them)
-        details.update(sample_size=int(np.mean([len(x) for x in samples])),
-                       sample_tokens=_whole(np.mean([sum(map(len, x)) for x in samples])),
-                       draws=t.draws, seed=t.seed)
-        return {**{k: out[k] for k in keep}, "_details": {"tail": details}}
+        sizes = {"sample_size": int(np.mean([len(x) for x in samples])),
+                 "sample_tokens": _whole(np.mean([sum(map(len, x)) for x in samples])),
+                 "draws": t.draws}
+        return Measurement({k: out[k] for k in keep}, details=details, sizes=sizes)
 
-    def compute(self, ctx: MeasureContext) -> dict[str, Any]:
+    def compute(self, ctx: MeasureContext) -> Measurement:
         return self._measure(ctx, ctx.corpus_seqs())
 
-    def human_reference(self, ctx: MeasureContext) -> dict[str, Any]:
+    def human_reference(self, ctx: MeasureContext) -> Measurement:
         return self._measure(ctx, ctx.human_chunks(None, 0))
+
+    def describe(self, m: Measurement) -> str:
+        s = m.sizes
+        return (f"{s['sample_size']} samples ({s['sample_tokens']} tokens), head "
+                f"{m.details['head_mass']:g} of human mass, mean of {s['draws']} draws")

@@ -1,4 +1,5 @@
-"""Atomic file writes and the small readers/writers the run directory uses."""
+"""Atomic file writes and the small readers/writers the run directory uses (named
+``files``, not ``io``, so it never shadows the standard library)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,55 @@
+"""The data-source interface: a registered source loads the three human splits.
+
+A source is one module in this package: a settings dataclass (its YAML section,
+``data.<name>``, checked by ``check(where)``) and a class registered in
+:data:`~lmcollapse.registry.SOURCES` whose :meth:`Source.load` returns
+``{"train": [...], "validation": [...], "test": [...]}``, lists of text records in their
+original order. A source that knows the exact probability of its text (the synthetic
+Markov language) returns it from :meth:`Source.truth`, which ground-truth metrics use.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lmcollapse.errors import ConfigError
+from lmcollapse.registry import SOURCES
+
+SPLITS = ("train", "validation", "test")
+
+
+class Source:
+    """Base class of a human-data source; ``settings`` is its settings dataclass."""
+
+    name = ""
+    settings: type | None = None
+
+    def __init__(self, settings: Any) -> None:
+        self.config = settings
+
+    def load(self) -> dict[str, list[str]]:
+        """The three splits as lists of text records."""
+        raise NotImplementedError
+
+    def truth(self) -> Any | None:
+        """The exact distribution of the text (``log_prob``, ``n_words``, ``entropy_rate``,
+        ``describe``), or None when the source does not know it."""
+        return None
+
+    def describe(self) -> str:
+        """One line for the report's setup (what text, how much)."""
+        return self.name
+
+
+def make_source(data: Any) -> Source:
+    """The source ``data.source`` names, built with its section of the config."""
+    return SOURCES.get(data.source)(data.selected)
+
+
+def load_human_text(data: Any) -> dict[str, list[str]]:
+    """Load the three human splits of the configured source; refuse an empty split."""
+    splits = make_source(data).load()
+    for split in SPLITS:
+        if not any(r.strip() for r in splits[split]):
+            raise ConfigError(f"data ({data.source}): the {split} split is empty")
+    return splits

@@ -1,0 +1,113 @@
+"""The run directory: every path and step name the loop writes and the report reads.
+
+::
+
+    runs/<experiment>/
+      experiment.json                     resolved config, versions, git sha, seeds
+      tokenizer/                          (scratch models) the tokenizer trained on human train
+      base_model/                         (GGUF models) the checkpoint dequantized once
+      seed_<s>/human/metrics.json         the human reference row
+      seed_<s>/base/                      (scratch models) the seed's initial weights
+      seed_<s>/gen_00/                    shared by every policy: mix, model, corpus, metrics
+      seed_<s>/<policy>/gen_<k>/          mix.parquet, model/, corpus.parquet, metrics.json
+
+A step (``train``, ``generate``, ``measure``) of a generation is finished when its
+``<step>.done`` marker exists in the generation's directory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+#: the steps of one generation, in order (the human row has only ``measure``)
+STEPS = ("train", "generate", "measure")
+#: files of one generation's directory
+MIX, MODEL, CORPUS, METRICS, TRAIN_LOG = (
+    "mix.parquet", "model", "corpus.parquet", "metrics.json", "train_log.jsonl")
+#: the tag generation 0 carries in place of a policy (it is shared by every policy)
+SHARED = "shared"
+#: the row label of held-out human text
+HUMAN = "human"
+
+
+@dataclass(frozen=True)
+class Generation:
+    """Generation ``k`` of one cell. Generation 0 trains on human data only and is shared
+    by every policy of its seed: its ``policy`` is None (and its ``tag`` ``"shared"``)."""
+
+    seed: int
+    k: int
+    policy: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.k == 0) != (self.policy is None):
+            raise ValueError("generation 0 has no policy; every later generation has one")
+
+    @property
+    def tag(self) -> str:
+        """The policy key, or ``shared`` for generation 0 (used in derived seeds)."""
+        return self.policy or SHARED
+
+    @property
+    def previous(self) -> Generation:
+        """Generation k-1 of the same cell (generation 0 for k = 1)."""
+        return Generation(self.seed, self.k - 1, self.policy if self.k > 1 else None)
+
+    def __str__(self) -> str:
+        policy = self.policy if self.policy is not None else "all (shared)"
+        return f"seed {self.seed}, policy {policy}, generation {self.k}"
+
+
+def gen_name(k: int) -> str:
+    return f"gen_{k:02d}"
+
+
+class RunLayout:
+    """Paths of one run directory."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    @property
+    def experiment_json(self) -> Path:
+        return self.root / "experiment.json"
+
+    @property
+    def tokenizer(self) -> Path:
+        return self.root / "tokenizer"
+
+    @property
+    def base_model(self) -> Path:
+        """A GGUF checkpoint dequantized once, shared by every seed."""
+        return self.root / "base_model"
+
+    def seed_dir(self, seed: int) -> Path:
+        return self.root / f"seed_{seed}"
+
+    def scratch_base(self, seed: int) -> Path:
+        """A scratch model's initial weights for ``seed``."""
+        return self.seed_dir(seed) / "base"
+
+    def human(self, seed: int) -> Path:
+        return self.seed_dir(seed) / HUMAN
+
+    def gen_dir(self, gen: Generation) -> Path:
+        if gen.policy is None:
+            return self.seed_dir(gen.seed) / gen_name(0)
+        return self.seed_dir(gen.seed) / gen.policy / gen_name(gen.k)
+
+    def row_dir(self, seed: int, policy: str | None, generation: int | None) -> Path:
+        """The directory of one row of the results: generation None is the human row,
+        generation 0 the shared one (any policy), else ``policy``'s generation."""
+        if generation is None:
+            return self.human(seed)
+        return self.gen_dir(Generation(seed, generation, policy if generation else None))
+
+    @staticmethod
+    def marker(directory: Path, step: str) -> Path:
+        return directory / f"{step}.done"
+
+    def metrics_files(self) -> list[Path]:
+        """Every ``metrics.json`` of the run, in path order."""
+        return sorted(self.root.glob(f"seed_*/**/{METRICS}"))

@@ -1,0 +1,227 @@
+"""Set-up of a run: everything that can fail is checked here, before any work.
+
+:func:`prepare` loads the human data, the tokenizer and the model's architecture, applies
+the trained-length rule, builds the metrics and runs their preflight checks, and only then
+claims the run directory (``experiment.json``, the shared tokenizer). What it returns,
+:class:`Setup`, is everything the loop reads.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import platform
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import accelerate
+import datasets
+import torch
+import transformers
+from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list
+
+from lmcollapse import files
+from lmcollapse.config import ExperimentConfig, config_diff
+from lmcollapse.data.base import Source, make_source
+from lmcollapse.data.blocks import HumanData, prepare_human_data
+from lmcollapse.errors import ConfigError
+from lmcollapse.layout import RunLayout
+from lmcollapse.metrics.base import MeasureContext, Metric
+from lmcollapse.models import (
+    check_pretrained,
+    check_vocab,
+    context_length,
+    load_tokenizer,
+    model_config,
+    wrap_tokenizer,
+)
+from lmcollapse.registry import METRICS
+
+log = logging.getLogger(__name__)
+#: config keys that may change between invocations of one run: the grid grows by cells
+GRID_KEYS = ("seeds", "policies", "log_level")
+
+
+@dataclass
+class Setup:
+    """What the loop works with, fixed before the first step."""
+
+    tokenizer: Any
+    human: HumanData
+    model_config: Any
+    #: the longest sequence any model of the run is trained on (see :func:`trained_length`)
+    trained_length: int
+    #: the data source's exact distribution, where it knows one (else None)
+    truth: Any
+    metrics: list[Metric]
+
+
+def make_accelerator(cfg: ExperimentConfig) -> Accelerator:
+    """One Accelerator per process; ``mixed_precision: auto`` picks bf16/fp16 on a GPU."""
+    mp = cfg.train.mixed_precision
+    if mp == "auto":
+        if os.environ.get("ACCELERATE_MIXED_PRECISION"):
+            mp = None  # set by `accelerate launch --mixed_precision`/accelerate config
+        elif torch.cuda.is_available():
+            mp = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        else:
+            mp = "no"
+    # several processes without CUDA (torchrun / accelerate on CPUs): gloo on the CPU
+    multi_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return Accelerator(gradient_accumulation_steps=cfg.train.grad_accum, mixed_precision=mp,
+                       cpu=multi_cpu)
+
+
+def learns_positions_from_blocks(cfg: ExperimentConfig) -> bool:
+    """True when every model of the run is trained from random weights on the blocks."""
+    return cfg.model.source == "scratch" or cfg.model.init == "scratch"
+
+
+def trained_length(cfg: ExperimentConfig, model_config: Any) -> int:
+    """The longest sequence the experiment's models are trained on and may be scored at:
+    ``data.block_tokens`` for a model built from scratch or re-initialised every
+    generation (``model.init: scratch``: it never sees a later position), the
+    architecture's context for a pretrained one (1024 when it declares none)."""
+    if learns_positions_from_blocks(cfg):
+        return cfg.data.block_tokens
+    return context_length(model_config) or 1024
+
+
+def check_lengths(cfg: ExperimentConfig, model_config: Any) -> int:
+    """The trained-length rule (DESIGN.md): nothing is scored or generated beyond the
+    length the model was trained on. Returns the trained length."""
+    g, d = cfg.generate, cfg.data
+    ctx = context_length(model_config)
+    if ctx is not None and d.block_tokens > ctx:
+        raise ConfigError(f"data.block_tokens ({d.block_tokens}) must fit the model's "
+                          f"context of {ctx} tokens")
+    length = trained_length(cfg, model_config)
+    what = ("data.block_tokens, the length a model trained from scratch sees"
+            if learns_positions_from_blocks(cfg) else "the model's context")
+    if g.prompt_tokens + g.new_tokens > length:
+        raise ConfigError(
+            f"generate.prompt_tokens + generate.new_tokens ({g.prompt_tokens} + "
+            f"{g.new_tokens}) must be <= {length} ({what}); shorten them or raise "
+            "data.block_tokens")
+    return length
+
+
+def check_compatible(cfg: ExperimentConfig, layout: RunLayout) -> None:
+    """Refuse to resume a run directory that was started with a different config (the
+    grid may grow: new seeds and policies are new cells)."""
+    if not layout.experiment_json.exists():
+        return
+    old = files.read_json(layout.experiment_json)["config"]
+    new = cfg.to_dict()
+    diffs = config_diff({k: v for k, v in old.items() if k not in GRID_KEYS},
+                        {k: v for k, v in new.items() if k not in GRID_KEYS})
+    old_policies = {p.get("label") or p["name"]: p for p in old.get("policies", [])}
+    for p in new["policies"]:
+        before = old_policies.get(p["label"] or p["name"])
+        if before is not None and before != p:
+            diffs.append(f"policies[{p['label'] or p['name']}]: {before} -> {p}")
+    if diffs:
+        raise ConfigError(
+            f"{layout.root} was started with a different config:\n  " + "\n  ".join(diffs)
+            + "\nRe-run with the original config to resume it, choose another "
+            "`experiment` name, or pass --new-run to start a fresh run directory.")
+
+
+def _shared_tokenizer(cfg: ExperimentConfig, acc: Accelerator, layout: RunLayout,
+                      train_texts: list[str]) -> tuple[Any, bool]:
+    """The run's tokenizer and whether it must be saved: a pretrained model's own, a
+    scratch tokenizer saved by an earlier invocation, or one trained now on the main
+    process and handed to the others."""
+    if cfg.model.source != "scratch":
+        check_pretrained(cfg.model)  # a missing optional package (gguf), a missing file
+        with acc.main_process_first():
+            tokenizer = load_tokenizer(cfg.model)
+            check_vocab(tokenizer, model_config(cfg.model, tokenizer))
+        return tokenizer, False
+    if layout.experiment_json.exists() and (layout.tokenizer / "tokenizer.json").exists():
+        return load_tokenizer(cfg.model, saved=layout.tokenizer), False
+    payload = [None]
+    if acc.is_main_process:
+        payload = [load_tokenizer(cfg.model, train_texts).backend_tokenizer.to_str()]
+    broadcast_object_list(payload)
+    return wrap_tokenizer(payload[0]), True  # sets <pad>, as the trained one has
+
+
+def metric_context(setup: Setup, cfg: ExperimentConfig, acc: Accelerator, seed_dir: Path,
+                   out_dir: Path, reference_model: Any, **row: Any) -> MeasureContext:
+    """The context every metric reads for one row (``row``: generation, model, corpus)."""
+    g = cfg.generate
+    return MeasureContext(
+        accelerator=acc, tokenizer=setup.tokenizer, human=setup.human,
+        trained_length=setup.trained_length, sample_tokens=g.sample_tokens,
+        sample_tokens_from="generate.new_tokens" + (" + prompt_tokens" if g.keep_prompt else ""),
+        reference_model=reference_model, seed_dir=seed_dir, out_dir=out_dir,
+        truth=setup.truth, **row)
+
+
+def _no_model() -> Any:
+    raise RuntimeError("no model exists before the first generation is trained")
+
+
+def prepare(cfg: ExperimentConfig, acc: Accelerator, layout: RunLayout) -> Setup:
+    """Check everything that can fail, then claim the run directory."""
+    check_compatible(cfg, layout)
+    source = make_source(cfg.data)
+    with acc.main_process_first():
+        texts = source.load()
+    tokenizer, new_tokenizer = _shared_tokenizer(cfg, acc, layout, texts["train"])
+    human = prepare_human_data(tokenizer, texts, cfg.data,
+                               min_train_blocks=max(2, cfg.train.batch_size))
+    arch = model_config(cfg.model, tokenizer)
+    metrics = [METRICS.get(name)(cfg.metrics.of(name)) for name in cfg.metrics.names]
+    setup = Setup(tokenizer=tokenizer, human=human, model_config=arch,
+                  trained_length=check_lengths(cfg, arch), truth=source.truth(),
+                  metrics=metrics)
+    ctx = metric_context(setup, cfg, acc, layout.root, layout.root, _no_model)
+    for metric in metrics:
+        metric.preflight(ctx)
+    # nothing was written so far; from here on the run directory is ours
+    if acc.is_main_process:
+        write_provenance(cfg, acc, layout, source)
+        if new_tokenizer:
+            tokenizer.save_pretrained(layout.tokenizer)
+    acc.wait_for_everyone()
+    log.info("human data: %d train blocks, %d validation blocks, %d test tokens",
+             len(human.train), len(human.validation), len(human.test_stream))
+    return setup
+
+
+def write_provenance(cfg: ExperimentConfig, acc: Accelerator, layout: RunLayout,
+                     source: Source) -> None:
+    """experiment.json: the resolved config, versions, git sha, and one record per
+    invocation (a resumed run appends one)."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                             cwd=Path(__file__).parent, check=False).stdout.strip()
+    except OSError:
+        sha = ""
+    path = layout.experiment_json
+    now = {"started": dt.datetime.now().isoformat(), "git_sha": sha or None,
+           "command": sys.argv, "num_processes": acc.num_processes,
+           "device": str(acc.device), "mixed_precision": acc.mixed_precision,
+           "versions": {"python": platform.python_version(), "torch": torch.__version__,
+                        "transformers": transformers.__version__,
+                        "accelerate": accelerate.__version__,
+                        "datasets": datasets.__version__}}
+    record = files.read_json(path) if path.exists() else {
+        "experiment": cfg.experiment, "created": now["started"], **now, "invocations": []}
+    for key in ("num_processes", "mixed_precision"):
+        if record.get(key) != now[key]:
+            log.warning("resuming with %s=%s; the steps already done used %s=%s, so their "
+                        "numbers may differ from what this setting gives", key, now[key], key,
+                        record.get(key))
+    truth = source.truth()
+    record.update(config=cfg.to_dict(), seeds=cfg.seeds, policies=[p.key for p in cfg.policies],
+                  data=source.describe(), source=truth.describe() if truth is not None else None)
+    record["invocations"].append(now)
+    files.write_json(path, record)

@@ -1,0 +1,198 @@
+"""The shape of the package: no import cycles, imports at module level, and parts added
+without touching the core (a metric, a data source and a policy defined right here, in
+this one test module, run through the config layer, the loop and the report)."""
+
+from __future__ import annotations
+
+import ast
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from conftest import tiny_config
+
+from lmcollapse import results
+from lmcollapse.data.base import load_human_text
+from lmcollapse.data.synthetic import SyntheticSettings, SyntheticSource
+from lmcollapse.errors import ConfigError
+from lmcollapse.loop import CollapseLoop
+from lmcollapse.metrics.base import MeasureContext, Measurement, Metric
+from lmcollapse.policies import MixContext, Policy, make_policy
+from lmcollapse.registry import METRICS, POLICIES, SOURCES
+
+PACKAGE = Path(__file__).resolve().parents[1] / "lmcollapse"
+#: third-party packages a function may import lazily: optional extras only
+OPTIONAL = {"gguf", "submitit", "wandb"}
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports() -> dict[str, list[tuple[str, int, bool]]]:
+    """``{module: [(imported lmcollapse module or third-party top name, line, at top)]}``."""
+    modules = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+    out: dict[str, list[tuple[str, int, bool]]] = {}
+    for name, path in modules.items():
+        tree = ast.parse(path.read_text())
+        top = {id(n) for n in tree.body}
+        top |= {id(n) for t in tree.body if isinstance(t, ast.Try) for n in t.body + [
+            x for h in t.handlers for x in h.body]}
+        found = []
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                # `from lmcollapse.x import y` may name a module y of package x
+                targets = [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules
+                           else node.module for a in node.names]
+            else:
+                continue
+            found += [(t, node.lineno, id(node) in top) for t in targets]
+        out[name] = found
+    return out
+
+
+def test_no_import_cycles_among_lmcollapse_modules():
+    """Every ``import`` of an lmcollapse module, at module level or inside a function, is
+    an edge; the graph has no cycle (checked by depth-first search)."""
+    imports = _imports()
+    graph = {m: sorted({t for t, _, _ in found if t in imports and t != m})
+             for m, found in imports.items()}
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(m: str) -> None:
+        state[m] = 1
+        stack.append(m)
+        for nxt in graph[m]:
+            if state.get(nxt) == 1:
+                cycle = stack[stack.index(nxt):] + [nxt]
+                raise AssertionError("import cycle: " + " -> ".join(cycle))
+            if nxt not in state:
+                visit(nxt)
+        stack.pop()
+        state[m] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m)
+    assert graph["lmcollapse.errors"] == []  # the leaf every part imports
+    assert set(graph["lmcollapse.registry"]) <= {"lmcollapse.errors"}
+    # the config layer names no part: it reaches them through the registry
+    assert not [t for t in graph["lmcollapse.config"] if t.startswith(
+        ("lmcollapse.metrics", "lmcollapse.policies", "lmcollapse.data"))]
+    # the report side never reaches torch code
+    for m in ("lmcollapse.results", "lmcollapse.report_formats", "lmcollapse.report"):
+        assert not {"lmcollapse.loop", "lmcollapse.models", "lmcollapse.scoring"} & set(
+            graph[m]), m
+
+
+def test_imports_inside_functions_only_for_optional_extras():
+    late = [(m, t, line) for m, found in _imports().items() for t, line, top in found
+            if not top and t.split(".")[0] not in OPTIONAL]
+    assert late == []
+
+
+# --- a new metric, source and policy, each defined in this one module -----------------------
+
+
+@dataclass
+class LengthSettings:
+    scale: float = 1.0
+
+    def check(self, where: str) -> None:
+        if self.scale <= 0:
+            raise ConfigError(f"{where}.scale: must be > 0, got {self.scale}")
+
+
+class MeanLength(Metric):
+    """Mean sample length in tokens, times ``scale`` (human row: the chunk length)."""
+
+    settings = LengthSettings
+    display_name = "Mean length"
+    higher_is_better = None
+    columns = ("mean_length",)
+
+    def compute(self, ctx: MeasureContext) -> Measurement:
+        seqs = ctx.corpus_seqs()
+        return Measurement({"mean_length": self.config.scale * sum(map(len, seqs)) / len(seqs)},
+                           sizes={"samples": len(seqs)})
+
+    def human_reference(self, ctx: MeasureContext) -> Measurement:
+        return Measurement({"mean_length": self.config.scale * ctx.sample_tokens})
+
+    def describe(self, m: Measurement) -> str:
+        return f"scale {self.config.scale}"
+
+
+@dataclass
+class ShortSettings(SyntheticSettings):
+    words_per_doc: int = 3
+
+
+class ShortDocs(SyntheticSource):
+    """The synthetic source with every document cut to its first ``words_per_doc`` words."""
+
+    settings = ShortSettings
+
+    def load(self) -> dict[str, list[str]]:
+        n = self.config.words_per_doc
+        return {k: [" ".join(d.split()[:n]) for d in v] for k, v in super().load().items()}
+
+
+@dataclass
+class TakeSettings:
+    human_share: float = 0.5
+
+
+class TakeHuman(Policy):
+    """round(human_share * N) human blocks, then corpus k-1 for the rest."""
+
+    settings = TakeSettings
+
+    def build(self, ctx: MixContext) -> list:
+        n = round(self.config.human_share * ctx.n)
+        return ctx.human[:n] + ctx.previous()[: ctx.n - n]
+
+
+@pytest.fixture()
+def parts(monkeypatch):
+    for registry, name, part in ((METRICS, "mean_length", MeanLength),
+                                 (SOURCES, "short", ShortDocs),
+                                 (POLICIES, "take_human", TakeHuman)):
+        monkeypatch.setattr(part, "name", name)
+        monkeypatch.setitem(registry._entries, name, part)
+
+
+def test_a_new_policy_source_and_metric_need_no_core_edit(parts, tmp_path):
+    cfg = tiny_config(tmp_path, "generations=1", "data.source=short",
+                      "data.short.words_per_doc=40", "data.short.train_docs=120",
+                      "data.short.test_docs=20", "data.short.vocab_size=60",
+                      "data.short.branching=6",
+                      "policies=[{name: take_human, human_share: 0.25}]",
+                      "metrics.names=[perplexity,mean_length]", "metrics.mean_length.scale=2")
+    assert cfg.policies[0].human_share == 0.25 and cfg.metrics.mean_length.scale == 2
+    mix = make_policy(cfg.policies[0]).build(MixContext(
+        1, [{"i": i} for i in range(8)], {0: [{"j": j} for j in range(8)]}, None, 1))
+    assert mix == [{"i": 0}, {"i": 1}] + [{"j": j} for j in range(6)]
+    assert all(len(d.split()) <= 40 for d in load_human_text(cfg.data)["train"])
+    # their settings are checked where they are declared, named by their config key
+    for bad, where in (("metrics.mean_length.scale=0", "metrics.mean_length.scale"),
+                       ("data.short.vocab_size=1", "data.short"),
+                       ("policies=[{name: take_human, share: 1}]", "policies[0].share")):
+        with pytest.raises(ConfigError, match=where.replace(".", r"\.").replace("[", r"\[")):
+            tiny_config(tmp_path, "data.source=short", "metrics.names=[mean_length]", bad)
+    CollapseLoop(cfg).run()
+    seed = cfg.run_dir / "seed_0"
+    human = json.loads((seed / "human" / "metrics.json").read_text())
+    gen1 = json.loads((seed / "take_human" / "gen_01" / "metrics.json").read_text())
+    assert human["values"]["mean_length"] == 2 * cfg.generate.new_tokens
+    assert gen1["values"]["mean_length"] == 2 * cfg.generate.new_tokens
+    assert gen1["meta"]["mean_length"]["display_name"] == "Mean length"
+    assert gen1["conditions"]["mean_length"] == "scale 2.0"
+    lb = results.leaderboard(results.load_runs([cfg.run_dir]))
+    assert lb.columns == ["perplexity", "mean_length"]  # columns the metrics declared
+
