@@ -24,10 +24,11 @@ import torch
 import transformers
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
+from transformers import PretrainedConfig, PreTrainedTokenizerBase
 
 from lmcollapse import files
 from lmcollapse.config import ExperimentConfig, config_diff
-from lmcollapse.data.base import Source, make_source
+from lmcollapse.data.base import ExactDistribution, Source, make_source
 from lmcollapse.data.blocks import HumanData, prepare_human_data
 from lmcollapse.errors import ConfigError
 from lmcollapse.layout import RunLayout
@@ -51,13 +52,13 @@ GRID_KEYS = ("seeds", "policies", "log_level")
 class Setup:
     """What the loop works with, fixed before the first step."""
 
-    tokenizer: Any
+    tokenizer: PreTrainedTokenizerBase
     human: HumanData
-    model_config: Any
+    model_config: PretrainedConfig
     #: the longest sequence any model of the run is trained on (see :func:`trained_length`)
     trained_length: int
     #: the data source's exact distribution, where it knows one (else None)
-    truth: Any
+    truth: ExactDistribution | None
     metrics: list[Metric]
 
 

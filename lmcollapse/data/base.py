@@ -10,12 +10,28 @@ Markov language) returns it from :meth:`Source.truth`, which ground-truth metric
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 from lmcollapse.errors import ConfigError
 from lmcollapse.registry import SOURCES
 
 SPLITS = ("train", "validation", "test")
+
+
+class ExactDistribution(Protocol):
+    """What a source that knows the probability of its text offers the metrics."""
+
+    def log_prob(self, text: str) -> float:
+        """The exact natural-log probability of one document."""
+
+    def n_words(self, text: str) -> int:
+        """The number of words of ``text`` (the unit of per-word losses)."""
+
+    def entropy_rate(self) -> float:
+        """Nats per word of the source."""
+
+    def describe(self) -> dict[str, Any]:
+        """Parameters, for experiment.json."""
 
 
 class Source:
@@ -31,7 +47,7 @@ class Source:
         """The three splits as lists of text records."""
         raise NotImplementedError
 
-    def truth(self) -> Any | None:
+    def truth(self) -> ExactDistribution | None:
         """The exact distribution of the text (``log_prob``, ``n_words``, ``entropy_rate``,
         ``describe``), or None when the source does not know it."""
         return None

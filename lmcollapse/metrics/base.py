@@ -29,7 +29,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from accelerate import Accelerator
+from transformers import PreTrainedTokenizerBase
 
+from lmcollapse.data.base import ExactDistribution
 from lmcollapse.data.blocks import HumanData, Sample
 from lmcollapse.errors import ConfigError
 from lmcollapse.sampling import fixed_sample
@@ -54,8 +58,8 @@ class Measurement:
 class MeasureContext:
     """Everything a metric may read. ``model`` and ``corpus`` are None for the human row."""
 
-    accelerator: Any
-    tokenizer: Any
+    accelerator: Accelerator
+    tokenizer: PreTrainedTokenizerBase
     human: HumanData
     #: the longest sequence the scored models were trained on (a scratch model:
     #: ``data.block_tokens``; a pretrained one: its own context); no window may exceed it
@@ -65,14 +69,14 @@ class MeasureContext:
     sample_tokens: int
     sample_tokens_from: str
     #: returns the seed's generation-0 model (loaded once)
-    reference_model: Callable[[], Any]
+    reference_model: Callable[[], torch.nn.Module]
     #: the seed's directory; ``out_dir`` is this row's (metrics may cache files there)
     seed_dir: Path
     out_dir: Path
     #: the exact distribution of human text, where the data source knows it
-    truth: Any = None
+    truth: ExactDistribution | None = None
     generation: int | None = None
-    model: Any = None
+    model: torch.nn.Module | None = None
     corpus: list[Sample] | None = None
 
     @property
