@@ -14,6 +14,7 @@ import sys
 
 import transformers
 import yaml
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from lmcollapse import bench, report
 from lmcollapse.config import load_config
@@ -73,7 +74,8 @@ def run_main(argv: list[str] | None = None) -> int:
     accelerator = make_accelerator(cfg)
     _setup_logging(cfg.log_level, accelerator.is_main_process)
     try:
-        CollapseLoop(cfg, accelerator, new_run=args.new_run).run()
+        with logging_redirect_tqdm():  # log lines above the progress bars, not inside them
+            CollapseLoop(cfg, accelerator, new_run=args.new_run).run()
     except ConfigError as err:
         log.error("config error: %s", err)
         return 2

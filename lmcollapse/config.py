@@ -24,6 +24,7 @@ from lmcollapse.errors import ConfigError
 from lmcollapse.registry import (
     METRICS,
     POLICIES,
+    SCORERS,
     SOURCES,
     Registry,
     settings_of,
@@ -259,37 +260,91 @@ class MetricsConfig(Sections):
         return self.sections[getattr(part, "section", "") or metric]
 
 
-#: the keys of a policy entry that every policy has; the rest are the policy's own settings
-POLICY_KEYS = ("name", "label", "epochs")
+class NamedPart:
+    """A config entry that names a registered part (``name``) and holds the part's own
+    settings (every key of the entry that is not a field of the entry itself)."""
 
-
-@dataclass
-class PolicySpec:
-    """One retention policy of the grid; ``label`` names its directory (default: ``name``).
-
-    ``epochs``, when set, replaces ``train.epochs`` for generations >= 1 of this policy
-    (Shumailov et al. train the 0%-kept and 10%-kept settings for 5 and 10 epochs). Any
-    other key of the entry (``fraction``) belongs to the policy's own settings.
-    """
-
-    name: str = "replace"
-    label: str | None = None
-    epochs: int | None = None
-    settings: Any = None
+    registry: ClassVar[Registry[Any]]
+    name: str
+    settings: Any
 
     def __post_init__(self) -> None:
-        if self.settings is None and self.name in POLICIES:
-            self.settings = settings_of(POLICIES.get(self.name))()
-
-    @property
-    def key(self) -> str:
-        return self.label or self.name
+        if self.settings is None and self.name in self.registry:
+            self.settings = settings_of(self.registry.get(self.name))()
 
     def __getattr__(self, name: str) -> Any:
         settings = self.__dict__.get("settings")
         if settings is not None and hasattr(settings, name):
             return getattr(settings, name)
-        raise AttributeError(f"policy {self.__dict__.get('name')!r} has no setting {name!r}")
+        raise AttributeError(f"{self.__dict__.get('name')!r} has no setting {name!r}")
+
+    @classmethod
+    def own_keys(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls) if f.name != "settings"]
+
+
+@dataclass
+class ScorerSpec(NamedPart):
+    """``curate.scorer``: a registered scorer (``loglik``, ``oracle``) and its settings."""
+
+    registry: ClassVar[Registry[Any]] = SCORERS
+    name: str = "loglik"
+    settings: Any = None
+
+
+@dataclass
+class CurationConfig:
+    """``curate`` of a policy entry: which generated samples are fed back (see
+    :mod:`lmcollapse.curation`). ``rule: none`` and ``best_of: 1`` feed back everything."""
+
+    rule: Literal["none", "threshold", "best", "worst", "tails"] = "none"
+    #: best/worst/tails: the share of candidates kept (round(1/fraction) per prompt)
+    fraction: float = 0.5
+    #: threshold: the least score kept, and how many continuations each prompt gets
+    threshold: float | None = None
+    candidates: int = 2
+    #: n continuations per prompt, the best by the scorer kept (1: off)
+    best_of: int = 1
+    scorer: ScorerSpec = field(default_factory=ScorerSpec)
+
+    @property
+    def active(self) -> bool:
+        return self.rule != "none" or self.best_of > 1
+
+    def check(self, where: str) -> None:
+        if not 0.0 < self.fraction <= 1.0:
+            raise ConfigError(f"{where}.fraction: must be in (0, 1], got {self.fraction}")
+        positive(self.candidates, f"{where}.candidates")
+        positive(self.best_of, f"{where}.best_of")
+        if self.rule == "threshold" and self.threshold is None:
+            raise ConfigError(f"{where}.threshold: the threshold rule needs a number")
+        if self.best_of > 1 and self.rule != "none":
+            raise ConfigError(f"{where}: best_of ({self.best_of}) keeps one sample per prompt; "
+                              f"it cannot be combined with rule {self.rule!r} (set rule: none)")
+        if hasattr(self.scorer.settings, "check"):
+            self.scorer.settings.check(f"{where}.scorer")
+
+
+@dataclass
+class PolicySpec(NamedPart):
+    """One retention policy of the grid; ``label`` names its directory (default: ``name``).
+
+    ``epochs``, when set, replaces ``train.epochs`` for generations >= 1 of this policy
+    (Shumailov et al. train the 0%-kept and 10%-kept settings for 5 and 10 epochs);
+    ``curate`` filters what each generation of this cell feeds back. Any other key of the
+    entry (``fraction``) belongs to the policy's own settings.
+    """
+
+    registry: ClassVar[Registry[Any]] = POLICIES
+    name: str = "replace"
+    label: str | None = None
+    epochs: int | None = None
+    curate: CurationConfig = field(default_factory=CurationConfig)
+    settings: Any = None
+
+    @property
+    def key(self) -> str:
+        return self.label or self.name
 
 
 @dataclass
@@ -317,10 +372,9 @@ class ExperimentConfig:
 
 def plain(obj: Any) -> Any:
     """A config object as the plain data YAML and experiment.json hold: sections and a
-    policy's own settings flattened into their parent, as they are written."""
-    if isinstance(obj, PolicySpec):
-        return {"name": obj.name, "label": obj.label, "epochs": obj.epochs,
-                **plain(obj.settings)}
+    part's own settings flattened into their parent, as they are written."""
+    if isinstance(obj, NamedPart):
+        return {**{k: plain(getattr(obj, k)) for k in obj.own_keys()}, **plain(obj.settings)}
     if dataclasses.is_dataclass(obj):
         out = {f.name: plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)
                if f.name != "sections"}
@@ -373,7 +427,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             value = [value]
         return [_coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
     if dataclasses.is_dataclass(tp):
-        if tp is PolicySpec and isinstance(value, str):
+        if isinstance(tp, type) and issubclass(tp, NamedPart) and isinstance(value, str):
             value = {"name": value}
         return build(tp, value, where)
     if tp is Any:
@@ -428,8 +482,8 @@ def build(cls: type, data: Any, where: str = "") -> Any:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{where or 'config'}: expected a mapping, got {data!r}")
-    if cls is PolicySpec:
-        return _build_policy(data, where)
+    if issubclass(cls, NamedPart):
+        return _build_named(cls, data, where)
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls) if f.name != "sections"]
     owners = cls.owners() if issubclass(cls, Sections) else {}
@@ -451,27 +505,28 @@ def build(cls: type, data: Any, where: str = "") -> Any:
     return cls(**kwargs)
 
 
-def _build_policy(data: dict[str, Any], where: str) -> PolicySpec:
-    common = {k: v for k, v in data.items() if k in POLICY_KEYS}
-    own = {k: v for k, v in data.items() if k not in POLICY_KEYS}
-    name = _coerce(common.get("name", "replace"), str, f"{where}.name")
-    if name not in POLICIES:
-        raise ConfigError(f"{where}.name: " + unknown_name_message(
-            "policy", name, POLICIES.names()))
-    settings_cls = settings_of(POLICIES.get(name))
+def _build_named(cls: type[NamedPart], data: dict[str, Any], where: str) -> NamedPart:
+    keys = cls.own_keys()
+    own = {k: v for k, v in data.items() if k not in keys}
+    name = _coerce(data.get("name", cls.name), str, f"{where}.name")
+    kind = cls.registry.kind
+    if name not in cls.registry:
+        raise ConfigError(f"{where}.name: " + unknown_name_message(kind, name,
+                                                                   cls.registry.names()))
+    settings_cls = settings_of(cls.registry.get(name))
     allowed = [f.name for f in dataclasses.fields(settings_cls)]
     for key in own:
         if key not in allowed:
-            close = difflib.get_close_matches(str(key), allowed + list(POLICY_KEYS), n=1)
+            close = difflib.get_close_matches(str(key), allowed + keys, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise ConfigError(
-                f"{where}.{key}: policy {name!r} takes no setting {key!r}{hint}; its own "
-                f"settings: {', '.join(allowed) or 'none'}; every policy takes "
-                f"{', '.join(POLICY_KEYS)}")
-    settings = build(settings_cls, own, where)
-    return PolicySpec(name=name, label=_coerce(common.get("label"), str | None, f"{where}.label"),
-                      epochs=_coerce(common.get("epochs"), int | None, f"{where}.epochs"),
-                      settings=settings)
+                f"{where}.{key}: {kind} {name!r} takes no setting {key!r}{hint}; its own "
+                f"settings: {', '.join(allowed) or 'none'}; every {kind} takes "
+                f"{', '.join(keys)}")
+    hints = typing.get_type_hints(cls)
+    common = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()
+              if k in keys and k != "name"}
+    return cls(name=name, settings=build(settings_cls, own, where), **common)
 
 
 # --- overrides, loading, validation ---------------------------------------------------------
@@ -538,6 +593,7 @@ def validate(cfg: ExperimentConfig) -> None:
     for i, spec in enumerate(cfg.policies):
         POLICIES.get(spec.name).check(spec.settings, f"policies[{i}]", cfg.generations)
         positive(spec.epochs, f"policies[{i}].epochs", allow_none=True)
+        spec.curate.check(f"policies[{i}].curate")
     for name in ("data", "model", "train", "generate", "metrics"):
         _check_tree(getattr(cfg, name), name)
     if cfg.generate.prompt_tokens > cfg.data.block_tokens:

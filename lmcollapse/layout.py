@@ -9,7 +9,9 @@
       seed_<s>/human/metrics.json         the human reference row
       seed_<s>/base/                      (scratch models) the seed's initial weights
       seed_<s>/gen_00/                    shared by every policy: mix, model, corpus, metrics
+      seed_<s>/<policy>/gen_00/           (curating cells) corpus 0 curated, its metrics
       seed_<s>/<policy>/gen_<k>/          mix.parquet, model/, corpus.parquet, metrics.json
+                                          (curating cells: candidates.parquet, curation.json)
 
 A step (``train``, ``generate``, ``measure``) of a generation is finished when its
 ``<step>.done`` marker exists in the generation's directory.
@@ -25,6 +27,7 @@ STEPS = ("train", "generate", "measure")
 #: files of one generation's directory
 MIX, MODEL, CORPUS, METRICS, TRAIN_LOG = (
     "mix.parquet", "model", "corpus.parquet", "metrics.json", "train_log.jsonl")
+CANDIDATES, CURATION = "candidates.parquet", "curation.json"
 #: the tag generation 0 carries in place of a policy (it is shared by every policy)
 SHARED = "shared"
 #: the row label of held-out human text
@@ -33,30 +36,42 @@ HUMAN = "human"
 
 @dataclass(frozen=True)
 class Generation:
-    """Generation ``k`` of one cell. Generation 0 trains on human data only and is shared
-    by every policy of its seed: its ``policy`` is None (and its ``tag`` ``"shared"``)."""
+    """Generation ``k`` of one cell.
+
+    Generation 0 trains on human data only and is shared by every policy of its seed: its
+    ``policy`` is None (and its ``tag`` ``"shared"``). A cell that curates what it feeds
+    back also has a generation 0 of its own (``policy`` set, ``k == 0``): the shared model,
+    the cell's own curated corpus 0.
+    """
 
     seed: int
     k: int
     policy: str | None = None
 
     def __post_init__(self) -> None:
-        if (self.k == 0) != (self.policy is None):
-            raise ValueError("generation 0 has no policy; every later generation has one")
+        if self.k > 0 and self.policy is None:
+            raise ValueError("every generation after 0 belongs to a policy")
 
     @property
     def tag(self) -> str:
-        """The policy key, or ``shared`` for generation 0 (used in derived seeds)."""
+        """The policy key, or ``shared`` for the shared generation 0 (in derived seeds)."""
         return self.policy or SHARED
 
     @property
+    def shared_zero(self) -> Generation:
+        """The seed's shared generation 0 (whose model every cell starts from)."""
+        return Generation(self.seed, 0)
+
+    @property
     def previous(self) -> Generation:
-        """Generation k-1 of the same cell (generation 0 for k = 1)."""
+        """The generation whose model generation k continues from: k-1 of the same cell,
+        the shared generation 0 for k = 1."""
         return Generation(self.seed, self.k - 1, self.policy if self.k > 1 else None)
 
     def __str__(self) -> str:
         policy = self.policy if self.policy is not None else "all (shared)"
-        return f"seed {self.seed}, policy {policy}, generation {self.k}"
+        own = " (own corpus)" if self.k == 0 and self.policy is not None else ""
+        return f"seed {self.seed}, policy {policy}, generation {self.k}{own}"
 
 
 def gen_name(k: int) -> str:
@@ -97,12 +112,18 @@ class RunLayout:
             return self.seed_dir(gen.seed) / gen_name(0)
         return self.seed_dir(gen.seed) / gen.policy / gen_name(gen.k)
 
+    def model_dir(self, gen: Generation) -> Path:
+        """Where generation ``gen``'s weights are (generation 0: the shared model)."""
+        return self.gen_dir(gen if gen.k > 0 else gen.shared_zero) / MODEL
+
     def row_dir(self, seed: int, policy: str | None, generation: int | None) -> Path:
         """The directory of one row of the results: generation None is the human row,
-        generation 0 the shared one (any policy), else ``policy``'s generation."""
+        generation 0 the cell's own when it has one (a curating cell), else the shared one,
+        and ``policy``'s generation after that."""
         if generation is None:
             return self.human(seed)
-        return self.gen_dir(Generation(seed, generation, policy if generation else None))
+        own = self.gen_dir(Generation(seed, generation, policy))
+        return own if generation or own.is_dir() else self.gen_dir(Generation(seed, 0))
 
     @staticmethod
     def marker(directory: Path, step: str) -> Path:

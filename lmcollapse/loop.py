@@ -33,16 +33,27 @@ from accelerate.utils import broadcast_object_list, set_seed
 from tqdm.auto import tqdm
 
 from lmcollapse import files
-from lmcollapse.config import ExperimentConfig, PolicySpec
+from lmcollapse.config import CurationConfig, ExperimentConfig, PolicySpec
+from lmcollapse.curation import best_of_groups, candidates_per_prompt, quantiles, select
 from lmcollapse.data.blocks import PROVENANCE, Sample
 from lmcollapse.errors import StepError
 from lmcollapse.generate import generate_corpus
-from lmcollapse.layout import CORPUS, MIX, MODEL, TRAIN_LOG, Generation, RunLayout
+from lmcollapse.layout import (
+    CANDIDATES,
+    CORPUS,
+    CURATION,
+    MIX,
+    MODEL,
+    TRAIN_LOG,
+    Generation,
+    RunLayout,
+)
 from lmcollapse.layout import METRICS as METRICS_FILE
 from lmcollapse.metrics.base import MeasureContext, Measurement, Metric
 from lmcollapse.models import load_model, load_pretrained, random_model, starting_model
 from lmcollapse.policies import MixContext, make_policy
 from lmcollapse.preflight import Setup, make_accelerator, metric_context, prepare
+from lmcollapse.scorers.base import ScoreContext, make_scorer
 from lmcollapse.train import train_generation
 
 log = logging.getLogger(__name__)
@@ -109,7 +120,8 @@ class CollapseLoop:
         #: fixed by :meth:`prepare` (data, tokenizer, architecture, metrics)
         self.setup: Setup | None = None
         self.steps: Steps | None = None
-        #: the one model in memory: (its directory, the model), and the seed's gen-0 model
+        #: the one model in memory: (its weights' directory, the model), and the seed's
+        #: generation-0 model
         self._model: tuple[Path, torch.nn.Module] | None = None
         self._reference: tuple[int, torch.nn.Module] | None = None
         #: corpora of the current seed, by generation directory
@@ -134,7 +146,8 @@ class CollapseLoop:
         """Run (or resume) every step of every cell, generations outermost."""
         self.prepare()
         cfg = self.cfg
-        per_seed = 1 + 3 * (1 + cfg.generations * len(cfg.policies))
+        curating = [key for key, spec in self.policies.items() if spec.curate.active]
+        per_seed = 1 + 3 * (1 + cfg.generations * len(cfg.policies)) + 2 * len(curating)
         self.steps = Steps(self.acc, per_seed * len(cfg.seeds))
         for seed in cfg.seeds:
             self._corpora.clear()  # corpora of other seeds are never read again
@@ -142,6 +155,8 @@ class CollapseLoop:
             self.generation(Generation(seed, 0))
             self.steps.run(self.layout.human(seed), "measure", f"seed {seed}, human reference",
                            lambda s=seed: self.measure_human(s))
+            for key in curating:  # the shared model 0 writes each curating cell its corpus 0
+                self.generation(Generation(seed, 0, key))
             for k in range(1, cfg.generations + 1):
                 for key in self.policies:
                     self.generation(Generation(seed, k, key))
@@ -150,9 +165,11 @@ class CollapseLoop:
         log.info("run finished: %s", self.run_dir)
 
     def generation(self, gen: Generation) -> None:
-        """The steps of one generation: train on the mix, write corpus k, measure."""
+        """The steps of one generation: train on the mix, write corpus k, measure. A
+        curating cell's own generation 0 only writes and measures (its model is shared)."""
         d = self.layout.gen_dir(gen)
-        self.steps.run(d, "train", str(gen), lambda: self.train(gen, d))
+        if gen.k > 0 or gen.policy is None:
+            self.steps.run(d, "train", str(gen), lambda: self.train(gen, d))
         self.steps.run(d, "generate", str(gen), lambda: self.generate(gen, d))
         self.steps.run(d, "measure", str(gen), lambda: self.measure(gen, d))
 
@@ -164,7 +181,7 @@ class CollapseLoop:
         human = self.setup.human.train
         if gen.k == 0:
             return list(human)
-        corpora = {0: self._corpus(self.layout.gen_dir(Generation(gen.seed, 0)))}
+        corpora = {0: self._corpus(self.layout.gen_dir(self._zero(gen)))}
         corpora.update({j: self._corpus(self.layout.gen_dir(Generation(gen.seed, j, gen.policy)))
                         for j in range(1, gen.k)})
         rng = np.random.default_rng(derive_seed(gen.seed, gen.policy, gen.k, "mix"))
@@ -193,16 +210,81 @@ class CollapseLoop:
         self._model = None
 
     def generate(self, gen: Generation, d: Path) -> None:
-        corpus = generate_corpus(self.acc, self._load(d), self.setup.tokenizer,
-                                 self.setup.human.train, self.cfg.generate,
-                                 derive_seed(gen.seed, gen.tag, gen.k, "generate"),
-                                 generation=gen.k, desc=f"generate gen {gen.k}")
+        """Corpus k: one continuation per human training block, or, for a curating cell,
+        the curated pick of several candidates per block."""
+        spec = self.policies.get(gen.policy)
+        if spec is not None and spec.curate.active:
+            corpus = self._curated(gen, d, spec.curate)
+        else:
+            corpus = self._continue(gen, 0)
         if self.acc.is_main_process:
             files.write_rows(d / CORPUS, corpus)
         self._corpora[d] = _as_arrays(corpus)
 
+    def _continue(self, gen: Generation, draw: int) -> list[Sample]:
+        """One continuation of every prompt by generation ``gen``'s model. Draw 0 uses the
+        seed an uncurated cell uses (the shared one at generation 0), so a curating cell's
+        first candidates are exactly the uncurated corpus."""
+        tag = gen.tag if gen.k > 0 else gen.shared_zero.tag
+        seed = (derive_seed(gen.seed, tag, gen.k, "generate") if draw == 0
+                else derive_seed(gen.seed, gen.tag, gen.k, "generate", draw))
+        rows = generate_corpus(self.acc, self._load(gen), self.setup.tokenizer,
+                               self.setup.human.train, self.cfg.generate, seed,
+                               generation=gen.k, desc=f"generate gen {gen.k}")
+        if draw:
+            for r in rows:
+                r["sample_id"] = f"{r['sample_id']}:{draw}"
+        return rows
+
+    def _curated(self, gen: Generation, d: Path, curate: CurationConfig) -> list[Sample]:
+        """Generate the candidates, score them, keep a corpus of N (lmcollapse.curation);
+        every candidate's score and whether it was kept go to candidates.parquet, the
+        summary (kept share, score quantiles, generation cost) to curation.json."""
+        n = len(self.setup.human.train)
+        per_prompt = candidates_per_prompt(curate.rule, curate.fraction, curate.candidates,
+                                           curate.best_of)
+        candidates = [r for j in range(per_prompt) for r in self._continue(gen, j)]
+        scorer = make_scorer(curate.scorer)
+        scores = scorer.score(self._score_context(gen), candidates)
+        if curate.best_of > 1:
+            kept, repeats = best_of_groups(scores, [r["prompt_id"] for r in candidates]), 0
+        else:
+            rng = np.random.default_rng(derive_seed(gen.seed, gen.tag, gen.k, "curate"))
+            kept, repeats = select(scores, curate.rule, n, curate.threshold, rng)
+        times = np.bincount(kept, minlength=len(candidates))
+        if self.acc.is_main_process:
+            rule = f"best of {curate.best_of}" if curate.best_of > 1 else curate.rule
+            files.write_rows(d / CANDIDATES, [
+                {"sample_id": r["sample_id"], "prompt_id": r["prompt_id"], "score": float(s),
+                 "kept": int(t), "rule": rule} for r, s, t in zip(candidates, scores, times,
+                                                                   strict=True)])
+            files.write_json(d / CURATION, {
+                "rule": rule, "scorer": scorer.describe(), "candidates": len(candidates),
+                "per_prompt": per_prompt, "kept": int(len(kept)), "repeats": int(repeats),
+                "kept_fraction": float((times > 0).mean()),
+                "generated_tokens": int(sum(len(r["input_ids"]) for r in candidates)),
+                "kept_tokens": int(sum(len(candidates[i]["input_ids"]) for i in kept)),
+                "score_kept": quantiles(scores[times > 0]),
+                "score_dropped": quantiles(scores[times == 0])})
+        return [candidates[i] for i in kept]
+
+    def _score_context(self, gen: Generation) -> ScoreContext:
+        return ScoreContext(accelerator=self.acc, tokenizer=self.setup.tokenizer,
+                            prompts=self.setup.human.train,
+                            prompt_tokens=self.cfg.generate.prompt_tokens,
+                            generator=lambda: self._load(gen),
+                            reference_model=lambda: self._reference_model(gen.seed),
+                            truth=self.setup.truth)
+
+    def _zero(self, gen: Generation) -> Generation:
+        """Generation 0 as ``gen``'s cell sees it: its own (curated) corpus 0 or the
+        shared one."""
+        spec = self.policies.get(gen.policy)
+        own = spec is not None and spec.curate.active
+        return Generation(gen.seed, 0, gen.policy) if own else gen.shared_zero
+
     def measure(self, gen: Generation, d: Path) -> None:
-        ctx = self._context(gen.seed, d, generation=gen.k, model=self._load(d),
+        ctx = self._context(gen.seed, d, generation=gen.k, model=self._load(gen),
                             corpus=self._corpus(d))
         result = _collect(self.setup.metrics, lambda m: m.compute(ctx))
         if self.acc.is_main_process:
@@ -252,7 +334,7 @@ class CollapseLoop:
                                   self._base_dir(gen.seed), None)
         return starting_model(self.cfg.model, self.setup.tokenizer, self.cfg.model.init,
                               init_seed, self._base_dir(gen.seed),
-                              self.layout.gen_dir(gen.previous) / MODEL)
+                              self.layout.model_dir(gen.previous))
 
     def _save_model(self, model: torch.nn.Module, final: Path) -> None:
         tmp = final.with_name(final.name + ".tmp")
@@ -262,18 +344,20 @@ class CollapseLoop:
         self.setup.tokenizer.save_pretrained(tmp)
         files.replace_dir(tmp, final)
 
-    def _load(self, d: Path) -> torch.nn.Module:
-        if self._model is None or self._model[0] != d:
-            self._model = (d, load_model(d / MODEL).to(self.acc.device))
+    def _load(self, gen: Generation) -> torch.nn.Module:
+        """Generation ``gen``'s model (the one in memory, or loaded from its directory)."""
+        path = self.layout.model_dir(gen)
+        if self._model is None or self._model[0] != path:
+            self._model = (path, load_model(path).to(self.acc.device))
         return self._model[1]
 
     def _reference_model(self, seed: int) -> torch.nn.Module:
         """The seed's generation-0 model, loaded once and kept for reference scoring."""
-        d = self.layout.gen_dir(Generation(seed, 0))
-        if self._model is not None and self._model[0] == d:
+        path = self.layout.model_dir(Generation(seed, 0))
+        if self._model is not None and self._model[0] == path:
             return self._model[1]
         if self._reference is None or self._reference[0] != seed:
-            self._reference = (seed, load_model(d / MODEL).to(self.acc.device))
+            self._reference = (seed, load_model(path).to(self.acc.device))
         return self._reference[1]
 
     def _corpus(self, d: Path) -> list[Sample]:

@@ -42,6 +42,7 @@ from lmcollapse.models import (
     wrap_tokenizer,
 )
 from lmcollapse.registry import METRICS
+from lmcollapse.scorers.base import ScoreContext, make_scorer
 
 log = logging.getLogger(__name__)
 #: config keys that may change between invocations of one run: the grid grows by cells
@@ -186,6 +187,12 @@ def prepare(cfg: ExperimentConfig, acc: Accelerator, layout: RunLayout) -> Setup
     ctx = metric_context(setup, cfg, acc, layout.root, layout.root, _no_model)
     for metric in metrics:
         metric.preflight(ctx)
+    scoring = ScoreContext(accelerator=acc, tokenizer=tokenizer, prompts=human.train,
+                           prompt_tokens=cfg.generate.prompt_tokens, generator=_no_model,
+                           reference_model=_no_model, truth=setup.truth)
+    for spec in cfg.policies:
+        if spec.curate.active:
+            make_scorer(spec.curate.scorer).preflight(scoring)
     # nothing was written so far; from here on the run directory is ours
     if acc.is_main_process:
         write_provenance(cfg, acc, layout, source)

@@ -15,7 +15,8 @@ Each part is a class registered under a name, and each brings its own settings::
 The config layer (:mod:`lmcollapse.config`) knows no part by name: it asks a registry for
 the settings class of a section and builds it, with did-you-mean errors. A part's module is
 found without being listed anywhere: :func:`discover` imports every module of the built-in
-part packages (``lmcollapse.metrics``, ``lmcollapse.data``) and ``lmcollapse.policies``,
+part packages (``lmcollapse.metrics``, ``lmcollapse.data``, ``lmcollapse.scorers``) and
+``lmcollapse.policies``,
 plus any module a package declares under the ``lmcollapse.parts`` entry-point group, so a
 new metric is one new file.
 
@@ -37,7 +38,8 @@ from typing import Any, Generic, TypeVar
 T = TypeVar("T")
 
 #: packages whose every module is imported by :func:`discover` (each registers its parts)
-BUILTIN_PARTS = ("lmcollapse.policies", "lmcollapse.metrics", "lmcollapse.data")
+BUILTIN_PARTS = ("lmcollapse.policies", "lmcollapse.metrics", "lmcollapse.data",
+                 "lmcollapse.scorers")
 #: entry-point group through which an installed package adds parts
 ENTRY_POINT_GROUP = "lmcollapse.parts"
 
@@ -110,6 +112,7 @@ def unknown_name_message(kind: str, name: str, allowed: list[str]) -> str:
 POLICIES: Registry[Any] = Registry("policy")
 METRICS: Registry[Any] = Registry("metric")
 SOURCES: Registry[Any] = Registry("data source")
+SCORERS: Registry[Any] = Registry("scorer")
 
 _discovered = False
 

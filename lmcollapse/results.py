@@ -126,10 +126,13 @@ class RunResults:
 
     def values(self, policy: str, metric: str, generation: int | None) -> dict[int, float]:
         """``{seed: value}`` of one metric; gen 0 is shared by all policies, None = human."""
-        pol = "human" if generation is None else None if generation == 0 else policy
+        pol = "human" if generation is None else policy
         out = {}
         for seed in self.seeds:
-            v = self.records.get((pol, seed, generation), {}).get("values", {}).get(metric)
+            # generation 0: the cell's own (a curating cell's corpus 0), else the shared one
+            rec = self.records.get((pol, seed, generation)) or (
+                self.records.get((None, seed, 0), {}) if generation == 0 else {})
+            v = rec.get("values", {}).get(metric)
             if isinstance(v, int | float) and not isinstance(v, bool) and not math.isnan(v):
                 out[seed] = float(v)
         return out
@@ -191,8 +194,6 @@ def load_records(run_dirs: list[str | Path]) -> list[dict[str, Any]]:
         for path in RunLayout(run).metrics_files():
             rec = json.loads(path.read_text())
             rec.update(run=str(run), experiment=name)
-            if rec.get("generation") == 0:
-                rec["policy"] = None
             records.append(rec)
     return records
 

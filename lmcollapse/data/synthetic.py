@@ -367,6 +367,38 @@ class MarkovSource:
             return -math.inf
         return float(np.log(probs).sum())
 
+    def continuation_log_prob(self, context: str, continuation: str) -> tuple[float, int]:
+        """Exact log p of the words ``continuation`` adds to ``context``, and their number.
+
+        ``context`` is text from a document (a prompt: it may start or end inside a word);
+        the scored words are those of ``context + continuation`` after the context's last
+        complete word, each given the word before it. A word the continuation completes
+        (the context ended inside it) is scored; a last word the text may have cut (no
+        whitespace after it) is not. Returns ``(-inf, n)`` when a scored word is unknown or
+        a transition impossible, and ``(-inf, 0)`` when no word is complete (a continuation
+        the source cannot vouch for ranks last).
+        """
+        full = context + continuation
+        words = full.split()
+        n_ctx = len(context.split())
+        if n_ctx and context[-1:].strip() and continuation[:1].strip():
+            n_ctx -= 1  # the continuation goes on with the context's last word
+        end = len(words) if full[-1:].isspace() else len(words) - 1
+        scored = words[n_ctx:end]
+        if not scored:
+            return -math.inf, 0
+        prev = words[n_ctx - 1] if n_ctx > 0 else END_TOKEN
+        if prev not in self.word_to_index:  # a context of one cut word: start a sentence
+            prev = END_TOKEN
+        idx = self._indices(" ".join(scored))
+        if idx is None:
+            return -math.inf, len(scored)
+        before = np.concatenate(([self.word_to_index[prev]], idx[:-1]))
+        probs = self.transition_matrix[before, idx]
+        if np.any(probs <= 0):
+            return -math.inf, len(scored)
+        return float(np.log(probs).sum()), len(scored)
+
     def _indices(self, text: str) -> np.ndarray | None:
         """Return the token indices of ``text``, or ``None`` if a token is unknown."""
         try:
