@@ -9,9 +9,12 @@ reads it as a string. Unknown keys, wrong types and out-of-range values raise
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
+import json
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -348,6 +351,23 @@ class PolicySpec(NamedPart):
 
 
 @dataclass
+class GridAxis:
+    """``grid[i]``: one swept config key and its values, crossed with the policies and
+    the other axes. ``key`` is a dotted key of ``generate``, ``train`` or ``model``
+    (``generate.temperature``, ``train.lr``, ``model.init``) or ``policy.<key>`` for a key
+    of every policy entry (``policy.fraction``, ``policy.curate.rule``); ``name`` labels it
+    in cell names (default: the key's last part)."""
+
+    key: str = ""
+    values: list[Any] = field(default_factory=list)
+    name: str | None = None
+
+    @property
+    def label(self) -> str:
+        return self.name or self.key.rsplit(".", 1)[-1]
+
+
+@dataclass
 class ExperimentConfig:
     version: int = CONFIG_VERSION
     experiment: str = "experiment"
@@ -360,6 +380,7 @@ class ExperimentConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    grid: list[GridAxis] = field(default_factory=list)
     log_level: str = "INFO"
 
     @property
@@ -570,6 +591,7 @@ def load_config(path: str | Path | None = None,
     data = apply_overrides(data, overrides or [])
     cfg = build(ExperimentConfig, data)
     validate(cfg)
+    cells(cfg)  # every grid point must be a valid config too
     return cfg
 
 
@@ -624,3 +646,103 @@ def config_diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> l
         elif a != b:
             out.append(f"{path}: {a!r} -> {b!r}")
     return out
+
+
+# --- grids: the cells of an experiment ------------------------------------------------------
+
+#: sections a grid axis may sweep (data, metrics and the run's shape stay one per experiment)
+SWEEPABLE = ("generate.", "train.", "model.init", "policy.")
+#: keys that would change what a corpus sample is, so the human row could not match it
+NOT_SWEEPABLE = ("generate.new_tokens", "generate.prompt_tokens", "generate.keep_prompt")
+
+
+@dataclass
+class Cell:
+    """One cell of the grid: a policy at one grid point, with its resolved config.
+
+    ``key`` names its directory and its report row: the policy's label, followed by the
+    grid values (``replace@temperature=0.7``) when the experiment has a grid."""
+
+    key: str
+    policy: PolicySpec
+    cfg: ExperimentConfig
+    axes: dict[str, Any]
+    #: which generation-0 model the cell starts from: "" for the seed's shared one, else
+    #: the values of the axes that change how generation 0 is trained
+    zero_group: str = ""
+
+
+def zero_signature(cfg: ExperimentConfig) -> str:
+    """What decides generation 0's model: the training settings and whether the model
+    starts from random weights (``model.init: scratch``); decoding does not (it decides
+    corpus 0, not model 0)."""
+    return json.dumps([plain(cfg.train), cfg.model.init == "scratch"], sort_keys=True)
+
+
+def _short(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+    return re.sub(r"[^A-Za-z0-9_.=+-]+", "", text.replace(":", "-")) or "x"
+
+
+def cells(cfg: ExperimentConfig) -> list[Cell]:
+    """Every (policy, grid point) of the experiment, each with its own validated config.
+
+    Without a grid there is one cell per policy, keyed by the policy's label. Errors name
+    the grid axis and value (``grid[0].values[2]``)."""
+    base = cfg.to_dict()
+    points: list[list[tuple[int, int, Any]]] = [[]]
+    for i, axis in enumerate(cfg.grid):
+        _check_axis(axis, i)
+        points = [p + [(i, j, v)] for p in points for j, v in enumerate(axis.values)]
+    out = []
+    for point in points:
+        data = copy.deepcopy(base)
+        data["grid"] = []
+        for i, _, value in point:
+            key = cfg.grid[i].key
+            if key.startswith("policy."):
+                for entry in data["policies"]:
+                    _set(entry, key.split(".")[1:], value)
+            else:
+                _set(data, key.split("."), value)
+        where = ", ".join(f"grid[{i}].values[{j}] ({cfg.grid[i].key}={v!r})"
+                          for i, j, v in point)
+        try:
+            resolved = build(ExperimentConfig, data)
+            validate(resolved)
+        except ConfigError as err:
+            raise ConfigError(f"{where}: {err}") from None
+        axes = {cfg.grid[i].key: v for i, _, v in point}
+        suffix = ",".join(f"{cfg.grid[i].label}={_short(v)}" for i, _, v in point)
+        group = "" if zero_signature(resolved) == zero_signature(cfg) else ",".join(
+            f"{cfg.grid[i].label}={_short(v)}" for i, _, v in point
+            if cfg.grid[i].key.startswith(("train.", "model.")))
+        for spec in resolved.policies:
+            out.append(Cell(f"{spec.key}@{suffix}" if suffix else spec.key, spec, resolved,
+                            axes, group))
+    keys = [c.key for c in out]
+    if len(set(keys)) != len(keys):
+        raise ConfigError(f"grid: two cells would share a name ({keys}); give the axes "
+                          "distinct values or `name`s")
+    return out
+
+
+def _check_axis(axis: GridAxis, i: int) -> None:
+    where = f"grid[{i}]"
+    if not axis.key.startswith(SWEEPABLE) or axis.key in NOT_SWEEPABLE:
+        raise ConfigError(
+            f"{where}.key: {axis.key!r} cannot be swept; allowed: keys of generate and "
+            f"train, model.init, or policy.<key> (not {', '.join(NOT_SWEEPABLE)}: the human "
+            "row's samples must stay as long as a corpus sample; data, the architecture and "
+            "metrics are one per experiment)")
+    if not axis.values or len({json.dumps(v, sort_keys=True) for v in axis.values}) != len(
+            axis.values):
+        raise ConfigError(f"{where}.values: give distinct values, got {axis.values!r}")
+
+
+def _set(node: dict[str, Any], parts: list[str], value: Any) -> None:
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"grid: {'.'.join(parts)} is not a config key")
+    node[parts[-1]] = copy.deepcopy(value)

@@ -9,6 +9,7 @@
       seed_<s>/human/metrics.json         the human reference row
       seed_<s>/base/                      (scratch models) the seed's initial weights
       seed_<s>/gen_00/                    shared by every policy: mix, model, corpus, metrics
+      seed_<s>/gen_00@<values>/           (grids over training keys) one per training setting
       seed_<s>/<policy>/gen_00/           (curating cells) corpus 0 curated, its metrics
       seed_<s>/<policy>/gen_<k>/          mix.parquet, model/, corpus.parquet, metrics.json
                                           (curating cells: candidates.parquet, curation.json)
@@ -46,7 +47,10 @@ class Generation:
 
     seed: int
     k: int
+    #: the cell (a policy label, plus grid values in a grid); None: the shared generation 0
     policy: str | None = None
+    #: which shared generation 0 the cell starts from ("" unless a grid changes training)
+    group: str = ""
 
     def __post_init__(self) -> None:
         if self.k > 0 and self.policy is None:
@@ -54,22 +58,27 @@ class Generation:
 
     @property
     def tag(self) -> str:
-        """The policy key, or ``shared`` for the shared generation 0 (in derived seeds)."""
-        return self.policy or SHARED
+        """The cell key, or ``shared`` for the shared generation 0 (in derived seeds)."""
+        if self.policy is not None:
+            return self.policy
+        return f"{SHARED}@{self.group}" if self.group else SHARED
 
     @property
     def shared_zero(self) -> Generation:
-        """The seed's shared generation 0 (whose model every cell starts from)."""
-        return Generation(self.seed, 0)
+        """The shared generation 0 whose model the cell starts from."""
+        return Generation(self.seed, 0, None, self.group)
 
     @property
     def previous(self) -> Generation:
         """The generation whose model generation k continues from: k-1 of the same cell,
         the shared generation 0 for k = 1."""
-        return Generation(self.seed, self.k - 1, self.policy if self.k > 1 else None)
+        if self.k > 1:
+            return Generation(self.seed, self.k - 1, self.policy, self.group)
+        return self.shared_zero
 
     def __str__(self) -> str:
-        policy = self.policy if self.policy is not None else "all (shared)"
+        policy = self.policy if self.policy is not None else (
+            f"all at {self.group} (shared)" if self.group else "all (shared)")
         own = " (own corpus)" if self.k == 0 and self.policy is not None else ""
         return f"seed {self.seed}, policy {policy}, generation {self.k}{own}"
 
@@ -109,7 +118,8 @@ class RunLayout:
 
     def gen_dir(self, gen: Generation) -> Path:
         if gen.policy is None:
-            return self.seed_dir(gen.seed) / gen_name(0)
+            return self.seed_dir(gen.seed) / (gen_name(0) + (f"@{gen.group}" if gen.group
+                                                              else ""))
         return self.seed_dir(gen.seed) / gen.policy / gen_name(gen.k)
 
     def model_dir(self, gen: Generation) -> Path:

@@ -33,9 +33,9 @@ from accelerate.utils import broadcast_object_list, set_seed
 from tqdm.auto import tqdm
 
 from lmcollapse import files
-from lmcollapse.config import CurationConfig, ExperimentConfig, PolicySpec
+from lmcollapse.config import Cell, CurationConfig, ExperimentConfig, cells, plain
 from lmcollapse.curation import best_of_groups, candidates_per_prompt, quantiles, select
-from lmcollapse.data.blocks import PROVENANCE, Sample
+from lmcollapse.data.blocks import PROVENANCE, Sample, human_rows, tokenize_records
 from lmcollapse.errors import StepError
 from lmcollapse.generate import generate_corpus
 from lmcollapse.layout import (
@@ -114,7 +114,8 @@ class CollapseLoop:
             broadcast_object_list(stamp)
             cfg = dataclasses.replace(cfg, experiment=f"{cfg.experiment}-{stamp[0]}")
         self.cfg = cfg
-        self.policies = {p.key: p for p in cfg.policies}
+        #: the cells of the grid (one per policy without a grid), by key
+        self.cells: dict[str, Cell] = {c.key: c for c in cells(cfg)}
         self.acc = accelerator or make_accelerator(cfg)
         self.layout = RunLayout(cfg.run_dir)
         #: fixed by :meth:`prepare` (data, tokenizer, architecture, metrics)
@@ -123,7 +124,7 @@ class CollapseLoop:
         #: the one model in memory: (its weights' directory, the model), and the seed's
         #: generation-0 model
         self._model: tuple[Path, torch.nn.Module] | None = None
-        self._reference: tuple[int, torch.nn.Module] | None = None
+        self._reference: tuple[Path, torch.nn.Module] | None = None
         #: corpora of the current seed, by generation directory
         self._corpora: dict[Path, list[Sample]] = {}
 
@@ -146,30 +147,37 @@ class CollapseLoop:
         """Run (or resume) every step of every cell, generations outermost."""
         self.prepare()
         cfg = self.cfg
-        curating = [key for key, spec in self.policies.items() if spec.curate.active]
-        per_seed = 1 + 3 * (1 + cfg.generations * len(cfg.policies)) + 2 * len(curating)
+        own_zero = [c for c in self.cells.values() if self._own_zero(c)]
+        groups = sorted({c.zero_group for c in self.cells.values()} - {""})
+        per_seed = (4 + len(groups) + 2 * len(own_zero)
+                    + 3 * cfg.generations * len(self.cells))
         self.steps = Steps(self.acc, per_seed * len(cfg.seeds))
         for seed in cfg.seeds:
             self._corpora.clear()  # corpora of other seeds are never read again
             self._ensure_base(seed)
-            self.generation(Generation(seed, 0))
+            for group in ["", *groups]:  # one generation-0 model per training setting
+                self.generation(Generation(seed, 0, None, group))
             self.steps.run(self.layout.human(seed), "measure", f"seed {seed}, human reference",
                            lambda s=seed: self.measure_human(s))
-            for key in curating:  # the shared model 0 writes each curating cell its corpus 0
-                self.generation(Generation(seed, 0, key))
+            for cell in own_zero:  # a shared model 0 writes the cell its own corpus 0
+                self.generation(Generation(seed, 0, cell.key, cell.zero_group))
             for k in range(1, cfg.generations + 1):
-                for key in self.policies:
-                    self.generation(Generation(seed, k, key))
+                for cell in self.cells.values():
+                    self.generation(Generation(seed, k, cell.key, cell.zero_group))
         self.steps.close()
         self._model = None
         log.info("run finished: %s", self.run_dir)
 
     def generation(self, gen: Generation) -> None:
-        """The steps of one generation: train on the mix, write corpus k, measure. A
-        curating cell's own generation 0 only writes and measures (its model is shared)."""
+        """The steps of one generation: train on the mix, write corpus k, measure. A cell's
+        own generation 0 only writes and measures (its model is shared); the generation-0
+        model of a grid's other training setting is only trained (its cells write their own
+        corpus 0)."""
         d = self.layout.gen_dir(gen)
         if gen.k > 0 or gen.policy is None:
             self.steps.run(d, "train", str(gen), lambda: self.train(gen, d))
+        if gen.policy is None and gen.group:
+            return
         self.steps.run(d, "generate", str(gen), lambda: self.generate(gen, d))
         self.steps.run(d, "measure", str(gen), lambda: self.measure(gen, d))
 
@@ -185,19 +193,34 @@ class CollapseLoop:
         corpora.update({j: self._corpus(self.layout.gen_dir(Generation(gen.seed, j, gen.policy)))
                         for j in range(1, gen.k)})
         rng = np.random.default_rng(derive_seed(gen.seed, gen.policy, gen.k, "mix"))
-        policy = make_policy(self.policies[gen.policy],
+        policy = make_policy(self.cells[gen.policy].policy,
                              shard_seed=derive_seed(gen.seed, gen.policy, "shards"))
-        return policy.build(MixContext(gen.k, human, corpora, rng, self.cfg.generations))
+        fresh = (lambda count: self._fresh_human(gen, count)) if self.setup.fresh else None
+        return policy.build(MixContext(gen.k, human, corpora, rng, self.cfg.generations, fresh))
+
+    def _fresh_human(self, gen: Generation, count: int) -> list[Sample]:
+        """``count`` blocks of new human text for generation ``gen`` (documents the data
+        source writes with a seed of this cell and generation, cut like human train)."""
+        per_doc = len(self.setup.human.train) / max(1, len(self.setup.human.texts["train"]))
+        docs = max(1, int(count / max(per_doc, 1e-9) * 1.2) + 2)
+        seed = derive_seed(gen.seed, gen.policy, gen.k, "fresh")
+        while True:
+            texts = self.setup.fresh(docs, seed)
+            stream = [t for rec in tokenize_records(self.setup.tokenizer, texts) for t in rec]
+            rows = human_rows(stream, self.cfg.data.block_tokens, f"fresh{gen.k}")
+            if len(rows) >= count or count == 0:
+                return rows[:count]
+            docs *= 2
 
     def train(self, gen: Generation, d: Path) -> None:
         set_seed(derive_seed(gen.seed, gen.tag, gen.k, "train"))
         mix = self.mix(gen)
         if self.acc.is_main_process:
             files.write_rows(d / MIX, mix, PROVENANCE)
-        tcfg = self.cfg.train
-        spec: PolicySpec | None = self.policies.get(gen.policy)
-        if spec is not None and spec.epochs is not None:
-            tcfg = dataclasses.replace(tcfg, epochs=spec.epochs)
+        tcfg = self._cfg(gen).train
+        cell = self.cells.get(gen.policy)
+        if cell is not None and cell.policy.epochs is not None:
+            tcfg = dataclasses.replace(tcfg, epochs=cell.policy.epochs)
         model, records = train_generation(
             self.acc, self._starting_model(gen), self.setup.tokenizer.pad_token_id, mix,
             self.setup.human.validation, tcfg, seed=derive_seed(gen.seed, gen.tag, gen.k, "order"),
@@ -212,9 +235,9 @@ class CollapseLoop:
     def generate(self, gen: Generation, d: Path) -> None:
         """Corpus k: one continuation per human training block, or, for a curating cell,
         the curated pick of several candidates per block."""
-        spec = self.policies.get(gen.policy)
-        if spec is not None and spec.curate.active:
-            corpus = self._curated(gen, d, spec.curate)
+        cell = self.cells.get(gen.policy)
+        if cell is not None and cell.policy.curate.active:
+            corpus = self._curated(gen, d, cell.policy.curate)
         else:
             corpus = self._continue(gen, 0)
         if self.acc.is_main_process:
@@ -229,7 +252,7 @@ class CollapseLoop:
         seed = (derive_seed(gen.seed, tag, gen.k, "generate") if draw == 0
                 else derive_seed(gen.seed, gen.tag, gen.k, "generate", draw))
         rows = generate_corpus(self.acc, self._load(gen), self.setup.tokenizer,
-                               self.setup.human.train, self.cfg.generate, seed,
+                               self.setup.human.train, self._cfg(gen).generate, seed,
                                generation=gen.k, desc=f"generate gen {gen.k}")
         if draw:
             for r in rows:
@@ -271,20 +294,36 @@ class CollapseLoop:
     def _score_context(self, gen: Generation) -> ScoreContext:
         return ScoreContext(accelerator=self.acc, tokenizer=self.setup.tokenizer,
                             prompts=self.setup.human.train,
-                            prompt_tokens=self.cfg.generate.prompt_tokens,
+                            prompt_tokens=self._cfg(gen).generate.prompt_tokens,
                             generator=lambda: self._load(gen),
-                            reference_model=lambda: self._reference_model(gen.seed),
+                            reference_model=lambda: self._reference_model(gen.seed, gen.group),
                             truth=self.setup.truth)
 
     def _zero(self, gen: Generation) -> Generation:
-        """Generation 0 as ``gen``'s cell sees it: its own (curated) corpus 0 or the
-        shared one."""
-        spec = self.policies.get(gen.policy)
-        own = spec is not None and spec.curate.active
-        return Generation(gen.seed, 0, gen.policy) if own else gen.shared_zero
+        """Generation 0 as ``gen``'s cell sees it: its own corpus 0 or the shared one."""
+        cell = self.cells[gen.policy]
+        return Generation(gen.seed, 0, cell.key, cell.zero_group) if self._own_zero(cell) \
+            else gen.shared_zero
+
+    def _own_zero(self, cell: Cell) -> bool:
+        """Whether a cell needs a corpus 0 of its own: it curates, decodes otherwise than
+        the shared corpus 0 was written, or starts from another training setting's model."""
+        return (cell.policy.curate.active or bool(cell.zero_group)
+                or plain(cell.cfg.generate) != plain(self.cfg.generate))
+
+    def _cfg(self, gen: Generation) -> ExperimentConfig:
+        """The settings generation ``gen`` runs with: its cell's (a grid point's); for the
+        seed's shared generation 0 the base config (it writes the corpus 0 of every cell at
+        the base decoding); for another training setting's generation 0 (trained only)
+        those of a cell with that setting."""
+        if gen.policy is not None:
+            return self.cells[gen.policy].cfg
+        if not gen.group:
+            return self.cfg
+        return next(c.cfg for c in self.cells.values() if c.zero_group == gen.group)
 
     def measure(self, gen: Generation, d: Path) -> None:
-        ctx = self._context(gen.seed, d, generation=gen.k, model=self._load(gen),
+        ctx = self._context(gen.seed, d, gen.group, generation=gen.k, model=self._load(gen),
                             corpus=self._corpus(d))
         result = _collect(self.setup.metrics, lambda m: m.compute(ctx))
         if self.acc.is_main_process:
@@ -294,7 +333,7 @@ class CollapseLoop:
 
     def measure_human(self, seed: int) -> None:
         d = self.layout.human(seed)
-        ctx = self._context(seed, d)
+        ctx = self._context(seed, d, "")
         result = _collect(self.setup.metrics, lambda m: m.human_reference(ctx))
         if self.acc.is_main_process:
             files.write_json(d / METRICS_FILE, {"seed": seed, "policy": "human",
@@ -327,12 +366,13 @@ class CollapseLoop:
 
     def _starting_model(self, gen: Generation) -> torch.nn.Module:
         init_seed = derive_seed(gen.seed, gen.tag, gen.k, "init")
+        model_cfg = self._cfg(gen).model
         if gen.k == 0:
-            if self.cfg.model.init == "scratch":
+            if model_cfg.init == "scratch":
                 return random_model(self.setup.model_config, init_seed)
-            return starting_model(self.cfg.model, self.setup.tokenizer, "base", init_seed,
+            return starting_model(model_cfg, self.setup.tokenizer, "base", init_seed,
                                   self._base_dir(gen.seed), None)
-        return starting_model(self.cfg.model, self.setup.tokenizer, self.cfg.model.init,
+        return starting_model(model_cfg, self.setup.tokenizer, model_cfg.init,
                               init_seed, self._base_dir(gen.seed),
                               self.layout.model_dir(gen.previous))
 
@@ -351,13 +391,14 @@ class CollapseLoop:
             self._model = (path, load_model(path).to(self.acc.device))
         return self._model[1]
 
-    def _reference_model(self, seed: int) -> torch.nn.Module:
-        """The seed's generation-0 model, loaded once and kept for reference scoring."""
-        path = self.layout.model_dir(Generation(seed, 0))
+    def _reference_model(self, seed: int, group: str = "") -> torch.nn.Module:
+        """The seed's generation-0 model (of the cell's training setting), loaded once and
+        kept for reference scoring."""
+        path = self.layout.model_dir(Generation(seed, 0, None, group))
         if self._model is not None and self._model[0] == path:
             return self._model[1]
-        if self._reference is None or self._reference[0] != seed:
-            self._reference = (seed, load_model(path).to(self.acc.device))
+        if self._reference is None or self._reference[0] != path:
+            self._reference = (path, load_model(path).to(self.acc.device))
         return self._reference[1]
 
     def _corpus(self, d: Path) -> list[Sample]:
@@ -365,9 +406,10 @@ class CollapseLoop:
             self._corpora[d] = _as_arrays(files.read_rows(d / CORPUS))
         return self._corpora[d]
 
-    def _context(self, seed: int, out_dir: Path, **row: Any) -> MeasureContext:
+    def _context(self, seed: int, out_dir: Path, group: str, **row: Any) -> MeasureContext:
         return metric_context(self.setup, self.cfg, self.acc, self.layout.seed_dir(seed),
-                              out_dir, lambda: self._reference_model(seed), **row)
+                              out_dir, lambda: self._reference_model(seed, group),
+                              reference_group=group, **row)
 
 
 def _collect(metrics: list[Metric], fn: Callable[[Metric], Measurement | None]) -> dict[str, Any]:

@@ -37,6 +37,51 @@ def _save(fig: Figure, stem: Path) -> list[Path]:
     return paths
 
 
+def _lines(ax: Any, series: dict[str, dict[Any, Sequence[float]]],
+           positions: dict[Any, float] | None = None) -> set[int]:
+    """Draw one line per label (band: mean ± std where n >= 2); returns the seed counts."""
+    counts: set[int] = set()
+    for i, (label, points) in enumerate(series.items()):
+        xs = sorted(points, key=lambda x: positions[x] if positions else x)
+        if not xs:
+            continue
+        pos = [positions[x] if positions else x for x in xs]
+        mean = np.array([points[x][0] for x in xs], dtype=float)
+        std = np.array([points[x][1] for x in xs], dtype=float)
+        n = np.array([points[x][2] for x in xs])
+        spread = (n >= 2) & np.isfinite(std)
+        color = f"C{i % 10}"
+        ax.plot(pos, mean, marker="o", ms=4, color=color, label=label)
+        if spread.any():
+            std = np.where(spread, std, 0.0)
+            ax.fill_between(pos, mean - std, mean + std, color=color, alpha=0.18, lw=0)
+            counts.update(int(k) for k in n[spread])
+    return counts
+
+
+def _spread_text(counts: set[int]) -> str:
+    if not counts:
+        return "1 seed: no spread, no band"
+    lo, hi = min(counts), max(counts)
+    seeds = f"{lo} seeds" if lo == hi else f"{lo}–{hi} seeds"
+    return f"line: mean, band: mean ± sample std over {seeds}"
+
+
+def _references(ax: Any, references: dict[str, float]) -> None:
+    for j, (label, value) in enumerate(references.items()):
+        if value is not None and math.isfinite(value):
+            ax.axhline(value, color="0.2" if j == 0 else f"C{(j + 5) % 10}", ls="--", lw=1.2,
+                       label=label)
+
+
+def _finish(ax: Any, fig: Figure, xlabel: str, ylabel: str, title: str, stem: Path) -> list[Path]:
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize="small", frameon=False)
+    return _save(fig, stem)
+
+
 def metric_plot(series: dict[str, dict[int, Sequence[float]]], references: dict[str, float],
                 title: str, ylabel: str, stem: Path) -> list[Path]:
     """One metric against generation.
@@ -50,37 +95,31 @@ def metric_plot(series: dict[str, dict[int, Sequence[float]]], references: dict[
         stem: output path without suffix.
     """
     fig, ax = _figure()
-    counts: set[int] = set()
-    for i, (label, points) in enumerate(series.items()):
-        gens = sorted(points)
-        if not gens:
-            continue
-        mean = np.array([points[g][0] for g in gens], dtype=float)
-        std = np.array([points[g][1] for g in gens], dtype=float)
-        n = np.array([points[g][2] for g in gens])
-        spread = (n >= 2) & np.isfinite(std)
-        color = f"C{i % 10}"
-        ax.plot(gens, mean, marker="o", ms=4, color=color, label=label)
-        if spread.any():
-            std = np.where(spread, std, 0.0)
-            ax.fill_between(gens, mean - std, mean + std, color=color, alpha=0.18, lw=0)
-            counts.update(int(k) for k in n[spread])
-    for j, (label, value) in enumerate(references.items()):
-        if value is not None and math.isfinite(value):
-            ax.axhline(value, color="0.2" if j == 0 else f"C{(j + 5) % 10}", ls="--", lw=1.2,
-                       label=label)
+    counts = _lines(ax, series)
+    _references(ax, references)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    if counts:
-        lo, hi = min(counts), max(counts)
-        seeds = f"{lo} seeds" if lo == hi else f"{lo}–{hi} seeds"
-        xlabel = f"generation (line: mean, band: mean ± sample std over {seeds})"
-    else:
-        xlabel = "generation (1 seed: no spread, no band)"
-    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
-    ax.grid(alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize="small", frameon=False)
-    return _save(fig, stem)
+    return _finish(ax, fig, f"generation ({_spread_text(counts)})", ylabel, title, stem)
+
+
+def sweep_plot(series: dict[str, dict[Any, Sequence[float]]], references: dict[str, float],
+               title: str, axis: str, ylabel: str, stem: Path) -> list[Path]:
+    """One metric at the final generation against the values of one grid axis.
+
+    Args:
+        series: ``{line label (policy and the other axes): {axis value: (mean, std, n)}}``;
+            numbers are placed at their value, anything else (a rule name) in given order.
+        references: dashed horizontal lines (the human reference).
+        axis: the swept config key (x label).
+    """
+    fig, ax = _figure()
+    values = list(dict.fromkeys(v for points in series.values() for v in points))
+    numeric = all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
+    positions = None if numeric else {v: float(i) for i, v in enumerate(values)}
+    counts = _lines(ax, series, positions)
+    _references(ax, references)
+    if positions:
+        ax.set_xticks(list(positions.values()), [str(v) for v in positions])
+    return _finish(ax, fig, f"{axis} ({_spread_text(counts)})", ylabel, title, stem)
 
 
 def histogram_plot(scores: list[tuple[str, np.ndarray]], title: str, stem: Path) -> list[Path]:

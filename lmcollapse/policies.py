@@ -12,8 +12,9 @@ mix is reproducible and a resumed run rebuilds exactly the mix it would have bui
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -33,6 +34,9 @@ class MixContext:
     corpora: dict[int, list[Sample]]
     rng: np.random.Generator
     generations: int
+    #: ``count`` -> that many new human blocks for this generation, never seen before, where
+    #: the data source can write more (the synthetic source); None where it cannot
+    fresh_human: Callable[[int], list[Sample]] | None = None
 
     @property
     def n(self) -> int:
@@ -130,12 +134,20 @@ class AccumulateSubsample(Policy):
 
 @dataclass
 class FreshSettings(FractionSettings):
+    """``pool``: ``shards`` cuts disjoint shards from the human training pool (so
+    ``generations * fraction <= 1``); ``source`` draws new documents from the data source
+    each generation (the synthetic source can; any fraction up to 1)."""
+
     fraction: float = 0.2
+    pool: Literal["shards", "source"] = "shards"
 
 
 @POLICIES.register("fresh")
 class Fresh(Policy):
     """A new, disjoint human shard of round(r*N) blocks each generation + corpus k-1 for the rest.
+
+    With ``pool: source`` the human blocks are new documents the data source writes for
+    this generation (never seen by any generation, generation 0 included).
 
     Shards come from one permutation of the human pool fixed per (seed, policy), so the human
     blocks of generation k were never seen by generations 1..k-1 (Alemohammad et al. 2023,
@@ -150,12 +162,19 @@ class Fresh(Policy):
     def check(cls, settings: Any, where: str, generations: int) -> None:
         super().check(settings, where, generations)
         r = settings.fraction
-        if generations * r > 1.0 + 1e-9:
+        if settings.pool == "shards" and generations * r > 1.0 + 1e-9:
             raise ConfigError(
                 f"{where}.fraction: fresh needs generations * fraction <= 1 so that every "
                 f"generation gets a disjoint human shard; got {generations} * {r}")
 
     def build(self, ctx: MixContext) -> list[Sample]:
+        if self.config.pool == "source":
+            if ctx.fresh_human is None:
+                raise ValueError("fresh with pool: source needs a data source that writes "
+                                 "new text (data.source: synthetic)")
+            n_human = round(self.config.fraction * ctx.n)
+            synthetic = ctx.draw(ctx.previous(), min(ctx.n - n_human, len(ctx.previous())))
+            return ctx.fresh_human(n_human) + synthetic
         # never more than N // generations, so rounding up cannot exhaust the pool late
         n_human = min(round(self.config.fraction * ctx.n), ctx.n // max(ctx.generations, 1))
         order = np.random.default_rng(self.shard_seed).permutation(ctx.n)

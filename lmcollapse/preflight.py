@@ -14,6 +14,7 @@ import os
 import platform
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from accelerate.utils import broadcast_object_list
 from transformers import PretrainedConfig, PreTrainedTokenizerBase
 
 from lmcollapse import files
-from lmcollapse.config import ExperimentConfig, config_diff
+from lmcollapse.config import ExperimentConfig, cells, config_diff
 from lmcollapse.data.base import ExactDistribution, Source, make_source
 from lmcollapse.data.blocks import HumanData, prepare_human_data
 from lmcollapse.errors import ConfigError
@@ -46,7 +47,7 @@ from lmcollapse.scorers.base import ScoreContext, make_scorer
 
 log = logging.getLogger(__name__)
 #: config keys that may change between invocations of one run: the grid grows by cells
-GRID_KEYS = ("seeds", "policies", "log_level")
+GRID_KEYS = ("seeds", "policies", "grid", "log_level")
 
 
 @dataclass
@@ -61,6 +62,8 @@ class Setup:
     #: the data source's exact distribution, where it knows one (else None)
     truth: ExactDistribution | None
     metrics: list[Metric]
+    #: (documents, seed) -> new human documents, where the source can write more
+    fresh: Callable[[int, int], list[str]] | None = None
 
 
 def make_accelerator(cfg: ExperimentConfig) -> Accelerator:
@@ -183,7 +186,11 @@ def prepare(cfg: ExperimentConfig, acc: Accelerator, layout: RunLayout) -> Setup
     metrics = [METRICS.get(name)(cfg.metrics.of(name)) for name in cfg.metrics.names]
     setup = Setup(tokenizer=tokenizer, human=human, model_config=arch,
                   trained_length=check_lengths(cfg, arch), truth=source.truth(),
-                  metrics=metrics)
+                  metrics=metrics, fresh=source.fresh_documents)
+    for i, spec in enumerate(cfg.policies):
+        if getattr(spec.settings, "pool", None) == "source" and setup.fresh is None:
+            raise ConfigError(f"policies[{i}].pool: 'source' needs a data source that writes "
+                              f"new text (data.source: synthetic); {cfg.data.source!r} cannot")
     ctx = metric_context(setup, cfg, acc, layout.root, layout.root, _no_model)
     for metric in metrics:
         metric.preflight(ctx)
@@ -229,7 +236,10 @@ def write_provenance(cfg: ExperimentConfig, acc: Accelerator, layout: RunLayout,
                         "numbers may differ from what this setting gives", key, now[key], key,
                         record.get(key))
     truth = source.truth()
-    record.update(config=cfg.to_dict(), seeds=cfg.seeds, policies=[p.key for p in cfg.policies],
+    grid = cells(cfg)
+    record.update(config=cfg.to_dict(), seeds=cfg.seeds, policies=[c.key for c in grid],
+                  cells={c.key: {"policy": c.policy.key, "axes": c.axes,
+                                 "zero_group": c.zero_group} for c in grid},
                   data=source.describe(), source=truth.describe() if truth is not None else None)
     record["invocations"].append(now)
     files.write_json(path, record)

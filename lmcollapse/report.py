@@ -31,10 +31,12 @@ from lmcollapse.results import (
     ARROWS,
     check_name,
     generation_marks,
+    grid_axes,
     leaderboard,
     load_runs,
     per_generation,
     reference_scores,
+    sweep,
 )
 
 
@@ -76,6 +78,15 @@ def write_report(run_dirs: list[str | Path], out: str | Path | None = None,
             made += plotting.metric_plot(series, refs, f"{meta['display_name']} "
                                           f"{ARROWS[meta['higher_is_better']]}", m,
                                           out / "plots" / _slug(m))
+        for axis in grid_axes(exps):
+            for exp in exps:
+                meta = lb.meta[metric]
+                made += plotting.sweep_plot(
+                    sweep(exp, metric, axis), {"human reference": exp.human(metric).mean},
+                    f"{meta['display_name']} {ARROWS[meta['higher_is_better']]} at the final "
+                    f"generation", axis, metric,
+                    out / "plots" / _slug(f"sweep_{metric}_{axis}" if len(exps) == 1
+                                          else f"sweep_{metric}_{axis}_{exp.key}"))
         pol = histogram_policy or (policies[0] if policies else None)
         for exp in (e for e in exps if pol in e.policies):
             made += plotting.histogram_plot(

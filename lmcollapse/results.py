@@ -481,6 +481,29 @@ def generation_marks(exps: list[RunResults], metric: str) -> dict[str, dict[int,
 
 # --- files and command line -----------------------------------------------------------------
 
+def sweep(exp: RunResults, metric: str, axis: str) -> dict[str, dict[Any, Stat]]:
+    """``{line label: {value of axis: Stat at the final generation}}``: one line per policy
+    and values of the other grid axes, from experiment.json's ``cells``."""
+    cells = exp.info.get("cells", {})
+    out: dict[str, dict[Any, Stat]] = {}
+    for key, cell in cells.items():
+        axes = cell.get("axes", {})
+        if axis not in axes:
+            continue
+        others = ", ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in axes.items() if k != axis)
+        label = cell["policy"] + (f" ({others})" if others else "")
+        gen = exp.latest(key, metric)
+        if gen is not None:
+            out.setdefault(label, {})[axes[axis]] = stat(exp.values(key, metric, gen).values())
+    return out
+
+
+def grid_axes(exps: list[RunResults]) -> list[str]:
+    """The swept config keys of the experiments, in order."""
+    return list(dict.fromkeys(k for e in exps for c in e.info.get("cells", {}).values()
+                              for k in c.get("axes", {})))
+
+
 def reference_scores(exp: RunResults, policy: str) -> list[tuple[str, Any]]:
     """``[(label, per-sample perplexities)]`` for each measured generation and human (pooled
     over seeds), from ``reference_scores.parquet``."""

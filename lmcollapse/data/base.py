@@ -10,6 +10,7 @@ Markov language) returns it from :meth:`Source.truth`, which ground-truth metric
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from lmcollapse.errors import ConfigError
@@ -55,6 +56,10 @@ class Source:
     def describe(self) -> str:
         """One line for the report's setup (what text, how much)."""
         return self.name
+
+    #: ``(documents, seed) -> new documents`` where the source can write more human text
+    #: (``fresh`` with ``pool: source``); None where it cannot
+    fresh_documents: Callable[[int, int], list[str]] | None = None
 
 
 def make_source(data: Any) -> Source:

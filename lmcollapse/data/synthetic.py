@@ -367,16 +367,18 @@ class MarkovSource:
             return -math.inf
         return float(np.log(probs).sum())
 
-    def continuation_log_prob(self, context: str, continuation: str) -> tuple[float, int]:
+    def continuation_log_prob(self, context: str, continuation: str,
+                              floor: float = 0.0) -> tuple[float, int]:
         """Exact log p of the words ``continuation`` adds to ``context``, and their number.
 
         ``context`` is text from a document (a prompt: it may start or end inside a word);
         the scored words are those of ``context + continuation`` after the context's last
         complete word, each given the word before it. A word the continuation completes
         (the context ended inside it) is scored; a last word the text may have cut (no
-        whitespace after it) is not. Returns ``(-inf, n)`` when a scored word is unknown or
-        a transition impossible, and ``(-inf, 0)`` when no word is complete (a continuation
-        the source cannot vouch for ranks last).
+        whitespace after it) is not. A word the source cannot produce there (unknown, or an
+        impossible transition) has probability ``floor`` (0: the log p is -inf), and so has
+        the word after an unknown one. ``(-inf, 0)`` when no word is complete (a
+        continuation the source cannot vouch for ranks last).
         """
         full = context + continuation
         words = full.split()
@@ -390,14 +392,13 @@ class MarkovSource:
         prev = words[n_ctx - 1] if n_ctx > 0 else END_TOKEN
         if prev not in self.word_to_index:  # a context of one cut word: start a sentence
             prev = END_TOKEN
-        idx = self._indices(" ".join(scored))
-        if idx is None:
+        idx = np.array([self.word_to_index.get(w, -1) for w in [prev, *scored]])
+        known = (idx[:-1] >= 0) & (idx[1:] >= 0)
+        probs = np.zeros(len(scored))
+        probs[known] = self.transition_matrix[idx[:-1][known], idx[1:][known]]
+        if np.any(probs <= 0) and floor <= 0:
             return -math.inf, len(scored)
-        before = np.concatenate(([self.word_to_index[prev]], idx[:-1]))
-        probs = self.transition_matrix[before, idx]
-        if np.any(probs <= 0):
-            return -math.inf, len(scored)
-        return float(np.log(probs).sum()), len(scored)
+        return float(np.log(np.maximum(probs, floor)).sum()), len(scored)
 
     def _indices(self, text: str) -> np.ndarray | None:
         """Return the token indices of ``text``, or ``None`` if a token is unknown."""
@@ -506,6 +507,11 @@ class SyntheticSource(Source):
         return {split: self.truth().sample_documents(n, s.sentences_per_doc,
                                                      seed=s.seed * 1000 + i + 1)
                 for i, (split, n) in enumerate(zip(SPLITS, counts, strict=True))}
+
+    def fresh_documents(self, n_docs: int, seed: int) -> list[str]:
+        """New documents, from a stream no split uses (seeds of the splits are small)."""
+        return self.truth().sample_documents(n_docs, self.config.sentences_per_doc,
+                                             seed=10_000_019 + seed)
 
     def describe(self) -> str:
         s = self.config

@@ -75,6 +75,9 @@ class MeasureContext:
     out_dir: Path
     #: the exact distribution of human text, where the data source knows it
     truth: ExactDistribution | None = None
+    #: which generation-0 model ``reference_model`` returns ("" unless a grid changes
+    #: training): files computed with it (MAUVE features) are cached per group
+    reference_group: str = ""
     generation: int | None = None
     model: torch.nn.Module | None = None
     corpus: list[Sample] | None = None

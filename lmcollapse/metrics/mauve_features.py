@@ -247,8 +247,11 @@ class Mauve(Metric):
             write_npy(cache, feats)  # atomic: a killed run never leaves a truncated cache
         return feats
 
-    def _cache_name(self) -> str:
-        slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", self.config.featurizer).strip("_")
+    def _cache_name(self, ctx: MeasureContext) -> str:
+        name = self.config.featurizer
+        if name == "gen0" and ctx.reference_group:  # another training setting's gen 0
+            name += "@" + ctx.reference_group
+        slug = re.sub(r"[^A-Za-z0-9_.=@-]+", "_", name).strip("_")
         return f"features_{slug}.npy"
 
     def _score(self, p_feats: np.ndarray, q_feats: np.ndarray) -> Measurement:
@@ -264,12 +267,12 @@ class Mauve(Metric):
     def _human(self, ctx: MeasureContext) -> np.ndarray:
         m = self.config
         chunks = ctx.human_chunks(self._size(ctx), m.seed)
-        return self._features(ctx, chunks, ctx.seed_dir / "human" / self._cache_name())
+        return self._features(ctx, chunks, ctx.seed_dir / "human" / self._cache_name(ctx))
 
     def compute(self, ctx: MeasureContext) -> Measurement:
         m = self.config
         q = self._features(ctx, fixed_sample(ctx.corpus_seqs(), self._size(ctx), m.seed),
-                           ctx.out_dir / self._cache_name())
+                           ctx.out_dir / self._cache_name(ctx))
         return self._score(self._human(ctx), q)
 
     def human_reference(self, ctx: MeasureContext) -> Measurement:
@@ -278,7 +281,7 @@ class Mauve(Metric):
         length = ctx.sample_tokens
         train = [r["input_ids"][:length] for r in ctx.human.train]
         q = self._features(ctx, fixed_sample(train, self._size(ctx), m.seed),
-                           ctx.out_dir / ("train_" + self._cache_name()))
+                           ctx.out_dir / ("train_" + self._cache_name(ctx)))
         return self._score(self._human(ctx), q)
 
     def describe(self, m: Measurement) -> str:

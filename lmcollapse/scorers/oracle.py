@@ -14,16 +14,24 @@ from lmcollapse.scorers.base import ScoreContext, Scorer
 
 @dataclass
 class OracleSettings:
-    """``per_word``: divide by the number of words the continuation completes."""
+    """``per_word``: divide by the number of words the continuation completes; ``floor``:
+    the probability of a word the source cannot produce there (0: such a sample scores
+    -inf; a small model writes few samples without one, so by default each impossible
+    word costs log 1e-6 and the samples are ranked by how many they hold, then by log p)."""
 
     per_word: bool = True
+    floor: float = 1e-6
+
+    def check(self, where: str) -> None:
+        if not 0.0 <= self.floor < 1.0:
+            raise ConfigError(f"{where}.floor: must be in [0, 1), got {self.floor}")
 
 
 @SCORERS.register("oracle")
 class Oracle(Scorer):
     """log p under the source of the words a continuation adds to its prompt
-    (:meth:`~lmcollapse.data.synthetic.MarkovSource.continuation_log_prob`); a sample with
-    an unknown word or an impossible transition scores -inf."""
+    (:meth:`~lmcollapse.data.synthetic.MarkovSource.continuation_log_prob`), exact where
+    the source can produce the words, ``floor`` per word where it cannot."""
 
     settings = OracleSettings
 
@@ -37,9 +45,11 @@ class Oracle(Scorer):
         for i, s in enumerate(samples):
             context = ctx.tokenizer.decode(ctx.prompt(s))
             full = ctx.tokenizer.decode(ctx.prompt(s) + [int(t) for t in s["input_ids"]])
-            log_p, words = ctx.truth.continuation_log_prob(context, full[len(context):])
+            log_p, words = ctx.truth.continuation_log_prob(context, full[len(context):],
+                                                           self.config.floor)
             out[i] = log_p / max(words, 1) if self.config.per_word else log_p
         return out
 
     def describe(self) -> str:
-        return "exact log p of the source" + (" per word" if self.config.per_word else "")
+        unit = " per word" if self.config.per_word else ""
+        return f"exact log p of the source{unit} (impossible words: {self.config.floor:g})"
