@@ -27,6 +27,10 @@ def test_axes_cross_policies_and_name_their_cells(tmp_path):
     assert cell.cfg.generate.temperature == 0.7 and cell.cfg.train.lr == 0.001
     assert cell.policy.epochs == 2 and cell.policy.fraction == 0.1
     assert cell.axes == {"generate.temperature": 0.7, "train.lr": 0.001, "policy.epochs": 2}
+    # a nested policy key: the curation rule of every policy entry
+    rules = cells(tiny_config(tmp_path, "grid=[{key: policy.curate.rule, values: [none, best]}]"))
+    assert [c.policy.curate.rule for c in rules if c.policy.name == "replace"] == ["none", "best"]
+    assert rules[-1].key.endswith("@rule=best")
     # generation 0 depends on training, not on decoding nor on a policy setting
     assert {c.zero_group for c in grid if c.cfg.train.lr == 0.005} == {""}  # the base lr
     assert {c.zero_group for c in grid if c.cfg.train.lr == 0.001} == {"lr=0.001"}
@@ -45,13 +49,15 @@ def test_bad_axes_are_refused_naming_the_axis(tmp_path, axis, match):
         tiny_config(tmp_path, f"grid=[{axis}]")
 
 
+GRID_ARGS = ["generations=1", "policies=[replace]", "metrics.names=[perplexity,diversity,mauve]",
+             "grid=[{key: generate.temperature, values: [0.5, 1.0]}, "
+             "{key: train.lr, values: [0.005, 0.002]}]"]
+
+
 @pytest.fixture(scope="module")
 def grid_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("grid")
-    cfg = tiny_config(root, "generations=1", "policies=[replace]",
-                      "metrics.names=[perplexity,diversity,mauve]",
-                      "grid=[{key: generate.temperature, values: [0.5, 1.0]}, "
-                      "{key: train.lr, values: [0.005, 0.002]}]")
+    cfg = tiny_config(root, *GRID_ARGS)
     CollapseLoop(cfg).run()
     return cfg
 
@@ -101,6 +107,19 @@ def test_grid_resumes_and_reports_per_setting(grid_run, tmp_path):
     res = report.write_report([grid_run.run_dir], out=tmp_path)
     names = {p.name for p in res["files"]}
     assert {"sweep_perplexity_generate.temperature.png", "sweep_perplexity_train.lr.png"} <= names
+    # growing the grid runs only the new cells; changing another key is refused
+    grown = tiny_config(grid_run.output_dir, *GRID_ARGS[:-1],
+                        "grid=[{key: generate.temperature, values: [0.5, 1.0, 0.8]}, "
+                        "{key: train.lr, values: [0.005, 0.002]}]")
+    loop = CollapseLoop(grown)
+    loop.run()
+    # 2 new cells (lr 0.005, 0.002) x (own corpus 0: generate, measure; generation 1: train,
+    # generate, measure)
+    assert len(loop.timings) == 10
+    assert all("temperature=0.8" in t["where"] for t in loop.timings)
+    with pytest.raises(ConfigError, match="was started with a different config"):
+        CollapseLoop(tiny_config(grid_run.output_dir, *GRID_ARGS,
+                                 "train.weight_decay=0.1")).run()
 
 
 def test_fresh_human_text_from_the_source(tmp_path):
