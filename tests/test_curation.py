@@ -200,3 +200,28 @@ def test_the_oracle_raises_the_exact_log_p_of_what_is_fed_back(curated_run):
     assert own and own != {s: v["distinct_4"] for s, v in shared_row.items()}
     lb = results.leaderboard(exps)
     assert "kept_fraction" in lb.columns
+
+
+def test_loglik_scorer_with_a_model_directory_matches_gen0(accelerator, tiny_model, tokenizer,
+                                                           texts, tmp_path):
+    """An external verifier given as a local directory scores exactly as the same weights
+    given as the generation-0 model; per token is the summed score over the continuation's
+    token count (its prompt is context only)."""
+    from lmcollapse.config import ScorerSpec, build
+    from lmcollapse.data.blocks import human_rows
+    from lmcollapse.scorers.base import ScoreContext, make_scorer
+
+    tiny_model.save_pretrained(tmp_path / "verifier")
+    stream = [t for text in texts[:40] for t in tokenizer(text + "\n")["input_ids"]]
+    prompts = human_rows(stream, 12, "train")[:6]
+    samples = [{"prompt_id": i, "sample_id": f"gen_1:{i}", "input_ids": p["input_ids"][4:12]}
+               for i, p in enumerate(prompts)]
+    ctx = ScoreContext(accelerator=accelerator, tokenizer=tokenizer, prompts=prompts,
+                       prompt_tokens=4, generator=lambda: tiny_model,
+                       reference_model=lambda: tiny_model)
+    by_gen0 = make_scorer(build(ScorerSpec, {"name": "loglik"}, "s")).score(ctx, samples)
+    external = build(ScorerSpec, {"name": "loglik", "model": str(tmp_path / "verifier")}, "s")
+    by_dir = make_scorer(external).score(ctx, samples)
+    assert np.allclose(by_gen0, by_dir, rtol=1e-5)
+    summed = make_scorer(build(ScorerSpec, {"name": "loglik", "per_token": False}, "s"))
+    assert np.allclose(summed.score(ctx, samples) / 8, by_gen0, rtol=1e-6)
