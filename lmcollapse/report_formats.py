@@ -402,7 +402,7 @@ def render_html(lb: Leaderboard, generation: tuple[Any, ...] | None = None,
     style = ("body{font-family:sans-serif;margin:2em;max-width:95em}table{border-collapse:collapse}"
              "td,th{border:1px solid #ccc;padding:.2em .5em;text-align:right}"
              "td:nth-child(2),th:nth-child(2){text-align:left}dt{font-weight:bold;float:left;"
-             "width:8em}dd{margin-left:9em}img{max-width:min(48em,100%)}figure{display:inline-block;"
+             "width:8em}dd{margin-left:9em;overflow-wrap:anywhere}img{max-width:min(48em,100%)}figure{display:inline-block;"
              "max-width:100%;margin:1em 0}.scroll{overflow-x:auto;max-width:100%}"
              "td.noise{color:#777}td.noise sup{color:#c60;font-weight:bold}")
     viewport = '<meta name="viewport" content="width=device-width, initial-scale=1">'

@@ -77,3 +77,13 @@ def metric(cfg, name: str):
     from lmcollapse.registry import METRICS
 
     return METRICS.get(name)(cfg.metrics.of(name))
+
+
+def text_source(tmp_path: Path) -> list[str]:
+    """Overrides for a ``text`` source (files written into ``tmp_path``) holding the tiny
+    synthetic language: a source that cannot write new text nor knows log p."""
+    words = MarkovSource(vocab_size=60, branching=6, seed=0).sample_documents(150, 4, seed=0)
+    (tmp_path / "train.txt").write_text("\n".join(words[:120]) + "\n")
+    (tmp_path / "test.txt").write_text("\n".join(words[120:]) + "\n")
+    return ["data.source=text", f"data.text.train={tmp_path / 'train.txt'}",
+            f"data.text.test={tmp_path / 'test.txt'}"]

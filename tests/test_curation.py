@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from conftest import tiny_config
+from conftest import text_source, tiny_config
 
 from lmcollapse import results
 from lmcollapse.curation import best_of_groups, candidates_per_prompt, select
@@ -94,11 +94,7 @@ def test_bad_curation_settings_are_refused_before_any_work(tmp_path):
             ("{name: replace, curate: {rule: best, fraction: 0}}", r"curate\.fraction")):
         with pytest.raises(ConfigError, match=match):
             tiny_config(tmp_path, f"policies=[{bad}]")
-    words = MarkovSource(vocab_size=60, branching=6, seed=0).sample_documents(150, 4, seed=0)
-    (tmp_path / "train.txt").write_text("\n".join(words[:120]) + "\n")
-    (tmp_path / "test.txt").write_text("\n".join(words[120:]) + "\n")
-    cfg = tiny_config(tmp_path, "data.source=text", f"data.text.train={tmp_path / 'train.txt'}",
-                      f"data.text.test={tmp_path / 'test.txt'}", "metrics.names=[perplexity]",
+    cfg = tiny_config(tmp_path, *text_source(tmp_path), "metrics.names=[perplexity]",
                       "policies=[{name: replace, curate: {rule: best, scorer: oracle}}]")
     with pytest.raises(ConfigError, match="'oracle' needs a data source"):
         CollapseLoop(cfg).run()

@@ -8,7 +8,7 @@ import json
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import tiny_config
+from conftest import text_source, tiny_config
 
 from lmcollapse import report, results
 from lmcollapse.config import cells
@@ -137,13 +137,7 @@ def test_fresh_human_text_from_the_source(tmp_path):
 
 
 def test_fresh_from_a_source_that_cannot_write_is_refused(tmp_path):
-    from lmcollapse.data.synthetic import MarkovSource
-
-    words = MarkovSource(vocab_size=60, branching=6, seed=0).sample_documents(150, 4, seed=0)
-    (tmp_path / "train.txt").write_text("\n".join(words[:120]) + "\n")
-    (tmp_path / "test.txt").write_text("\n".join(words[120:]) + "\n")
-    cfg = tiny_config(tmp_path, "data.source=text", f"data.text.train={tmp_path / 'train.txt'}",
-                      f"data.text.test={tmp_path / 'test.txt'}", "metrics.names=[perplexity]",
+    cfg = tiny_config(tmp_path, *text_source(tmp_path), "metrics.names=[perplexity]",
                       "policies=[{name: fresh, fraction: 0.5, pool: source}]")
     with pytest.raises(ConfigError, match=r"policies\[0\]\.pool: 'source' needs a data source"):
         CollapseLoop(cfg).run()

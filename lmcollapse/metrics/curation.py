@@ -3,17 +3,10 @@ ones', and what the extra generation cost (read from the generation's curation.j
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from lmcollapse import files
 from lmcollapse.layout import CURATION
 from lmcollapse.metrics.base import MeasureContext, Measurement, Metric
 from lmcollapse.registry import METRICS
-
-
-@dataclass
-class CurationSettings:
-    """``metrics.curation`` has no settings: it reports what each cell's ``curate`` did."""
 
 
 @METRICS.register("curation")
@@ -24,7 +17,6 @@ class Curation(Metric):
     curating) and ``repeats`` (kept samples drawn twice to fill a threshold rule's
     corpus). Cells that do not curate have no values; neither does the human row."""
 
-    settings = CurationSettings
     display_name = "Curation"
     higher_is_better = None
     columns = ("kept_fraction",)
