@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from lmcollapse.config import ScratchModelConfig, load_config
-from lmcollapse.data.synthetic import MarkovSource
+from lmcollapse.data.markov import MarkovSource
 from lmcollapse.models import scratch_config, train_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -15,7 +15,7 @@ from lmcollapse import results
 from lmcollapse.curation import best_of_groups, candidates_per_prompt, select
 from lmcollapse.data.base import load_human_text
 from lmcollapse.data.blocks import prepare_human_data
-from lmcollapse.data.synthetic import MarkovSource
+from lmcollapse.data.markov import MarkovSource
 from lmcollapse.errors import ConfigError
 from lmcollapse.loop import CollapseLoop
 

@@ -18,7 +18,8 @@ from lmcollapse.metrics.diversity import (
     ngram_entropy,
     self_bleu,
 )
-from lmcollapse.metrics.mauve_features import mauve_score, terminal_hidden_states
+from lmcollapse.metrics.features import terminal_hidden_states
+from lmcollapse.metrics.mauve import mauve_score
 from lmcollapse.metrics.tail import (
     head_tail_split,
     tail_metrics,

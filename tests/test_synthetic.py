@@ -1,4 +1,4 @@
-"""Tests of the exactly-scored synthetic language in :mod:`lmcollapse.data.synthetic`."""
+"""Tests of the exactly-scored synthetic language in :mod:`lmcollapse.data.markov`."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from lmcollapse.data.synthetic import MarkovSource
+from lmcollapse.data.markov import MarkovSource
 
 # A 3-token chain worked out by hand: "." -> a (1); a -> b (1/4), "." (3/4); b -> "." (1).
 # Sentences are "a ." (p = 3/4) or "a b ." (p = 1/4). Stationary: pi_a = pi_. = x,

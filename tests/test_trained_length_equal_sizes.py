@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import tiny_config
 
-from lmcollapse.data.synthetic import MarkovSource
+from lmcollapse.data.markov import MarkovSource
 from lmcollapse.errors import ConfigError
 from lmcollapse.loop import CollapseLoop
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from lmcollapse.errors import ConfigError
 from lmcollapse.metrics.base import MeasureContext, Measurement, Metric
 from lmcollapse.metrics.perplexity import WindowSettings, sliding_windows
@@ -31,11 +33,24 @@ class GroundTruthSettings(WindowSettings):
     batch_size: int = 32
 
 
-def _scored_docs(ctx: MeasureContext) -> tuple[list[str], list[list[int]], int]:
-    docs = [d.rstrip("\n") for d in ctx.human.texts["test"] if d.strip()]
+def test_documents(ctx: MeasureContext) -> list[str]:
+    """The held-out source documents (the test split, blank records left out)."""
+    return [d.rstrip("\n") for d in ctx.human.texts["test"] if d.strip()]
+
+
+def document_nll(ctx: MeasureContext, docs: list[str], settings: WindowSettings, where: str,
+                 batch_size: int) -> np.ndarray:
+    """Model ``ctx.model``'s NLL (nats) of each document's tokens, given a preceding newline
+    (documents are newline-separated in training), in sliding windows of ``settings``."""
     nl = ctx.tokenizer("\n", add_special_tokens=False)["input_ids"]
     seqs = [nl + ctx.tokenizer(d, add_special_tokens=False)["input_ids"] for d in docs]
-    return docs, seqs, len(nl)
+    length, stride = settings.windows(ctx.trained_length, where)
+    windows = [(i, s[b:e], max(f, len(nl) - b)) for i, s in enumerate(seqs)
+               for b, e, f in sliding_windows(len(s), length, stride)]
+    nll, _ = score(ctx.accelerator, ctx.model, [w for _, w, _ in windows],
+                   [f for _, _, f in windows], ctx.tokenizer.pad_token_id, batch_size,
+                   desc=f"{where.split('.')[-1]} gen {ctx.generation}")
+    return np.bincount([i for i, _, _ in windows], weights=nll, minlength=len(docs))
 
 
 @METRICS.register("ground_truth")
@@ -58,15 +73,10 @@ class GroundTruth(Metric):
         return sum(ctx.truth.log_prob(d) for d in docs), sum(ctx.truth.n_words(d) for d in docs)
 
     def compute(self, ctx: MeasureContext) -> Measurement:
-        docs, seqs, start = _scored_docs(ctx)
+        docs = test_documents(ctx)
         log_p, words = self._source(ctx, docs)
         length, stride = self.config.windows(ctx.trained_length, WHERE)
-        windows = [(s[b:e], max(f, start - b)) for s in seqs
-                   for b, e, f in sliding_windows(len(s), length, stride)]
-        nll, _ = score(ctx.accelerator, ctx.model, [w for w, _ in windows],
-                       [f for _, f in windows], ctx.tokenizer.pad_token_id,
-                       self.config.batch_size, desc=f"ground truth gen {ctx.generation}")
-        nll = float(nll.sum())
+        nll = float(document_nll(ctx, docs, self.config, WHERE, self.config.batch_size).sum())
         return Measurement(
             values={"excess_nats_per_word": (log_p + nll) / words,
                     "model_nats_per_word": nll / words, "source_nats_per_word": -log_p / words,
@@ -75,7 +85,7 @@ class GroundTruth(Metric):
             sizes={"documents": len(docs), "words": words})
 
     def human_reference(self, ctx: MeasureContext) -> Measurement:
-        docs, _, _ = _scored_docs(ctx)
+        docs = test_documents(ctx)
         log_p, words = self._source(ctx, docs)
         return Measurement(values={"excess_nats_per_word": 0.0,
                                    "source_nats_per_word": -log_p / words,

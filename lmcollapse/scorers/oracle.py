@@ -30,7 +30,7 @@ class OracleSettings:
 @SCORERS.register("oracle")
 class Oracle(Scorer):
     """log p under the source of the words a continuation adds to its prompt
-    (:meth:`~lmcollapse.data.synthetic.MarkovSource.continuation_log_prob`), exact where
+    (:meth:`~lmcollapse.data.markov.MarkovSource.continuation_log_prob`), exact where
     the source can produce the words, ``floor`` per word where it cannot."""
 
     settings = OracleSettings

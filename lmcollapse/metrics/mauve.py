@@ -1,0 +1,137 @@
+"""MAUVE between held-out human text and corpus k, on the harness's text features
+(:mod:`lmcollapse.metrics.features`), with a multi-seed wrapper around
+``mauve.compute_mauve``."""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import mauve
+import numpy as np
+
+from lmcollapse.errors import ConfigError
+from lmcollapse.metrics.base import MeasureContext, Measurement, Metric
+from lmcollapse.metrics.features import Features, FeatureSettings
+from lmcollapse.registry import METRICS
+
+
+def mauve_score(
+    p_features: np.ndarray,
+    q_features: np.ndarray,
+    num_buckets: int | str,
+    seeds: Sequence[int],
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """Runs ``mauve.compute_mauve`` on precomputed features once per k-means seed.
+
+    Note that ``compute_mauve`` L2-normalises features before PCA and k-means, so only
+    feature directions matter. ``num_buckets='auto'`` resolves to
+    ``max(2, round(min(n_p, n_q) / 10))``.
+
+    Args:
+        p_features: Array ``[n_p, d]`` (e.g. human text features).
+        q_features: Array ``[n_q, d]`` (e.g. model text features).
+        num_buckets: k-means cluster count, or ``'auto'``. NumPy integers are accepted
+            (converted to ``int``; ``compute_mauve`` itself rejects them).
+        seeds: k-means seeds; one MAUVE run per seed.
+        **kwargs: Further ``compute_mauve`` keyword arguments (e.g. ``kmeans_num_redo``,
+            ``mauve_scaling_factor``). Must not repeat the ones set here.
+
+    Returns:
+        Dict with ``mauve`` (mean over seeds), ``mauve_std`` (population std, ddof=0),
+        ``mauve_runs`` (list of floats, one per seed), ``num_buckets`` (the resolved
+        integer actually used), ``n_p`` and ``n_q``.
+
+    Raises:
+        ValueError: If ``seeds`` is empty or ``num_buckets`` is neither int nor ``'auto'``.
+    """
+    if len(seeds) == 0:
+        raise ValueError("seeds must be non-empty")
+    if isinstance(num_buckets, numbers.Integral) and not isinstance(num_buckets, bool):
+        num_buckets = int(num_buckets)
+    elif num_buckets != "auto":
+        raise ValueError(f"num_buckets must be an int or 'auto', got {num_buckets!r}")
+    p = np.asarray(p_features)
+    q = np.asarray(q_features)
+    outs = [
+        mauve.compute_mauve(
+            p_features=p,
+            q_features=q,
+            num_buckets=num_buckets,
+            seed=int(s),
+            verbose=False,
+            **kwargs,
+        )
+        for s in seeds
+    ]
+    runs = [float(o.mauve) for o in outs]
+    return {
+        "mauve": float(np.mean(runs)),
+        "mauve_std": float(np.std(runs, ddof=0)),
+        "mauve_runs": runs,
+        "num_buckets": int(outs[0].num_buckets),
+        "n_p": int(p.shape[0]),
+        "n_q": int(q.shape[0]),
+    }
+
+
+@dataclass
+class MauveSettings(FeatureSettings):
+    """``metrics.mauve``: the samples and featurizer (:class:`FeatureSettings`), the k-means
+    ``num_buckets`` (``auto``: a tenth of the samples) and one MAUVE run per k-means seed."""
+
+    num_buckets: str = "auto"
+    seeds: list[int] = field(default_factory=lambda: [1, 2, 3])
+
+    def check(self, where: str) -> None:
+        super().check(where)
+        if self.num_buckets != "auto" and not self.num_buckets.isdigit():
+            raise ConfigError(f"{where}.num_buckets: 'auto' or a positive integer, got "
+                              f"{self.num_buckets!r}")
+        if not self.seeds:
+            raise ConfigError(f"{where}.seeds: give at least one k-means seed")
+
+
+@METRICS.register("mauve")
+class Mauve(Metric):
+    """MAUVE between held-out human text and corpus k on the harness's own features
+    (:class:`~lmcollapse.metrics.features.Features`: cached per row, featurizer and sample).
+    Scores compare only within one featurizer setting; it is written beside the score.
+    The human row scores held-out human text against human training text: the ceiling."""
+
+    settings = MauveSettings
+    display_name = "MAUVE"
+    higher_is_better = True
+    directions = {"mauve_std": None}
+    columns = ("mauve",)
+
+    def __init__(self, settings: MauveSettings) -> None:
+        super().__init__(settings)
+        self.features = Features(settings, "metrics.mauve")
+
+    def preflight(self, ctx: MeasureContext) -> None:
+        self.features.preflight(ctx)
+
+    def _score(self, p_feats: np.ndarray, q_feats: np.ndarray) -> Measurement:
+        m = self.config
+        buckets = m.num_buckets if m.num_buckets == "auto" else int(m.num_buckets)
+        out = mauve_score(p_feats, q_feats, buckets, m.seeds)
+        return Measurement({"mauve": out["mauve"], "mauve_std": out["mauve_std"]},
+                           details={"mauve_runs": out["mauve_runs"],
+                                    "num_buckets": out["num_buckets"],
+                                    "featurizer": m.featurizer, "kmeans_seeds": list(m.seeds)},
+                           sizes={"n_p": out["n_p"], "n_q": out["n_q"]})
+
+    def compute(self, ctx: MeasureContext) -> Measurement:
+        return self._score(self.features.human(ctx), self.features.corpus(ctx))
+
+    def human_reference(self, ctx: MeasureContext) -> Measurement:
+        return self._score(self.features.human(ctx), self.features.train(ctx))
+
+    def describe(self, m: Measurement) -> str:
+        return (f"{m.sizes['n_p']} vs {m.sizes['n_q']} samples, {m.details['num_buckets']} "
+                f"buckets, {m.details['featurizer']} features (scores compare only within one "
+                "featurizer)")
