@@ -63,24 +63,29 @@ def run_main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.config, args.overrides)
         if args.command == "validate":  # `run` checks this in its preflight
             check_pretrained(cfg.model)  # a missing optional extra, named before any work
+        accelerator = make_accelerator(cfg) if args.command == "run" else None
     except ConfigError as err:
         print(f"lmcollapse: config error: {err}", file=sys.stderr)
+        return 2
+    except Exception as err:  # noqa: BLE001  (bad input of any kind: one line, exit 2)
+        print(f"lmcollapse: config error: {args.config}: {type(err).__name__}: "
+              f"{str(err)[:300]}", file=sys.stderr)
         return 2
     if args.command == "validate":
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         return 0
     if args.command == "bench":
         return bench.bench(cfg, args.steps, args.prompts, args.eval_tokens)
-    accelerator = make_accelerator(cfg)
     _setup_logging(cfg.log_level, accelerator.is_main_process)
     try:
         with logging_redirect_tqdm():  # log lines above the progress bars, not inside them
             CollapseLoop(cfg, accelerator, new_run=args.new_run).run()
-    except ConfigError as err:
-        log.error("config error: %s", err)
+    except ConfigError as err:  # the message on stderr whatever the log settings
+        print(f"lmcollapse: config error: {err}", file=sys.stderr)
+        log.debug("traceback", exc_info=err.__cause__ or err)
         return 2
     except StepError as err:
-        log.error("%s", err)
+        print(f"lmcollapse: {err}", file=sys.stderr)
         log.debug("traceback", exc_info=err.__cause__)
         return 1
     return 0

@@ -36,6 +36,48 @@ from lmcollapse.registry import (
 
 CONFIG_VERSION = 1
 
+#: largest integer a config may hold (seeds, sizes): beyond it a value is a typo
+MAX_INT = 2**53
+#: a run directory, policy label, axis name or cell name: one safe path component
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@=+,-]{0,119}")
+#: names the run directory uses itself (a cell may not take them)
+RESERVED_NAMES = ("human", "base", "tokenizer", "all")
+RESERVED_PATTERN = re.compile(r"(gen|seed)_\d+")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+#: a scratch tokenizer is byte-level BPE: its 256 bytes and 2 special tokens come first
+MIN_SCRATCH_VOCAB = 258
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2 numbers: ``1:30`` is a string, not 90 (YAML 1.1
+    reads colon-separated digits as base 60)."""
+
+
+_INT_TAG, _FLOAT_TAG = "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag not in (_INT_TAG, _FLOAT_TAG)]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Loader.add_implicit_resolver(
+    _INT_TAG, re.compile(r"^[-+]?(?:0|[1-9][0-9_]*|0b[01_]+|0x[0-9a-fA-F_]+)$"),
+    list("-+0123456789"))
+_Loader.add_implicit_resolver(
+    _FLOAT_TAG, re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                               |[-+]?\.[0-9][0-9_]*(?:[eE][-+]?[0-9]+)?
+                               |[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."))
+
+
+def parse_yaml(text: str, what: str) -> Any:
+    """Parse YAML text with :class:`_Loader`; any failure (syntax, a tag that cannot be
+    built such as ``!!float abc``, nesting too deep, a number too long) is a ConfigError
+    naming ``what``."""
+    try:
+        return yaml.load(text, Loader=_Loader)  # noqa: S506  (a SafeLoader subclass)
+    except (yaml.YAMLError, ValueError, TypeError, OverflowError, RecursionError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"{what}: not valid YAML ({type(err).__name__}: {first[:200]})"
+                          ) from None
+
 
 # --- core sections -------------------------------------------------------------------------
 # The settings of the loop itself. A registered part (policy, metric, data source) declares
@@ -55,6 +97,18 @@ def fraction(value: Any, where: str) -> None:
     """Refuse anything but a number in [0, 1], naming ``where``."""
     if value is None or not 0.0 <= value <= 1.0:
         raise ConfigError(f"{where}: must be a number in [0, 1], got {value!r}")
+
+
+def safe_name(value: str, where: str) -> None:
+    """A name that becomes a folder of the run directory: one path component of letters,
+    digits and ``._@=+,-`` (starting with a letter or digit, so never ``..``), not one the
+    run directory uses itself."""
+    if not SAFE_NAME.fullmatch(value or ""):
+        raise ConfigError(f"{where}: {value!r} is not a safe folder name; use 1-120 letters, "
+                          "digits and ._@=+,- starting with a letter or digit")
+    if value in RESERVED_NAMES or RESERVED_PATTERN.fullmatch(value):
+        raise ConfigError(f"{where}: {value!r} is a name the run directory uses itself "
+                          f"({', '.join(RESERVED_NAMES)}, gen_<k>, seed_<s>); choose another")
 
 
 def sample_size(value: int | None, where: str) -> None:
@@ -114,6 +168,9 @@ class DataConfig(Sections):
             raise ConfigError(f"{where}.source: " + unknown_name_message(
                 "data source", self.source, self.registry.names()))
         positive(self.block_tokens, f"{where}.block_tokens")
+        if self.block_tokens < 2:
+            raise ConfigError(f"{where}.block_tokens: must be >= 2 (a block is a context and a "
+                              f"next token), got {self.block_tokens}")
         positive(self.max_train_blocks, f"{where}.max_train_blocks", allow_none=True)
         positive(self.max_validation_blocks, f"{where}.max_validation_blocks", allow_none=True)
 
@@ -143,6 +200,10 @@ class ScratchModelConfig:
         for name in ("vocab_size", "hidden_size", "num_layers", "num_heads",
                      "intermediate_size", "max_position_embeddings"):
             positive(getattr(self, name), f"{where}.{name}")
+        if self.vocab_size < MIN_SCRATCH_VOCAB:
+            raise ConfigError(f"{where}.vocab_size: a byte-level tokenizer needs at least "
+                              f"{MIN_SCRATCH_VOCAB} (256 bytes + 2 special tokens), got "
+                              f"{self.vocab_size}")
         if self.hidden_size % self.num_heads:
             raise ConfigError(f"{where}.hidden_size must be divisible by num_heads")
 
@@ -176,7 +237,11 @@ class LoraConfig:
         if self.enabled:
             positive(self.r, f"{where}.r")
             positive(self.alpha, f"{where}.alpha")
-            fraction(self.dropout, f"{where}.dropout")
+            if not 0 <= self.dropout < 1:
+                raise ConfigError(f"{where}.dropout: must be in [0, 1), got {self.dropout}")
+            if self.target_modules is not None and not all(self.target_modules):
+                raise ConfigError(f"{where}.target_modules: module names, or null for peft's "
+                                  f"default; got {self.target_modules}")
 
 
 @dataclass
@@ -202,12 +267,17 @@ class TrainConfig:
     def check(self, where: str) -> None:
         for name in ("epochs", "batch_size", "grad_accum", "eval_batch_size"):
             positive(getattr(self, name), f"{where}.{name}")
-        positive(self.lr, f"{where}.lr")
+        if not 0 < self.lr <= 1:
+            raise ConfigError(f"{where}.lr: must be in (0, 1], got {self.lr}")
+        positive(self.max_grad_norm, f"{where}.max_grad_norm")
+        positive(self.weight_decay, f"{where}.weight_decay", allow_zero=True)
         for name in ("budget_steps", "eval_every", "budget_tokens"):
             positive(getattr(self, name), f"{where}.{name}", allow_none=True)
         if self.budget_steps is not None and self.budget_tokens is not None:
             raise ConfigError(f"{where}.budget_steps and {where}.budget_tokens: set at most one")
-        fraction(self.warmup_ratio, f"{where}.warmup_ratio")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ConfigError(f"{where}.warmup_ratio: must be in [0, 1), got "
+                              f"{self.warmup_ratio}")
         self.lora.check(f"{where}.lora")
 
 
@@ -252,6 +322,11 @@ class MetricsConfig(Sections):
         self.fill_defaults()
 
     def check(self, where: str) -> None:
+        if not self.names:
+            raise ConfigError(f"{where}.names: name at least one metric; allowed: "
+                              f"{', '.join(self.registry.names())}")
+        if len(set(self.names)) != len(self.names):
+            raise ConfigError(f"{where}.names: each metric once, got {self.names}")
         for i, name in enumerate(self.names):
             if name not in self.registry:
                 raise ConfigError(f"{where}.names[{i}]: " + unknown_name_message(
@@ -268,6 +343,8 @@ class NamedPart:
     settings (every key of the entry that is not a field of the entry itself)."""
 
     registry: ClassVar[Registry[Any]]
+    #: an entry must say which part it is (a policy); False: ``name`` has a default
+    name_required: ClassVar[bool] = False
     name: str
     settings: Any
 
@@ -339,6 +416,7 @@ class PolicySpec(NamedPart):
     """
 
     registry: ClassVar[Registry[Any]] = POLICIES
+    name_required: ClassVar[bool] = True
     name: str = "replace"
     label: str | None = None
     epochs: int | None = None
@@ -450,6 +528,9 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if dataclasses.is_dataclass(tp):
         if isinstance(tp, type) and issubclass(tp, NamedPart) and isinstance(value, str):
             value = {"name": value}
+        if value is None:
+            raise ConfigError(f"{where}: expected a mapping of settings, got null (leave the "
+                              "key out for the defaults)")
         return build(tp, value, where)
     if tp is Any:
         return value
@@ -467,6 +548,10 @@ def _coerce_scalar(value: Any, tp: Any, where: str) -> Any:
     if tp is int:
         if isinstance(value, bool):
             raise bad
+        if isinstance(value, int | float) and not (math.isfinite(value)
+                                                   and abs(value) <= MAX_INT):
+            raise ConfigError(f"{where}: expected an integer of at most {MAX_INT} in size, "
+                              f"got {value!r}")
         if isinstance(value, int):
             return value
         if isinstance(value, float) and value.is_integer():
@@ -476,16 +561,19 @@ def _coerce_scalar(value: Any, tp: Any, where: str) -> Any:
                 as_float = float(value)
             except ValueError:
                 raise bad from None
-            if as_float.is_integer():
+            if as_float.is_integer() and abs(as_float) <= MAX_INT:
                 return int(as_float)
         raise bad
     if tp is float:
         if isinstance(value, bool):
             raise bad
         try:
-            return float(value)
-        except (TypeError, ValueError):
+            number = float(value)
+        except (TypeError, ValueError, OverflowError):
             raise bad from None
+        if not math.isfinite(number):
+            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
+        return number
     if tp is str:
         if isinstance(value, str | int | float) and not isinstance(value, bool):
             return str(value)
@@ -513,6 +601,9 @@ def build(cls: type, data: Any, where: str = "") -> Any:
     for key, value in data.items():
         path = f"{where}.{key}" if where else str(key)
         if key in owners:
+            if value is None:
+                raise ConfigError(f"{path}: expected a mapping of settings, got null (leave "
+                                  "the key out for the defaults)")
             sections[key] = build(settings_of(owners[key]), value, path)
             continue
         if key not in names:
@@ -528,6 +619,9 @@ def build(cls: type, data: Any, where: str = "") -> Any:
 
 def _build_named(cls: type[NamedPart], data: dict[str, Any], where: str) -> NamedPart:
     keys = cls.own_keys()
+    if cls.name_required and "name" not in data:
+        raise ConfigError(f"{where}.name: missing; name one of: "
+                          f"{', '.join(cls.registry.names())}")
     own = {k: v for k, v in data.items() if k not in keys}
     name = _coerce(data.get("name", cls.name), str, f"{where}.name")
     kind = cls.registry.kind
@@ -567,10 +661,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             node = node[part]
             if not isinstance(node, dict):
                 raise ConfigError(f"override {item!r}: {part!r} is not a section")
-        try:
-            node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
-        except yaml.YAMLError as err:
-            raise ConfigError(f"override {item!r}: cannot parse {raw!r} as YAML: {err}") from None
+        node[parts[-1]] = parse_yaml(raw, f"override {item!r}") if raw.strip() else None
     return data
 
 
@@ -583,9 +674,12 @@ def load_config(path: str | Path | None = None,
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
         try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not valid YAML: {err}") from None
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as err:
+            raise ConfigError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})"
+                              ) from None
+        data = parse_yaml(text, str(path))
+        data = {} if data is None else data
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of keys")
     data = apply_overrides(data, overrides or [])
@@ -602,14 +696,24 @@ def validate(cfg: ExperimentConfig) -> None:
     part's settings next to its code); what spans sections is checked below."""
     if cfg.version != CONFIG_VERSION:
         raise ConfigError(f"version: this lmcollapse reads config version {CONFIG_VERSION}")
-    if not cfg.experiment or "/" in cfg.experiment:
-        raise ConfigError("experiment: must be a non-empty name without '/'")
+    safe_name(cfg.experiment, "experiment")
+    if not cfg.output_dir.strip():
+        raise ConfigError("output_dir: must name a folder, got an empty string")
     if not cfg.seeds or len(set(cfg.seeds)) != len(cfg.seeds):
         raise ConfigError(f"seeds: must be a non-empty list of distinct integers, got {cfg.seeds}")
-    positive(cfg.generations, "generations", allow_zero=True)
+    if any(not 0 <= s < 2**32 for s in cfg.seeds):
+        raise ConfigError(f"seeds: each in 0..{2**32 - 1} (a numpy/torch seed), got {cfg.seeds}")
+    if not 0 <= cfg.generations <= 1000:
+        raise ConfigError(f"generations: must be in 0..1000, got {cfg.generations}")
+    if cfg.log_level.upper() not in LOG_LEVELS:
+        raise ConfigError(f"log_level: {cfg.log_level!r} is not allowed; allowed: "
+                          f"{', '.join(LOG_LEVELS)} (any case)")
+    cfg.log_level = cfg.log_level.upper()
     if not cfg.policies:
         raise ConfigError("policies: name at least one policy")
     keys = [p.key for p in cfg.policies]
+    for i, key in enumerate(keys):
+        safe_name(key, f"policies[{i}].label" if cfg.policies[i].label else f"policies[{i}].name")
     if len(set(keys)) != len(keys):
         raise ConfigError(f"policies: labels must be unique, got {keys}; set `label` to tell apart")
     for i, spec in enumerate(cfg.policies):
@@ -625,14 +729,30 @@ def validate(cfg: ExperimentConfig) -> None:
 
 
 def _check_tree(section: Any, where: str) -> None:
-    """``check(where)`` of a section, then of its part sections."""
+    """``check(where)`` of a section, then of its part sections; every ``seed`` or
+    ``seeds`` in them must be a valid numpy/torch seed."""
     check = getattr(section, "check", None)
     if check is not None:
         check(where)
+    _check_seeds(section, where)
     if isinstance(section, Sections):
         for key, settings in sorted(section.checked().items()):
             if hasattr(settings, "check"):
                 settings.check(f"{where}.{key}")
+            _check_seeds(settings, f"{where}.{key}")
+
+
+def _check_seeds(section: Any, where: str) -> None:
+    if not dataclasses.is_dataclass(section):
+        return
+    for f in dataclasses.fields(section):
+        value = getattr(section, f.name)
+        if f.name in ("seed", "seeds"):
+            values = value if isinstance(value, list) else [value]
+            if any(not isinstance(v, int) or not 0 <= v < 2**32 for v in values):
+                raise ConfigError(f"{where}.{f.name}: each seed in 0..{2**32 - 1}, got {value}")
+        elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+            _check_seeds(value, f"{where}.{f.name}")
 
 
 def config_diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
@@ -721,6 +841,8 @@ def cells(cfg: ExperimentConfig) -> list[Cell]:
             out.append(Cell(f"{spec.key}@{suffix}" if suffix else spec.key, spec, resolved,
                             axes, group))
     keys = [c.key for c in out]
+    for cell in out:
+        safe_name(cell.key, f"grid: the cell name {cell.key!r} (policy label @ axis name=value)")
     if len(set(keys)) != len(keys):
         raise ConfigError(f"grid: two cells would share a name ({keys}); give the axes "
                           "distinct values or `name`s")

@@ -3,9 +3,13 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import fcntl
+import hashlib
 import json
 import os
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -15,22 +19,115 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from lmcollapse.errors import ConfigError
+from lmcollapse.faults import kill_point
 
-def _atomic(path: Path, write) -> None:
+#: the process's umask (read once: os.umask can only be read by setting it)
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+
+#: each folder's record of what was written into it: one JSON line per file written
+#: (name, bytes, sha256), the last line of a name wins
+MANIFEST = ".checksums.jsonl"
+
+
+class ArtifactError(ConfigError):
+    """A file of the run directory is missing, cut or changed since it was written."""
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _record(folder: Path, paths: list[Path]) -> None:
+    """Append the size and checksum of freshly written ``paths`` to ``folder``'s manifest."""
+    lines = "".join(json.dumps({"name": p.relative_to(folder).as_posix(),
+                                "bytes": p.stat().st_size, "sha256": sha256(p)}) + "\n"
+                    for p in paths)
+    with open(folder / MANIFEST, "a") as f:
+        f.write(lines)
+
+
+def recorded(folder: Path) -> dict[str, dict[str, Any]]:
+    """``{name: {"bytes", "sha256"}}`` of what the folder's manifest records."""
+    path = folder / MANIFEST
+    if not path.is_file():
+        return {}
+    out = {}
+    for line in path.read_text().splitlines():
+        try:
+            entry = json.loads(line)
+            out[entry["name"]] = entry
+        except (ValueError, KeyError, TypeError):
+            continue  # a line cut by a kill: that write was not finished
+    return out
+
+
+def _problem(path: Path, entry: dict[str, Any], full: bool) -> str | None:
+    if not path.is_file():
+        return "is missing"
+    size = path.stat().st_size
+    if size != entry["bytes"]:
+        return f"has {size} bytes, {entry['bytes']} were written"
+    if full and sha256(path) != entry["sha256"]:
+        return "was changed (its sha256 differs from the one recorded when it was written)"
+    return None
+
+
+def verify(path: str | Path, full: bool = True) -> None:
+    """Check a file (or every recorded file under a folder) against its record before it is
+    used: size, and with ``full`` the sha256. A file nobody recorded passes (written before
+    checksums, or outside the harness). Raises :class:`ArtifactError` naming the file."""
+    path = Path(path)
+    folder, entries = path.parent, recorded(path.parent)
+    name = path.name
+    checks = [(path, entries[name])] if name in entries else [
+        (folder / n, e) for n, e in entries.items() if n.startswith(name + "/")]
+    for file, entry in checks:
+        problem = _problem(file, entry, full)
+        if problem:
+            raise ArtifactError(
+                f"{file} {problem}: it cannot be used. Restore it, or delete "
+                f"{file.parent if file.parent != folder else folder} to redo the step that "
+                "wrote it (and what came after)")
+
+
+def verify_folder(folder: Path, full: bool = False) -> None:
+    """Every file the folder's manifest records (sizes; with ``full`` also checksums)."""
+    for name, entry in recorded(folder).items():
+        problem = _problem(folder / name, entry, full)
+        if problem:
+            raise ArtifactError(f"{folder / name} {problem}: a finished step wrote it. "
+                                f"Restore it, or delete {folder} to redo that generation "
+                                "(and what came after)")
+
+
+def _atomic(path: Path, write, record: bool = True) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; a finished file follows the umask
     try:
         write(tmp)
+        kill_point("atomic_write")
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    if record:
+        _record(path.parent, [path])
 
 
-def write_text(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically (temp file in the same folder + rename)."""
-    _atomic(Path(path), lambda tmp: Path(tmp).write_text(text))
+def write_text(path: str | Path, text: str, record: bool = True) -> None:
+    """Write ``text`` to ``path`` atomically (temp file in the same folder + rename) and,
+    with ``record``, its checksum into the folder's manifest (a run directory's files;
+    a report's are not)."""
+    _atomic(Path(path), lambda tmp: Path(tmp).write_text(text), record)
 
 
 def write_json(path: str | Path, obj: Any) -> None:
@@ -67,10 +164,55 @@ def read_rows(path: str | Path) -> list[dict[str, Any]]:
 
 
 def replace_dir(tmp_dir: Path, final_dir: Path) -> None:
-    """Move a finished temp folder into place, replacing a stale one."""
+    """Move a finished temp folder into place, replacing a stale one, and record its files
+    in the parent folder's manifest."""
     if final_dir.exists():
         shutil.rmtree(final_dir)
+    for path in tmp_dir.rglob("*"):
+        if path.is_file():
+            os.chmod(path, 0o666 & ~_UMASK)
     os.replace(tmp_dir, final_dir)
+    _record(final_dir.parent, sorted(p for p in final_dir.rglob("*") if p.is_file()))
+
+
+class RunLock:
+    """An exclusive lock on a run directory: ``flock`` on ``<run>/.lock``, held by the one
+    process that runs it (the main process of an ``accelerate launch``) until it ends.
+
+    The kernel drops a ``flock`` when its process dies, however it dies, so a lock left by
+    a killed run is free: the next run takes it over (and logs whose it was). The file
+    holds who has it, for the message a second run gets.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+
+    def acquire(self) -> str:
+        """Take the lock; returns who held it before ("" if nobody). ConfigError when a live
+        process holds it."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
+        previous = os.pread(fd, 1000, 0).decode(errors="replace").strip()
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise ConfigError(
+                f"{self.path.parent} is in use by another run ({previous or 'a live process'}"
+                "); wait for it to end, or give this run another `experiment` name") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since "
+                      f"{dt.datetime.now().isoformat(timespec='seconds')}\n".encode(), 0)
+        self._fd = fd
+        return previous
+
+    def release(self) -> None:
+        if self._fd is not None:  # the file stays: unlinking it could let two runs lock
+            os.ftruncate(self._fd, 0)  # empty: released, not left by a dead process
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
 
 
 def _jsonable(obj: Any) -> Any:

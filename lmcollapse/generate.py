@@ -25,6 +25,7 @@ from transformers import GenerationConfig
 
 from lmcollapse.config import GenerateConfig
 from lmcollapse.data.blocks import Sample
+from lmcollapse.faults import kill_point
 
 
 def eos_token_ids(model: Any, tokenizer: Any) -> int | list[int] | None:
@@ -90,6 +91,7 @@ def generate_corpus(accelerator: Accelerator, model: torch.nn.Module, tokenizer:
                                          generation_config=config)
                 start = 0 if gcfg.keep_prompt else ids.shape[1]
                 written += [(i, out[j, start:].tolist()) for j, i in enumerate(batch)]
+                kill_point("generate_batch")
     finally:
         model.generation_config = checkpoint_defaults
     written = sorted(gather_object(written))

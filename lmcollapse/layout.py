@@ -102,6 +102,11 @@ class RunLayout:
         return self.root / "tokenizer"
 
     @property
+    def lock(self) -> Path:
+        """Held by the process running the directory (:class:`~lmcollapse.files.RunLock`)."""
+        return self.root / ".lock"
+
+    @property
     def base_model(self) -> Path:
         """A GGUF checkpoint dequantized once, shared by every seed."""
         return self.root / "base_model"

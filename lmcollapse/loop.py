@@ -37,6 +37,7 @@ from lmcollapse.config import Cell, CurationConfig, ExperimentConfig, cells, pla
 from lmcollapse.curation import best_of_groups, candidates_per_prompt, quantiles, select
 from lmcollapse.data.blocks import PROVENANCE, Sample, human_rows, tokenize_records
 from lmcollapse.errors import StepError
+from lmcollapse.faults import kill_point
 from lmcollapse.generate import generate_corpus
 from lmcollapse.layout import (
     CANDIDATES,
@@ -77,6 +78,7 @@ class Steps:
         marker = RunLayout.marker(directory, step)
         self.bar.set_description(f"{where}: {step}")
         if marker.exists():
+            files.verify_folder(directory)  # what finished steps wrote is all still there
             self.bar.update(1)
             return
         start = time.time()
@@ -146,6 +148,12 @@ class CollapseLoop:
     def run(self) -> None:
         """Run (or resume) every step of every cell, generations outermost."""
         self.prepare()
+        try:
+            self._run_cells()
+        finally:
+            self.setup.release()
+
+    def _run_cells(self) -> None:
         cfg = self.cfg
         own_zero = [c for c in self.cells.values() if self._own_zero(c)]
         groups = sorted({c.zero_group for c in self.cells.values()} - {""})
@@ -367,6 +375,9 @@ class CollapseLoop:
     def _starting_model(self, gen: Generation) -> torch.nn.Module:
         init_seed = derive_seed(gen.seed, gen.tag, gen.k, "init")
         model_cfg = self._cfg(gen).model
+        for start in (self._base_dir(gen.seed), gen.k and self.layout.model_dir(gen.previous)):
+            if start and Path(start).exists():  # the weights it may start from, as written
+                files.verify(start)
         if gen.k == 0:
             if model_cfg.init == "scratch":
                 return random_model(self.setup.model_config, init_seed)
@@ -388,6 +399,7 @@ class CollapseLoop:
         """Generation ``gen``'s model (the one in memory, or loaded from its directory)."""
         path = self.layout.model_dir(gen)
         if self._model is None or self._model[0] != path:
+            files.verify(path)
             self._model = (path, load_model(path).to(self.acc.device))
         return self._model[1]
 
@@ -398,11 +410,13 @@ class CollapseLoop:
         if self._model is not None and self._model[0] == path:
             return self._model[1]
         if self._reference is None or self._reference[0] != path:
+            files.verify(path)
             self._reference = (path, load_model(path).to(self.acc.device))
         return self._reference[1]
 
     def _corpus(self, d: Path) -> list[Sample]:
         if d not in self._corpora:
+            files.verify(d / CORPUS)
             self._corpora[d] = _as_arrays(files.read_rows(d / CORPUS))
         return self._corpora[d]
 
@@ -420,6 +434,7 @@ def _collect(metrics: list[Metric], fn: Callable[[Metric], Measurement | None]) 
         start = time.time()
         m = fn(metric)
         out["elapsed_s"][metric.name] = time.time() - start
+        kill_point("measure_metric")
         if m is None:
             continue
         out["values"].update(m.values)

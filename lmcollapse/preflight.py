@@ -12,6 +12,7 @@ import datetime as dt
 import logging
 import os
 import platform
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -48,6 +49,8 @@ from lmcollapse.scorers.base import ScoreContext, make_scorer
 log = logging.getLogger(__name__)
 #: config keys that may change between invocations of one run: the grid grows by cells
 GRID_KEYS = ("seeds", "policies", "grid", "log_level")
+#: where the run directory is does not change what it holds: it can be moved and resumed
+LOCATION_KEYS = ("output_dir", "experiment")
 
 
 @dataclass
@@ -64,11 +67,20 @@ class Setup:
     metrics: list[Metric]
     #: (documents, seed) -> new human documents, where the source can write more
     fresh: Callable[[int, int], list[str]] | None = None
+    #: the run directory's lock, held by the main process until the run ends
+    lock: files.RunLock | None = None
+
+    def release(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
 
 
 def make_accelerator(cfg: ExperimentConfig) -> Accelerator:
     """One Accelerator per process; ``mixed_precision: auto`` picks bf16/fp16 on a GPU."""
     mp = cfg.train.mixed_precision
+    if mp == "fp16" and not torch.cuda.is_available():
+        raise ConfigError("train.mixed_precision: fp16 needs a CUDA GPU and this machine has "
+                          "none; allowed here: auto (no on a CPU), no, bf16")
     if mp == "auto":
         if os.environ.get("ACCELERATE_MIXED_PRECISION"):
             mp = None  # set by `accelerate launch --mixed_precision`/accelerate config
@@ -123,8 +135,9 @@ def check_compatible(cfg: ExperimentConfig, layout: RunLayout) -> None:
         return
     old = files.read_json(layout.experiment_json)["config"]
     new = cfg.to_dict()
-    diffs = config_diff({k: v for k, v in old.items() if k not in GRID_KEYS},
-                        {k: v for k, v in new.items() if k not in GRID_KEYS})
+    skip = GRID_KEYS + LOCATION_KEYS
+    diffs = config_diff({k: v for k, v in old.items() if k not in skip},
+                        {k: v for k, v in new.items() if k not in skip})
     old_policies = {p.get("label") or p["name"]: p for p in old.get("policies", [])}
     for p in new["policies"]:
         before = old_policies.get(p["label"] or p["name"])
@@ -149,6 +162,7 @@ def _shared_tokenizer(cfg: ExperimentConfig, acc: Accelerator, layout: RunLayout
             check_vocab(tokenizer, model_config(cfg.model, tokenizer))
         return tokenizer, False
     if layout.experiment_json.exists() and (layout.tokenizer / "tokenizer.json").exists():
+        files.verify(layout.tokenizer)
         return load_tokenizer(cfg.model, saved=layout.tokenizer), False
     payload = [None]
     if acc.is_main_process:
@@ -174,7 +188,28 @@ def _no_model() -> Any:
 
 
 def prepare(cfg: ExperimentConfig, acc: Accelerator, layout: RunLayout) -> Setup:
-    """Check everything that can fail, then claim the run directory."""
+    """Check everything that can fail, then claim the run directory (its lock, then
+    experiment.json). Any failure before the claim is a ConfigError (exit code 2): a data
+    file that cannot be read, a model that cannot be loaded, a folder in the way."""
+    try:
+        return _prepare(cfg, acc, layout)
+    except ConfigError:
+        raise
+    except Exception as err:  # noqa: BLE001  (anything else at set-up is bad input too)
+        raise ConfigError(f"set-up failed before any work: {type(err).__name__}: "
+                          f"{str(err)[:500]}") from err
+
+
+def _check_output_dir(layout: RunLayout) -> None:
+    """The run directory and its parents must be folders (or not exist yet)."""
+    for path in [layout.root, *layout.root.parents]:
+        if path.exists() and not path.is_dir():
+            raise ConfigError(f"output_dir: {path} is a file, not a folder; the run directory "
+                              f"would be {layout.root}")
+
+
+def _prepare(cfg: ExperimentConfig, acc: Accelerator, layout: RunLayout) -> Setup:
+    _check_output_dir(layout)
     check_compatible(cfg, layout)
     source = make_source(cfg.data)
     with acc.main_process_first():
@@ -202,9 +237,18 @@ def prepare(cfg: ExperimentConfig, acc: Accelerator, layout: RunLayout) -> Setup
             make_scorer(spec.curate.scorer).preflight(scoring)
     # nothing was written so far; from here on the run directory is ours
     if acc.is_main_process:
+        setup.lock = files.RunLock(layout.lock)
+        previous = setup.lock.acquire()
+        if previous:
+            log.info("took over the lock of an earlier run that is gone (%s)", previous)
+        check_compatible(cfg, layout)  # another run may have claimed it while we checked
         write_provenance(cfg, acc, layout, source)
-        if new_tokenizer:
-            tokenizer.save_pretrained(layout.tokenizer)
+        if new_tokenizer:  # a temp folder moved into place: never half written
+            tmp = layout.root / ".tokenizer.tmp"
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            tokenizer.save_pretrained(tmp)
+            files.replace_dir(tmp, layout.tokenizer)
     acc.wait_for_everyone()
     log.info("human data: %d train blocks, %d validation blocks, %d test tokens",
              len(human.train), len(human.validation), len(human.test_stream))

@@ -100,7 +100,7 @@ def write_report(run_dirs: list[str | Path], out: str | Path | None = None,
                        ("leaderboard.csv", render_csv(lb)),
                        ("leaderboard.tex", render_latex(lb)),
                        ("leaderboard.html", render_html(lb, (metric, table, marks), images))]:
-        write_text(out / name, text)
+        write_text(out / name, text, record=False)
         made.append(out / name)
     return {"leaderboard": lb, "metric": metric, "generation_table": table,
             "generation_marks": marks, "markdown": md, "files": made}

@@ -273,6 +273,10 @@ def render_markdown(lb: Leaderboard, figures: list[str] | None = None) -> str:
         out += [f"Setup of {exp.key}:", ""] + [f"- **{k}**: {v}" for k, v in setup_items(exp)]
         out.append("")
     out += [_md_table(*leaderboard_table(lb)), ""] + [f"- {n}" for n in notes(lb)]
+    skipped = [p for e in lb.experiments for p in e.problems]
+    if skipped:
+        out += ["", "Skipped (could not be read; everything else is shown):", ""]
+        out += [f"- {p}" for p in skipped]
     if figures:
         out += ["", "Figures:", ""] + [f"![{Path(f).stem}]({f})" for f in figures]
     return "\n".join(out) + "\n"

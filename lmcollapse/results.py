@@ -27,6 +27,7 @@ import numpy as np
 import pyarrow.parquet as pq
 from scipy import stats
 
+from lmcollapse.config import CONFIG_VERSION
 from lmcollapse.errors import ReportError
 from lmcollapse.layout import STEPS, RunLayout
 from lmcollapse.registry import unknown_name_message
@@ -114,6 +115,8 @@ class RunResults:
     #: (policy, seed, generation) -> metrics.json; policy None at gen 0, "human" at gen None
     records: dict[tuple[str | None, int, int | None], dict[str, Any]] = field(default_factory=dict)
     key: str = ""
+    #: files that could not be read (path: what is wrong); the report shows them and the rest
+    problems: list[str] = field(default_factory=list)
 
     @property
     def config(self) -> dict[str, Any]:
@@ -183,16 +186,51 @@ def _read_experiment(run: Path) -> dict[str, Any]:
         below = _runs_below(run)
         raise ReportError(f"{run} {what} (no experiment.json); run directories found under "
                           f"{run}: {', '.join(below) if below else 'none'}")
-    return json.loads((run / "experiment.json").read_text())
+    try:
+        info = json.loads((run / "experiment.json").read_text())
+    except (ValueError, OSError) as err:
+        raise ReportError(f"{run / 'experiment.json'} cannot be read ({type(err).__name__}: "
+                          f"{err}); is {run} a run directory written by lmcollapse?") from None
+    if not isinstance(info, dict):
+        raise ReportError(f"{run / 'experiment.json'} is not an lmcollapse experiment record")
+    version = info.get("config", {}).get("version")
+    if version != CONFIG_VERSION:
+        log.warning("%s was written with config version %s (this lmcollapse reads %s); "
+                    "showing what can be read", run, version, CONFIG_VERSION)
+    return info
 
 
-def load_records(run_dirs: list[str | Path]) -> list[dict[str, Any]]:
-    """Every ``metrics.json`` below the given run directories, each with ``run`` added."""
+def _read_record(path: Path) -> tuple[dict[str, Any] | None, str]:
+    """One metrics.json, or None and what is wrong with it."""
+    try:
+        rec = json.loads(path.read_text())
+    except (ValueError, OSError) as err:
+        return None, f"not readable JSON ({type(err).__name__}: {str(err)[:100]})"
+    if not isinstance(rec, dict) or not isinstance(rec.get("values"), dict):
+        return None, "has no `values` mapping"
+    if not isinstance(rec.get("seed"), int) or "generation" not in rec or "policy" not in rec:
+        return None, "lacks seed, policy or generation"
+    bad = [k for k, v in rec["values"].items()
+           if not isinstance(v, int | float) or isinstance(v, bool)]
+    if bad:
+        return None, f"holds values that are not numbers ({', '.join(bad[:3])})"
+    return rec, ""
+
+
+def load_records(run_dirs: list[str | Path],
+                 problems: list[str] | None = None) -> list[dict[str, Any]]:
+    """Every readable ``metrics.json`` below the given run directories, each with ``run``
+    added; one that cannot be read is skipped with a warning (and added to ``problems``)."""
     records = []
     for run in map(Path, run_dirs):
         name = _read_experiment(run).get("experiment", run.name)
         for path in RunLayout(run).metrics_files():
-            rec = json.loads(path.read_text())
+            rec, problem = _read_record(path)
+            if rec is None:
+                log.warning("skipped %s: %s", path, problem)
+                if problems is not None:
+                    problems.append(f"{path}: {problem}")
+                continue
             rec.update(run=str(run), experiment=name)
             records.append(rec)
     return records
@@ -221,7 +259,7 @@ def load_runs(run_dirs: list[str | Path]) -> list[RunResults]:
         seeds = info.get("seeds", info.get("config", {}).get("seeds", []))
         exp.seeds += [s for s in seeds if s not in exp.seeds]
         exp.policies += [p for p in info.get("policies", []) if p not in exp.policies]
-        for rec in load_records([run]):
+        for rec in load_records([run], exp.problems):
             key = (rec["policy"], int(rec["seed"]), rec["generation"])
             if key in exp.records:
                 log.warning("%s: seed %s %s gen %s measured twice; keeping the first",

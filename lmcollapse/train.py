@@ -16,6 +16,7 @@ from transformers import get_scheduler
 
 from lmcollapse.config import TrainConfig
 from lmcollapse.data.blocks import Sample
+from lmcollapse.faults import kill_point
 from lmcollapse.scoring import masked_nll, pad_batch
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,23 @@ def evaluate(accelerator: Accelerator, model: torch.nn.Module, loader: DataLoade
     return nll_sum / count_sum
 
 
+class TrainingDiverged(RuntimeError):
+    """The loss went non-finite or worse than guessing: the numbers would be meaningless."""
+
+
+def check_converging(train_loss: float, val_loss: float, step: int, uniform: float,
+                     tcfg: TrainConfig) -> None:
+    """Stop a generation whose validation loss, or mean training loss since the last
+    evaluation, is not finite or exceeds ``2 ln(vocab)`` (twice the loss of a uniform
+    guess: no training that learns anything gets there)."""
+    for name, loss in (("validation", val_loss), ("mean training", train_loss)):
+        if not math.isfinite(loss) or loss > 2 * uniform:
+            raise TrainingDiverged(
+                f"optimizer step {step}: {name} loss {loss:.4g} nats/token, above twice a "
+                f"uniform guess ({2 * uniform:.3g}): training diverged (lr {tcfg.lr}, "
+                f"max_grad_norm {tcfg.max_grad_norm}); nothing of this generation was kept")
+
+
 def train_generation(accelerator: Accelerator, model: torch.nn.Module, pad_id: int,
                      rows: list[Sample], validation: list[Sample], tcfg: TrainConfig, seed: int,
                      desc: str = "train") -> tuple[torch.nn.Module, list[dict[str, Any]]]:
@@ -115,6 +133,7 @@ def train_generation(accelerator: Accelerator, model: torch.nn.Module, pad_id: i
                  tcfg.grad_accum, tokens_per_step, total, steps_per_epoch, eval_every,
                  len(validation))
     # --- loop
+    uniform = math.log(accelerator.unwrap_model(model).config.vocab_size)
     records: list[dict[str, Any]] = []
     best_loss, best_state, step, epoch, start = math.inf, None, 0, 0, time.time()
     running, seen = 0.0, 0
@@ -133,14 +152,20 @@ def train_generation(accelerator: Accelerator, model: torch.nn.Module, pad_id: i
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad()
-            running += loss.item()
+            value = loss.item()
+            if not math.isfinite(value):
+                raise TrainingDiverged(f"optimizer step {step + 1}: the training loss is {value} "
+                                       f"(lr {tcfg.lr}); nothing of this generation was kept")
+            running += value
             seen += 1
             if not accelerator.sync_gradients:
                 continue
             step += 1
             bar.update(1)
+            kill_point("train_step")
             if step % eval_every == 0 or step == total:
                 val_loss = evaluate(accelerator, model, val_loader, pad_id)
+                check_converging(running / max(seen, 1), val_loss, step, uniform, tcfg)
                 rec = {"step": step, "epoch": epoch, "train_loss": running / seen,
                        "val_loss": val_loss, "val_ppl": math.exp(val_loss),
                        "lr": scheduler.get_last_lr()[0], "elapsed_s": time.time() - start}

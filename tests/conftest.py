@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 import torch
+
+# every test runs offline: a hub lookup fails at once instead of retrying for half a minute
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from lmcollapse.config import ScratchModelConfig, load_config
 from lmcollapse.data.markov import MarkovSource
@@ -19,7 +23,7 @@ TINY = [
     "seeds=[0]", "generations=2", "data.synthetic.train_docs=120",
     "data.synthetic.validation_docs=20",
     "data.synthetic.test_docs=20", "data.synthetic.vocab_size=60", "data.synthetic.branching=6",
-    "model.scratch.vocab_size=200", "model.scratch.hidden_size=32",
+    "model.scratch.vocab_size=258", "model.scratch.hidden_size=32",
     "model.scratch.intermediate_size=64", "train.budget_steps=null", "train.epochs=1",
     "train.batch_size=16",
     "generate.new_tokens=16", "generate.batch_size=64", "log_level=WARNING",

@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+#: the largest vocabulary (the chain is a dense (V + 1)^2 float64 matrix: 800 MB at 10,000)
+MAX_VOCAB = 10_000
 END_TOKEN = "."
 """The sentence end token; always the last entry of :attr:`MarkovSource.words`."""
 
@@ -437,15 +439,17 @@ class MarkovSource:
 def check_params(
     vocab_size: int, branching: int, zipf_exponent: float, mean_sentence_words: float
 ) -> None:
-    """Validate the constructor parameters of :class:`MarkovSource`."""
-    if vocab_size < 2:
-        raise ValueError("vocab_size must be >= 2")
+    """Validate the constructor parameters of :class:`MarkovSource` (the messages name the
+    parameter and the allowed range; the dense transition matrix bounds the vocabulary)."""
+    if not 2 <= vocab_size <= MAX_VOCAB:
+        raise ValueError(f"vocab_size must be in 2..{MAX_VOCAB}, got {vocab_size}")
     if not 1 <= branching < vocab_size:
-        raise ValueError("branching must be in [1, vocab_size - 1]")
-    if zipf_exponent < 0:
-        raise ValueError("zipf_exponent must be >= 0")
-    if not mean_sentence_words > 1:
-        raise ValueError("mean_sentence_words must be > 1")
+        raise ValueError(f"branching must be in 1..vocab_size - 1 ({vocab_size - 1}), got "
+                         f"{branching}")
+    if not 0 <= zipf_exponent <= 10:
+        raise ValueError(f"zipf_exponent must be in [0, 10], got {zipf_exponent}")
+    if not 1 < mean_sentence_words <= 1000:
+        raise ValueError(f"mean_sentence_words must be in (1, 1000], got {mean_sentence_words}")
 
 
 def _check_explicit(words: list[str], matrix: np.ndarray) -> None:

@@ -35,11 +35,13 @@ class SyntheticSettings:
                           self.mean_sentence_words)
         except ValueError as err:
             raise ConfigError(f"{where}: {err}") from None
-        for name in ("sentences_per_doc", "train_docs", "validation_docs", "test_docs"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{where}.{name}: must be >= 1, got {getattr(self, name)}")
-        if self.seed < 0:
-            raise ConfigError(f"{where}.seed: must be >= 0, got {self.seed}")
+        for name, most in (("sentences_per_doc", 1000), ("train_docs", 10_000_000),
+                           ("validation_docs", 10_000_000), ("test_docs", 10_000_000)):
+            if not 1 <= getattr(self, name) <= most:
+                raise ConfigError(f"{where}.{name}: must be in 1..{most}, got "
+                                  f"{getattr(self, name)}")
+        if not 0 <= self.seed < 2**31:
+            raise ConfigError(f"{where}.seed: must be in 0..{2**31 - 1}, got {self.seed}")
         if self.modes is not None:
             self.modes.check(f"{where}.modes", self.vocab_size)
 

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from transformers import AutoTokenizer
 
+from lmcollapse import files
 from lmcollapse.config import positive, sample_size
 from lmcollapse.errors import ConfigError
 from lmcollapse.files import write_npy
@@ -119,6 +120,9 @@ class FeatureSettings:
     def check(self, where: str) -> None:
         sample_size(self.num_samples, f"{where}.num_samples")
         positive(self.batch_size, f"{where}.batch_size")
+        if not self.featurizer.strip():
+            raise ConfigError(f"{where}.featurizer: 'gen0', a hub id or a local model "
+                              "directory; got an empty string")
 
 
 #: external featurizers loaded in this process, by name (metrics that share one load it once)
@@ -172,6 +176,7 @@ class Features:
     def _embed(self, ctx: MeasureContext, seqs: list, cache: Path) -> np.ndarray:
         m = self.config
         if cache.exists():
+            files.verify(cache)
             return np.load(cache)
         if m.featurizer == "gen0":
             model, pad, feats_in = ctx.reference_model(), ctx.tokenizer.pad_token_id, seqs

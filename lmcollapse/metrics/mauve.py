@@ -88,9 +88,10 @@ class MauveSettings(FeatureSettings):
 
     def check(self, where: str) -> None:
         super().check(where)
-        if self.num_buckets != "auto" and not self.num_buckets.isdigit():
-            raise ConfigError(f"{where}.num_buckets: 'auto' or a positive integer, got "
-                              f"{self.num_buckets!r}")
+        if self.num_buckets != "auto" and not (self.num_buckets.isdigit()
+                                               and int(self.num_buckets) >= 2):
+            raise ConfigError(f"{where}.num_buckets: 'auto' or an integer >= 2 (k-means "
+                              f"clusters), got {self.num_buckets!r}")
         if not self.seeds:
             raise ConfigError(f"{where}.seeds: give at least one k-means seed")
 

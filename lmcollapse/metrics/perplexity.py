@@ -58,7 +58,9 @@ class PerplexitySettings(WindowSettings):
 
     def check(self, where: str) -> None:
         super().check(where)
-        positive(self.max_tokens, f"{where}.max_tokens", allow_none=True)
+        if self.max_tokens is not None and self.max_tokens < 2:
+            raise ConfigError(f"{where}.max_tokens: must be >= 2 (a context and a scored "
+                              f"token) or null for the whole test split, got {self.max_tokens}")
 
 
 def sliding_windows(n_tokens: int, max_length: int, stride: int) -> list[tuple[int, int, int]]:
