@@ -197,9 +197,13 @@ class ScratchModelConfig:
     max_position_embeddings: int = 256
 
     def check(self, where: str) -> None:
-        for name in ("vocab_size", "hidden_size", "num_layers", "num_heads",
-                     "intermediate_size", "max_position_embeddings"):
+        for name, most in (("vocab_size", 1_000_000), ("hidden_size", 65_536),
+                           ("num_layers", 1024), ("num_heads", 1024),
+                           ("intermediate_size", 262_144),
+                           ("max_position_embeddings", 1_048_576)):
             positive(getattr(self, name), f"{where}.{name}")
+            if getattr(self, name) > most:  # a typo, not a model this harness builds
+                raise ConfigError(f"{where}.{name}: at most {most}, got {getattr(self, name)}")
         if self.vocab_size < MIN_SCRATCH_VOCAB:
             raise ConfigError(f"{where}.vocab_size: a byte-level tokenizer needs at least "
                               f"{MIN_SCRATCH_VOCAB} (256 bytes + 2 special tokens), got "
@@ -233,15 +237,14 @@ class LoraConfig:
     #: None: peft's default modules for the architecture
     target_modules: list[str] | None = None
 
-    def check(self, where: str) -> None:
-        if self.enabled:
-            positive(self.r, f"{where}.r")
-            positive(self.alpha, f"{where}.alpha")
-            if not 0 <= self.dropout < 1:
-                raise ConfigError(f"{where}.dropout: must be in [0, 1), got {self.dropout}")
-            if self.target_modules is not None and not all(self.target_modules):
-                raise ConfigError(f"{where}.target_modules: module names, or null for peft's "
-                                  f"default; got {self.target_modules}")
+    def check(self, where: str) -> None:  # checked when off too: turning it on must work
+        positive(self.r, f"{where}.r")
+        positive(self.alpha, f"{where}.alpha")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"{where}.dropout: must be in [0, 1), got {self.dropout}")
+        if self.target_modules is not None and not all(self.target_modules):
+            raise ConfigError(f"{where}.target_modules: module names, or null for peft's "
+                              f"default; got {self.target_modules}")
 
 
 @dataclass
@@ -270,7 +273,9 @@ class TrainConfig:
         if not 0 < self.lr <= 1:
             raise ConfigError(f"{where}.lr: must be in (0, 1], got {self.lr}")
         positive(self.max_grad_norm, f"{where}.max_grad_norm")
-        positive(self.weight_decay, f"{where}.weight_decay", allow_zero=True)
+        if not 0 <= self.weight_decay <= 1:
+            raise ConfigError(f"{where}.weight_decay: must be in [0, 1], got "
+                              f"{self.weight_decay}")
         for name in ("budget_steps", "eval_every", "budget_tokens"):
             positive(getattr(self, name), f"{where}.{name}", allow_none=True)
         if self.budget_steps is not None and self.budget_tokens is not None:
@@ -297,6 +302,8 @@ class GenerateConfig:
     def check(self, where: str) -> None:
         for name in ("prompt_tokens", "new_tokens", "batch_size", "num_beams"):
             positive(getattr(self, name), f"{where}.{name}")
+        if self.num_beams > 100:
+            raise ConfigError(f"{where}.num_beams: at most 100, got {self.num_beams}")
         positive(self.temperature, f"{where}.temperature")
         positive(self.repetition_penalty, f"{where}.repetition_penalty")
         if not 0.0 < self.top_p <= 1.0:

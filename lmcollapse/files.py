@@ -23,8 +23,8 @@ from lmcollapse.errors import ConfigError
 from lmcollapse.faults import kill_point
 
 #: the process's umask (read once: os.umask can only be read by setting it)
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
+UMASK = os.umask(0o022)
+os.umask(UMASK)
 
 
 #: each folder's record of what was written into it: one JSON line per file written
@@ -111,7 +111,7 @@ def _atomic(path: Path, write, record: bool = True) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; a finished file follows the umask
+    os.chmod(tmp, 0o666 & ~UMASK)  # mkstemp makes 0600; a finished file follows the umask
     try:
         write(tmp)
         kill_point("atomic_write")
@@ -170,7 +170,7 @@ def replace_dir(tmp_dir: Path, final_dir: Path) -> None:
         shutil.rmtree(final_dir)
     for path in tmp_dir.rglob("*"):
         if path.is_file():
-            os.chmod(path, 0o666 & ~_UMASK)
+            os.chmod(path, 0o666 & ~UMASK)
     os.replace(tmp_dir, final_dir)
     _record(final_dir.parent, sorted(p for p in final_dir.rglob("*") if p.is_file()))
 
@@ -192,7 +192,7 @@ class RunLock:
         """Take the lock; returns who held it before ("" if nobody). ConfigError when a live
         process holds it."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666 & ~UMASK)
         previous = os.pread(fd, 1000, 0).decode(errors="replace").strip()
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,8 @@ from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
+
+from lmcollapse import files
 
 
 def _figure() -> tuple[Figure, Any]:
@@ -31,8 +34,12 @@ def _save(fig: Figure, stem: Path) -> list[Path]:
     """Write ``stem.png`` (150 dpi) and ``stem.pdf``; returns both paths."""
     stem.parent.mkdir(parents=True, exist_ok=True)
     paths = [stem.parent / f"{stem.name}.png", stem.parent / f"{stem.name}.pdf"]
-    fig.savefig(paths[0], dpi=150)
-    fig.savefig(paths[1], metadata={"CreationDate": None})
+    for path, kwargs in zip(paths, ({"dpi": 150}, {"metadata": {"CreationDate": None}}),
+                            strict=True):
+        tmp = path.with_name(f".{path.name}.tmp")  # a killed report leaves no half figure
+        fig.savefig(tmp, format=path.suffix[1:], **kwargs)
+        os.replace(tmp, path)
+        os.chmod(path, 0o666 & ~files.UMASK)
     fig.clear()
     return paths
 

@@ -27,6 +27,7 @@ import numpy as np
 import pyarrow.parquet as pq
 from scipy import stats
 
+from lmcollapse import files
 from lmcollapse.config import CONFIG_VERSION
 from lmcollapse.errors import ReportError
 from lmcollapse.layout import STEPS, RunLayout
@@ -233,6 +234,12 @@ def load_records(run_dirs: list[str | Path],
                 continue
             rec.update(run=str(run), experiment=name)
             records.append(rec)
+            try:  # the row stands; say when what it was measured on is gone or changed
+                files.verify_folder(path.parent)
+            except files.ArtifactError as err:
+                log.warning("%s", err)
+                if problems is not None:
+                    problems.append(str(err))
     return records
 
 

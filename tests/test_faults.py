@@ -299,3 +299,36 @@ def test_the_report_names_a_foreign_directory(tmp_path):
     (tmp_path / "x" / "experiment.json").write_text("[1, 2]")
     with pytest.raises(ReportError, match="not an lmcollapse experiment record"):
         write_report([tmp_path / "x"], plots=False)
+
+
+def test_the_report_says_when_weights_are_gone(finished, tmp_path):
+    cfg, _ = finished
+    weights = cfg.run_dir / "seed_0" / "replace" / "gen_01" / "model" / "model.safetensors"
+    weights.unlink()
+    md = write_report([cfg.run_dir], out=tmp_path / "report", plots=False)["markdown"]
+    assert f"{weights} is missing" in md and "| 1 | replace |" in md
+
+
+@pytest.mark.parametrize("kind", ["utf8", "parquet"])
+def test_unreadable_text_data_is_one_clear_error(tmp_path, kind, capsys):
+    if kind == "utf8":
+        (tmp_path / "train.txt").write_bytes(b"caf\xe9 au lait\n" * 200)
+        train = tmp_path / "train.txt"
+    else:
+        train = tmp_path / "train.parquet"
+        train.write_bytes(b"PAR1 this is not a parquet file")
+    (tmp_path / "test.txt").write_text("a test line\n" * 50)
+    code, _ = run_cli(tmp_path, "data.source=text", f"data.text.train={train}",
+                      f"data.text.test={tmp_path / 'test.txt'}")
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err and "config error" in err, err
+    assert f"data.text.train: {train} " in err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_the_hf_source_offline_is_one_clear_error(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    code, _ = run_cli(tmp_path, "data.source=hf", "data.hf.path=no-such/dataset-xyz")
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err and "config error" in err, err
+    assert not (tmp_path / "runs").exists()

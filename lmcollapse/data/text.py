@@ -7,6 +7,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lmcollapse.data.base import Source
@@ -40,6 +41,19 @@ def read_records(path: str | Path, text_field: str = "text", where: str = "data.
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{where}: file not found: {path}")
+    try:
+        return _read(path, text_field, where)
+    except ConfigError:
+        raise
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{where}: {path} is not UTF-8 text (byte {err.start}: "
+                          f"{err.reason}); convert it to UTF-8") from None
+    except (OSError, ValueError, pa.ArrowException) as err:
+        raise ConfigError(f"{where}: {path} cannot be read ({type(err).__name__}: "
+                          f"{str(err)[:200]})") from None
+
+
+def _read(path: Path, text_field: str, where: str) -> list[str]:
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
         records = []

@@ -203,7 +203,8 @@ class TailSettings:
     def check(self, where: str) -> None:
         if not 0.0 < self.head_mass < 1.0:
             raise ConfigError(f"{where}.head_mass: must be in (0, 1), got {self.head_mass}")
-        positive(self.epsilon, f"{where}.epsilon")
+        if not 0 < self.epsilon <= 1:
+            raise ConfigError(f"{where}.epsilon: a pseudo-count in (0, 1], got {self.epsilon}")
         sample_size(self.sample_size, f"{where}.sample_size")
         positive(self.draws, f"{where}.draws")
 
