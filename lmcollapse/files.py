@@ -44,11 +44,13 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _record(folder: Path, paths: list[Path]) -> None:
-    """Append the size and checksum of freshly written ``paths`` to ``folder``'s manifest."""
-    lines = "".join(json.dumps({"name": p.relative_to(folder).as_posix(),
-                                "bytes": p.stat().st_size, "sha256": sha256(p)}) + "\n"
-                    for p in paths)
+def _record(folder: Path, paths: list[Path], gone: list[str] = ()) -> None:
+    """Append the size and checksum of freshly written ``paths`` to ``folder``'s manifest,
+    and mark the names in ``gone`` as no longer there."""
+    lines = "".join(json.dumps({"name": name, "deleted": True}) + "\n" for name in gone)
+    lines += "".join(json.dumps({"name": p.relative_to(folder).as_posix(),
+                                 "bytes": p.stat().st_size, "sha256": sha256(p)}) + "\n"
+                     for p in paths)
     with open(folder / MANIFEST, "a") as f:
         f.write(lines)
 
@@ -62,8 +64,12 @@ def recorded(folder: Path) -> dict[str, dict[str, Any]]:
     for line in path.read_text().splitlines():
         try:
             entry = json.loads(line)
-            out[entry["name"]] = entry
-        except (ValueError, KeyError, TypeError):
+            if entry.get("deleted"):
+                out.pop(entry["name"], None)
+            else:
+                out[entry["name"]] = {"bytes": entry["bytes"], "sha256": entry["sha256"],
+                                      **entry}
+        except (ValueError, KeyError, TypeError, AttributeError):
             continue  # a line cut by a kill: that write was not finished
     return out
 
@@ -172,7 +178,11 @@ def replace_dir(tmp_dir: Path, final_dir: Path) -> None:
         if path.is_file():
             os.chmod(path, 0o666 & ~UMASK)
     os.replace(tmp_dir, final_dir)
-    _record(final_dir.parent, sorted(p for p in final_dir.rglob("*") if p.is_file()))
+    written = sorted(p for p in final_dir.rglob("*") if p.is_file())
+    now = {p.relative_to(final_dir.parent).as_posix() for p in written}
+    gone = [n for n in recorded(final_dir.parent)
+            if n.startswith(final_dir.name + "/") and n not in now]
+    _record(final_dir.parent, written, gone)
 
 
 class RunLock:

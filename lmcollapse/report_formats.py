@@ -393,6 +393,10 @@ def render_html(lb: Leaderboard, generation: tuple[Any, ...] | None = None,
             f"<dt>{e(k)}</dt><dd>{e(v)}</dd>" for k, v in setup_items(exp)) + "</dl>")
     parts += ["<h2>Leaderboard</h2>", _html_table(*leaderboard_table(lb), first_value=5),
               "<ul>" + "".join(f"<li>{e(n)}</li>" for n in notes(lb)) + "</ul>"]
+    skipped = [p for x in lb.experiments for p in x.problems]
+    if skipped:
+        parts += ["<h2>Skipped</h2><p>Could not be read; everything else is shown.</p>",
+                  "<ul>" + "".join(f"<li>{e(p)}</li>" for p in skipped) + "</ul>"]
     if generation:
         metric, table, marks = (*generation, None)[:3]
         direction = lb.meta.get(metric, {}).get("higher_is_better")
@@ -406,7 +410,8 @@ def render_html(lb: Leaderboard, generation: tuple[Any, ...] | None = None,
     style = ("body{font-family:sans-serif;margin:2em;max-width:95em}table{border-collapse:collapse}"
              "td,th{border:1px solid #ccc;padding:.2em .5em;text-align:right}"
              "td:nth-child(2),th:nth-child(2){text-align:left}dt{font-weight:bold;float:left;"
-             "width:8em}dd{margin-left:9em;overflow-wrap:anywhere}img{max-width:min(48em,100%)}figure{display:inline-block;"
+             "width:8em}dd{margin-left:9em;overflow-wrap:anywhere}li{overflow-wrap:anywhere}"
+             "img{max-width:min(48em,100%)}figure{display:inline-block;"
              "max-width:100%;margin:1em 0}.scroll{overflow-x:auto;max-width:100%}"
              "td.noise{color:#777}td.noise sup{color:#c60;font-weight:bold}")
     viewport = '<meta name="viewport" content="width=device-width, initial-scale=1">'

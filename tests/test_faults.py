@@ -291,6 +291,8 @@ def test_the_report_skips_a_broken_metrics_file_and_shows_the_rest(finished, tmp
     result = write_report([cfg.run_dir], out=tmp_path / "report", plots=False)
     md = result["markdown"]
     assert "Skipped (could not be read" in md and str(broken) in md
+    html = (tmp_path / "report" / "leaderboard.html").read_text()
+    assert "<h2>Skipped</h2>" in html and str(broken) in html
     assert "| ref | human |" in md and "replace" in md  # generation 0 and the human row
 
 
@@ -332,3 +334,13 @@ def test_the_hf_source_offline_is_one_clear_error(tmp_path, capsys, monkeypatch)
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err and "config error" in err, err
     assert not (tmp_path / "runs").exists()
+
+
+def test_the_report_reads_an_older_config_version_with_a_warning(finished, tmp_path, caplog):
+    cfg, _ = finished
+    info = json.loads((cfg.run_dir / "experiment.json").read_text())
+    info["config"]["version"] = 0
+    (cfg.run_dir / "experiment.json").write_text(json.dumps(info))
+    with caplog.at_level("WARNING"):
+        md = write_report([cfg.run_dir], out=tmp_path / "report", plots=False)["markdown"]
+    assert "written with config version 0" in caplog.text and "| 1 | replace |" in md
