@@ -186,6 +186,8 @@ def test_modes_metric_against_independent_scoring(tmp_path, accelerator):
     assert v["majority_share"] + v["minority_share"] + v["mixed_share"] == pytest.approx(1.0)
     # the excess per mode adds up to ground truth's excess over all documents
     gt = metric(cfg, "ground_truth").compute(ctx)
+    # both read each document's NLL from one scoring pass (same windows): computed once
+    assert [k[0] for k in ctx.shared] == ["document_nll"]
     words = gt.sizes["words"]
     per_mode = [v[f"{n}_excess"] * sum(truth.n_words(d) * truth.posterior(d)[m]
                                        for d in human.texts["test"])

@@ -40,8 +40,6 @@ class SyntheticSettings:
             if not 1 <= getattr(self, name) <= most:
                 raise ConfigError(f"{where}.{name}: must be in 1..{most}, got "
                                   f"{getattr(self, name)}")
-        if not 0 <= self.seed < 2**31:
-            raise ConfigError(f"{where}.seed: must be in 0..{2**31 - 1}, got {self.seed}")
         if self.modes is not None:
             self.modes.check(f"{where}.modes", self.vocab_size)
 

@@ -81,6 +81,9 @@ class MeasureContext:
     generation: int | None = None
     model: torch.nn.Module | None = None
     corpus: list[Sample] | None = None
+    #: what metrics of one row share instead of computing twice (e.g. each test document's
+    #: NLL under one window setting, read by ground_truth and modes)
+    shared: dict[Any, Any] = field(default_factory=dict, repr=False)
 
     @property
     def is_main_process(self) -> bool:

@@ -38,13 +38,23 @@ def test_documents(ctx: MeasureContext) -> list[str]:
     return [d.rstrip("\n") for d in ctx.human.texts["test"] if d.strip()]
 
 
-def document_nll(ctx: MeasureContext, docs: list[str], settings: WindowSettings, where: str,
+def document_nll(ctx: MeasureContext, settings: WindowSettings, where: str,
                  batch_size: int) -> np.ndarray:
-    """Model ``ctx.model``'s NLL (nats) of each document's tokens, given a preceding newline
-    (documents are newline-separated in training), in sliding windows of ``settings``."""
+    """Model ``ctx.model``'s NLL (nats) of each test document's tokens (:func:`test_documents`),
+    given a preceding newline (documents are newline-separated in training), in sliding
+    windows of ``settings``; computed once per row and window setting (``ctx.shared``)."""
+    length, stride = settings.windows(ctx.trained_length, where)
+    key = ("document_nll", length, stride)
+    if key not in ctx.shared:
+        ctx.shared[key] = _document_nll(ctx, length, stride, where, batch_size)
+    return ctx.shared[key]
+
+
+def _document_nll(ctx: MeasureContext, length: int, stride: int, where: str,
+                  batch_size: int) -> np.ndarray:
+    docs = test_documents(ctx)
     nl = ctx.tokenizer("\n", add_special_tokens=False)["input_ids"]
     seqs = [nl + ctx.tokenizer(d, add_special_tokens=False)["input_ids"] for d in docs]
-    length, stride = settings.windows(ctx.trained_length, where)
     windows = [(i, s[b:e], max(f, len(nl) - b)) for i, s in enumerate(seqs)
                for b, e, f in sliding_windows(len(s), length, stride)]
     nll, _ = score(ctx.accelerator, ctx.model, [w for _, w, _ in windows],
@@ -76,7 +86,7 @@ class GroundTruth(Metric):
         docs = test_documents(ctx)
         log_p, words = self._source(ctx, docs)
         length, stride = self.config.windows(ctx.trained_length, WHERE)
-        nll = float(document_nll(ctx, docs, self.config, WHERE, self.config.batch_size).sum())
+        nll = float(document_nll(ctx, self.config, WHERE, self.config.batch_size).sum())
         return Measurement(
             values={"excess_nats_per_word": (log_p + nll) / words,
                     "model_nats_per_word": nll / words, "source_nats_per_word": -log_p / words,

@@ -146,18 +146,20 @@ class Modes(Metric):
             sizes[f"{name}_contexts"] = used
         nll, _ = score(ctx.accelerator, ctx.model, seqs, starts, tok.pad_token_id,
                        self.config.batch_size, desc=f"modes gen {ctx.generation}")
-        probs: dict[tuple[int, int], np.ndarray] = {}
+        log_q: dict[tuple[int, int], np.ndarray] = {}
         for (m, p, k), v in zip(owners, nll.tolist(), strict=True):
-            probs.setdefault((m, p), np.zeros(len(truth.forms)))[k] = np.exp(-v)
+            log_q.setdefault((m, p), np.zeros(len(truth.forms)))[k] = -v
         for m, name in enumerate(truth.names):
-            rows = [q for (mm, _), q in probs.items() if mm == m]
-            values[f"{name}_form_share"] = (float(np.mean([q[m] / q.sum() for q in rows]))
-                                            if rows else float("nan"))
+            # q_m / sum_k q_k from log q, so a word the model finds very unlikely cannot
+            # underflow every candidate to 0
+            rows = [np.exp(lq[m] - np.logaddexp.reduce(lq))
+                    for (mm, _), lq in log_q.items() if mm == m]
+            values[f"{name}_form_share"] = float(np.mean(rows)) if rows else float("nan")
         return values, sizes
 
     def _excess(self, ctx: MeasureContext, truth: ModeMixture,
                 docs: list[str]) -> tuple[dict[str, float], dict[str, float]]:
-        nll = document_nll(ctx, docs, self.config, WHERE, self.config.batch_size)
+        nll = document_nll(ctx, self.config, WHERE, self.config.batch_size)
         log_p = np.array([truth.log_prob(d) for d in docs])
         words = np.array([truth.n_words(d) for d in docs], dtype=np.float64)
         weights = np.array([truth.posterior(d) for d in docs])  # held-out text is never mixed
