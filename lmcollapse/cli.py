@@ -1,6 +1,9 @@
-"""Command line: ``lmcollapse run|validate|report|bench``.
+"""Command line: ``lmcollapse run|validate|cells|report|bench``.
 
     lmcollapse run --config configs/quickstart.yaml [key.sub=value ...] [--new-run]
+    lmcollapse run --config configs/shumailov2023.yaml --shard 3/8   # one job of eight
+    lmcollapse cells --config configs/shumailov2023.yaml --shard 3/8 # what that job runs
+    lmcollapse submit --config configs/shumailov2023.yaml --shards 8 --partition gpu
     lmcollapse validate --config configs/shumailov2023.yaml
     lmcollapse report runs/quickstart --metric perplexity
     lmcollapse bench --config configs/quickstart.yaml
@@ -16,12 +19,13 @@ import transformers
 import yaml
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from lmcollapse import bench, report
-from lmcollapse.config import load_config
+from lmcollapse import bench, report, submit
+from lmcollapse.config import cells, load_config
 from lmcollapse.errors import ConfigError, StepError
 from lmcollapse.loop import CollapseLoop
 from lmcollapse.models import check_pretrained
 from lmcollapse.preflight import make_accelerator
+from lmcollapse.shards import Selection, select_units
 
 log = logging.getLogger("lmcollapse")
 
@@ -33,17 +37,31 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run or resume an experiment")
     val = sub.add_parser("validate", help="load and validate a config, print it resolved")
+    cel = sub.add_parser("cells", help="list the (seed, cell) units a selection picks, one "
+                         "per line (what `run` with the same options runs)")
+    sbm = sub.add_parser("submit", help="run the experiment as a job array on a cluster "
+                         "(submitit: Slurm, or local processes)")
     rep = sub.add_parser("report", help="leaderboard, per-generation tables and plots from "
                          "run directories (reads JSON and parquet only)")
     ben = sub.add_parser("bench", help="throughput of training, generation and perplexity "
                          "for a config on this machine")
-    for q in (run, val, ben):
+    for q in (run, val, cel, sbm, ben):
         q.add_argument("--config", required=True, help="experiment YAML file")
         q.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=1e-4")
+    for q in (run, cel):
+        g = q.add_argument_group("selecting cells (every job of an experiment: same config, "
+                                 "same run directory)")
+        g.add_argument("--policies", help="comma-separated policy labels")
+        g.add_argument("--seeds", help="comma-separated seeds of the config")
+        g.add_argument("--cells", help="comma-separated cell keys or globs "
+                       "('replace@temperature=*')")
+        g.add_argument("--shard", metavar="I/N", help="job I of N: every N-th selected "
+                       "(seed, cell) unit, from the I-th (0-based)")
     run.add_argument("--new-run", action="store_true",
                      help="start a fresh run directory instead of resuming an existing one")
     report.add_arguments(rep)
     bench.add_arguments(ben)
+    submit.add_arguments(sbm)
     return p
 
 
@@ -64,6 +82,10 @@ def run_main(argv: list[str] | None = None) -> int:
         if args.command == "validate":  # `run` checks this in its preflight
             check_pretrained(cfg.model)  # a missing optional extra, named before any work
         accelerator = make_accelerator(cfg) if args.command == "run" else None
+        selection = (Selection.parse(args.policies, args.seeds, args.cells, args.shard)
+                     if args.command in ("run", "cells") else None)
+        if args.command == "cells":
+            units = select_units(cfg, {c.key: c for c in cells(cfg)}, selection)
     except ConfigError as err:
         print(f"lmcollapse: config error: {err}", file=sys.stderr)
         return 2
@@ -74,12 +96,21 @@ def run_main(argv: list[str] | None = None) -> int:
     if args.command == "validate":
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         return 0
+    if args.command == "cells":
+        print("\n".join(f"seed {seed}\t{key}" for seed, key in units))
+        return 0
+    if args.command == "submit":
+        try:
+            return submit.submit(args, cfg)
+        except ConfigError as err:
+            print(f"lmcollapse: config error: {err}", file=sys.stderr)
+            return 2
     if args.command == "bench":
         return bench.bench(cfg, args.steps, args.prompts, args.eval_tokens)
     _setup_logging(cfg.log_level, accelerator.is_main_process)
     try:
         with logging_redirect_tqdm():  # log lines above the progress bars, not inside them
-            CollapseLoop(cfg, accelerator, new_run=args.new_run).run()
+            CollapseLoop(cfg, accelerator, new_run=args.new_run, selection=selection).run()
     except ConfigError as err:  # the message on stderr whatever the log settings
         print(f"lmcollapse: config error: {err}", file=sys.stderr)
         log.debug("traceback", exc_info=err.__cause__ or err)

@@ -467,6 +467,13 @@ class ExperimentConfig:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     grid: list[GridAxis] = field(default_factory=list)
     log_level: str = "INFO"
+    #: training curves through accelerate's trackers, in ``<run dir>/logs/``: auto
+    #: (TensorBoard when it is installed), none, tensorboard, wandb
+    log_with: Literal["auto", "none", "tensorboard", "wandb"] = "auto"
+    #: which generations' weights stay on disk: all; last (each cell's latest); none (only
+    #: what a later step needs). Generation 0 of a seed is always kept: every cell starts
+    #: from it and it scores every later corpus. LoRA adapters are always kept.
+    keep_models: Literal["all", "last", "none"] = "all"
 
     @property
     def run_dir(self) -> Path:

@@ -185,37 +185,66 @@ def replace_dir(tmp_dir: Path, final_dir: Path) -> None:
     _record(final_dir.parent, written, gone)
 
 
+def remove_dir(folder: Path) -> int:
+    """Delete a folder the run wrote (a model no later step needs) and mark its files as
+    deleted in the parent's manifest; returns the bytes freed."""
+    names = [n for n in recorded(folder.parent) if n.startswith(folder.name + "/")]
+    freed = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    _record(folder.parent, [], names)  # first: a kill between the two leaves no false record
+    shutil.rmtree(folder)
+    return freed
+
+
+def tree_size(path: Path) -> int:
+    """Bytes of the files under ``path`` (0 when it does not exist)."""
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.exists() else 0
+
+
 class RunLock:
-    """An exclusive lock on a run directory: ``flock`` on ``<run>/.lock``, held by the one
-    process that runs it (the main process of an ``accelerate launch``) until it ends.
+    """An exclusive ``flock`` on a lock file of the run directory, held by the one process
+    that works on what it guards (the main process of an ``accelerate launch``).
+
+    The run directory has three kinds (:class:`~lmcollapse.layout.RunLayout`): the claim
+    lock (``.lock``: held for the seconds it takes to check and record an invocation), one
+    per seed's shared part (generation 0 and the human row: a job that needs it while
+    another builds it waits, then reuses it), and one per cell of a seed (held for the
+    whole job: two jobs never run the same cell).
 
     The kernel drops a ``flock`` when its process dies, however it dies, so a lock left by
-    a killed run is free: the next run takes it over (and logs whose it was). The file
-    holds who has it, for the message a second run gets.
+    a killed job is free: the next one takes it over (and logs whose it was). The file
+    holds who has it, for the message another job gets. ``what`` names what it guards.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, what: str = "") -> None:
         self.path = path
+        self.what = what or str(path.parent)
         self._fd: int | None = None
 
-    def acquire(self) -> str:
-        """Take the lock; returns who held it before ("" if nobody). ConfigError when a live
-        process holds it."""
+    def try_acquire(self) -> tuple[bool, str]:
+        """Take the lock if it is free. Returns ``(True, who held it before or "")`` or
+        ``(False, who holds it now)``."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666 & ~UMASK)
-        previous = os.pread(fd, 1000, 0).decode(errors="replace").strip()
+        holder = os.pread(fd, 1000, 0).decode(errors="replace").strip()
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise ConfigError(
-                f"{self.path.parent} is in use by another run ({previous or 'a live process'}"
-                "); wait for it to end, or give this run another `experiment` name") from None
+            return False, holder or "a live process"
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since "
                       f"{dt.datetime.now().isoformat(timespec='seconds')}\n".encode(), 0)
         self._fd = fd
-        return previous
+        return True, holder
+
+    def acquire(self) -> str:
+        """Take the lock; returns who held it before ("" if nobody). ConfigError when a live
+        process holds it."""
+        ok, holder = self.try_acquire()
+        if not ok:
+            raise ConfigError(f"{self.what} is in use by another run ({holder}); wait for it "
+                              "to end, or give this run another `experiment` name")
+        return holder
 
     def release(self) -> None:
         if self._fd is not None:  # the file stays: unlinking it could let two runs lock

@@ -4,6 +4,8 @@
 
     runs/<experiment>/
       experiment.json                     resolved config, versions, git sha, seeds
+      .lock, .locks/                      who works on the directory, a seed's shared part,
+                                          a cell (several jobs may run one directory)
       tokenizer/                          (scratch models) the tokenizer trained on human train
       base_model/                         (GGUF models) the checkpoint dequantized once
       seed_<s>/human/metrics.json         the human reference row
@@ -12,6 +14,7 @@
       seed_<s>/gen_00@<values>/           (grids over training keys) one per training setting
       seed_<s>/<policy>/gen_00/           (curating cells) corpus 0 curated, its metrics
       seed_<s>/<policy>/gen_<k>/          mix.parquet, model/, corpus.parquet, metrics.json
+                                          (LoRA: adapter/; keep_models may prune model/)
                                           (curating cells: candidates.parquet, curation.json)
 
 A step (``train``, ``generate``, ``measure``) of a generation is finished when its
@@ -28,6 +31,8 @@ STEPS = ("train", "generate", "measure")
 #: files of one generation's directory
 MIX, MODEL, CORPUS, METRICS, TRAIN_LOG = (
     "mix.parquet", "model", "corpus.parquet", "metrics.json", "train_log.jsonl")
+#: (LoRA) the generation's adapter: the model is what it started from plus this adapter
+ADAPTER = "adapter"
 CANDIDATES, CURATION = "candidates.parquet", "curation.json"
 #: the tag generation 0 carries in place of a policy (it is shared by every policy)
 SHARED = "shared"
@@ -103,8 +108,23 @@ class RunLayout:
 
     @property
     def lock(self) -> Path:
-        """Held by the process running the directory (:class:`~lmcollapse.files.RunLock`)."""
+        """The claim lock: held while a job checks the directory and records its invocation
+        (:class:`~lmcollapse.files.RunLock`)."""
         return self.root / ".lock"
+
+    def seed_lock(self, seed: int) -> Path:
+        """Held while a job builds (or checks) the seed's shared part: its initial weights,
+        generation 0 of every training setting, the human row."""
+        return self.root / ".locks" / f"seed_{seed}.lock"
+
+    def cell_lock(self, seed: int, cell: str) -> Path:
+        """Held for the whole job by the job that runs ``cell`` of ``seed``."""
+        return self.root / ".locks" / f"seed_{seed}.{cell}.lock"
+
+    @property
+    def base_lock(self) -> Path:
+        """Held while a job writes :attr:`base_model` (shared by every seed)."""
+        return self.root / ".locks" / "base_model.lock"
 
     @property
     def base_model(self) -> Path:
@@ -130,6 +150,10 @@ class RunLayout:
     def model_dir(self, gen: Generation) -> Path:
         """Where generation ``gen``'s weights are (generation 0: the shared model)."""
         return self.gen_dir(gen if gen.k > 0 else gen.shared_zero) / MODEL
+
+    def adapter_dir(self, gen: Generation) -> Path:
+        """(LoRA) generation ``gen``'s adapter (generation 0: the shared model's)."""
+        return self.gen_dir(gen if gen.k > 0 else gen.shared_zero) / ADAPTER
 
     def row_dir(self, seed: int, policy: str | None, generation: int | None) -> Path:
         """The directory of one row of the results: generation None is the human row,

@@ -16,13 +16,14 @@ finished one.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import logging
 import shutil
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,16 +31,18 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list, set_seed
+from peft import PeftModel
 from tqdm.auto import tqdm
 
 from lmcollapse import files
 from lmcollapse.config import Cell, CurationConfig, ExperimentConfig, cells, plain
 from lmcollapse.curation import best_of_groups, candidates_per_prompt, quantiles, select
 from lmcollapse.data.blocks import PROVENANCE, Sample, human_rows, tokenize_records
-from lmcollapse.errors import StepError
+from lmcollapse.errors import ConfigError, StepError
 from lmcollapse.faults import kill_point
 from lmcollapse.generate import generate_corpus
 from lmcollapse.layout import (
+    ADAPTER,
     CANDIDATES,
     CORPUS,
     CURATION,
@@ -53,11 +56,20 @@ from lmcollapse.layout import METRICS as METRICS_FILE
 from lmcollapse.metrics.base import MeasureContext, Measurement, Metric
 from lmcollapse.models import load_model, load_pretrained, random_model, starting_model
 from lmcollapse.policies import MixContext, make_policy
-from lmcollapse.preflight import Setup, make_accelerator, metric_context, prepare
+from lmcollapse.preflight import (
+    Setup,
+    make_accelerator,
+    metric_context,
+    prepare,
+    start_trackers,
+)
 from lmcollapse.scorers.base import ScoreContext, make_scorer
+from lmcollapse.shards import Selection, Unit, select_units
 from lmcollapse.train import train_generation
 
 log = logging.getLogger(__name__)
+#: seconds between two looks at a lock another job holds
+LOCK_POLL_S = 2.0
 
 
 def derive_seed(*parts: Any) -> int:
@@ -66,11 +78,18 @@ def derive_seed(*parts: Any) -> int:
 
 
 class Steps:
-    """Runs a step unless its marker exists; keeps the progress bar and the timings."""
+    """Runs a step unless its marker exists; keeps the progress bar and the timings.
+
+    A step's marker records when it started and ended (``started``, ``finished``,
+    ``elapsed_s``) and ``work_s``: the seconds inside :meth:`work` blocks (training,
+    generation, metric computation). ``elapsed_s - work_s`` is the loop's own bookkeeping
+    (building the mix, saving and loading weights, writing files, checksums).
+    """
 
     def __init__(self, acc: Accelerator, total: int) -> None:
         self.acc = acc
         self.timings: list[dict[str, Any]] = []
+        self._work = 0.0
         self.bar = tqdm(total=total, desc="steps", unit="step",
                         disable=not acc.is_local_main_process)
 
@@ -81,20 +100,30 @@ class Steps:
             files.verify_folder(directory)  # what finished steps wrote is all still there
             self.bar.update(1)
             return
-        start = time.time()
+        started, start, self._work = dt.datetime.now().isoformat(), time.perf_counter(), 0.0
         try:
             fn()
         except Exception as err:
             raise StepError(f"{where}, step {step} failed: {type(err).__name__}: {err}") from err
         self.acc.wait_for_everyone()
-        elapsed = time.time() - start
+        elapsed = time.perf_counter() - start
+        timing = {"step": step, "started": started, "finished": dt.datetime.now().isoformat(),
+                  "elapsed_s": elapsed, "work_s": self._work}
         if self.acc.is_main_process:
-            files.write_json(marker, {"step": step, "elapsed_s": elapsed,
-                                      "finished": dt.datetime.now().isoformat()})
+            files.write_json(marker, timing)
         self.acc.wait_for_everyone()
-        self.timings.append({"where": where, "step": step, "elapsed_s": elapsed})
+        self.timings.append({"where": where, **timing})
         log.info("%s: %s done in %.1fs", where, step, elapsed)
         self.bar.update(1)
+
+    @contextlib.contextmanager
+    def work(self) -> Iterator[None]:
+        """Time spent computing (train, generate, a metric), not on bookkeeping."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._work += time.perf_counter() - start
 
     def close(self) -> None:
         self.bar.close()
@@ -110,7 +139,12 @@ class CollapseLoop:
     """
 
     def __init__(self, cfg: ExperimentConfig, accelerator: Accelerator | None = None,
-                 new_run: bool = False) -> None:
+                 new_run: bool = False, selection: Selection | None = None) -> None:
+        selection = selection or Selection()
+        if new_run and not selection.everything:
+            raise ConfigError("--new-run starts a fresh directory per job, so jobs that each "
+                              f"run part of the experiment ({selection.describe()}) would not "
+                              "share one; give every job the same new `experiment` name instead")
         if new_run and cfg.run_dir.exists():
             stamp = [dt.datetime.now().strftime("%Y%m%d-%H%M%S")]
             broadcast_object_list(stamp)
@@ -118,6 +152,9 @@ class CollapseLoop:
         self.cfg = cfg
         #: the cells of the grid (one per policy without a grid), by key
         self.cells: dict[str, Cell] = {c.key: c for c in cells(cfg)}
+        #: the (seed, cell key) units this job runs (all of them unless a selection is given)
+        self.selection = selection
+        self.units: list[Unit] = select_units(cfg, self.cells, selection)
         self.acc = accelerator or make_accelerator(cfg)
         self.layout = RunLayout(cfg.run_dir)
         #: fixed by :meth:`prepare` (data, tokenizer, architecture, metrics)
@@ -140,7 +177,8 @@ class CollapseLoop:
 
     def prepare(self) -> Setup:
         """Set-up: everything that can fail is checked before any work."""
-        self.setup = prepare(self.cfg, self.acc, self.layout)
+        self.setup = prepare(self.cfg, self.acc, self.layout, self.units,
+                             self.selection.describe())
         return self.setup
 
     # --- the cells ----------------------------------------------------------------------
@@ -148,33 +186,73 @@ class CollapseLoop:
     def run(self) -> None:
         """Run (or resume) every step of every cell, generations outermost."""
         self.prepare()
+        start_trackers(self.acc, self.cfg, self.run_dir)
         try:
             self._run_cells()
         finally:
             self.setup.release()
+            self.acc.end_training()  # flush and close the trackers
 
     def _run_cells(self) -> None:
-        cfg = self.cfg
-        own_zero = [c for c in self.cells.values() if self._own_zero(c)]
-        groups = sorted({c.zero_group for c in self.cells.values()} - {""})
-        per_seed = (4 + len(groups) + 2 * len(own_zero)
-                    + 3 * cfg.generations * len(self.cells))
-        self.steps = Steps(self.acc, per_seed * len(cfg.seeds))
-        for seed in cfg.seeds:
+        """Seed by seed: the shared part (waiting while another job builds it), then this
+        job's cells, generations outermost (a stopped run has comparable rows)."""
+        seeds = list(dict.fromkeys(seed for seed, _ in self.units))
+        mine = {seed: [self.cells[k] for s, k in self.units if s == seed] for seed in seeds}
+        self.steps = Steps(self.acc, sum(self._step_count(c) for c in mine.values()))
+        for seed in seeds:
             self._corpora.clear()  # corpora of other seeds are never read again
-            self._ensure_base(seed)
-            for group in ["", *groups]:  # one generation-0 model per training setting
-                self.generation(Generation(seed, 0, None, group))
-            self.steps.run(self.layout.human(seed), "measure", f"seed {seed}, human reference",
-                           lambda s=seed: self.measure_human(s))
-            for cell in own_zero:  # a shared model 0 writes the cell its own corpus 0
-                self.generation(Generation(seed, 0, cell.key, cell.zero_group))
-            for k in range(1, cfg.generations + 1):
-                for cell in self.cells.values():
+            with self._waiting_lock(self.layout.seed_lock(seed),
+                                    f"seed {seed}, generation 0 and the human row"):
+                self._ensure_base(seed)
+                for group in self._zero_groups(mine[seed]):  # one model 0 per training setting
+                    self.generation(Generation(seed, 0, None, group))
+                self.steps.run(self.layout.human(seed), "measure",
+                               f"seed {seed}, human reference",
+                               lambda s=seed: self.measure_human(s))
+            for cell in mine[seed]:  # a shared model 0 writes the cell its own corpus 0
+                if self._own_zero(cell):
+                    self.generation(Generation(seed, 0, cell.key, cell.zero_group))
+            for k in range(1, self.cfg.generations + 1):
+                for cell in mine[seed]:
                     self.generation(Generation(seed, k, cell.key, cell.zero_group))
         self.steps.close()
         self._model = None
-        log.info("run finished: %s", self.run_dir)
+        log.info("run finished: %s (%s)", self.run_dir, self.selection.describe())
+
+    @staticmethod
+    def _zero_groups(cells: list[Cell]) -> list[str]:
+        """The generation-0 models ``cells`` need: the seed's shared one (the human row's
+        reference) and one per other training setting."""
+        return ["", *sorted({c.zero_group for c in cells} - {""})]
+
+    def _step_count(self, cells: list[Cell]) -> int:
+        """Steps of one seed's shared part and ``cells`` (for the progress bar)."""
+        zero = 3 + 1 + (len(self._zero_groups(cells)) - 1)  # model 0, human row, others
+        return zero + sum(2 * self._own_zero(c) + 3 * self.cfg.generations for c in cells)
+
+    @contextlib.contextmanager
+    def _waiting_lock(self, path: Path, what: str) -> Iterator[None]:
+        """Hold the lock at ``path``, waiting (polling) while another job holds it. Every
+        process of this job polls with the main one, so no collective call blocks for long."""
+        lock = files.RunLock(path, what) if self.acc.is_main_process else None
+        waited = False
+        while True:
+            state = [lock.try_acquire() if lock is not None else (True, "")]
+            broadcast_object_list(state)
+            if state[0][0]:
+                break
+            if not waited:
+                log.info("%s: being built by another job (%s); waiting for it", what,
+                         state[0][1])
+                waited = True
+            time.sleep(LOCK_POLL_S)
+        if waited:
+            log.info("%s: the other job is done with it; going on", what)
+        try:
+            yield
+        finally:
+            if lock is not None:
+                lock.release()
 
     def generation(self, gen: Generation) -> None:
         """The steps of one generation: train on the mix, write corpus k, measure. A cell's
@@ -188,6 +266,7 @@ class CollapseLoop:
             return
         self.steps.run(d, "generate", str(gen), lambda: self.generate(gen, d))
         self.steps.run(d, "measure", str(gen), lambda: self.measure(gen, d))
+        self._prune(gen)
 
     # --- the steps of one generation ------------------------------------------------------
 
@@ -229,12 +308,18 @@ class CollapseLoop:
         cell = self.cells.get(gen.policy)
         if cell is not None and cell.policy.epochs is not None:
             tcfg = dataclasses.replace(tcfg, epochs=cell.policy.epochs)
-        model, records = train_generation(
-            self.acc, self._starting_model(gen), self.setup.tokenizer.pad_token_id, mix,
-            self.setup.human.validation, tcfg, seed=derive_seed(gen.seed, gen.tag, gen.k, "order"),
-            desc=f"train gen {gen.k}")
+        start = self._starting_model(gen)
+        with self.steps.work():
+            model, records = train_generation(
+                self.acc, start, self.setup.tokenizer.pad_token_id, mix,
+                self.setup.human.validation, tcfg,
+                seed=derive_seed(gen.seed, gen.tag, gen.k, "order"), desc=f"train gen {gen.k}",
+                log_tag=str(self.layout.gen_dir(gen).relative_to(self.run_dir)),
+                save_adapter=(lambda peft: self._save_model(peft, d / ADAPTER))
+                if self.acc.is_main_process else None)
         if self.acc.is_main_process:
-            self._save_model(model, d / MODEL)
+            if not (tcfg.lora.enabled and gen.k > 0 and self.cfg.keep_models == "none"):
+                self._save_model(model, d / MODEL)  # (LoRA: the adapters rebuild it)
             files.write_jsonl(d / TRAIN_LOG, records)
         # generate and measure reload the saved weights, so an uninterrupted run and a
         # resumed one use exactly the same model object (fp32, no mixed-precision wrapper)
@@ -259,9 +344,11 @@ class CollapseLoop:
         tag = gen.tag if gen.k > 0 else gen.shared_zero.tag
         seed = (derive_seed(gen.seed, tag, gen.k, "generate") if draw == 0
                 else derive_seed(gen.seed, gen.tag, gen.k, "generate", draw))
-        rows = generate_corpus(self.acc, self._load(gen), self.setup.tokenizer,
-                               self.setup.human.train, self._cfg(gen).generate, seed,
-                               generation=gen.k, desc=f"generate gen {gen.k}")
+        model = self._load(gen)
+        with self.steps.work():
+            rows = generate_corpus(self.acc, model, self.setup.tokenizer,
+                                   self.setup.human.train, self._cfg(gen).generate, seed,
+                                   generation=gen.k, desc=f"generate gen {gen.k}")
         if draw:
             for r in rows:
                 r["sample_id"] = f"{r['sample_id']}:{draw}"
@@ -276,7 +363,8 @@ class CollapseLoop:
                                            curate.best_of)
         candidates = [r for j in range(per_prompt) for r in self._continue(gen, j)]
         scorer = make_scorer(curate.scorer)
-        scores = scorer.score(self._score_context(gen), candidates)
+        with self.steps.work():
+            scores = scorer.score(self._score_context(gen), candidates)
         if curate.best_of > 1:
             kept, repeats = best_of_groups(scores, [r["prompt_id"] for r in candidates]), 0
         else:
@@ -333,7 +421,8 @@ class CollapseLoop:
     def measure(self, gen: Generation, d: Path) -> None:
         ctx = self._context(gen.seed, d, gen.group, generation=gen.k, model=self._load(gen),
                             corpus=self._corpus(d))
-        result = _collect(self.setup.metrics, lambda m: m.compute(ctx))
+        with self.steps.work():
+            result = _collect(self.setup.metrics, lambda m: m.compute(ctx))
         if self.acc.is_main_process:
             files.write_json(d / METRICS_FILE, {"seed": gen.seed, "policy": gen.policy,
                                                 "generation": gen.k, **result})
@@ -342,7 +431,8 @@ class CollapseLoop:
     def measure_human(self, seed: int) -> None:
         d = self.layout.human(seed)
         ctx = self._context(seed, d, "")
-        result = _collect(self.setup.metrics, lambda m: m.human_reference(ctx))
+        with self.steps.work():
+            result = _collect(self.setup.metrics, lambda m: m.human_reference(ctx))
         if self.acc.is_main_process:
             files.write_json(d / METRICS_FILE, {"seed": seed, "policy": "human",
                                                 "generation": None, **result})
@@ -365,53 +455,91 @@ class CollapseLoop:
         as plain float32 weights with its tokenizer, so every generation reloads ordinary
         weights and every saved model is serializable."""
         base_dir = self._base_dir(seed)
-        if base_dir is not None and self.acc.is_main_process and \
-                not (base_dir / "config.json").exists():
-            model = (random_model(self.setup.model_config, derive_seed(seed, "base"))
-                     if self.cfg.model.source == "scratch" else load_pretrained(self.cfg.model))
-            self._save_model(model, base_dir)
-        self.acc.wait_for_everyone()
+        if base_dir is None:
+            return
+        shared = self.cfg.model.source != "scratch"  # the GGUF copy serves every seed
+        with (self._waiting_lock(self.layout.base_lock, "the dequantized GGUF model")
+              if shared else contextlib.nullcontext()):
+            if self.acc.is_main_process and not (base_dir / "config.json").exists():
+                model = (load_pretrained(self.cfg.model) if shared else
+                         random_model(self.setup.model_config, derive_seed(seed, "base")))
+                self._save_model(model, base_dir)
+            self.acc.wait_for_everyone()
 
     def _starting_model(self, gen: Generation) -> torch.nn.Module:
+        """The weights generation ``gen`` trains from (``model.init``): the base weights,
+        fresh random ones, or generation k-1's model (:meth:`_weights`)."""
         init_seed = derive_seed(gen.seed, gen.tag, gen.k, "init")
         model_cfg = self._cfg(gen).model
-        for start in (self._base_dir(gen.seed), gen.k and self.layout.model_dir(gen.previous)):
-            if start and Path(start).exists():  # the weights it may start from, as written
-                files.verify(start)
+        base = self._base_dir(gen.seed)
+        if base is not None and base.exists():  # the weights it may start from, as written
+            files.verify(base)
         if gen.k == 0:
             if model_cfg.init == "scratch":
                 return random_model(self.setup.model_config, init_seed)
-            return starting_model(model_cfg, self.setup.tokenizer, "base", init_seed,
-                                  self._base_dir(gen.seed), None)
-        return starting_model(model_cfg, self.setup.tokenizer, model_cfg.init,
-                              init_seed, self._base_dir(gen.seed),
-                              self.layout.model_dir(gen.previous))
+            return starting_model(model_cfg, self.setup.tokenizer, "base", init_seed, base, None)
+        if model_cfg.init == "previous":
+            return self._weights(gen.previous)
+        return starting_model(model_cfg, self.setup.tokenizer, model_cfg.init, init_seed, base,
+                              None)
+
+    def _weights(self, gen: Generation) -> torch.nn.Module:
+        """Generation ``gen``'s trained model (generation 0: the shared one), on the CPU:
+        its saved weights, or with LoRA the weights it started from plus its adapter (for
+        ``init: previous`` the chain of adapters back to generation 0), merged exactly as
+        training merged them."""
+        gen = gen if gen.k > 0 else gen.shared_zero
+        if not self._cfg(gen).train.lora.enabled:
+            path = self.layout.model_dir(gen)
+            files.verify(path)
+            return load_model(path)
+        adapter = self.layout.adapter_dir(gen)
+        files.verify(adapter)
+        return PeftModel.from_pretrained(self._starting_model(gen), adapter).merge_and_unload()
 
     def _save_model(self, model: torch.nn.Module, final: Path) -> None:
         tmp = final.with_name(final.name + ".tmp")
         if tmp.exists():  # left by a killed run
             shutil.rmtree(tmp)
         model.save_pretrained(tmp)
-        self.setup.tokenizer.save_pretrained(tmp)
+        if not isinstance(model, PeftModel):  # an adapter folder holds the adapter only
+            self.setup.tokenizer.save_pretrained(tmp)
         files.replace_dir(tmp, final)
+
+    def _prune(self, gen: Generation) -> None:
+        """``keep_models``: once generation k of a cell is measured, drop the weights no
+        later step needs: model k-1 (``last``, ``none``), and model k when it is the
+        cell's final one (``none``). Generation 0 and LoRA adapters always stay."""
+        keep = self.cfg.keep_models
+        if keep == "all" or gen.k == 0 or gen.policy is None:
+            return
+        doomed = [self.layout.model_dir(gen.previous)] if gen.k > 1 else []
+        if keep == "none" and gen.k == self.cfg.generations:
+            doomed.append(self.layout.model_dir(gen))
+        if self.acc.is_main_process:
+            for folder in doomed:
+                if folder.exists():
+                    freed = files.remove_dir(folder)
+                    log.info("keep_models=%s: removed %s (%.1f MB)", keep,
+                             folder.relative_to(self.run_dir), freed / 1e6)
+        self.acc.wait_for_everyone()
 
     def _load(self, gen: Generation) -> torch.nn.Module:
         """Generation ``gen``'s model (the one in memory, or loaded from its directory)."""
         path = self.layout.model_dir(gen)
         if self._model is None or self._model[0] != path:
-            files.verify(path)
-            self._model = (path, load_model(path).to(self.acc.device))
+            self._model = (path, self._weights(gen).to(self.acc.device))
         return self._model[1]
 
     def _reference_model(self, seed: int, group: str = "") -> torch.nn.Module:
         """The seed's generation-0 model (of the cell's training setting), loaded once and
         kept for reference scoring."""
-        path = self.layout.model_dir(Generation(seed, 0, None, group))
+        zero = Generation(seed, 0, None, group)
+        path = self.layout.model_dir(zero)
         if self._model is not None and self._model[0] == path:
             return self._model[1]
         if self._reference is None or self._reference[0] != path:
-            files.verify(path)
-            self._reference = (path, load_model(path).to(self.acc.device))
+            self._reference = (path, self._weights(zero).to(self.acc.device))
         return self._reference[1]
 
     def _corpus(self, d: Path) -> list[Sample]:

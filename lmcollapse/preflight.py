@@ -15,8 +15,9 @@ import platform
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +27,14 @@ import torch
 import transformers
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
+from tokenizers import Tokenizer
 from transformers import PretrainedConfig, PreTrainedTokenizerBase
 
 from lmcollapse import files
-from lmcollapse.config import ExperimentConfig, cells, config_diff
+from lmcollapse.config import Cell, ExperimentConfig, cells, config_diff
 from lmcollapse.data.base import ExactDistribution, Source, make_source
 from lmcollapse.data.blocks import HumanData, prepare_human_data
+from lmcollapse.disk import check_disk, estimate
 from lmcollapse.errors import ConfigError
 from lmcollapse.layout import RunLayout
 from lmcollapse.metrics.base import MeasureContext, Metric
@@ -47,8 +50,10 @@ from lmcollapse.registry import METRICS
 from lmcollapse.scorers.base import ScoreContext, make_scorer
 
 log = logging.getLogger(__name__)
+#: how long a job waits for another's claim of the run directory (it takes seconds)
+CLAIM_WAIT_S = 600.0
 #: config keys that may change between invocations of one run: the grid grows by cells
-GRID_KEYS = ("seeds", "policies", "grid", "log_level")
+GRID_KEYS = ("seeds", "policies", "grid", "log_level", "log_with", "keep_models")
 #: where the run directory is does not change what it holds: it can be moved and resumed
 LOCATION_KEYS = ("output_dir", "experiment")
 
@@ -67,12 +72,13 @@ class Setup:
     metrics: list[Metric]
     #: (documents, seed) -> new human documents, where the source can write more
     fresh: Callable[[int, int], list[str]] | None = None
-    #: the run directory's lock, held by the main process until the run ends
-    lock: files.RunLock | None = None
+    #: the locks of this job's cells, held by the main process until the run ends
+    locks: list[files.RunLock] = field(default_factory=list)
 
     def release(self) -> None:
-        if self.lock is not None:
-            self.lock.release()
+        for lock in self.locks:
+            lock.release()
+        self.locks = []
 
 
 def make_accelerator(cfg: ExperimentConfig) -> Accelerator:
@@ -91,7 +97,48 @@ def make_accelerator(cfg: ExperimentConfig) -> Accelerator:
     # several processes without CUDA (torchrun / accelerate on CPUs): gloo on the CPU
     multi_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
     return Accelerator(gradient_accumulation_steps=cfg.train.grad_accum, mixed_precision=mp,
-                       cpu=multi_cpu)
+                       cpu=multi_cpu, log_with=trackers(cfg.log_with) or None,
+                       project_dir=str(cfg.run_dir))
+
+
+#: the optional extra of each tracker ``log_with`` may name
+TRACKER_EXTRAS = {"tensorboard": "tensorboard", "wandb": "wandb"}
+
+
+def trackers(log_with: str) -> list[str]:
+    """The accelerate trackers ``log_with`` asks for; a named one whose package is missing is
+    a ConfigError naming the extra (``auto``: TensorBoard if installed, else none)."""
+    from accelerate.utils import is_tensorboard_available, is_wandb_available
+
+    available = {"tensorboard": is_tensorboard_available, "wandb": is_wandb_available}
+    if log_with == "none":
+        return []
+    if log_with == "auto":
+        return ["tensorboard"] if is_tensorboard_available() else []
+    if not available[log_with]():
+        raise ConfigError(f"log_with: {log_with} needs the {log_with!r} package: pip install "
+                          f"'lmcollapse[{TRACKER_EXTRAS[log_with]}]' (or log_with: none)")
+    return [log_with]
+
+
+def start_trackers(acc: Accelerator, cfg: ExperimentConfig, run_dir: Path) -> None:
+    """Open the trackers in ``<run dir>/logs/`` (TensorBoard: one event file per job) with
+    the config's scalar settings as hyperparameters; W&B uses the experiment as project."""
+    if not acc.log_with:
+        return
+    acc.project_configuration.project_dir = str(run_dir)
+    acc.project_configuration.logging_dir = str(run_dir / "logs")
+    flat: dict[str, Any] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, f"{prefix}.{k}" if prefix else str(k))
+        else:
+            flat[prefix] = node if isinstance(node, int | float | str | bool) else str(node)
+
+    walk(cfg.to_dict(), "")
+    acc.init_trackers(cfg.experiment, config=flat)
 
 
 def learns_positions_from_blocks(cfg: ExperimentConfig) -> bool:
@@ -187,12 +234,17 @@ def _no_model() -> Any:
     raise RuntimeError("no model exists before the first generation is trained")
 
 
-def prepare(cfg: ExperimentConfig, acc: Accelerator, layout: RunLayout) -> Setup:
-    """Check everything that can fail, then claim the run directory (its lock, then
-    experiment.json). Any failure before the claim is a ConfigError (exit code 2): a data
-    file that cannot be read, a model that cannot be loaded, a folder in the way."""
+def prepare(cfg: ExperimentConfig, acc: Accelerator, layout: RunLayout,
+            units: list[tuple[int, str]] | None = None, selection: str = "all cells") -> Setup:
+    """Check everything that can fail (the disk this job's ``units`` need included), then
+    claim the run directory: the locks of this job's units (a cell another live job runs
+    is refused), then experiment.json. Any failure before the claim is a ConfigError (exit
+    code 2): a data file that cannot be read, a model that cannot be loaded, a folder in
+    the way, a disk too small, a cell in use."""
+    grid = {c.key: c for c in cells(cfg)}
+    units = units or [(seed, key) for seed in cfg.seeds for key in grid]
     try:
-        return _prepare(cfg, acc, layout)
+        return _prepare(cfg, acc, layout, grid, units, selection)
     except ConfigError:
         raise
     except Exception as err:  # noqa: BLE001  (anything else at set-up is bad input too)
@@ -208,7 +260,8 @@ def _check_output_dir(layout: RunLayout) -> None:
                               f"would be {layout.root}")
 
 
-def _prepare(cfg: ExperimentConfig, acc: Accelerator, layout: RunLayout) -> Setup:
+def _prepare(cfg: ExperimentConfig, acc: Accelerator, layout: RunLayout,
+             grid: dict[str, Cell], units: list[tuple[int, str]], selection: str) -> Setup:
     _check_output_dir(layout)
     check_compatible(cfg, layout)
     source = make_source(cfg.data)
@@ -235,28 +288,76 @@ def _prepare(cfg: ExperimentConfig, acc: Accelerator, layout: RunLayout) -> Setu
     for spec in cfg.policies:
         if spec.curate.active:
             make_scorer(spec.curate.scorer).preflight(scoring)
-    # nothing was written so far; from here on the run directory is ours
     if acc.is_main_process:
-        setup.lock = files.RunLock(layout.lock)
-        previous = setup.lock.acquire()
-        if previous:
-            log.info("took over the lock of an earlier run that is gone (%s)", previous)
-        check_compatible(cfg, layout)  # another run may have claimed it while we checked
-        write_provenance(cfg, acc, layout, source)
-        if new_tokenizer:  # a temp folder moved into place: never half written
-            tmp = layout.root / ".tokenizer.tmp"
-            if tmp.exists():
-                shutil.rmtree(tmp)
-            tokenizer.save_pretrained(tmp)
-            files.replace_dir(tmp, layout.tokenizer)
+        check_disk(estimate(cfg, grid, units, arch, len(human.train),
+                            getattr(arch, "hidden_size", None)), layout.root)
+    locks = {layout.cell_lock(seed, key): f"seed {seed}, cell {key}" for seed, key in units}
+    # nothing was written so far; from here on the run directory is ours
+    problem = [None]
+    if acc.is_main_process:
+        try:
+            _claim(cfg, acc, layout, setup, locks, selection, source,
+                   tokenizer if new_tokenizer else None)
+        except ConfigError as err:
+            setup.release()
+            problem = [str(err)]
+    broadcast_object_list(problem)  # every process stops with the main one
+    if problem[0] is not None:
+        raise ConfigError(problem[0])
     acc.wait_for_everyone()
     log.info("human data: %d train blocks, %d validation blocks, %d test tokens",
              len(human.train), len(human.validation), len(human.test_stream))
     return setup
 
 
+def _claim(cfg: ExperimentConfig, acc: Accelerator, layout: RunLayout, setup: Setup,
+           locks: dict[Path, str], selection: str, source: Source,
+           new_tokenizer: Any | None) -> None:
+    """Main process: under the claim lock (held for seconds; several jobs may share the
+    directory), take this job's cell locks, check the directory's config again, record
+    the invocation, save the scratch tokenizer unless another job saved it first."""
+    claim = files.RunLock(layout.lock, f"{layout.root} (its claim lock)")
+    deadline = time.monotonic() + CLAIM_WAIT_S
+    while not claim.try_acquire()[0]:
+        if time.monotonic() > deadline:
+            raise ConfigError(f"{layout.root}: another job has held its claim lock "
+                              f"({layout.lock}) for over {CLAIM_WAIT_S:.0f} s; is it stuck?")
+        time.sleep(0.5)
+    try:
+        for path, what in locks.items():
+            lock = files.RunLock(path, what)
+            previous = lock.acquire()  # ConfigError when a live job runs the cell
+            setup.locks.append(lock)
+            if previous:
+                log.info("%s: took over the lock of an earlier run that is gone (%s)", what,
+                         previous)
+        check_compatible(cfg, layout)  # another job may have claimed it while we checked
+        write_provenance(cfg, acc, layout, source, selection)
+        if new_tokenizer is not None:
+            _save_tokenizer(new_tokenizer, layout)
+    finally:
+        claim.release()
+
+
+def _save_tokenizer(tokenizer: Any, layout: RunLayout) -> None:
+    """Save the scratch tokenizer (a temp folder moved into place: never half written); a
+    job that finds one saved by another keeps it, after checking it is the same."""
+    if (layout.tokenizer / "tokenizer.json").exists():
+        files.verify(layout.tokenizer)
+        saved = Tokenizer.from_file(str(layout.tokenizer / "tokenizer.json"))
+        if saved.to_str() != tokenizer.backend_tokenizer.to_str():
+            raise ConfigError(f"{layout.tokenizer} holds another tokenizer than the one this "
+                              "job trained on the same human data; was the data changed?")
+        return
+    tmp = layout.root / ".tokenizer.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tokenizer.save_pretrained(tmp)
+    files.replace_dir(tmp, layout.tokenizer)
+
+
 def write_provenance(cfg: ExperimentConfig, acc: Accelerator, layout: RunLayout,
-                     source: Source) -> None:
+                     source: Source, selection: str = "all cells") -> None:
     """experiment.json: the resolved config, versions, git sha, and one record per
     invocation (a resumed run appends one)."""
     try:
@@ -266,7 +367,7 @@ def write_provenance(cfg: ExperimentConfig, acc: Accelerator, layout: RunLayout,
         sha = ""
     path = layout.experiment_json
     now = {"started": dt.datetime.now().isoformat(), "git_sha": sha or None,
-           "command": sys.argv, "num_processes": acc.num_processes,
+           "command": sys.argv, "cells": selection, "num_processes": acc.num_processes,
            "device": str(acc.device), "mixed_precision": acc.mixed_precision,
            "versions": {"python": platform.python_version(), "torch": torch.__version__,
                         "transformers": transformers.__version__,

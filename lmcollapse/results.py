@@ -268,9 +268,10 @@ def load_runs(run_dirs: list[str | Path]) -> list[RunResults]:
         exp.policies += [p for p in info.get("policies", []) if p not in exp.policies]
         for rec in load_records([run], exp.problems):
             key = (rec["policy"], int(rec["seed"]), rec["generation"])
-            if key in exp.records:
-                log.warning("%s: seed %s %s gen %s measured twice; keeping the first",
-                            run, key[1], key[0], key[2])
+            if key in exp.records:  # shards in separate directories share generation 0
+                if exp.records[key]["values"] != rec["values"]:
+                    log.warning("%s: seed %s %s gen %s measured twice with different values; "
+                                "keeping the first", run, key[1], key[0], key[2])
                 continue
             exp.records[key] = rec
             if key[1] not in exp.seeds:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -91,8 +92,14 @@ def check_converging(train_loss: float, val_loss: float, step: int, uniform: flo
 
 def train_generation(accelerator: Accelerator, model: torch.nn.Module, pad_id: int,
                      rows: list[Sample], validation: list[Sample], tcfg: TrainConfig, seed: int,
-                     desc: str = "train") -> tuple[torch.nn.Module, list[dict[str, Any]]]:
+                     desc: str = "train", log_tag: str = "train",
+                     save_adapter: Callable[[Any], None] | None = None
+                     ) -> tuple[torch.nn.Module, list[dict[str, Any]]]:
     """Fine-tune ``model`` on ``rows``, evaluating on human validation after each pass.
+
+    Every optimizer step's loss and learning rate, and every validation loss, go to the
+    accelerator's trackers (if any) as ``<log_tag>/train_loss`` etc. With LoRA,
+    ``save_adapter`` receives the peft model of the selected step before it is merged.
 
     Returns the best model by validation loss (``select_best``) or the last one, unwrapped
     and on the CPU-or-device it was trained on, plus the training log records.
@@ -162,6 +169,9 @@ def train_generation(accelerator: Accelerator, model: torch.nn.Module, pad_id: i
                 continue
             step += 1
             bar.update(1)
+            if accelerator.trackers:
+                accelerator.log({f"{log_tag}/train_loss": value,
+                                 f"{log_tag}/lr": scheduler.get_last_lr()[0]}, step=step)
             kill_point("train_step")
             if step % eval_every == 0 or step == total:
                 val_loss = evaluate(accelerator, model, val_loader, pad_id)
@@ -170,6 +180,8 @@ def train_generation(accelerator: Accelerator, model: torch.nn.Module, pad_id: i
                        "val_loss": val_loss, "val_ppl": math.exp(val_loss),
                        "lr": scheduler.get_last_lr()[0], "elapsed_s": time.time() - start}
                 records.append(rec)
+                if accelerator.trackers:
+                    accelerator.log({f"{log_tag}/val_loss": val_loss}, step=step)
                 bar.set_postfix(train=f"{rec['train_loss']:.3f}", val=f"{val_loss:.3f}")
                 running, seen = 0.0, 0
                 if val_loss < best_loss:
@@ -184,6 +196,8 @@ def train_generation(accelerator: Accelerator, model: torch.nn.Module, pad_id: i
     if tcfg.select_best and best_state is not None:
         model.load_state_dict(best_state)
     if tcfg.lora.enabled:
+        if save_adapter is not None:
+            save_adapter(model)
         model = model.merge_and_unload()
     for rec in records:
         rec["selected"] = rec["val_loss"] == best_loss if tcfg.select_best else False

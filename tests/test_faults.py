@@ -22,6 +22,7 @@ from lmcollapse.cli import run_main
 from lmcollapse.config import load_config
 from lmcollapse.errors import ConfigError, ReportError, StepError
 from lmcollapse.files import ArtifactError, RunLock, recorded, write_json
+from lmcollapse.layout import RunLayout
 from lmcollapse.loop import CollapseLoop
 from lmcollapse.report import write_report
 
@@ -174,12 +175,13 @@ def test_a_diverging_loss_stops_the_cell_and_keeps_what_was_done(tmp_path, capsy
     assert f"{gen0:.4g}"[:4] in result["markdown"]  # generation 0's perplexity is shown
 
 
-def test_a_second_run_on_the_same_directory_is_refused(tmp_path):
+def test_a_second_run_of_the_same_cells_is_refused(tmp_path):
     cfg = tiny_config(tmp_path, "generations=0")
-    lock = RunLock(cfg.run_dir / ".lock")
+    lock = RunLock(RunLayout(cfg.run_dir).cell_lock(0, "replace"))
     lock.acquire()
     try:
-        with pytest.raises(ConfigError, match="is in use by another run .pid"):
+        with pytest.raises(ConfigError, match="seed 0, cell replace is in use by another "
+                                              "run .pid"):
             CollapseLoop(cfg).run()
     finally:
         lock.release()
@@ -190,7 +192,7 @@ def test_a_second_run_on_the_same_directory_is_refused(tmp_path):
 
 def test_a_lock_left_by_a_killed_process_is_taken_over(tmp_path, caplog):
     cfg = tiny_config(tmp_path, "generations=0")
-    lock_path = str(cfg.run_dir / ".lock")
+    lock_path = str(RunLayout(cfg.run_dir).cell_lock(0, "accumulate"))
     code = ("import pathlib, time; from lmcollapse.files import RunLock; "
             f"RunLock(pathlib.Path({lock_path!r})).acquire(); print('locked', flush=True); "
             "time.sleep(60)")
@@ -202,7 +204,8 @@ def test_a_lock_left_by_a_killed_process_is_taken_over(tmp_path, caplog):
     child.wait()
     with caplog.at_level("INFO", logger="lmcollapse"):
         CollapseLoop(cfg).run()
-    assert f"took over the lock of an earlier run that is gone (pid {child.pid}" in caplog.text
+    assert (f"seed 0, cell accumulate: took over the lock of an earlier run that is gone "
+            f"(pid {child.pid}") in caplog.text
 
 
 def test_files_follow_the_umask(tmp_path):

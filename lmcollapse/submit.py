@@ -1,0 +1,124 @@
+"""``lmcollapse submit``: run an experiment's cells as cluster jobs through submitit.
+
+    lmcollapse submit --config configs/shumailov2023.yaml --shards 12 \\
+        --partition gpu --gpus-per-job 1 --timeout-min 720
+    lmcollapse submit --config configs/quickstart.yaml --shards 2 --cluster local --wait
+
+One Slurm job array of ``--shards`` tasks; task ``i`` runs ``lmcollapse run --config ...
+--shard i/N`` (:mod:`lmcollapse.shards`) in the experiment's run directory, which every task
+shares: generation 0 of a seed is built once, by the first task that needs it. submitit
+(``pip install 'lmcollapse[slurm]'``) writes the sbatch files and keeps each task's log in
+``<run dir>/jobs/``; ``--cluster local`` runs the tasks as local processes (a test, a
+workstation), ``--cluster debug`` one after the other in this process. Without submitit the
+same array is a plain sbatch script: see ``scripts/slurm_array.sh``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+from pathlib import Path
+from typing import Any
+
+from lmcollapse.errors import ConfigError
+
+SUBMITIT_HINT = "pip install 'lmcollapse[slurm]'"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--shards", type=int, required=True,
+                   help="number of jobs (array tasks); each runs every N-th (seed, cell) unit")
+    p.add_argument("--cluster", choices=("slurm", "local", "debug"), default=None,
+                   help="default: slurm where sbatch exists, else local processes")
+    p.add_argument("--partition", help="Slurm partition")
+    p.add_argument("--gpus-per-job", type=int, default=1,
+                   help="GPUs per task (> 1: one process per GPU, as accelerate launch does)")
+    p.add_argument("--cpus-per-job", type=int, default=8)
+    p.add_argument("--mem-gb", type=int, default=64)
+    p.add_argument("--timeout-min", type=int, default=24 * 60)
+    p.add_argument("--parallel", type=int, default=None,
+                   help="at most this many tasks run at once (slurm_array_parallelism)")
+    p.add_argument("--slurm", action="append", default=[], metavar="KEY=VALUE",
+                   help="any other sbatch option, e.g. --slurm account=myproj "
+                   "--slurm constraint=a100 (repeatable)")
+    p.add_argument("--wait", action="store_true",
+                   help="wait for every task and exit 1 if one failed")
+
+
+def run_shard(config: str, overrides: list[str], index: int, count: int) -> int:
+    """One array task: ``lmcollapse run --shard index/count``. With several tasks per job
+    (``--gpus-per-job`` > 1) the torch.distributed variables accelerate reads are set
+    from Slurm's, so the tasks form one multi-GPU run."""
+    import submitit
+
+    from lmcollapse.cli import run_main
+
+    try:
+        if submitit.JobEnvironment().num_tasks > 1:
+            submitit.helpers.TorchDistributedEnvironment().export(
+                set_cuda_visible_devices=False)
+    except RuntimeError:  # not inside a submitit job (debug executor)
+        pass
+    code = run_main(["run", "--config", config, *overrides, "--shard", f"{index}/{count}"])
+    if code:
+        raise RuntimeError(f"shard {index}/{count} exited with code {code}; see its log")
+    return code
+
+
+def submit(args: argparse.Namespace, cfg: Any) -> int:
+    """Check everything, then submit the array; print the job ids (and, with ``--wait``,
+    wait for them)."""
+    if importlib.util.find_spec("submitit") is None:
+        raise ConfigError(f"lmcollapse submit needs the 'submitit' package: {SUBMITIT_HINT}")
+    import submitit
+
+    from lmcollapse.config import cells
+    from lmcollapse.shards import Selection, select_units
+
+    units = select_units(cfg, {c.key: c for c in cells(cfg)}, Selection())
+    if not 1 <= args.shards <= len(units):
+        raise ConfigError(f"--shards: between 1 and the experiment's {len(units)} units "
+                          f"(seed x cell), got {args.shards}")
+    extra = {}
+    for item in args.slurm:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--slurm: {item!r} must look like key=value (an sbatch option)")
+        extra[key.replace("-", "_")] = value
+    folder = cfg.run_dir / "jobs"
+    executor = submitit.AutoExecutor(folder=folder / "%j", cluster=args.cluster)
+    params: dict[str, Any] = dict(
+        name=f"lmcollapse-{cfg.experiment}", timeout_min=args.timeout_min,
+        gpus_per_node=args.gpus_per_job, tasks_per_node=max(1, args.gpus_per_job),
+        cpus_per_task=max(1, args.cpus_per_job // max(1, args.gpus_per_job)),
+        mem_gb=args.mem_gb)
+    if executor.cluster == "slurm":
+        params.update(slurm_partition=args.partition, slurm_array_parallelism=args.parallel,
+                      slurm_additional_parameters=extra or None)
+    elif executor.cluster == "local":
+        params = dict(name=params["name"], timeout_min=args.timeout_min,
+                      tasks_per_node=1)  # one process per task on a workstation
+    else:
+        params = {}
+    executor.update_parameters(**{k: v for k, v in params.items() if v is not None})
+    n = args.shards
+    # absolute paths: a task may start in another working directory than this command
+    overrides = [*args.overrides, f"output_dir={Path(cfg.output_dir).resolve()}"]
+    config = str(Path(args.config).resolve())
+    jobs = executor.map_array(run_shard, [config] * n, [overrides] * n, list(range(n)),
+                              [n] * n)
+    print(f"submitted {n} {executor.cluster} jobs for {cfg.experiment} "
+          f"({len(units)} units): {', '.join(j.job_id for j in jobs)}\n"
+          f"logs: {folder}/<job id>/; report when done: lmcollapse report {cfg.run_dir}")
+    if not args.wait:
+        return 0
+    failed = 0
+    for i, job in enumerate(jobs):
+        try:
+            job.result()
+        except Exception as err:  # noqa: BLE001  (a task's failure, reported per task)
+            failed += 1
+            print(f"shard {i}/{n} (job {job.job_id}) failed: {str(err).strip()[-500:]}",
+                  file=sys.stderr)
+    return 1 if failed else 0

@@ -1,0 +1,148 @@
+"""Cells as separate jobs: selecting units, shards that cover the grid once, generation 0
+built once while another job waits, and shards whose merged report equals one job's."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import QUICKSTART, TINY, tiny_config
+
+from lmcollapse import loop as loop_module
+from lmcollapse.cli import run_main
+from lmcollapse.config import cells, load_config
+from lmcollapse.errors import ConfigError
+from lmcollapse.files import recorded
+from lmcollapse.layout import RunLayout
+from lmcollapse.loop import CollapseLoop
+from lmcollapse.report import write_report
+from lmcollapse.shards import Selection, select_units
+
+#: two seeds x two policies, one generation after 0: four units
+SMALL = ["seeds=[0,1]", "generations=1", "policies=[replace,accumulate]",
+         "train.budget_steps=6", "metrics.names=[perplexity,diversity]"]
+
+
+def _units(selection: Selection, *extra: str):
+    cfg = load_config(QUICKSTART, list(extra))
+    return select_units(cfg, {c.key: c for c in cells(cfg)}, selection)
+
+
+def test_shards_cover_every_unit_exactly_once():
+    everything = _units(Selection())
+    assert len(everything) == 9  # 3 seeds x 3 policies
+    for n in range(1, 10):
+        parts = [_units(Selection(shard=(i, n))) for i in range(n)]
+        assert sorted(u for p in parts for u in p) == sorted(everything)
+        assert sum(map(len, parts)) == len(everything)
+        assert max(map(len, parts)) - min(map(len, parts)) <= 1  # balanced
+
+
+def test_filters_combine():
+    assert _units(Selection(policies=("replace",), seeds=(1, 2))) == [(1, "replace"),
+                                                                     (2, "replace")]
+    grid = ["grid=[{key: generate.temperature, values: [0.7, 1.0]}]"]
+    picked = _units(Selection(cells=("*@temperature=0.7",)), *grid)
+    assert {k for _, k in picked} == {"replace@temperature=0.7", "mix-0.1@temperature=0.7",
+                                      "accumulate@temperature=0.7"}
+    assert _units(Selection(cells=("mix-0.1@*",), seeds=(0,)), *grid) == [
+        (0, "mix-0.1@temperature=0.7"), (0, "mix-0.1@temperature=1.0")]
+
+
+@pytest.mark.parametrize(("selection", "message"), [
+    (Selection(policies=("mix",)), "no policy labelled 'mix'; the config has replace, "
+                                   "mix-0.1, accumulate"),
+    (Selection(seeds=(7,)), r"seed 7 is not in the config's seeds \[0, 1, 2\]"),
+    (Selection(cells=("replace@*",)), "matches no cell; the cells are replace, mix-0.1"),
+    (Selection(shard=(0, 10)), "the selection has 9 units .* use at most 9 shards"),
+    (Selection(policies=("replace",), shard=(3, 4)), "has 3 units"),
+])
+def test_a_selection_that_picks_nothing_is_refused(selection, message):
+    with pytest.raises(ConfigError, match=message):
+        _units(selection)
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--shard", "2/2"], "--shard: '2/2' must be i/n with 0 <= i < n"),
+    (["--shard", "one/2"], "must be i/n"),
+    (["--seeds", "0,x"], "--seeds: 'x' is not a seed"),
+    (["--policies", "replace", "--new-run"], "--new-run starts a fresh directory per job"),
+])
+def test_bad_selections_exit_2_before_any_work(tmp_path, capsys, args, message):
+    code = run_main(["run", "--config", str(QUICKSTART), *TINY, f"output_dir={tmp_path}",
+                     *args])
+    assert code == 2 and message in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
+def test_cells_command_lists_what_a_shard_runs(capsys):
+    assert run_main(["cells", "--config", str(QUICKSTART), "--shard", "1/4"]) == 0
+    assert capsys.readouterr().out.split("\n")[:2] == ["seed 0\tmix-0.1", "seed 1\taccumulate"]
+
+
+def _values(run: Path) -> dict[str, dict]:
+    return {str(p.relative_to(run)): json.loads(p.read_text())["values"]
+            for p in RunLayout(run).metrics_files()}
+
+
+def _markdown(runs: list[Path], out: Path) -> str:
+    """The report minus its provenance line (directories, creation time): every number."""
+    text = write_report(runs, out=out, plots=False)["markdown"]
+    return "\n".join(line for line in text.split("\n")
+                     if not line.startswith("- **experiment**"))
+
+
+def test_shards_as_concurrent_jobs_equal_one_job(tmp_path):
+    """Two submitit jobs (local processes, started together) share one run directory: each
+    seed's generation 0 is trained once, every row equals the single job's, and so does the
+    report; shards run into separate directories merge to the same report."""
+    one = tiny_config(tmp_path / "one", *SMALL)
+    CollapseLoop(one).run()
+
+    shared = tmp_path / "shared"
+    code = run_main(["submit", "--config", str(QUICKSTART), *TINY, *SMALL,
+                     f"output_dir={shared}", "--shards", "2", "--cluster", "local", "--wait"])
+    logs = "\n".join(p.read_text() for p in (shared / "quickstart" / "jobs").rglob("*.err"))
+    assert code == 0, logs
+    run = shared / "quickstart"
+    for seed in (0, 1):  # the shared part was built once, whichever job got there first
+        for folder in ("gen_00", "human"):
+            lines = (run / f"seed_{seed}" / folder / ".checksums.jsonl").read_text()
+            assert lines.count('"metrics.json"') == 1, (seed, folder)
+        assert (run / f"seed_{seed}" / "gen_00" / ".checksums.jsonl").read_text().count(
+            '"model/model.safetensors"') == 1
+    invocations = json.loads((run / "experiment.json").read_text())["invocations"]
+    assert sorted(i["cells"] for i in invocations) == ["shard 0/2", "shard 1/2"]
+    assert _values(run) == _values(one.run_dir)
+    assert _markdown([run], tmp_path / "r1") == _markdown([one.run_dir], tmp_path / "r0")
+
+    apart = []
+    for i in (0, 1):  # shards on machines that do not share a file system
+        cfg = tiny_config(tmp_path / f"apart{i}", *SMALL)
+        CollapseLoop(cfg, selection=Selection(shard=(i, 2))).run()
+        apart.append(cfg.run_dir)
+    assert _markdown(apart, tmp_path / "r2") == _markdown([one.run_dir], tmp_path / "r0")
+
+
+def test_a_job_waits_for_generation_0_another_job_is_building(tmp_path, monkeypatch, caplog):
+    cfg = tiny_config(tmp_path, "generations=0", "metrics.names=[perplexity]")
+    lock = str(RunLayout(cfg.run_dir).seed_lock(0))
+    code = ("import pathlib, time; from lmcollapse.files import RunLock; "
+            f"RunLock(pathlib.Path({lock!r})).acquire(); print('locked', flush=True); "
+            "time.sleep(3)")
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline().strip() == "locked"
+    monkeypatch.setattr(loop_module, "LOCK_POLL_S", 0.2)
+    start = time.monotonic()
+    with caplog.at_level(logging.INFO, logger="lmcollapse"):
+        CollapseLoop(cfg).run()
+    child.wait()
+    assert f"being built by another job (pid {child.pid}" in caplog.text
+    assert "the other job is done with it; going on" in caplog.text
+    assert time.monotonic() - start > 2  # it did wait for the other job's lock
+    assert "metrics.json" in recorded(cfg.run_dir / "seed_0" / "gen_00")
