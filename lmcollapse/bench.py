@@ -68,7 +68,7 @@ from lmcollapse.layout import METRICS, STEPS, Generation, RunLayout
 from lmcollapse.loop import CollapseLoop
 from lmcollapse.models import load_tokenizer, model_config, random_model, starting_model
 from lmcollapse.preflight import make_accelerator
-from lmcollapse.train import _Collate, train_generation
+from lmcollapse.train import _Collate, _with_lora, train_generation
 
 #: what ``--small`` adds to the loop's config (before the command line's own overrides):
 #: one seed and one generation of the test suite's tiny language and model
@@ -336,9 +336,12 @@ def trainer_run(model: torch.nn.Module, pad_id: int, rows: list[Sample],
                 validation: list[Sample], cfg: ExperimentConfig, steps: int,
                 mixed_precision: str) -> None:
     """The baseline: ``transformers.Trainer`` set up as the harness trains (AdamW, the
-    config's lr, weight decay, warm-up, schedule and clipping; right-padded batches with
-    padding masked out of the labels), ``steps`` optimizer steps, then one evaluation."""
+    config's lr, weight decay, warm-up, schedule and clipping; LoRA adapters when the
+    config trains them; right-padded batches with padding masked out of the labels),
+    ``steps`` optimizer steps, then one evaluation."""
     tcfg = cfg.train
+    if tcfg.lora.enabled:
+        model = _with_lora(model, tcfg)
     collate = _Collate(pad_id)
     with tempfile.TemporaryDirectory(prefix="lmcollapse-bench-trainer-") as tmp:
         args = transformers.TrainingArguments(
@@ -393,9 +396,11 @@ def loop_section(acc: Accelerator, config_path: str | Path, overrides: list[str]
                 "loop_policies": len(cells(cfg)), "loop_generations": cfg.generations,
                 **loop_breakdown(cfg)}
     finally:
-        acc.wait_for_everyone()
-        if keep_in is None and acc.is_main_process:
-            shutil.rmtree(where[0], ignore_errors=True)
+        try:
+            acc.wait_for_everyone()  # every process has read the markers
+        finally:
+            if keep_in is None and acc.is_main_process:
+                shutil.rmtree(where[0], ignore_errors=True)
 
 
 def loop_breakdown(cfg: ExperimentConfig) -> dict[str, Any]:

@@ -43,8 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "(submitit: Slurm, or local processes)")
     rep = sub.add_parser("report", help="leaderboard, per-generation tables and plots from "
                          "run directories (reads JSON and parquet only)")
-    ben = sub.add_parser("bench", help="throughput of training, generation and perplexity "
-                         "for a config on this machine")
+    ben = sub.add_parser("bench", help="one JSON record: generation and training "
+                         "throughput against naive baselines, where a generation's time goes, "
+                         "peak memory")
     for q in (run, val, cel, sbm, ben):
         q.add_argument("--config", required=True, help="experiment YAML file")
         q.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=1e-4")
@@ -106,7 +107,7 @@ def run_main(argv: list[str] | None = None) -> int:
             print(f"lmcollapse: config error: {err}", file=sys.stderr)
             return 2
     if args.command == "bench":
-        return bench.bench(cfg, args.steps, args.prompts, args.eval_tokens)
+        return bench.bench(cfg, args)
     _setup_logging(cfg.log_level, accelerator.is_main_process)
     try:
         with logging_redirect_tqdm():  # log lines above the progress bars, not inside them

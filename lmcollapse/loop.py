@@ -191,7 +191,9 @@ class CollapseLoop:
             self._run_cells()
         finally:
             self.setup.release()
-            self.acc.end_training()  # flush and close the trackers
+            for tracker in self.acc.trackers:  # flush and close; end_training() would also
+                tracker.finish()  # tear down the process group the caller may still use
+            self.acc.trackers = []
 
     def _run_cells(self) -> None:
         """Seed by seed: the shared part (waiting while another job builds it), then this
@@ -421,7 +423,7 @@ class CollapseLoop:
     def measure(self, gen: Generation, d: Path) -> None:
         ctx = self._context(gen.seed, d, gen.group, generation=gen.k, model=self._load(gen),
                             corpus=self._corpus(d))
-        with self.steps.work():
+        with self.steps.work(), self._scoring_precision():
             result = _collect(self.setup.metrics, lambda m: m.compute(ctx))
         if self.acc.is_main_process:
             files.write_json(d / METRICS_FILE, {"seed": gen.seed, "policy": gen.policy,
@@ -431,11 +433,18 @@ class CollapseLoop:
     def measure_human(self, seed: int) -> None:
         d = self.layout.human(seed)
         ctx = self._context(seed, d, "")
-        with self.steps.work():
+        with self.steps.work(), self._scoring_precision():
             result = _collect(self.setup.metrics, lambda m: m.human_reference(ctx))
         if self.acc.is_main_process:
             files.write_json(d / METRICS_FILE, {"seed": seed, "policy": "human",
                                                 "generation": None, **result})
+
+    def _scoring_precision(self) -> contextlib.AbstractContextManager[Any]:
+        """``metrics.precision``: bf16 autocast around every forward pass of a measurement
+        (weights stay float32), or nothing (fp32)."""
+        if self.cfg.metrics.precision == "bf16":
+            return torch.autocast(self.acc.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
 
     # --- weights and corpora ----------------------------------------------------------------
 

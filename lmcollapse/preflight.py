@@ -26,7 +26,12 @@ import datasets
 import torch
 import transformers
 from accelerate import Accelerator
-from accelerate.utils import broadcast_object_list
+from accelerate.utils import (
+    DistributedType,
+    broadcast_object_list,
+    is_tensorboard_available,
+    is_wandb_available,
+)
 from tokenizers import Tokenizer
 from transformers import PretrainedConfig, PreTrainedTokenizerBase
 
@@ -108,8 +113,6 @@ TRACKER_EXTRAS = {"tensorboard": "tensorboard", "wandb": "wandb"}
 def trackers(log_with: str) -> list[str]:
     """The accelerate trackers ``log_with`` asks for; a named one whose package is missing is
     a ConfigError naming the extra (``auto``: TensorBoard if installed, else none)."""
-    from accelerate.utils import is_tensorboard_available, is_wandb_available
-
     available = {"tensorboard": is_tensorboard_available, "wandb": is_wandb_available}
     if log_with == "none":
         return []
@@ -275,6 +278,10 @@ def _prepare(cfg: ExperimentConfig, acc: Accelerator, layout: RunLayout,
     setup = Setup(tokenizer=tokenizer, human=human, model_config=arch,
                   trained_length=check_lengths(cfg, arch), truth=source.truth(),
                   metrics=metrics, fresh=source.fresh_documents)
+    if acc.distributed_type == DistributedType.FSDP and any(
+            c.cfg.train.lora.enabled for c in grid.values()):
+        raise ConfigError("train.lora: LoRA is not run under FSDP (its few trainable weights "
+                          "need no sharding); launch with configs/accelerate/multi_gpu.yaml")
     for i, spec in enumerate(cfg.policies):
         if getattr(spec.settings, "pool", None) == "source" and setup.fresh is None:
             raise ConfigError(f"policies[{i}].pool: 'source' needs a data source that writes "

@@ -16,12 +16,20 @@ same array is a plain sbatch script: see ``scripts/slurm_array.sh``.
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
+from lmcollapse.config import cells
 from lmcollapse.errors import ConfigError
+from lmcollapse.shards import Selection, select_units
+
+try:  # the optional `slurm` extra
+    import submitit
+except ImportError:
+    submitit = None
 
 SUBMITIT_HINT = "pip install 'lmcollapse[slurm]'"
 
@@ -47,20 +55,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_shard(config: str, overrides: list[str], index: int, count: int) -> int:
-    """One array task: ``lmcollapse run --shard index/count``. With several tasks per job
-    (``--gpus-per-job`` > 1) the torch.distributed variables accelerate reads are set
-    from Slurm's, so the tasks form one multi-GPU run."""
-    import submitit
-
-    from lmcollapse.cli import run_main
-
+    """One array task: ``lmcollapse run --shard index/count`` in a fresh interpreter (its
+    output in the task's log). With several tasks per job (``--gpus-per-job`` > 1) the
+    torch.distributed variables accelerate reads are set from Slurm's, so the tasks form
+    one multi-GPU run."""
     try:
         if submitit.JobEnvironment().num_tasks > 1:
             submitit.helpers.TorchDistributedEnvironment().export(
                 set_cuda_visible_devices=False)
-    except RuntimeError:  # not inside a submitit job (debug executor)
+    except RuntimeError:  # not inside a submitit job (the debug executor)
         pass
-    code = run_main(["run", "--config", config, *overrides, "--shard", f"{index}/{count}"])
+    command = [sys.executable, "-m", "lmcollapse.cli", "run", "--config", config, *overrides,
+               "--shard", f"{index}/{count}"]
+    code = subprocess.run(command, env=os.environ.copy(), check=False).returncode
     if code:
         raise RuntimeError(f"shard {index}/{count} exited with code {code}; see its log")
     return code
@@ -69,13 +76,8 @@ def run_shard(config: str, overrides: list[str], index: int, count: int) -> int:
 def submit(args: argparse.Namespace, cfg: Any) -> int:
     """Check everything, then submit the array; print the job ids (and, with ``--wait``,
     wait for them)."""
-    if importlib.util.find_spec("submitit") is None:
+    if submitit is None:
         raise ConfigError(f"lmcollapse submit needs the 'submitit' package: {SUBMITIT_HINT}")
-    import submitit
-
-    from lmcollapse.config import cells
-    from lmcollapse.shards import Selection, select_units
-
     units = select_units(cfg, {c.key: c for c in cells(cfg)}, Selection())
     if not 1 <= args.shards <= len(units):
         raise ConfigError(f"--shards: between 1 and the experiment's {len(units)} units "

@@ -14,6 +14,7 @@ import pytest
 from conftest import QUICKSTART, TINY, tiny_config
 
 from lmcollapse import loop as loop_module
+from lmcollapse import submit as submit_module
 from lmcollapse.cli import run_main
 from lmcollapse.config import cells, load_config
 from lmcollapse.errors import ConfigError
@@ -146,3 +147,20 @@ def test_a_job_waits_for_generation_0_another_job_is_building(tmp_path, monkeypa
     assert "the other job is done with it; going on" in caplog.text
     assert time.monotonic() - start > 2  # it did wait for the other job's lock
     assert "metrics.json" in recorded(cfg.run_dir / "seed_0" / "gen_00")
+
+
+def test_submit_without_submitit_names_the_extra(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(submit_module, "submitit", None)
+    code = run_main(["submit", "--config", str(QUICKSTART), f"output_dir={tmp_path}",
+                     "--shards", "2"])
+    assert code == 2
+    assert ("lmcollapse submit needs the 'submitit' package: pip install 'lmcollapse[slurm]'"
+            in capsys.readouterr().err)
+    assert not any(tmp_path.iterdir())
+
+
+def test_submit_refuses_more_shards_than_units(tmp_path, capsys):
+    code = run_main(["submit", "--config", str(QUICKSTART), f"output_dir={tmp_path}",
+                     "--shards", "10", "--cluster", "local"])
+    assert code == 2 and "--shards: between 1 and the experiment's 9 units" in \
+        capsys.readouterr().err
