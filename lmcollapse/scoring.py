@@ -18,7 +18,11 @@ from tqdm.auto import tqdm
 
 def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-pad ``seqs`` into ``(input_ids, attention_mask)``."""
-    width = max(len(s) for s in seqs)
+    lengths = {len(s) for s in seqs}
+    if len(lengths) == 1:  # blocks of one length (the common case): no padding, one copy
+        ids = torch.as_tensor(np.asarray(seqs, dtype=np.int64))
+        return ids, torch.ones_like(ids)
+    width = max(lengths)
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
     for i, s in enumerate(seqs):
