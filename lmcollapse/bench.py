@@ -99,18 +99,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--small", action="store_true",
                    help="shrink the loop and the counts to run in about a minute on a CPU")
     p.add_argument("--out", default=None, help="also write the JSON record to this file")
-    p.add_argument("--prompts", type=int, default=None,
-                   help=f"prompts the harness continues (default {FULL_SIZES[0]}, "
-                        f"--small {SMALL_SIZES[0]})")
-    p.add_argument("--naive-prompts", type=int, default=None,
-                   help=f"prompts the naive per-prompt loop continues (default "
-                        f"{FULL_SIZES[1]}, --small {SMALL_SIZES[1]})")
-    p.add_argument("--steps", type=int, default=None,
-                   help=f"optimizer steps to time (default {FULL_SIZES[2]}, --small "
-                        f"{SMALL_SIZES[2]})")
-    p.add_argument("--repeats", type=int, default=None,
-                   help=f"timed runs of each side, best kept (default {FULL_SIZES[3]}, "
-                        f"--small {SMALL_SIZES[3]})")
+    sized = (("--prompts", "prompts the harness continues"),
+             ("--naive-prompts", "prompts the naive per-prompt loop continues"),
+             ("--steps", "optimizer steps to time"),
+             ("--repeats", "timed runs of each side, best kept"))
+    for i, (flag, what) in enumerate(sized):  # the order of FULL_SIZES
+        p.add_argument(flag, type=int, default=None,
+                       help=f"{what} (default {FULL_SIZES[i]}, --small {SMALL_SIZES[i]})")
     p.add_argument("--loop-dir", default=None,
                    help="run the loop in this new directory and keep it (default: a "
                         "temporary directory, removed afterwards)")
