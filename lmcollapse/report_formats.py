@@ -10,6 +10,7 @@ import csv
 import html
 import io
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -344,20 +345,64 @@ def _tex_cell(text: str) -> str:
     return tex_escape(text).replace(" " + tex_escape(MARK), r"$^{\sim}$", 1)
 
 
+def _tex_value(text: str) -> str:
+    """A value cell: escaped, negative numbers with a math minus (``$-$0.12``), the
+    within-noise mark raised (``12.3$^{\\sim}$``)."""
+    text = re.sub(r"(?<![\w.])[-\u2212](?=\d)", "\x00", str(text))  # a sign, not a hyphen
+    return _tex_cell(text).replace("\x00", "$-$")
+
+
+def _tex_stacked(text: str, width: int = 16) -> str:
+    """A header cell on several short lines (a nested tabular: no package needed), so a
+    long display name does not widen its column."""
+    lines: list[str] = []
+    for word in str(text).split():
+        if lines and len(lines[-1]) + 1 + len(word) <= width:
+            lines[-1] += " " + word
+        else:
+            lines.append(word)
+    if len(lines) == 1:
+        return tex_escape(lines[0])
+    return (r"\begin{tabular}[b]{@{}r@{}}" + r" \\ ".join(tex_escape(x) for x in lines)
+            + r"\end{tabular}")
+
+
 def render_latex(lb: Leaderboard) -> str:
-    """A ``tabular`` fragment (no packages needed), setup and notes as ``%`` comments."""
+    """A paper-ready ``table*``: booktabs rules, caption and label, display names, math
+    minus signs; scaled down to the text width when wider (the caption says so). Needs
+    ``\\usepackage{booktabs,graphicx}``; setup and notes come first as ``%`` comments."""
     header, rows = leaderboard_table(lb)
-    out = [_tex_comment(f"lmcollapse leaderboard: {', '.join(e.key for e in lb.experiments)}")]
+    names = [_tex_stacked(f"{lb.meta[c].get('display_name') or c} "
+                          f"{ARROWS[lb.meta[c]['higher_is_better']]}") for c in lb.columns]
+    header = [tex_escape(h) for h in header[:5]] + names
+    keys = ", ".join(e.key for e in lb.experiments)
+    seeds = sorted({len(e.seeds) for e in lb.experiments})
+    spread = (f"mean $\\pm$ sample standard deviation over {'/'.join(map(str, seeds))} seeds"
+              if max(seeds) > 1 else "one seed (no spread)")
+    caption = (f"Model collapse, {tex_escape(keys)}: the final generation of each policy, "
+               f"{spread}, change from generation 0 in parentheses; "
+               "$\\uparrow$ higher, $\\downarrow$ lower, $\\approx$ closer to the human "
+               "reference is better"
+               + ("; $^{\\sim}$ gap to the row above within the seed spread"
+                  if max(seeds) > 1 else "")
+               + ". Scaled down to the text width where wider; choose fewer columns with "
+               "\\texttt{--columns}.")
+    label = re.sub(r"[^A-Za-z0-9]+", "-", keys).strip("-").lower()
+    out = [_tex_comment(f"lmcollapse leaderboard: {keys}"),
+           _tex_comment("needs \\usepackage{booktabs,graphicx}")]
     out += [_tex_comment(f"{k}: {v}") for e in lb.experiments for k, v in setup_items(e)]
     out += [_tex_comment(n) for n in notes(lb)]
-    out += [r"\begin{tabular}{ll" + "r" * (len(header) - 2) + "}", r"\hline"]
-    out += [" & ".join(tex_escape(c) for c in header) + r" \\", r"\hline"]
+    out += [r"\begin{table*}[t]", r"\centering", f"\\caption{{{caption}}}",
+            f"\\label{{tab:lmcollapse-{label}}}",
+            r"\resizebox{\ifdim\width>\textwidth\textwidth\else\width\fi}{!}{%",
+            r"\begin{tabular}{@{}ll" + "r" * (len(header) - 2) + "@{}}", r"\toprule"]
+    out += [" & ".join(header) + r" \\", r"\midrule"]
     for i, r in enumerate(rows):
-        out.append(" & ".join(_tex_cell(c) if j >= 5 else tex_escape(c)
+        out.append(" & ".join(_tex_value(c) if j >= 5 else tex_escape(c)
                               for j, c in enumerate(r)) + r" \\")
-        if i == len(lb.experiments) - 1:
-            out.append(r"\hline")
-    return "\n".join(out + [r"\hline", r"\end{tabular}"]) + "\n"
+        if i == len(lb.experiments) - 1 and i < len(rows) - 1:
+            out.append(r"\midrule")
+    return "\n".join(out + [r"\bottomrule", r"\end{tabular}}", r"\end{table*}"]) + "\n"
 
 
 def _html_table(header: list[str], rows: list[list[str]], first_value: int) -> str:
