@@ -238,3 +238,18 @@ def test_self_bleu_equals_nltk_on_random_corpora(trial: int) -> None:
                                             smoothing_function=SmoothingFunction().method1))
                         for i, hyp in enumerate(sample)])
     assert self_bleu(seqs, trial, 24) == pytest.approx(expected, rel=1e-12, abs=1e-15)
+
+
+def test_faiss_k_means_warning_is_explained_once_in_the_log(capfd, caplog, monkeypatch):
+    from lmcollapse.metrics import mauve as mauve_module
+
+    monkeypatch.setattr(mauve_module, "_explained", False)
+    rng = np.random.default_rng(0)
+    p, q = rng.normal(size=(300, 16)), rng.normal(size=(300, 16)) + 0.3
+    with caplog.at_level("WARNING", logger="lmcollapse"):
+        first = mauve_module.mauve_score(p, q, "auto", [1, 2])
+        second = mauve_module.mauve_score(p, q, "auto", [1, 2])
+    assert first == second  # capturing the C++ output changes nothing computed
+    assert "please provide at least" not in capfd.readouterr().err  # faiss said it 4 times
+    said = [r.getMessage() for r in caplog.records if "k-means quantizes" in r.getMessage()]
+    assert said == [said[0]] and "600 feature vectors into 30 buckets" in said[0]

@@ -4,8 +4,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import numbers
-from collections.abc import Sequence
+import os
+import re
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +22,52 @@ from lmcollapse.errors import ConfigError
 from lmcollapse.metrics.base import MeasureContext, Measurement, Metric
 from lmcollapse.metrics.features import Features, FeatureSettings
 from lmcollapse.registry import METRICS
+
+log = logging.getLogger(__name__)
+
+
+#: what faiss prints when k-means has fewer than 39 points per centroid
+FAISS_WARNING = re.compile(r"WARNING clustering (\d+) points to (\d+) centroids: please "
+                           r"provide at least (\d+) training points\n?")
+_explained = False
+
+
+@contextlib.contextmanager
+def _stderr_of_c_code(into: list[str]) -> Iterator[None]:
+    """Capture what is written to file descriptor 2 (C++ code bypasses ``sys.stderr``)
+    into ``into[0]``."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            into.append(tmp.read().decode(errors="replace"))
+
+
+def _explain_faiss(printed: str) -> None:
+    """Say once per process, in the log, what faiss's k-means warning means for MAUVE;
+    pass anything else that was printed on to stderr."""
+    global _explained
+    found = FAISS_WARNING.search(printed)
+    rest = FAISS_WARNING.sub("", printed)
+    if rest:
+        sys.stderr.write(rest)
+    if found and not _explained:
+        _explained = True
+        n, k, want = found.groups()
+        log.warning(
+            "MAUVE: k-means quantizes %s feature vectors into %s buckets; faiss asks for %s "
+            "(39 per bucket) to place centroids reliably. With fewer, the bucket histograms "
+            "carry more k-means noise: it shows in mauve_std (over k-means seeds) and the seed "
+            "spread, so compare MAUVE gaps with those. Fewer buckets "
+            "(metrics.mauve.num_buckets) or more samples (num_samples) avoid it. "
+            "(Said once; faiss repeats it for every k-means run.)", n, k, want)
 
 
 def mauve_score(
@@ -56,17 +108,20 @@ def mauve_score(
         raise ValueError(f"num_buckets must be an int or 'auto', got {num_buckets!r}")
     p = np.asarray(p_features)
     q = np.asarray(q_features)
-    outs = [
-        mauve.compute_mauve(
-            p_features=p,
-            q_features=q,
-            num_buckets=num_buckets,
-            seed=int(s),
-            verbose=False,
-            **kwargs,
-        )
-        for s in seeds
-    ]
+    printed: list[str] = []
+    with _stderr_of_c_code(printed):  # faiss warns from C++, once per k-means run
+        outs = [
+            mauve.compute_mauve(
+                p_features=p,
+                q_features=q,
+                num_buckets=num_buckets,
+                seed=int(s),
+                verbose=False,
+                **kwargs,
+            )
+            for s in seeds
+        ]
+    _explain_faiss(printed[0])
     runs = [float(o.mauve) for o in outs]
     return {
         "mauve": float(np.mean(runs)),
