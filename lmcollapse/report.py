@@ -11,6 +11,7 @@ formats from :mod:`lmcollapse.report_formats`, the figures from :mod:`lmcollapse
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 from pathlib import Path
@@ -96,10 +97,14 @@ def write_report(run_dirs: list[str | Path], out: str | Path | None = None,
         images = {p.stem: p.read_bytes() for p in made if p.suffix == ".png"}
     md = render_markdown(lb)
     links = [p.relative_to(out).as_posix() for p in made if p.suffix == ".png"]
+    files = ["leaderboard.csv", "leaderboard.tex", "leaderboard.md",
+             *(p.relative_to(out).as_posix() for p in made if p.suffix == ".pdf"),
+             *(os.path.relpath(d / "experiment.json", out) for e in exps for d in e.dirs)]
     for name, text in [("leaderboard.md", render_markdown(lb, links)),
                        ("leaderboard.csv", render_csv(lb)),
                        ("leaderboard.tex", render_latex(lb)),
-                       ("leaderboard.html", render_html(lb, (metric, table, marks), images))]:
+                       ("leaderboard.html", render_html(lb, (metric, table, marks), images,
+                                                        files))]:
         write_text(out / name, text, record=False)
         made.append(out / name)
     return {"leaderboard": lb, "metric": metric, "generation_table": table,

@@ -405,8 +405,10 @@ def render_latex(lb: Leaderboard) -> str:
     return "\n".join(out + [r"\bottomrule", r"\end{tabular}}", r"\end{table*}"]) + "\n"
 
 
-def _html_table(header: list[str], rows: list[list[str]], first_value: int) -> str:
-    """Marked value cells (columns from ``first_value`` on) are greyed, the mark raised."""
+def _html_table(header: list[str], rows: list[list[str]], first_value: int,
+                titles: list[str] | None = None) -> str:
+    """Marked value cells (columns from ``first_value`` on) are greyed, the mark raised;
+    ``titles`` are the headers' hover texts. Clicking a header sorts by its column."""
     e = html.escape
 
     def td(j: int, c: str) -> str:
@@ -415,19 +417,57 @@ def _html_table(header: list[str], rows: list[list[str]], first_value: int) -> s
             return f'<td class="noise">{e(c).replace(f" {MARK}", sup, 1)}</td>'
         return f"<td>{e(c)}</td>"
 
-    head = "".join(f"<th>{e(h)}</th>" for h in header)
+    titles = titles or [""] * len(header)
+    head = "".join(f'<th title="{e(t)}">{e(h)}</th>' if t else f"<th>{e(h)}</th>"
+                   for h, t in zip(header, titles, strict=True))
     body = "".join("<tr>" + "".join(td(j, c) for j, c in enumerate(r)) + "</tr>\n"
                    for r in rows)
     # a wide table scrolls inside its own box instead of widening the page
-    return (f'<div class="scroll"><table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}'
-            "</tbody>\n</table></div>")
+    return (f'<div class="scroll"><table class="sortable">\n<thead><tr>{head}</tr></thead>\n'
+            f"<tbody>\n{body}</tbody>\n</table></div>")
+
+
+def _definitions(lb: Leaderboard) -> list[str]:
+    """Hover text of each leaderboard header: what the column is and how it was measured
+    (the metric's own description of its conditions)."""
+    conditions: dict[str, str] = {}
+    for exp in lb.experiments:
+        for rec in exp.records.values():
+            for metric, text in (rec.get("conditions") or {}).items():
+                conditions.setdefault(metric, str(text))
+    fixed = ["rank at the final generation (ref: the human reference, unranked)",
+             "policy (a cell of the grid)", "seeds measured at the final generation / seeds",
+             "generations measured / planned", "collapse onset: first generation whose held-"
+             "out perplexity exceeds generation 0 by the threshold (median over seeds)"]
+    words = {True: "higher is better", False: "lower is better",
+             None: "closer to the human reference is better"}
+    return fixed + [f"{lb.meta[c].get('display_name') or c} [{c}], "
+                    f"{words[lb.meta[c]['higher_is_better']]}. Measured: "
+                    f"{conditions.get(lb.meta[c].get('metric', c), 'see the setup')}. Cells: "
+                    "final generation, mean ± sample std over seeds (change from generation 0)"
+                    for c in lb.columns]
+
+
+#: click a header to sort its table (numbers by the first number in the cell); no library
+_SORT_JS = ("document.querySelectorAll('table.sortable').forEach(function(t){"
+            "t.querySelectorAll('th').forEach(function(th,i){th.addEventListener('click',"
+            "function(){var b=t.tBodies[0],rows=Array.from(b.rows),up=th.dataset.dir!=='up';"
+            "th.dataset.dir=up?'up':'down';function v(r){var s=r.cells[i].textContent,"
+            "m=s.replace('\\u2212','-').match(/-?\\d+(\\.\\d+)?(e-?\\d+)?/);"
+            "return m?parseFloat(m[0]):s;}rows.sort(function(a,c){var x=v(a),y=v(c),"
+            "d=(typeof x==='number'&&typeof y==='number')?x-y:String(x).localeCompare("
+            "String(y));return up?d:-d;});rows.forEach(function(r){b.appendChild(r);});});"
+            "});});")
 
 
 def render_html(lb: Leaderboard, generation: tuple[Any, ...] | None = None,
-                images: dict[str, bytes] | None = None) -> str:
-    """One self-contained page: setup, leaderboard, per-generation table, embedded PNGs.
+                images: dict[str, bytes] | None = None,
+                links: list[str] | None = None) -> str:
+    """One self-contained page: setup, leaderboard (sortable, definitions on hover),
+    per-generation table, embedded PNGs in a grid, links to the other files.
 
-    ``generation`` is ``(metric, per_generation(...)[, generation_marks(...)])``.
+    ``generation`` is ``(metric, per_generation(...)[, generation_marks(...)])``; ``links``
+    are paths relative to the page (the CSV, LaTeX, PDFs, experiment.json).
     """
 
     e = html.escape
@@ -436,7 +476,11 @@ def render_html(lb: Leaderboard, generation: tuple[Any, ...] | None = None,
     for exp in lb.experiments:
         parts.append(f"<h2>Setup of {e(exp.key)}</h2>\n<dl>" + "".join(
             f"<dt>{e(k)}</dt><dd>{e(v)}</dd>" for k, v in setup_items(exp)) + "</dl>")
-    parts += ["<h2>Leaderboard</h2>", _html_table(*leaderboard_table(lb), first_value=5),
+    header, rows = leaderboard_table(lb)
+    header = header[:5] + [f"{lb.meta[c].get('display_name') or c} "
+                           f"{ARROWS[lb.meta[c]['higher_is_better']]}" for c in lb.columns]
+    parts += ["<h2>Leaderboard</h2>", "<p>Click a header to sort; hover it for its "
+              "definition.</p>", _html_table(header, rows, 5, _definitions(lb)),
               "<ul>" + "".join(f"<li>{e(n)}</li>" for n in notes(lb)) + "</ul>"]
     skipped = [p for x in lb.experiments for p in x.problems]
     if skipped:
@@ -449,19 +493,31 @@ def render_html(lb: Leaderboard, generation: tuple[Any, ...] | None = None,
                   _html_table(*generation_table(table, marks), first_value=1),
                   "<ul>" + "".join(f"<li>{e(n)}</li>" for n in
                                    generation_notes(lb.experiments, metric, direction)) + "</ul>"]
-    for name, png in (images or {}).items():
-        parts.append(f'<figure><img alt="{e(name)}" src="data:image/png;base64,'
-                     f'{base64.b64encode(png).decode()}"><figcaption>{e(name)}</figcaption></figure>')
+    figures = [f'<figure><img alt="{e(name)}" src="data:image/png;base64,'
+               f'{base64.b64encode(png).decode()}"><figcaption>{e(name)}</figcaption></figure>'
+               for name, png in (images or {}).items()]
+    if figures:
+        parts += ["<h2>Plots</h2>", '<div class="grid">' + "\n".join(figures) + "</div>"]
+    if links:
+        parts += ["<h2>Files</h2>", "<ul>" + "".join(
+            f'<li><a href="{e(link)}">{e(link)}</a></li>' for link in links) + "</ul>"]
     style = ("body{font-family:sans-serif;margin:2em;max-width:95em}table{border-collapse:collapse}"
              "td,th{border:1px solid #ccc;padding:.2em .5em;text-align:right}"
+             "td{white-space:nowrap}th{cursor:pointer;vertical-align:bottom;min-width:3em}"
+             "th[title]{text-decoration:underline dotted}"
+             ".grid{display:grid;gap:1em;grid-template-columns:"
+             "repeat(auto-fill,minmax(min(30em,100%),1fr))}.grid figure{margin:0}"
+             "@media(max-width:40em){body{margin:.6em}dt{float:none;width:auto}"
+             "dd{margin-left:1em}}"
              "td:nth-child(2),th:nth-child(2){text-align:left}dt{font-weight:bold;float:left;"
-             "width:8em}dd{margin-left:9em;overflow-wrap:anywhere}li{overflow-wrap:anywhere}"
-             "img{max-width:min(48em,100%)}figure{display:inline-block;"
-             "max-width:100%;margin:1em 0}.scroll{overflow-x:auto;max-width:100%}"
+             "clear:left;width:11em;overflow-wrap:anywhere}dd{margin-left:12em;"
+             "overflow-wrap:anywhere}li{overflow-wrap:anywhere}"
+             "img{width:100%;height:auto}figure{max-width:100%;margin:1em 0}"
+             ".scroll{overflow-x:auto;max-width:100%}"
              "td.noise{color:#777}td.noise sup{color:#c60;font-weight:bold}")
     viewport = '<meta name="viewport" content="width=device-width, initial-scale=1">'
     return (f'<!DOCTYPE html>\n<html lang="en">\n<head><meta charset="utf-8">{viewport}'
             f"<title>{e(title)}</title><style>{style}</style></head>\n<body>\n" + "\n".join(parts)
-            + "\n</body>\n</html>\n")
+            + f"\n<script>{_SORT_JS}</script>\n</body>\n</html>\n")
 
 

@@ -233,8 +233,17 @@ def test_every_format(run, tmp_path):
 
     # HTML: the tables, embedded PNGs, no external assets, escaped text
     page = (out / "leaderboard.html").read_text()
-    assert page.count("<table>") == 2 and 'src="data:image/png;base64,' in page
+    assert page.count('<table class="sortable">') == 2 and 'src="data:image/png;base64,' in page
     assert "http" not in page.replace('lang="en"', "")
+    assert "<script>" in page and "src=\"http" not in page  # sorting, inline, no library
+    # headers are display names with their definition on hover, measured how
+    assert re.search(r'<th title="[^"]+ \[perplexity\], lower is better\. Measured: ', page)
+    # the other files, linked relative to the page (the CSV, LaTeX, PDFs, experiment.json)
+    hrefs = re.findall(r'<a href="([^"]+)">', page)
+    assert {"leaderboard.csv", "leaderboard.tex"} <= set(hrefs)
+    assert any(h.endswith(".pdf") for h in hrefs) and any(
+        h.endswith("experiment.json") for h in hrefs)
+    assert all((out / h).exists() for h in hrefs)
 
     class Cells(HTMLParser):
         tds = 0
