@@ -4,6 +4,7 @@
 
     runs/<experiment>/
       experiment.json                     resolved config, versions, git sha, seeds
+      prompts.parquet                     every prompt as text, with its human continuation
       .lock, .locks/                      who works on the directory, a seed's shared part,
                                           a cell (several jobs may run one directory)
       tokenizer/                          (scratch models) the tokenizer trained on human train
@@ -125,6 +126,11 @@ class RunLayout:
     def base_lock(self) -> Path:
         """Held while a job writes :attr:`base_model` (shared by every seed)."""
         return self.root / ".locks" / "base_model.lock"
+
+    @property
+    def prompts(self) -> Path:
+        """Every prompt as text, with the human continuation it cut off (for lineages)."""
+        return self.root / "prompts.parquet"
 
     @property
     def base_model(self) -> Path:

@@ -342,8 +342,23 @@ def _claim(cfg: ExperimentConfig, acc: Accelerator, layout: RunLayout, setup: Se
         write_provenance(cfg, acc, layout, source, selection)
         if new_tokenizer is not None:
             _save_tokenizer(new_tokenizer, layout)
+        if not layout.prompts.exists():
+            _save_prompts(cfg, setup, layout)
     finally:
         claim.release()
+
+
+def _save_prompts(cfg: ExperimentConfig, setup: Setup, layout: RunLayout) -> None:
+    """``prompts.parquet``: each prompt (the first ``prompt_tokens`` of a human training
+    block) as text and the human text that followed it, so a report can show what each
+    generation wrote in its place (the lineages) without a tokenizer or the data."""
+    g, tok = cfg.generate, setup.tokenizer
+    blocks = [list(r["input_ids"]) for r in setup.human.train]
+    prompts = tok.batch_decode([b[:g.prompt_tokens] for b in blocks])
+    human = tok.batch_decode([b[g.prompt_tokens:g.prompt_tokens + g.new_tokens] for b in blocks])
+    files.write_rows(layout.prompts, [{"prompt_id": i, "prompt": p, "human": h}
+                                      for i, (p, h) in enumerate(zip(prompts, human,
+                                                                     strict=True))])
 
 
 def _save_tokenizer(tokenizer: Any, layout: RunLayout) -> None:

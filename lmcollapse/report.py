@@ -20,6 +20,7 @@ from typing import Any
 from lmcollapse import plots as plotting
 from lmcollapse.errors import ReportError
 from lmcollapse.files import write_text
+from lmcollapse.lineages import lineages, render_lineages_html, render_lineages_markdown
 from lmcollapse.report_formats import (
     generation_notes,
     markdown_table,
@@ -48,7 +49,8 @@ def _slug(text: str) -> str:
 def write_report(run_dirs: list[str | Path], out: str | Path | None = None,
                  rank_by: str | None = None, metric: str | None = None,
                  columns: list[str] | None = None, onset_threshold: float = 0.1,
-                 histogram_policy: str | None = None, plots: bool = True) -> dict[str, Any]:
+                 histogram_policy: str | None = None, plots: bool = True,
+                 lineage_prompts: int = 3, lineage_seed: int = 0) -> dict[str, Any]:
     """Write ``leaderboard.md|csv|tex|html`` and ``plots/*.png|pdf``; returns what it made.
 
     Args mirror the command line: ``metric`` names the per-generation table (default: the
@@ -97,14 +99,24 @@ def write_report(run_dirs: list[str | Path], out: str | Path | None = None,
         images = {p.stem: p.read_bytes() for p in made if p.suffix == ".png"}
     md = render_markdown(lb)
     links = [p.relative_to(out).as_posix() for p in made if p.suffix == ".png"]
+    sections = []
+    for exp in exps:  # the text itself: a few prompts through every generation
+        items = lineages(exp, lineage_prompts, lineage_seed)
+        if items:
+            name = "lineages.md" if len(exps) == 1 else f"lineages_{_slug(exp.key)}.md"
+            write_text(out / name, render_lineages_markdown(exp, items, exp.seeds[0]),
+                       record=False)
+            made.append(out / name)
+            sections.append(render_lineages_html(items, exp.seeds[0]))
     files = ["leaderboard.csv", "leaderboard.tex", "leaderboard.md",
+             *(p.name for p in made if p.name.startswith("lineages")),
              *(p.relative_to(out).as_posix() for p in made if p.suffix == ".pdf"),
              *(os.path.relpath(d / "experiment.json", out) for e in exps for d in e.dirs)]
     for name, text in [("leaderboard.md", render_markdown(lb, links)),
                        ("leaderboard.csv", render_csv(lb)),
                        ("leaderboard.tex", render_latex(lb)),
                        ("leaderboard.html", render_html(lb, (metric, table, marks), images,
-                                                        files))]:
+                                                        files, sections))]:
         write_text(out / name, text, record=False)
         made.append(out / name)
     return {"leaderboard": lb, "metric": metric, "generation_table": table,
@@ -123,6 +135,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--histogram-policy", default=None, help="policy of the histogram figure")
     p.add_argument("--out", default=None, help="output folder (default: the first run dir)")
     p.add_argument("--no-plots", action="store_true", help="skip the figures")
+    p.add_argument("--lineages", type=int, default=3, metavar="N",
+                   help="prompts whose continuations are shown generation by generation "
+                   "(lineages.md and the HTML page; 0: none)")
+    p.add_argument("--lineage-seed", type=int, default=0, help="which prompts (a seed)")
 
 
 def report_command(args: argparse.Namespace) -> int:
@@ -131,7 +147,8 @@ def report_command(args: argparse.Namespace) -> int:
     cols = [c.strip() for c in args.columns.split(",") if c.strip()] if args.columns else None
     try:
         res = write_report(args.runs, args.out, args.rank_by, args.metric, cols,
-                           args.onset_threshold, args.histogram_policy, not args.no_plots)
+                           args.onset_threshold, args.histogram_policy, not args.no_plots,
+                           args.lineages, args.lineage_seed)
     except ReportError as err:
         print(f"lmcollapse report: {err}", file=sys.stderr)
         return 2

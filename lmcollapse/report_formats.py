@@ -462,7 +462,7 @@ _SORT_JS = ("document.querySelectorAll('table.sortable').forEach(function(t){"
 
 def render_html(lb: Leaderboard, generation: tuple[Any, ...] | None = None,
                 images: dict[str, bytes] | None = None,
-                links: list[str] | None = None) -> str:
+                links: list[str] | None = None, sections: list[str] | None = None) -> str:
     """One self-contained page: setup, leaderboard (sortable, definitions on hover),
     per-generation table, embedded PNGs in a grid, links to the other files.
 
@@ -493,6 +493,7 @@ def render_html(lb: Leaderboard, generation: tuple[Any, ...] | None = None,
                   _html_table(*generation_table(table, marks), first_value=1),
                   "<ul>" + "".join(f"<li>{e(n)}</li>" for n in
                                    generation_notes(lb.experiments, metric, direction)) + "</ul>"]
+    parts += sections or []  # ready-made HTML (the lineages)
     figures = [f'<figure><img alt="{e(name)}" src="data:image/png;base64,'
                f'{base64.b64encode(png).decode()}"><figcaption>{e(name)}</figcaption></figure>'
                for name, png in (images or {}).items()]
@@ -514,7 +515,10 @@ def render_html(lb: Leaderboard, generation: tuple[Any, ...] | None = None,
              "overflow-wrap:anywhere}li{overflow-wrap:anywhere}"
              "img{width:100%;height:auto}figure{max-width:100%;margin:1em 0}"
              ".scroll{overflow-x:auto;max-width:100%}"
-             "td.noise{color:#777}td.noise sup{color:#c60;font-weight:bold}")
+             "td.noise{color:#777}td.noise sup{color:#c60;font-weight:bold}"
+             "table.lineage td.text{white-space:normal;text-align:left;min-width:14em;"
+             "max-width:28em;vertical-align:top}table.lineage th{text-align:left;"
+             "vertical-align:top;white-space:nowrap}.ppl{color:#777;font-size:.85em}")
     viewport = '<meta name="viewport" content="width=device-width, initial-scale=1">'
     return (f'<!DOCTYPE html>\n<html lang="en">\n<head><meta charset="utf-8">{viewport}'
             f"<title>{e(title)}</title><style>{style}</style></head>\n<body>\n" + "\n".join(parts)

@@ -193,3 +193,34 @@ def test_init_modes_start_from_the_right_weights(reference_run):
     scratch = start("scratch")
     assert same(scratch, start("scratch")) and not same(scratch, start("scratch", seed=6))
     assert not same(scratch, base)
+
+
+def test_lineages_show_each_generations_continuation_of_a_prompt(reference_run, tmp_path):
+    from lmcollapse.lineages import choose_prompts, visible
+    from lmcollapse.report import write_report
+
+    prompts = pq.read_table(reference_run / "prompts.parquet").to_pylist()
+    zero = pq.read_table(reference_run / "seed_0" / "gen_00" / "corpus.parquet").to_pylist()
+    assert [p["prompt_id"] for p in prompts] == list(range(len(zero)))  # one per block
+    write_report([reference_run], out=tmp_path, plots=False, lineage_prompts=2,
+                 lineage_seed=5)
+    md = (tmp_path / "lineages.md").read_text()
+    ids = choose_prompts(len(prompts), 2, 5)
+    assert [int(x) for x in re.findall(r"^## Prompt (\d+)$", md, re.M)] == ids
+    for pid in ids:
+        section = md.split(f"## Prompt {pid}\n")[1].split("## Prompt")[0]
+        assert " ".join(prompts[pid]["prompt"].split()) in section
+        rows = {ln.split(" | ")[0].strip("| "): ln.split(" | ")[1:]
+                for ln in section.splitlines() if re.match(r"\| \d+ \|", ln)}
+        assert sorted(rows) == ["0", "1", "2"]
+        for k in (0, 1, 2):  # the replace column holds that generation's own sample
+            d = reference_run / "seed_0" / ("gen_00" if k == 0 else f"replace/gen_{k:02d}")
+            row = next(r for r in pq.read_table(d / "corpus.parquet").to_pylist()
+                       if r["prompt_id"] == pid)
+            ppl = {r["sample_id"]: r["perplexity"] for r in  # the scored sample, if in it
+                   pq.read_table(d / "reference_scores.parquet").to_pylist()}.get(row["sample_id"])
+            cell = rows[str(k)][POLICIES.index("replace")]
+            assert cell.startswith(f"[{ppl:.1f}] " if ppl is not None else "[–] ")
+            assert " ".join(visible(row["text"]).split()).replace("|", "\\|") in cell
+    page = (tmp_path / "leaderboard.html").read_text()
+    assert "<h2>Lineages (seed 0)</h2>" in page and f"<h3>Prompt {ids[0]}</h3>" in page
