@@ -140,3 +140,69 @@ def render_lineages_html(items: list[Lineage], run_seed: int) -> str:
             + "".join(f"<th>{e(p)}</th>" for p in policies) + f"</tr></thead><tbody>{rows}"
             "</tbody></table></div>")
     return "\n".join(parts)
+
+
+@dataclass
+class Extremes:
+    """What the reference quantiles mean: of one generation's scored samples, the most and
+    least likely under generation 0 and a random few, each ``(perplexity, text)``."""
+
+    generation: int
+    likely: list[tuple[float, str]]
+    unlikely: list[tuple[float, str]]
+    random: list[tuple[float, str]]
+
+
+def extremes(exp: RunResults, policy: str, count: int = 2, seed: int = 0,
+             run_seed: int | None = None) -> list[Extremes]:
+    """Per generation of ``policy`` (seed ``run_seed``, default the first) where the
+    reference metric scored the corpus: ``count`` most likely, least likely and random
+    samples (drawn with ``seed``)."""
+    run_seed = exp.seeds[0] if run_seed is None else run_seed
+    out = []
+    for k in range(exp.generations + 1):
+        dirs = [d for d in exp.gen_dirs(policy, run_seed, k)
+                if (d / CORPUS).is_file() and (d / "reference_scores.parquet").is_file()]
+        if not dirs:
+            continue
+        scores = pq.read_table(dirs[0] / "reference_scores.parquet").to_pylist()
+        texts = {r["sample_id"]: r["text"] for r in pq.read_table(
+            dirs[0] / CORPUS, columns=["sample_id", "text"]).to_pylist()}
+        scored = sorted((r["perplexity"], visible(texts[r["sample_id"]])) for r in scores
+                        if r["sample_id"] in texts)
+        if not scored:
+            continue
+        rng = np.random.default_rng(seed)
+        picks = rng.choice(len(scored), size=min(count, len(scored)), replace=False)
+        out.append(Extremes(k, scored[:count], scored[::-1][:count],
+                            [scored[int(i)] for i in sorted(picks)]))
+    return out
+
+
+def render_extremes_markdown(policy: str, items: list[Extremes]) -> str:
+    out = [f"# Samples of {policy} by generation-0 perplexity", "",
+           "Per generation: the samples generation 0 finds most likely, least likely, and a "
+           "random few (`[ppl]` = perplexity under generation 0 of the seed).", ""]
+    for ex in items:
+        out += [f"## Generation {ex.generation}", ""]
+        for what, rows in (("most likely", ex.likely), ("least likely", ex.unlikely),
+                           ("random", ex.random)):
+            out += [f"- {what}: [{p:.1f}] {_one_line(t)}" for p, t in rows]
+        out.append("")
+    return "\n".join(out)
+
+
+def render_extremes_html(policy: str, items: list[Extremes]) -> str:
+    e = html.escape
+    rows = "".join(
+        f"<tr><th>gen {ex.generation}</th>" + "".join(
+            "<td class=\"text\">" + "<br>".join(
+                f'<span class="ppl">{p:.1f}</span> {e(t)}' for p, t in rows) + "</td>"
+            for rows in (ex.likely, ex.unlikely, ex.random)) + "</tr>"
+        for ex in items)
+    return (f"<h2>Samples of {e(policy)} by generation-0 perplexity</h2><p>What the "
+            "reference quantiles mean: per generation, the samples generation 0 finds most "
+            "likely, least likely, and a random few.</p>"
+            '<div class="scroll"><table class="lineage"><thead><tr><th></th>'
+            "<th>most likely</th><th>least likely</th><th>random</th></tr></thead>"
+            f"<tbody>{rows}</tbody></table></div>")

@@ -20,7 +20,14 @@ from typing import Any
 from lmcollapse import plots as plotting
 from lmcollapse.errors import ReportError
 from lmcollapse.files import write_text
-from lmcollapse.lineages import lineages, render_lineages_html, render_lineages_markdown
+from lmcollapse.lineages import (
+    extremes,
+    lineages,
+    render_extremes_html,
+    render_extremes_markdown,
+    render_lineages_html,
+    render_lineages_markdown,
+)
 from lmcollapse.report_formats import (
     generation_notes,
     markdown_table,
@@ -70,6 +77,7 @@ def write_report(run_dirs: list[str | Path], out: str | Path | None = None,
     if histogram_policy is not None:
         check_name("policy", histogram_policy, sorted(set(policies)))
     out = Path(out) if out else exps[0].dirs[0]
+    pol = histogram_policy or (policies[0] if policies else None)
     made, images = [], {}
     if plots:
         for m in lb.columns:
@@ -90,7 +98,6 @@ def write_report(run_dirs: list[str | Path], out: str | Path | None = None,
                     f"generation", axis, metric,
                     out / "plots" / _slug(f"sweep_{metric}_{axis}" if len(exps) == 1
                                           else f"sweep_{metric}_{axis}_{exp.key}"))
-        pol = histogram_policy or (policies[0] if policies else None)
         for exp in (e for e in exps if pol in e.policies):
             made += plotting.histogram_plot(
                 reference_scores(exp, pol), f"Gen-0 perplexity of corpus k: {exp.key} / {pol}",
@@ -108,8 +115,15 @@ def write_report(run_dirs: list[str | Path], out: str | Path | None = None,
                        record=False)
             made.append(out / name)
             sections.append(render_lineages_html(items, exp.seeds[0]))
+        if pol in exp.policies and lineage_prompts > 0:
+            picked = extremes(exp, pol, seed=lineage_seed)
+            if picked:
+                name = ("samples.md" if len(exps) == 1 else f"samples_{_slug(exp.key)}.md")
+                write_text(out / name, render_extremes_markdown(pol, picked), record=False)
+                made.append(out / name)
+                sections.append(render_extremes_html(pol, picked))
     files = ["leaderboard.csv", "leaderboard.tex", "leaderboard.md",
-             *(p.name for p in made if p.name.startswith("lineages")),
+             *(p.name for p in made if p.name.startswith(("lineages", "samples"))),
              *(p.relative_to(out).as_posix() for p in made if p.suffix == ".pdf"),
              *(os.path.relpath(d / "experiment.json", out) for e in exps for d in e.dirs)]
     for name, text in [("leaderboard.md", render_markdown(lb, links)),

@@ -224,3 +224,26 @@ def test_lineages_show_each_generations_continuation_of_a_prompt(reference_run, 
             assert " ".join(visible(row["text"]).split()).replace("|", "\\|") in cell
     page = (tmp_path / "leaderboard.html").read_text()
     assert "<h2>Lineages (seed 0)</h2>" in page and f"<h3>Prompt {ids[0]}</h3>" in page
+
+
+def test_samples_by_reference_perplexity_are_the_extremes_of_the_scored_ones(reference_run,
+                                                                           tmp_path):
+    from lmcollapse.report import write_report
+
+    write_report([reference_run], out=tmp_path, plots=False)
+    md = (tmp_path / "samples.md").read_text()
+    assert md.startswith("# Samples of replace by generation-0 perplexity")
+    for k in (0, 1, 2):
+        d = reference_run / "seed_0" / ("gen_00" if k == 0 else f"replace/gen_{k:02d}")
+        ppl = sorted(r["perplexity"] for r in
+                     pq.read_table(d / "reference_scores.parquet").to_pylist())
+        section = md.split(f"## Generation {k}\n")[1].split("## Generation")[0]
+        shown = {what: [float(x) for x in re.findall(rf"^- {what}: \[([\d.]+)\]", section,
+                                                     re.M)]
+                 for what in ("most likely", "least likely", "random")}
+        assert shown["most likely"] == [round(p, 1) for p in ppl[:2]]
+        assert shown["least likely"] == [round(p, 1) for p in ppl[::-1][:2]]
+        assert len(shown["random"]) == 2 and all(ppl[0] - 0.05 <= p <= ppl[-1] + 0.05
+                                                 for p in shown["random"])
+    assert "<h2>Samples of replace by generation-0 perplexity</h2>" in (
+        tmp_path / "leaderboard.html").read_text()
