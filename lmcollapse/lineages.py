@@ -4,25 +4,51 @@ one prompt drifting generation by generation).
 
 Reads ``prompts.parquet`` (written by the loop at set-up), each generation's
 ``corpus.parquet`` and, where the reference metric ran, ``reference_scores.parquet`` (the
-sample's perplexity under generation 0). JSON and parquet only, like the rest of the
-report.
+sample's perplexity under generation 0). Where the data source knows the exact
+distribution of its text (``data.source: synthetic``), each continuation also gets its
+exact log p under the source, rebuilt from ``experiment.json`` (numpy only). JSON and
+parquet only, like the rest of the report: no model, no torch.
 """
 
 from __future__ import annotations
 
 import html
+import importlib
+import logging
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
 
+from lmcollapse.config import build
+from lmcollapse.errors import ConfigError
 from lmcollapse.layout import CORPUS, RunLayout
+from lmcollapse.registry import SOURCES, settings_of
 from lmcollapse.results import RunResults
 
-#: a continuation's text, its generation-0 perplexity (None: not scored), or None: absent
-Entry = tuple[str, float | None] | None
+log = logging.getLogger("lmcollapse.report")
+
+
+@dataclass
+class Continuation:
+    """One generated continuation: its text, its perplexity under generation 0 (None: not
+    in the scored sample) and, where the source knows it, the exact log p (nats) of the
+    ``words`` it completes, ``impossible`` of which the source cannot write where they
+    stand (then ``log_p`` is that of the others: :func:`exact_log_p`)."""
+
+    text: str
+    ppl: float | None = None
+    log_p: float | None = None
+    words: int = 0
+    impossible: int = 0
+
+
+#: a continuation, or None where that generation wrote none for the prompt
+Entry = Continuation | None
 
 
 @dataclass
@@ -30,8 +56,66 @@ class Lineage:
     prompt_id: int
     prompt: str
     human: str
+    #: :func:`exact_log_p` of the human continuation (None: source unknown)
+    human_log_p: tuple[float, int, int] | None = None
     #: policy -> generation -> entry
     texts: dict[str, dict[int, Entry]] = field(default_factory=dict)
+
+
+def source_truth(config: dict[str, Any]) -> Any | None:
+    """The exact distribution of a run's human text, rebuilt from its resolved config,
+    where the source knows one (it has ``continuation_log_prob``); else None.
+
+    A built-in source is imported alone (the synthetic one needs numpy only); a plug-in
+    source goes through discovery.
+    """
+    data = config.get("data") or {}
+    name = data.get("source")
+    if not isinstance(name, str) or not name.isidentifier():
+        return None
+    if SOURCES.find(name) is None:
+        try:
+            importlib.import_module(f"lmcollapse.data.{name}")
+        except ImportError:
+            pass
+    try:
+        cls = SOURCES.find(name) or SOURCES.get(name)
+    except KeyError:
+        return None
+    section = getattr(cls, "section", "") or name
+    try:
+        truth = cls(build(settings_of(cls), data.get(section) or {}, f"data.{section}")).truth()
+    except (ConfigError, TypeError, ValueError) as err:  # a config an older version wrote
+        log.warning("lineages: cannot rebuild data source %r for exact log p (%s)", name, err)
+        return None
+    return truth if hasattr(truth, "continuation_log_prob") else None
+
+
+#: two floors far below any probability the source gives a possible word
+_FLOORS = (1e-150, 1e-300)
+
+
+def exact_log_p(truth: Any, prompt: str, text: str) -> tuple[float, int, int]:
+    """``(log p, words, impossible)`` of the ``words`` that ``text`` completes after
+    ``prompt`` under the source: one word the source cannot write where it stands makes the
+    exact log p -inf, which says nothing of the rest, so the -inf is split off. With
+    every impossible word given probability ``f`` (the sources' ``floor``), the log p is
+    ``A + impossible × log f`` for any ``f`` below the smallest possible probability;
+    two such floors give ``impossible`` and ``A``, the exact log p of the other words
+    (of the most likely mode, for a mixture). ``impossible`` is 0 where the log p is exact.
+    """
+    (hi, words), (lo, _) = (truth.continuation_log_prob(prompt, text, f) for f in _FLOORS)
+    if words == 0:
+        return 0.0, 0, 0
+    slope = math.log(_FLOORS[0]) - math.log(_FLOORS[1])
+    impossible = max(0, round((hi - lo) / slope))
+    return hi - impossible * math.log(_FLOORS[0]), words, impossible
+
+
+def _exact(truth: Any, prompt: str | None, text: str) -> tuple[float | None, int, int]:
+    if truth is None or prompt is None:
+        return None, 0, 0
+    return exact_log_p(truth, prompt, text)
 
 
 def choose_prompts(n: int, count: int, seed: int) -> list[int]:
@@ -40,7 +124,7 @@ def choose_prompts(n: int, count: int, seed: int) -> list[int]:
     return sorted(int(i) for i in rng.choice(n, size=min(count, n), replace=False))
 
 
-def _entries(d: Path, ids: set[int]) -> dict[int, Entry]:
+def _entries(d: Path, ids: set[int], prompts: list[str], truth: Any) -> dict[int, Entry]:
     rows = pq.read_table(d / CORPUS, columns=["sample_id", "prompt_id", "text"]).to_pylist()
     scored = {}
     if (d / "reference_scores.parquet").is_file():
@@ -49,26 +133,37 @@ def _entries(d: Path, ids: set[int]) -> dict[int, Entry]:
     out: dict[int, Entry] = {}
     for r in rows:  # a curating cell may keep a prompt's sample twice, or not at all
         if r["prompt_id"] in ids and r["prompt_id"] not in out:
-            out[r["prompt_id"]] = (r["text"], scored.get(r["sample_id"]))
+            out[r["prompt_id"]] = Continuation(r["text"], scored.get(r["sample_id"]),
+                                               *_exact(truth, prompts[r["prompt_id"]],
+                                                       r["text"]))
     return out
 
 
-def lineages(exp: RunResults, count: int = 3, seed: int = 0,
-             run_seed: int | None = None) -> list[Lineage]:
-    """The lineages of ``count`` prompts (drawn with ``seed``) in seed ``run_seed`` (default
-    the first) of every policy of ``exp``; empty when the run has no ``prompts.parquet``."""
+def _prompts(exp: RunResults) -> list[dict[str, Any]] | None:
     found = [RunLayout(d).prompts for d in exp.dirs if RunLayout(d).prompts.is_file()]
-    if not found or not exp.seeds or count < 1:
+    return pq.read_table(found[0]).to_pylist() if found else None
+
+
+def lineages(exp: RunResults, count: int = 3, seed: int = 0,
+             run_seed: int | None = None, truth: Any = None) -> list[Lineage]:
+    """The lineages of ``count`` prompts (drawn with ``seed``) in seed ``run_seed`` (default
+    the first) of every policy of ``exp``; empty when the run has no ``prompts.parquet``.
+    ``truth`` (:func:`source_truth`) adds each text's exact log p."""
+    table = _prompts(exp)
+    if not table or not exp.seeds or count < 1:
         return []
-    table = pq.read_table(found[0]).to_pylist()
     run_seed = exp.seeds[0] if run_seed is None else run_seed
     ids = choose_prompts(len(table), count, seed)
-    out = [Lineage(i, table[i]["prompt"], table[i]["human"]) for i in ids]
+    prompts = [r["prompt"] for r in table]
+    out = [Lineage(i, table[i]["prompt"], table[i]["human"],
+                   None if truth is None else
+                   _exact(truth, table[i]["prompt"], table[i]["human"]) if truth else None)
+           for i in ids]
     for policy in exp.policies:
         per_gen: dict[int, dict[int, Entry]] = {}
         for k in range(exp.generations + 1):
             dirs = [d for d in exp.gen_dirs(policy, run_seed, k) if (d / CORPUS).is_file()]
-            per_gen[k] = _entries(dirs[0], set(ids)) if dirs else {}
+            per_gen[k] = _entries(dirs[0], set(ids), prompts, truth) if dirs else {}
         for lin in out:
             lin.texts[policy] = {k: per_gen[k].get(lin.prompt_id) for k in per_gen}
     return out
@@ -83,59 +178,96 @@ def visible(text: str) -> str:
     return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
-def _cell(entry: Entry) -> tuple[str, str]:
-    if entry is None:
-        return "", "–"
-    text, ppl = entry
-    return (f"{ppl:.1f}" if ppl is not None else "–"), visible(text)
+def _num(x: float) -> str:
+    """``−32.1`` (a true minus), ``−∞``."""
+    return ("−∞" if x < 0 else "∞") if math.isinf(x) else f"{x:.1f}".replace("-", "−")
+
+
+def _log_p_text(log_p: float | None, words: int, impossible: int = 0) -> str:
+    if log_p is None:
+        return ""
+    return f"log p {_num(log_p)} / {words} w" + (f" ({impossible} impossible)"
+                                                  if impossible else "")
+
+
+def _tags(c: Continuation) -> list[str]:
+    """``["ppl 12.3", "log p −32.1 / 11 w"]`` (ppl "–" where not scored)."""
+    ppl = "ppl –" if c.ppl is None else f"ppl {c.ppl:.1f}"
+    return [ppl] + ([_log_p_text(c.log_p, c.words, c.impossible)]
+                    if c.log_p is not None else [])
 
 
 def _one_line(text: str) -> str:
     return " ".join(visible(text).split()).replace("|", "\\|")
 
 
-def render_lineages_markdown(exp: RunResults, items: list[Lineage], run_seed: int) -> str:
+def _md(c: Entry) -> str:
+    return "–" if c is None else f"[{' · '.join(_tags(c))}] {_one_line(c.text)}"
+
+
+def _legend(entropy: float | None) -> str:
+    text = ("`ppl` = the text's perplexity under generation 0 of the seed (– where it was "
+            "not in the scored sample)")
+    if entropy is not None:
+        text += (f"; `log p` = its exact log-probability (nats) under the data source, of "
+                 f"the `w` words it completes after the prompt; `(i impossible)`: i of them "
+                 f"the source cannot write where they stand (probability 0, so the text's "
+                 f"exact log p is −∞; the log p shown is that of the other words). The "
+                 f"source's entropy rate is {entropy:.3f} nats per word: text as likely as "
+                 f"the source's own has log p ≈ −{entropy:.2f} × w")
+    return text + "."
+
+
+def render_lineages_markdown(exp: RunResults, items: list[Lineage], run_seed: int,
+                             entropy: float | None = None) -> str:
     """One section per prompt: the prompt and the human text, then a table of generations
     (rows) by policies (columns), each cell the continuation with its generation-0
-    perplexity."""
+    perplexity (and exact log p where ``entropy``, the source's entropy rate, is known)."""
     out = [f"# Lineages: {exp.key}, seed {run_seed}", "",
            "Each prompt continued by every generation of every policy (the prompt itself is "
-           "not repeated); `[ppl]` = the continuation's perplexity under generation 0 of the "
-           "seed (– where it was not in the scored sample).", ""]
+           "not repeated). " + _legend(entropy), ""]
     for lin in items:
         policies = list(lin.texts)
+        human = f" [{_log_p_text(*lin.human_log_p)}]" if lin.human_log_p else ""
         out += [f"## Prompt {lin.prompt_id}", "", f"**Prompt:** {_one_line(lin.prompt)}", "",
-                f"**Human continuation:** {_one_line(lin.human)}", "",
+                f"**Human continuation{human}:** {_one_line(lin.human)}", "",
                 "| generation | " + " | ".join(policies) + " |",
                 "|---|" + "---|" * len(policies)]
         gens = sorted({k for texts in lin.texts.values() for k in texts})
         for k in gens:
-            cells = []
-            for p in policies:
-                ppl, text = _cell(lin.texts[p].get(k))
-                cells.append(f"[{ppl}] {_one_line(text)}" if text != "–" else "–")
-            out.append(f"| {k} | " + " | ".join(cells) + " |")
+            out.append(f"| {k} | " + " | ".join(_md(lin.texts[p].get(k)) for p in policies)
+                       + " |")
         out.append("")
     return "\n".join(out)
 
 
-def render_lineages_html(items: list[Lineage], run_seed: int) -> str:
+def _html(c: Entry) -> str:
+    if c is None:
+        return "–"
+    e = html.escape
+    return " ".join(f'<span class="ppl">{e(t)}</span>' for t in _tags(c)) + \
+        f" {e(visible(c.text))}"
+
+
+def render_lineages_html(items: list[Lineage], run_seed: int,
+                         entropy: float | None = None) -> str:
     """The same as an HTML section (texts wrap inside their cells; the table scrolls)."""
     e = html.escape
+    legend = re.sub(r"`([^`]*)`", r"<code>\1</code>", e(_legend(entropy)))
     parts = [f"<h2>Lineages (seed {run_seed})</h2>",
-             "<p>Each prompt continued by every generation of every policy; the number is "
-             "the continuation's perplexity under generation 0 of the seed.</p>"]
+             f"<p>Each prompt continued by every generation of every policy. {legend}</p>"]
     for lin in items:
         policies = list(lin.texts)
         gens = sorted({k for texts in lin.texts.values() for k in texts})
         rows = "".join(
             f"<tr><th>gen {k}</th>" + "".join(
-                "<td class=\"text\"><span class=\"ppl\">{}</span> {}</td>".format(
-                    *map(e, _cell(lin.texts[p].get(k)))) for p in policies) + "</tr>"
-            for k in gens)
+                f'<td class="text">{_html(lin.texts[p].get(k))}</td>' for p in policies)
+            + "</tr>" for k in gens)
+        human = (f' <span class="ppl">{e(_log_p_text(*lin.human_log_p))}</span>'
+                 if lin.human_log_p else "")
         parts.append(
             f"<h3>Prompt {lin.prompt_id}</h3><p><b>Prompt:</b> {e(visible(lin.prompt))}<br>"
-            f"<b>Human continuation:</b> {e(visible(lin.human))}</p>"
+            f"<b>Human continuation:</b>{human} {e(visible(lin.human))}</p>"
             '<div class="scroll"><table class="lineage"><thead><tr><th></th>'
             + "".join(f"<th>{e(p)}</th>" for p in policies) + f"</tr></thead><tbody>{rows}"
             "</tbody></table></div>")
@@ -145,20 +277,21 @@ def render_lineages_html(items: list[Lineage], run_seed: int) -> str:
 @dataclass
 class Extremes:
     """What the reference quantiles mean: of one generation's scored samples, the most and
-    least likely under generation 0 and a random few, each ``(perplexity, text)``."""
+    least likely under generation 0 and a random few."""
 
     generation: int
-    likely: list[tuple[float, str]]
-    unlikely: list[tuple[float, str]]
-    random: list[tuple[float, str]]
+    likely: list[Continuation]
+    unlikely: list[Continuation]
+    random: list[Continuation]
 
 
 def extremes(exp: RunResults, policy: str, count: int = 2, seed: int = 0,
-             run_seed: int | None = None) -> list[Extremes]:
+             run_seed: int | None = None, truth: Any = None) -> list[Extremes]:
     """Per generation of ``policy`` (seed ``run_seed``, default the first) where the
     reference metric scored the corpus: ``count`` most likely, least likely and random
-    samples (drawn with ``seed``)."""
+    samples (drawn with ``seed``); ``truth`` adds each one's exact log p."""
     run_seed = exp.seeds[0] if run_seed is None else run_seed
+    prompts = [r["prompt"] for r in _prompts(exp) or []]
     out = []
     for k in range(exp.generations + 1):
         dirs = [d for d in exp.gen_dirs(policy, run_seed, k)
@@ -166,43 +299,63 @@ def extremes(exp: RunResults, policy: str, count: int = 2, seed: int = 0,
         if not dirs:
             continue
         scores = pq.read_table(dirs[0] / "reference_scores.parquet").to_pylist()
-        texts = {r["sample_id"]: r["text"] for r in pq.read_table(
-            dirs[0] / CORPUS, columns=["sample_id", "text"]).to_pylist()}
-        scored = sorted((r["perplexity"], visible(texts[r["sample_id"]])) for r in scores
-                        if r["sample_id"] in texts)
+        rows = {r["sample_id"]: r for r in pq.read_table(
+            dirs[0] / CORPUS, columns=["sample_id", "prompt_id", "text"]).to_pylist()}
+        scored = sorted((r["perplexity"], r["sample_id"]) for r in scores
+                        if r["sample_id"] in rows)
         if not scored:
             continue
+
+        def sample(ppl: float, sample_id: str) -> Continuation:
+            row = rows[sample_id]
+            pid = row["prompt_id"]
+            prompt = prompts[pid] if pid is not None and 0 <= pid < len(prompts) else None
+            return Continuation(row["text"], ppl, *_exact(truth, prompt, row["text"]))
+
         rng = np.random.default_rng(seed)
         picks = rng.choice(len(scored), size=min(count, len(scored)), replace=False)
-        out.append(Extremes(k, scored[:count], scored[::-1][:count],
-                            [scored[int(i)] for i in sorted(picks)]))
+        out.append(Extremes(k, [sample(*x) for x in scored[:count]],
+                            [sample(*x) for x in scored[::-1][:count]],
+                            [sample(*scored[int(i)]) for i in sorted(picks)]))
     return out
 
 
-def render_extremes_markdown(policy: str, items: list[Extremes]) -> str:
-    out = [f"# Samples of {policy} by generation-0 perplexity", "",
-           "Per generation: the samples generation 0 finds most likely, least likely, and a "
-           "random few (`[ppl]` = perplexity under generation 0 of the seed).", ""]
-    for ex in items:
-        out += [f"## Generation {ex.generation}", ""]
-        for what, rows in (("most likely", ex.likely), ("least likely", ex.unlikely),
-                           ("random", ex.random)):
-            out += [f"- {what}: [{p:.1f}] {_one_line(t)}" for p, t in rows]
-        out.append("")
+_KINDS = ("most likely", "least likely", "random")
+
+
+def render_extremes_markdown(picked: dict[str, list[Extremes]],
+                             entropy: float | None = None) -> str:
+    """``picked``: ``{policy: extremes(...)}``; a section per policy and generation."""
+    out = ["# Samples by generation-0 perplexity", "",
+           "Per policy and generation: the samples generation 0 finds most likely, least "
+           "likely, and a random few. " + _legend(entropy), ""]
+    for policy, items in picked.items():
+        out += [f"## {policy}", ""]
+        for ex in items:
+            out += [f"### {policy}, generation {ex.generation}", ""]
+            for what, rows in zip(_KINDS, (ex.likely, ex.unlikely, ex.random), strict=True):
+                out += [f"- {what}: {_md(c)}" for c in rows]
+            out.append("")
     return "\n".join(out)
 
 
-def render_extremes_html(policy: str, items: list[Extremes]) -> str:
+def render_extremes_html(picked: dict[str, list[Extremes]],
+                         entropy: float | None = None) -> str:
+    """The same as an HTML section: one folding table per policy (the first unfolded)."""
     e = html.escape
-    rows = "".join(
-        f"<tr><th>gen {ex.generation}</th>" + "".join(
-            "<td class=\"text\">" + "<br>".join(
-                f'<span class="ppl">{p:.1f}</span> {e(t)}' for p, t in rows) + "</td>"
-            for rows in (ex.likely, ex.unlikely, ex.random)) + "</tr>"
-        for ex in items)
-    return (f"<h2>Samples of {e(policy)} by generation-0 perplexity</h2><p>What the "
-            "reference quantiles mean: per generation, the samples generation 0 finds most "
-            "likely, least likely, and a random few.</p>"
+    legend = re.sub(r"`([^`]*)`", r"<code>\1</code>", e(_legend(entropy)))
+    parts = ["<h2>Samples by generation-0 perplexity</h2><p>What the reference quantiles "
+             "mean: per policy and generation, the samples generation 0 finds most likely, "
+             f"least likely, and a random few. {legend}</p>"]
+    for i, (policy, items) in enumerate(picked.items()):
+        rows = "".join(
+            f"<tr><th>gen {ex.generation}</th>" + "".join(
+                '<td class="text">' + "<br>".join(_html(c) for c in cs) + "</td>"
+                for cs in (ex.likely, ex.unlikely, ex.random)) + "</tr>"
+            for ex in items)
+        parts.append(
+            f"<details{' open' if i == 0 else ''}><summary>{e(policy)}</summary>"
             '<div class="scroll"><table class="lineage"><thead><tr><th></th>'
-            "<th>most likely</th><th>least likely</th><th>random</th></tr></thead>"
-            f"<tbody>{rows}</tbody></table></div>")
+            + "".join(f"<th>{k}</th>" for k in _KINDS)
+            + f"</tr></thead><tbody>{rows}</tbody></table></div></details>")
+    return "\n".join(parts)

@@ -74,6 +74,11 @@ class Registry(Generic[T]):
             raise KeyError(unknown_name_message(self.kind, name, self.names()))
         return self._entries[name]
 
+    def find(self, name: str) -> T | None:
+        """The entry called ``name`` if its module was imported already (no discovery:
+        nothing else is imported), else None."""
+        return self._entries.get(name)
+
     def names(self) -> list[str]:
         discover()
         return sorted(self._entries)

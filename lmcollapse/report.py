@@ -2,7 +2,8 @@
 
     lmcollapse report runs/quickstart [runs/more ...] [--rank-by perplexity]
         [--metric perplexity] [--columns perplexity,mauve] [--onset-threshold 0.1]
-        [--histogram-policy replace] [--out DIR] [--no-plots]
+        [--histogram-policy replace] [--out DIR] [--no-plots] [--lineages 3]
+        [--tex-columns perplexity,mauve|all]
 
 The numbers come from :mod:`lmcollapse.results` (JSON and parquet only, never torch); the
 formats from :mod:`lmcollapse.report_formats`, the figures from :mod:`lmcollapse.plots`.
@@ -27,9 +28,11 @@ from lmcollapse.lineages import (
     render_extremes_markdown,
     render_lineages_html,
     render_lineages_markdown,
+    source_truth,
 )
 from lmcollapse.report_formats import (
     generation_notes,
+    latex_columns,
     markdown_table,
     render_csv,
     render_html,
@@ -57,12 +60,16 @@ def write_report(run_dirs: list[str | Path], out: str | Path | None = None,
                  rank_by: str | None = None, metric: str | None = None,
                  columns: list[str] | None = None, onset_threshold: float = 0.1,
                  histogram_policy: str | None = None, plots: bool = True,
-                 lineage_prompts: int = 3, lineage_seed: int = 0) -> dict[str, Any]:
+                 lineage_prompts: int = 3, lineage_seed: int = 0,
+                 tex_columns: list[str] | None = None) -> dict[str, Any]:
     """Write ``leaderboard.md|csv|tex|html`` and ``plots/*.png|pdf``; returns what it made.
 
-    Args mirror the command line: ``metric`` names the per-generation table (default: the
-    ranking metric), ``histogram_policy`` the policy of the histogram figure (default: the
-    first), ``out`` the output folder (default: the first run directory).
+    Args mirror the command line: ``metric`` names the per-generation table printed and
+    returned (default: the ranking metric; the files hold one per leaderboard column),
+    ``histogram_policy`` the one policy whose histogram and samples are shown (default:
+    every policy), ``out`` the output folder (default: the first run directory),
+    ``tex_columns`` the LaTeX table's metrics (default :func:`latex_columns`; ``["all"]``:
+    the leaderboard's).
 
     Returns:
         ``{"leaderboard": Leaderboard, "metric": str, "generation_table": per_generation(...),
@@ -71,13 +78,20 @@ def write_report(run_dirs: list[str | Path], out: str | Path | None = None,
     exps = load_runs(run_dirs)
     lb = leaderboard(exps, rank_by, columns, onset_threshold)
     metric = metric or lb.rank_by
+    tex_cols = (lb.columns if tex_columns == ["all"] else tex_columns) or latex_columns(lb)
+    tex_lb = lb if tex_cols == lb.columns else leaderboard(exps, lb.rank_by, tex_cols,
+                                                          onset_threshold)
     table = per_generation(exps, metric)
     marks = generation_marks(exps, metric)
-    policies = [p for e in exps for p in e.policies]
+    # every key metric's per-generation table, in the leaderboard's column order
+    tables = [(m, table if m == metric else per_generation(exps, m),
+               marks if m == metric else generation_marks(exps, m))
+              for m in dict.fromkeys([*lb.columns, metric])]
+    policies = list(dict.fromkeys(p for e in exps for p in e.policies))
     if histogram_policy is not None:
-        check_name("policy", histogram_policy, sorted(set(policies)))
+        check_name("policy", histogram_policy, sorted(policies))
     out = Path(out) if out else exps[0].dirs[0]
-    pol = histogram_policy or (policies[0] if policies else None)
+    shown = [histogram_policy] if histogram_policy else policies
     made, images = [], {}
     if plots:
         for m in lb.columns:
@@ -98,39 +112,46 @@ def write_report(run_dirs: list[str | Path], out: str | Path | None = None,
                     f"generation", axis, metric,
                     out / "plots" / _slug(f"sweep_{metric}_{axis}" if len(exps) == 1
                                           else f"sweep_{metric}_{axis}_{exp.key}"))
-        for exp in (e for e in exps if pol in e.policies):
-            made += plotting.histogram_plot(
-                reference_scores(exp, pol), f"Gen-0 perplexity of corpus k: {exp.key} / {pol}",
-                out / "plots" / _slug(f"ref_ppl_hist_{pol}" if len(exps) == 1
-                                      else f"ref_ppl_hist_{exp.key}_{pol}"))
+        for exp in exps:  # Shumailov et al.'s histograms, one figure per policy
+            for pol in (p for p in shown if p in exp.policies):
+                scores = reference_scores(exp, pol)
+                if not scores:
+                    continue
+                made += plotting.histogram_plot(
+                    scores, f"Gen-0 perplexity of corpus k: {exp.key} / {pol}",
+                    out / "plots" / _slug(f"ref_ppl_hist_{pol}" if len(exps) == 1
+                                          else f"ref_ppl_hist_{exp.key}_{pol}"))
         images = {p.stem: p.read_bytes() for p in made if p.suffix == ".png"}
     md = render_markdown(lb)
     links = [p.relative_to(out).as_posix() for p in made if p.suffix == ".png"]
     sections = []
     for exp in exps:  # the text itself: a few prompts through every generation
-        items = lineages(exp, lineage_prompts, lineage_seed)
+        truth = source_truth(exp.config) if lineage_prompts > 0 else None
+        entropy = truth.entropy_rate() if truth is not None else None
+        items = lineages(exp, lineage_prompts, lineage_seed, truth=truth)
         if items:
             name = "lineages.md" if len(exps) == 1 else f"lineages_{_slug(exp.key)}.md"
-            write_text(out / name, render_lineages_markdown(exp, items, exp.seeds[0]),
+            write_text(out / name, render_lineages_markdown(exp, items, exp.seeds[0], entropy),
                        record=False)
             made.append(out / name)
-            sections.append(render_lineages_html(items, exp.seeds[0]))
-        if pol in exp.policies and lineage_prompts > 0:
-            picked = extremes(exp, pol, seed=lineage_seed)
-            if picked:
-                name = ("samples.md" if len(exps) == 1 else f"samples_{_slug(exp.key)}.md")
-                write_text(out / name, render_extremes_markdown(pol, picked), record=False)
-                made.append(out / name)
-                sections.append(render_extremes_html(pol, picked))
+            sections.append(render_lineages_html(items, exp.seeds[0], entropy))
+        picked = {pol: extremes(exp, pol, seed=lineage_seed, truth=truth)
+                  for pol in shown if pol in exp.policies} if lineage_prompts > 0 else {}
+        picked = {pol: items for pol, items in picked.items() if items}
+        if picked:
+            name = "samples.md" if len(exps) == 1 else f"samples_{_slug(exp.key)}.md"
+            write_text(out / name, render_extremes_markdown(picked, entropy), record=False)
+            made.append(out / name)
+            sections.append(render_extremes_html(picked, entropy))
     files = ["leaderboard.csv", "leaderboard.tex", "leaderboard.md",
              *(p.name for p in made if p.name.startswith(("lineages", "samples"))),
              *(p.relative_to(out).as_posix() for p in made if p.suffix == ".pdf"),
              *(os.path.relpath(d / "experiment.json", out) for e in exps for d in e.dirs)]
-    for name, text in [("leaderboard.md", render_markdown(lb, links)),
+    for name, text in [("leaderboard.md", render_markdown(lb, links, tables)),
                        ("leaderboard.csv", render_csv(lb)),
-                       ("leaderboard.tex", render_latex(lb)),
-                       ("leaderboard.html", render_html(lb, (metric, table, marks), images,
-                                                        files, sections))]:
+                       ("leaderboard.tex", render_latex(tex_lb)),
+                       ("leaderboard.html", render_html(lb, tables, images, files,
+                                                        sections))]:
         write_text(out / name, text, record=False)
         made.append(out / name)
     return {"leaderboard": lb, "metric": metric, "generation_table": table,
@@ -144,9 +165,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--metric", default=None,
                    help="metric of the per-generation table (default: the ranking metric)")
     p.add_argument("--columns", default=None, help="comma-separated metrics of the leaderboard")
+    p.add_argument("--tex-columns", default=None,
+                   help="comma-separated metrics of the LaTeX table (default: the ranking "
+                   "metric and one column per other metric, to fit a page; 'all': the "
+                   "leaderboard's)")
     p.add_argument("--onset-threshold", type=float, default=0.1,
                    help="relative perplexity rise over generation 0 that marks collapse onset")
-    p.add_argument("--histogram-policy", default=None, help="policy of the histogram figure")
+    p.add_argument("--histogram-policy", default=None,
+                   help="only this policy's histogram figure and samples (default: every "
+                   "policy)")
     p.add_argument("--out", default=None, help="output folder (default: the first run dir)")
     p.add_argument("--no-plots", action="store_true", help="skip the figures")
     p.add_argument("--lineages", type=int, default=3, metavar="N",
@@ -162,7 +189,9 @@ def report_command(args: argparse.Namespace) -> int:
     try:
         res = write_report(args.runs, args.out, args.rank_by, args.metric, cols,
                            args.onset_threshold, args.histogram_policy, not args.no_plots,
-                           args.lineages, args.lineage_seed)
+                           args.lineages, args.lineage_seed,
+                           [c.strip() for c in args.tex_columns.split(",") if c.strip()]
+                           if args.tex_columns else None)
     except ReportError as err:
         print(f"lmcollapse report: {err}", file=sys.stderr)
         return 2

@@ -253,23 +253,52 @@ def markdown_table(table: dict[str, dict[int | str, Stat]],
     return _md_table(*generation_table(table, marks), left=1)
 
 
-def generation_notes(exps: list[RunResults], metric: str, direction: bool | None) -> list[str]:
-    """The footnotes of the per-generation table."""
+def _rank_note(metric: str, direction: bool | None) -> str:
+    return (f"Rows ranked by {metric} {ARROWS[direction]} at the latest measured generation "
+            f"({_HOW[direction]}), within each experiment.")
+
+
+def generation_notes(exps: list[RunResults], metric: str | None, direction: bool | None
+                     ) -> list[str]:
+    """The footnotes of a per-generation table (``metric`` None: those every table shares,
+    without the ranking line)."""
     spread = any(len(e.seeds) > 1 for e in exps)
     return [
         ("Cells: mean ± sample std over seeds (statistics.stdev, n − 1)" if spread else
          "Cells: the value of the one seed")
         + "; (n=k): fewer seeds than the row's most; … = not measured yet; generation 0 is "
         "one model per seed, shared by every policy.",
-        f"Rows ranked by {metric} {ARROWS[direction]} at the latest measured generation "
-        f"({_HOW[direction]}), within each experiment.",
+        *([_rank_note(metric, direction)] if metric else []),
         *_seed_notes(exps, per_generation=True),
     ]
 
 
-def render_markdown(lb: Leaderboard, figures: list[str] | None = None) -> str:
-    """The leaderboard as a Markdown document: setup, table, footnotes, figure links."""
+#: ``(metric, per_generation(...), generation_marks(...))``, one per shown metric
+GenerationTables = list[tuple[str, dict[str, dict[int | str, Stat]], GenerationMarks]]
+
+
+def _title(lb: Leaderboard, metric: str) -> str:
+    meta = lb.meta.get(metric, {})
+    return f"{meta.get('display_name') or metric} {ARROWS[meta.get('higher_is_better')]}"
+
+
+def one_seed_notice(lb: Leaderboard) -> str | None:
+    """What a reader must know when no experiment has two seeds (None otherwise)."""
+    if any(len(e.seeds) > 1 for e in lb.experiments):
+        return None
+    return ("One seed: every number is a single run, so there is no spread (no ± and no "
+            "bands in the plots) and no significance test; a difference between policies "
+            "may be noise. Run more seeds (seeds: [0, 1, 2]) to compare them.")
+
+
+def render_markdown(lb: Leaderboard, figures: list[str] | None = None,
+                    tables: GenerationTables | None = None) -> str:
+    """The leaderboard as a Markdown document: setup, table, footnotes, the per-generation
+    table of each metric in ``tables``, figure links."""
     out = [f"# lmcollapse leaderboard: {', '.join(e.key for e in lb.experiments)}", ""]
+    notice = one_seed_notice(lb)
+    if notice:
+        out += [f"> {notice}", ""]
     for exp in lb.experiments:
         out += [f"Setup of {exp.key}:", ""] + [f"- **{k}**: {v}" for k, v in setup_items(exp)]
         out.append("")
@@ -278,6 +307,15 @@ def render_markdown(lb: Leaderboard, figures: list[str] | None = None) -> str:
     if skipped:
         out += ["", "Skipped (could not be read; everything else is shown):", ""]
         out += [f"- {p}" for p in skipped]
+    for metric, table, marks in tables or []:
+        direction = lb.meta.get(metric, {}).get("higher_is_better")
+        name = _title(lb, metric)
+        out += ["", f"## Per generation: {name}" + ("" if f"({metric})" in name
+                                                     else f" ({metric})"), "",
+                markdown_table(table, marks), "", _rank_note(metric, direction)]
+    if tables:
+        out += ["", "Per-generation tables:", ""]
+        out += [f"- {n}" for n in generation_notes(lb.experiments, None, None)]
     if figures:
         out += ["", "Figures:", ""] + [f"![{Path(f).stem}]({f})" for f in figures]
     return "\n".join(out) + "\n"
@@ -352,6 +390,19 @@ def _tex_value(text: str) -> str:
     return _tex_cell(text).replace("\x00", "$-$")
 
 
+_CHANGE = re.compile(r"^(?P<value>.*?) \((?P<change>[+\-\u2212][^)]*)\)(?P<rest>.*)$")
+
+
+def _tex_value_cell(text: str) -> str:
+    """A value cell on two lines, so the column is as wide as the value alone: the value
+    (± std, the noise mark, tags) over its change from generation 0 in small type."""
+    m = _CHANGE.match(str(text))
+    if not m:
+        return _tex_value(text)
+    return (r"\begin{tabular}[t]{@{}r@{}}" + _tex_value(m["value"] + m["rest"])
+            + r" \\ {\scriptsize (" + _tex_value(m["change"]) + r")}\end{tabular}")
+
+
 def _tex_stacked(text: str, width: int = 16) -> str:
     """A header cell on several short lines (a nested tabular: no package needed), so a
     long display name does not widen its column."""
@@ -367,11 +418,31 @@ def _tex_stacked(text: str, width: int = 16) -> str:
             + r"\end{tabular}")
 
 
+def latex_columns(lb: Leaderboard) -> list[str]:
+    """The LaTeX table's default columns, fewer than the leaderboard's so that it stays
+    legible on a paper page: the ranking metric and the first column of every other metric
+    (one per family: held-out perplexity, excess loss, gen-0 perplexity p50, distinct-4,
+    tail survival, MAUVE). ``lmcollapse report --tex-columns`` chooses others."""
+    seen = {lb.meta[lb.rank_by].get("metric", lb.rank_by)}
+    out = [lb.rank_by]
+    for c in lb.columns:
+        family = lb.meta[c].get("metric", c)
+        if family not in seen:
+            seen.add(family)
+            out.append(c)
+    return out
+
+
 def render_latex(lb: Leaderboard) -> str:
     """A paper-ready ``table*``: booktabs rules, caption and label, display names, math
-    minus signs; scaled down to the text width when wider (the caption says so). Needs
-    ``\\usepackage{booktabs,graphicx}``; setup and notes come first as ``%`` comments."""
+    minus signs; scaled down to the text width when still wider (the caption says so).
+    The n and gens columns appear only where a row is partial (the caption gives the
+    seeds). Needs ``\\usepackage{booktabs,graphicx}``; setup and notes come first as ``%``
+    comments. Pass a leaderboard of :func:`latex_columns` (the report does) for a table that
+    fits a page."""
     header, rows = leaderboard_table(lb)
+    partial = any(r.partial for r in lb.rows)
+    keep = [0, 1, *([2, 3] if partial else []), 4, *range(5, len(header))]
     names = [_tex_stacked(f"{lb.meta[c].get('display_name') or c} "
                           f"{ARROWS[lb.meta[c]['higher_is_better']]}") for c in lb.columns]
     header = [tex_escape(h) for h in header[:5]] + names
@@ -379,27 +450,33 @@ def render_latex(lb: Leaderboard) -> str:
     seeds = sorted({len(e.seeds) for e in lb.experiments})
     spread = (f"mean $\\pm$ sample standard deviation over {'/'.join(map(str, seeds))} seeds"
               if max(seeds) > 1 else "one seed (no spread)")
-    caption = (f"Model collapse, {tex_escape(keys)}: the final generation of each policy, "
-               f"{spread}, change from generation 0 in parentheses; "
-               "$\\uparrow$ higher, $\\downarrow$ lower, $\\approx$ closer to the human "
-               "reference is better"
+    gens = sorted({e.generations for e in lb.experiments})
+    caption = (f"Model collapse, {tex_escape(keys)}: each policy after "
+               f"{'/'.join(map(str, gens))} generations, {spread}, change from generation 0 "
+               "below in parentheses; $\\uparrow$ higher, $\\downarrow$ lower, $\\approx$ closer "
+               "to the human reference is better"
                + ("; $^{\\sim}$ gap to the row above within the seed spread"
                   if max(seeds) > 1 else "")
-               + ". Scaled down to the text width where wider; choose fewer columns with "
-               "\\texttt{--columns}.")
+               + "; onset: first generation whose held-out perplexity exceeds generation "
+               f"0's by more than {lb.onset_threshold * 100:g}\\% (median over seeds)"
+               + ("; $^\\dagger$ not every seed finished" if partial else "")
+               + ". Scaled down to the text width where wider.")
     label = re.sub(r"[^A-Za-z0-9]+", "-", keys).strip("-").lower()
     out = [_tex_comment(f"lmcollapse leaderboard: {keys}"),
-           _tex_comment("needs \\usepackage{booktabs,graphicx}")]
+           _tex_comment("needs \\usepackage{booktabs,graphicx}"),
+           _tex_comment(f"columns: {', '.join(lb.columns)} (choose with lmcollapse report "
+                        "--tex-columns)")]
     out += [_tex_comment(f"{k}: {v}") for e in lb.experiments for k, v in setup_items(e)]
     out += [_tex_comment(n) for n in notes(lb)]
-    out += [r"\begin{table*}[t]", r"\centering", f"\\caption{{{caption}}}",
+    out += [r"\begin{table*}[t]", r"\centering", r"\setlength{\tabcolsep}{4pt}",
+            f"\\caption{{{caption}}}",
             f"\\label{{tab:lmcollapse-{label}}}",
             r"\resizebox{\ifdim\width>\textwidth\textwidth\else\width\fi}{!}{%",
-            r"\begin{tabular}{@{}ll" + "r" * (len(header) - 2) + "@{}}", r"\toprule"]
-    out += [" & ".join(header) + r" \\", r"\midrule"]
+            r"\begin{tabular}{@{}ll" + "r" * (len(keep) - 2) + "@{}}", r"\toprule"]
+    out += [" & ".join(header[j] for j in keep) + r" \\", r"\midrule"]
     for i, r in enumerate(rows):
-        out.append(" & ".join(_tex_value(c) if j >= 5 else tex_escape(c)
-                              for j, c in enumerate(r)) + r" \\")
+        out.append(" & ".join(_tex_value_cell(r[j]) if j >= 5 else tex_escape(r[j])
+                              for j in keep) + r" \\")
         if i == len(lb.experiments) - 1 and i < len(rows) - 1:
             out.append(r"\midrule")
     return "\n".join(out + [r"\bottomrule", r"\end{tabular}}", r"\end{table*}"]) + "\n"
@@ -441,58 +518,84 @@ def _definitions(lb: Leaderboard) -> list[str]:
              "out perplexity exceeds generation 0 by the threshold (median over seeds)"]
     words = {True: "higher is better", False: "lower is better",
              None: "closer to the human reference is better"}
+    cells = ("mean ± sample std over seeds" if any(len(e.seeds) > 1 for e in lb.experiments)
+             else "the one seed's value")
     return fixed + [f"{lb.meta[c].get('display_name') or c} [{c}], "
                     f"{words[lb.meta[c]['higher_is_better']]}. Measured: "
                     f"{conditions.get(lb.meta[c].get('metric', c), 'see the setup')}. Cells: "
-                    "final generation, mean ± sample std over seeds (change from generation 0)"
+                    f"final generation, {cells} (change from generation 0)"
                     for c in lb.columns]
 
 
-#: click a header to sort its table (numbers by the first number in the cell); no library
-_SORT_JS = ("document.querySelectorAll('table.sortable').forEach(function(t){"
-            "t.querySelectorAll('th').forEach(function(th,i){th.addEventListener('click',"
-            "function(){var b=t.tBodies[0],rows=Array.from(b.rows),up=th.dataset.dir!=='up';"
-            "th.dataset.dir=up?'up':'down';function v(r){var s=r.cells[i].textContent,"
-            "m=s.replace('\\u2212','-').match(/-?\\d+(\\.\\d+)?(e-?\\d+)?/);"
-            "return m?parseFloat(m[0]):s;}rows.sort(function(a,c){var x=v(a),y=v(c),"
-            "d=(typeof x==='number'&&typeof y==='number')?x-y:String(x).localeCompare("
-            "String(y));return up?d:-d;});rows.forEach(function(r){b.appendChild(r);});});"
-            "});});")
+#: click a header to sort its table by that column, again to reverse: by the first number in
+#: each cell (cells without one, like "–" or "ref", last), by text where no cell has one;
+#: no library
+_SORT_JS = r"""
+document.querySelectorAll('table.sortable').forEach(function (t) {
+  t.querySelectorAll('thead th').forEach(function (th, i) {
+    th.addEventListener('click', function () {
+      var body = t.tBodies[0], rows = Array.from(body.rows), up = th.dataset.dir !== 'up';
+      th.dataset.dir = up ? 'up' : 'down';
+      function text(r) { return r.cells[i].textContent; }
+      function num(r) {
+        var m = text(r).replace(/\u2212/g, '-').match(/-?\d+(\.\d+)?(e[-+]?\d+)?/i);
+        return m ? parseFloat(m[0]) : null;
+      }
+      rows.sort(function (a, b) {
+        var x = num(a), y = num(b);
+        if (x === null && y === null) {
+          return (up ? 1 : -1) * text(a).localeCompare(text(b));
+        }
+        if (x === null || y === null) { return x === null ? 1 : -1; }
+        return up ? x - y : y - x;
+      });
+      rows.forEach(function (r) { body.appendChild(r); });
+    });
+  });
+});
+"""
 
 
-def render_html(lb: Leaderboard, generation: tuple[Any, ...] | None = None,
+def render_html(lb: Leaderboard, tables: GenerationTables | None = None,
                 images: dict[str, bytes] | None = None,
                 links: list[str] | None = None, sections: list[str] | None = None) -> str:
-    """One self-contained page: setup, leaderboard (sortable, definitions on hover),
-    per-generation table, embedded PNGs in a grid, links to the other files.
-
-    ``generation`` is ``(metric, per_generation(...)[, generation_marks(...)])``; ``links``
-    are paths relative to the page (the CSV, LaTeX, PDFs, experiment.json).
-    """
+    """One self-contained page: setup, leaderboard (sortable, definitions on hover), the
+    per-generation table of each metric in ``tables``, ``sections`` (ready-made HTML: the
+    lineages), embedded PNGs in a grid, links to the other files (paths relative to the
+    page: the CSV, LaTeX, PDFs, experiment.json)."""
 
     e = html.escape
     title = f"lmcollapse leaderboard: {', '.join(x.key for x in lb.experiments)}"
     parts = [f"<h1>{e(title)}</h1>"]
+    notice = one_seed_notice(lb)
+    if notice:
+        parts.append(f'<p class="notice">{e(notice)}</p>')
     for exp in lb.experiments:
         parts.append(f"<h2>Setup of {e(exp.key)}</h2>\n<dl>" + "".join(
             f"<dt>{e(k)}</dt><dd>{e(v)}</dd>" for k, v in setup_items(exp)) + "</dl>")
     header, rows = leaderboard_table(lb)
     header = header[:5] + [f"{lb.meta[c].get('display_name') or c} "
                            f"{ARROWS[lb.meta[c]['higher_is_better']]}" for c in lb.columns]
+    defs = _definitions(lb)
     parts += ["<h2>Leaderboard</h2>", "<p>Click a header to sort; hover it for its "
-              "definition.</p>", _html_table(header, rows, 5, _definitions(lb)),
+              "definition.</p>", _html_table(header, rows, 5, defs),
               "<ul>" + "".join(f"<li>{e(n)}</li>" for n in notes(lb)) + "</ul>"]
     skipped = [p for x in lb.experiments for p in x.problems]
     if skipped:
         parts += ["<h2>Skipped</h2><p>Could not be read; everything else is shown.</p>",
                   "<ul>" + "".join(f"<li>{e(p)}</li>" for p in skipped) + "</ul>"]
-    if generation:
-        metric, table, marks = (*generation, None)[:3]
-        direction = lb.meta.get(metric, {}).get("higher_is_better")
-        parts += [f"<h2>Per generation: {e(metric)}</h2>",
-                  _html_table(*generation_table(table, marks), first_value=1),
-                  "<ul>" + "".join(f"<li>{e(n)}</li>" for n in
-                                   generation_notes(lb.experiments, metric, direction)) + "</ul>"]
+    if tables:
+        parts += ["<h2>Per generation</h2>", "<ul>" + "".join(
+            f"<li>{e(n)}</li>" for n in generation_notes(lb.experiments, None, None))
+            + "</ul>"]
+        for metric, table, marks in tables:
+            direction = lb.meta.get(metric, {}).get("higher_is_better")
+            parts += [f'<h3 title="{e(defs[5 + lb.columns.index(metric)])}">'
+                      if metric in lb.columns else "<h3>",
+                      e(_title(lb, metric)) + ("" if f"({metric})" in _title(lb, metric)
+                                               else f" <small>({e(metric)})</small>") + "</h3>",
+                      _html_table(*generation_table(table, marks), first_value=1),
+                      f'<p class="small">{e(_rank_note(metric, direction))}</p>']
     parts += sections or []  # ready-made HTML (the lineages)
     figures = [f'<figure><img alt="{e(name)}" src="data:image/png;base64,'
                f'{base64.b64encode(png).decode()}"><figcaption>{e(name)}</figcaption></figure>'
@@ -518,7 +621,10 @@ def render_html(lb: Leaderboard, generation: tuple[Any, ...] | None = None,
              "td.noise{color:#777}td.noise sup{color:#c60;font-weight:bold}"
              "table.lineage td.text{white-space:normal;text-align:left;min-width:14em;"
              "max-width:28em;vertical-align:top}table.lineage th{text-align:left;"
-             "vertical-align:top;white-space:nowrap}.ppl{color:#777;font-size:.85em}")
+             "vertical-align:top;white-space:nowrap}.ppl{color:#777;font-size:.85em}"
+             ".notice{background:#fff4d6;border-left:4px solid #e0a000;padding:.5em .8em}"
+             "h3 small,.small{color:#555;font-weight:normal;font-size:.9em}"
+             "details{margin:.5em 0}summary{cursor:pointer;font-weight:bold}")
     viewport = '<meta name="viewport" content="width=device-width, initial-scale=1">'
     return (f'<!DOCTYPE html>\n<html lang="en">\n<head><meta charset="utf-8">{viewport}'
             f"<title>{e(title)}</title><style>{style}</style></head>\n<body>\n" + "\n".join(parts)

@@ -196,9 +196,13 @@ def test_init_modes_start_from_the_right_weights(reference_run):
 
 
 def test_lineages_show_each_generations_continuation_of_a_prompt(reference_run, tmp_path):
-    from lmcollapse.lineages import choose_prompts, visible
+    from lmcollapse.data.markov import MarkovSource
+    from lmcollapse.lineages import choose_prompts, exact_log_p, visible
     from lmcollapse.report import write_report
 
+    syn = tiny_config(reference_run.parent).data.synthetic
+    truth = MarkovSource(syn.vocab_size, syn.branching, syn.zipf_exponent,
+                         syn.mean_sentence_words, syn.seed)
     prompts = pq.read_table(reference_run / "prompts.parquet").to_pylist()
     zero = pq.read_table(reference_run / "seed_0" / "gen_00" / "corpus.parquet").to_pylist()
     assert [p["prompt_id"] for p in prompts] == list(range(len(zero)))  # one per block
@@ -210,6 +214,9 @@ def test_lineages_show_each_generations_continuation_of_a_prompt(reference_run, 
     for pid in ids:
         section = md.split(f"## Prompt {pid}\n")[1].split("## Prompt")[0]
         assert " ".join(prompts[pid]["prompt"].split()) in section
+        human = truth.continuation_log_prob(prompts[pid]["prompt"], prompts[pid]["human"])
+        assert f"**Human continuation [log p {human[0]:.1f} / {human[1]} w]:**".replace(
+            "-", "−") in section  # the source wrote it: every word possible
         rows = {ln.split(" | ")[0].strip("| "): ln.split(" | ")[1:]
                 for ln in section.splitlines() if re.match(r"\| \d+ \|", ln)}
         assert sorted(rows) == ["0", "1", "2"]
@@ -220,7 +227,12 @@ def test_lineages_show_each_generations_continuation_of_a_prompt(reference_run, 
             ppl = {r["sample_id"]: r["perplexity"] for r in  # the scored sample, if in it
                    pq.read_table(d / "reference_scores.parquet").to_pylist()}.get(row["sample_id"])
             cell = rows[str(k)][POLICIES.index("replace")]
-            assert cell.startswith(f"[{ppl:.1f}] " if ppl is not None else "[–] ")
+            # exact log p under the source, rebuilt here from the config's parameters
+            log_p, words, bad = exact_log_p(truth, prompts[pid]["prompt"], row["text"])
+            tag = (f"log p {log_p:.1f} / {words} w".replace("-", "−")
+                   + (f" ({bad} impossible)" if bad else ""))
+            assert cell.startswith(f"[ppl {ppl:.1f} · {tag}] " if ppl is not None
+                                   else f"[ppl – · {tag}] ")
             assert " ".join(visible(row["text"]).split()).replace("|", "\\|") in cell
     page = (tmp_path / "leaderboard.html").read_text()
     assert "<h2>Lineages (seed 0)</h2>" in page and f"<h3>Prompt {ids[0]}</h3>" in page
@@ -232,18 +244,20 @@ def test_samples_by_reference_perplexity_are_the_extremes_of_the_scored_ones(ref
 
     write_report([reference_run], out=tmp_path, plots=False)
     md = (tmp_path / "samples.md").read_text()
-    assert md.startswith("# Samples of replace by generation-0 perplexity")
+    assert md.startswith("# Samples by generation-0 perplexity")
+    assert re.findall(r"^## (.+)$", md, re.M) == POLICIES  # every policy
     for k in (0, 1, 2):
         d = reference_run / "seed_0" / ("gen_00" if k == 0 else f"replace/gen_{k:02d}")
         ppl = sorted(r["perplexity"] for r in
                      pq.read_table(d / "reference_scores.parquet").to_pylist())
-        section = md.split(f"## Generation {k}\n")[1].split("## Generation")[0]
-        shown = {what: [float(x) for x in re.findall(rf"^- {what}: \[([\d.]+)\]", section,
-                                                     re.M)]
+        section = md.split(f"### replace, generation {k}\n")[1].split("###")[0]
+        shown = {what: [float(x) for x in re.findall(rf"^- {what}: \[ppl ([\d.]+) · log p ",
+                                                     section, re.M)]
                  for what in ("most likely", "least likely", "random")}
         assert shown["most likely"] == [round(p, 1) for p in ppl[:2]]
         assert shown["least likely"] == [round(p, 1) for p in ppl[::-1][:2]]
         assert len(shown["random"]) == 2 and all(ppl[0] - 0.05 <= p <= ppl[-1] + 0.05
                                                  for p in shown["random"])
-    assert "<h2>Samples of replace by generation-0 perplexity</h2>" in (
-        tmp_path / "leaderboard.html").read_text()
+    page = (tmp_path / "leaderboard.html").read_text()
+    assert "<h2>Samples by generation-0 perplexity</h2>" in page
+    assert re.findall(r"<summary>(.+?)</summary>", page) == POLICIES

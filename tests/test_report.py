@@ -233,7 +233,10 @@ def test_every_format(run, tmp_path):
 
     # HTML: the tables, embedded PNGs, no external assets, escaped text
     page = (out / "leaderboard.html").read_text()
-    assert page.count('<table class="sortable">') == 2 and 'src="data:image/png;base64,' in page
+    # the leaderboard, then one per-generation table per leaderboard column, in its order
+    assert page.count('<table class="sortable">') == 1 + len(lb.columns)
+    assert re.findall(r"<small>\((\w+)\)</small></h3>", page) == lb.columns
+    assert 'src="data:image/png;base64,' in page
     assert "http" not in page.replace('lang="en"', "")
     assert "<script>" in page and "src=\"http" not in page  # sorting, inline, no library
     # headers are display names with their definition on hover, measured how
@@ -283,9 +286,83 @@ def test_every_format(run, tmp_path):
         assert "Overfull" not in (tmp_path / "doc.log").read_text(errors="replace")
 
     md = (out / "leaderboard.md").read_text()
+    # every key metric's per-generation table, in the leaderboard's column order
+    assert re.findall(r"^## Per generation: .* \((\w+)\)$", md, re.M) == lb.columns
+    exps = load_runs([run])
+    for m in lb.columns:
+        assert report_formats.markdown_table(results.per_generation(exps, m),
+                                             results.generation_marks(exps, m)) in md
+    assert "1 seed" not in md and "One seed" not in md
     for fact in ("facebook/opt-125m", "wikitext", "beam search (5 beams)", "stride 32",
                  "seeds**: 0, 1, 2", "gen0 features", "statistics.stdev", "![perplexity]"):
         assert fact in md
+
+
+def test_histograms_for_every_policy_or_the_one_asked(run, tmp_path):
+    made = report.write_report([run], out=tmp_path / "all", lineage_prompts=0)["files"]
+    hists = sorted(p.name for p in made if p.name.startswith("ref_ppl_hist_"))
+    assert hists == sorted(f"ref_ppl_hist_{p}.{x}" for p in POLICIES for x in ("pdf", "png"))
+    page = (tmp_path / "all" / "leaderboard.html").read_text()
+    assert all(f'alt="ref_ppl_hist_{p}"' in page for p in POLICIES)
+    made = report.write_report([run], out=tmp_path / "one", histogram_policy="accumulate",
+                               lineage_prompts=0)["files"]
+    assert sorted(p.name for p in made if p.name.startswith("ref_ppl_hist_")) == [
+        "ref_ppl_hist_accumulate.pdf", "ref_ppl_hist_accumulate.png"]
+
+
+@pytest.mark.skipif(not (shutil.which("chromium") or shutil.which("chromium-browser")),
+                    reason="needs headless Chromium (Debian's chromium package)")
+def test_sorting_in_a_browser(run, tmp_path):
+    """The page's own script, run by Chromium: clicking a header sorts by the first number in
+    each cell, again reverses, cells without a number last, text columns alphabetically."""
+    out = tmp_path / "out"
+    lb = report.write_report([run], out=out, plots=False, lineage_prompts=0)["leaderboard"]
+    page = (out / "leaderboard.html").read_text()
+    col = 5 + lb.columns.index("mauve")
+
+    def order(*clicks: int) -> list[str]:
+        script = "".join(f"document.querySelector('table.sortable thead tr')"
+                         f".children[{c}].click();" for c in clicks)
+        path = tmp_path / f"sorted_{'_'.join(map(str, clicks))}.html"
+        path.write_text(page.replace("</body>", f"<script>{script}</script></body>"))
+        browser = shutil.which("chromium") or shutil.which("chromium-browser")
+        dom = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu",
+                              "--dump-dom", path.as_uri()], capture_output=True, text=True,
+                             timeout=120).stdout
+        table = re.search(r'<table class="sortable">.*?</table>', dom, re.S).group()
+        return [re.sub(r"<.*?>", "", cells[1]).split(" †")[0]
+                for cells in (re.findall(r"<td[^>]*>(.*?)</td>", tr)
+                              for tr in re.findall(r"<tr>(.*?)</tr>", table, re.S)) if cells]
+
+    mauve = {r.policy: r.cells["mauve"].stat.mean for r in lb.rows}
+    ascending = sorted(mauve, key=mauve.get)
+    assert order() == [r.policy for r in lb.rows]  # as ranked, before any click
+    assert order(col) == ascending and order(col, col) == ascending[::-1]
+    assert order(1) == sorted(mauve) and order(1, 1) == sorted(mauve)[::-1]
+    assert order(0)[-1] == "human"  # "ref" has no number: last, whichever way
+
+
+def test_latex_columns_fewer_by_default_or_chosen(run, tmp_path):
+    from types import SimpleNamespace
+
+    fam = {"perplexity": "perplexity", "excess": "ground_truth", "p50": "reference",
+           "p99": "reference", "distinct_4": "diversity", "self_bleu": "diversity",
+           "mauve": "mauve"}
+    lb = SimpleNamespace(columns=list(fam), rank_by="self_bleu",
+                         meta={c: {"metric": f} for c, f in fam.items()})
+    # the ranking metric first, then the first column of every other metric
+    assert report_formats.latex_columns(lb) == ["self_bleu", "perplexity", "excess", "p50",
+                                                "mauve"]
+    report.write_report([run], out=tmp_path / "a", plots=False, lineage_prompts=0,
+                        tex_columns=["mauve"])
+    tex = (tmp_path / "a" / "leaderboard.tex").read_text()
+    head = next(ln for ln in tex.splitlines() if ln.startswith(r"\#"))
+    assert "Perplexity" in head and "Mauve" in head and "Distinct" not in head
+    assert run_main(["report", str(run), "--out", str(tmp_path / "b"), "--no-plots",
+                     "--tex-columns", "all", "--lineages", "0"]) == 0
+    head = next(ln for ln in (tmp_path / "b" / "leaderboard.tex").read_text().splitlines()
+                if ln.startswith(r"\#"))
+    assert all(f"{m.title().replace('_', chr(92) + '_')} $" in head for m in DIRECTION)
 
 
 def test_cli(run, tmp_path, capsys):
@@ -383,7 +460,8 @@ def expected_ranks(metric: str, gen: int = GENS) -> list[tuple[str, float | None
 
 def _md_rows(md: str) -> dict[str, dict[str, str]]:
     """The first Markdown table: ``{policy: {column (arrow dropped): cell}}``."""
-    lines = [ln for ln in md.splitlines() if ln.startswith("| ")]
+    rows = ("\n" + md).split("\n| ", 1)[1].split("\n\n", 1)[0]  # to the first blank line
+    lines = [ln for ln in ("| " + rows).splitlines() if ln.startswith("| ")]
     split = [[c.strip() for c in ln.strip().strip("|").split(" | ")] for ln in lines]
     cols = [c.rsplit(" ", 1)[0] if c[-1] in "↑↓≈" else c for c in split[0]]
     key = cols.index("policy")
@@ -516,6 +594,14 @@ def test_one_seed_says_so(tmp_path):
     assert "±" not in gen and res["generation_marks"] == {}
     html_page = (out / "leaderboard.html").read_text()
     assert html_page.count("1 seed: no spread, no significance marks.") == 2
+    # said up front, in both documents, instead of promising ± and bands
+    notice = report_formats.one_seed_notice(res["leaderboard"])
+    assert notice.startswith("One seed:") and md.startswith(
+        f"# lmcollapse leaderboard: sig\n\n> {notice}\n")
+    assert f'<p class="notice">{notice}</p>' in html_page
+    tables = re.findall(r"<table.*?</table>", html_page, re.S)
+    assert len(tables) == 1 + len(res["leaderboard"].columns)
+    assert not any("±" in t for t in tables)
     # one experiment with one seed beside one with three: the caveat names it
     many = tmp_path / "many"
     lb = results.leaderboard(load_runs([_sig_run(many, seeds=[0], name="single"),
