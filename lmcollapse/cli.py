@@ -15,23 +15,23 @@ import argparse
 import logging
 import sys
 
-import transformers
 import yaml
-from tqdm.contrib.logging import logging_redirect_tqdm
 
-from lmcollapse import bench, report, submit
+from lmcollapse import report, submit
 from lmcollapse.config import cells, load_config
 from lmcollapse.errors import ConfigError, StepError
-from lmcollapse.loop import CollapseLoop
-from lmcollapse.models import check_pretrained
-from lmcollapse.preflight import make_accelerator
 from lmcollapse.shards import Selection, select_units
+
+# torch, transformers and the loop are imported by the commands that use them, so that
+# `lmcollapse report` and `lmcollapse --help` start in a second, not in ten
 
 log = logging.getLogger("lmcollapse")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """One parser; every subcommand is listed by ``lmcollapse --help``."""
+def build_parser(bench_options: bool = True) -> argparse.ArgumentParser:
+    """One parser; every subcommand is listed by ``lmcollapse --help``. ``bench``'s own
+    options come from :mod:`lmcollapse.bench`, which imports torch: ``bench_options=False``
+    leaves them out (for any other command)."""
     p = argparse.ArgumentParser(prog="lmcollapse", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
@@ -61,12 +61,17 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--new-run", action="store_true",
                      help="start a fresh run directory instead of resuming an existing one")
     report.add_arguments(rep)
-    bench.add_arguments(ben)
+    if bench_options:
+        from lmcollapse import bench
+
+        bench.add_arguments(ben)
     submit.add_arguments(sbm)
     return p
 
 
 def _setup_logging(level: str, main_process: bool) -> None:
+    import transformers
+
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S", level=level if main_process else "ERROR")
     transformers.logging.set_verbosity_error()
@@ -75,9 +80,13 @@ def _setup_logging(level: str, main_process: bool) -> None:
 
 def run_main(argv: list[str] | None = None) -> int:
     """Entry point shared by ``lmcollapse`` and ``scripts/run_loop.py``; returns an exit code."""
-    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(bench_options=argv[:1] == ["bench"]).parse_args(argv)
     if args.command == "report":
         return report.report_command(args)
+    from lmcollapse.models import check_pretrained
+    from lmcollapse.preflight import make_accelerator
+
     try:
         cfg = load_config(args.config, args.overrides)
         if args.command == "validate":  # `run` checks this in its preflight
@@ -107,7 +116,13 @@ def run_main(argv: list[str] | None = None) -> int:
             print(f"lmcollapse: config error: {err}", file=sys.stderr)
             return 2
     if args.command == "bench":
+        from lmcollapse import bench
+
         return bench.bench(cfg, args)
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    from lmcollapse.loop import CollapseLoop
+
     _setup_logging(cfg.log_level, accelerator.is_main_process)
     try:
         with logging_redirect_tqdm():  # log lines above the progress bars, not inside them

@@ -397,10 +397,17 @@ def test_bad_input_messages(run, tmp_path, capsys):
         report.write_report([empty], plots=False)
 
 
-def test_report_does_not_import_torch():
+def test_report_does_not_import_torch(run, tmp_path):
     code = ("import sys, lmcollapse.report, lmcollapse.plots; "
             "assert not {'torch', 'transformers'} & set(sys.modules), sys.modules.keys()")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+    # nor does the command line's report command, run to the end
+    code = ("import sys; from lmcollapse.cli import run_main; "
+            f"assert run_main(['report', {str(run)!r}, '--out', {str(tmp_path / 'o')!r}]) == 0; "
+            "assert not {'torch', 'transformers', 'accelerate'} & set(sys.modules)")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120,
+                   capture_output=True)
+    assert (tmp_path / "o" / "leaderboard.html").is_file()
 
 
 # --- claims that survive the seed spread ----------------------------------------------------
