@@ -64,7 +64,7 @@ class Lineage:
 
 def source_truth(config: dict[str, Any]) -> Any | None:
     """The exact distribution of a run's human text, rebuilt from its resolved config,
-    where the source knows one (it has ``continuation_log_prob``); else None.
+    where the source knows one (it has ``continuation_parts``); else None.
 
     A built-in source is imported alone (the synthetic one needs numpy only); a plug-in
     source goes through discovery.
@@ -88,28 +88,28 @@ def source_truth(config: dict[str, Any]) -> Any | None:
     except (ConfigError, TypeError, ValueError) as err:  # a config an older version wrote
         log.warning("lineages: cannot rebuild data source %r for exact log p (%s)", name, err)
         return None
-    return truth if hasattr(truth, "continuation_log_prob") else None
-
-
-#: two floors far below any probability the source gives a possible word
-_FLOORS = (1e-150, 1e-300)
+    return truth if hasattr(truth, "continuation_parts") else None
 
 
 def exact_log_p(truth: Any, prompt: str, text: str) -> tuple[float, int, int]:
     """``(log p, words, impossible)`` of the ``words`` that ``text`` completes after
-    ``prompt`` under the source: one word the source cannot write where it stands makes the
-    exact log p -inf, which says nothing of the rest, so the -inf is split off. With
-    every impossible word given probability ``f`` (the sources' ``floor``), the log p is
-    ``A + impossible × log f`` for any ``f`` below the smallest possible probability;
-    two such floors give ``impossible`` and ``A``, the exact log p of the other words
-    (of the most likely mode, for a mixture). ``impossible`` is 0 where the log p is exact.
+    ``prompt`` under the source (``truth.continuation_parts``): one step the source cannot
+    take (a word it cannot write after the one before) makes the exact log p -inf, which
+    says nothing of the rest, so ``impossible`` counts those steps and ``log p`` is the
+    exact log p of the others (0 impossible: the plain exact log p).
+
+    A prompt may end inside a word (it is cut at a token). Where ``text`` then starts with
+    a space, the model ended that word: when the piece is not a word the source can write
+    there, it is scored as the text's first word (the model made it one).
     """
-    (hi, words), (lo, _) = (truth.continuation_log_prob(prompt, text, f) for f in _FLOORS)
-    if words == 0:
-        return 0.0, 0, 0
-    slope = math.log(_FLOORS[0]) - math.log(_FLOORS[1])
-    impossible = max(0, round((hi - lo) / slope))
-    return hi - impossible * math.log(_FLOORS[0]), words, impossible
+    plain = truth.continuation_parts(prompt, text)
+    words = prompt.split()
+    if words and prompt[-1:].strip() and text[:1].isspace():
+        piece = words[-1]
+        shifted = truth.continuation_parts(prompt[:len(prompt) - len(piece)], piece + text)
+        if shifted[2] > plain[2]:
+            return shifted
+    return plain
 
 
 def _exact(truth: Any, prompt: str | None, text: str) -> tuple[float | None, int, int]:
@@ -157,7 +157,8 @@ def lineages(exp: RunResults, count: int = 3, seed: int = 0,
     prompts = [r["prompt"] for r in table]
     out = [Lineage(i, table[i]["prompt"], table[i]["human"],
                    None if truth is None else
-                   _exact(truth, table[i]["prompt"], table[i]["human"]) if truth else None)
+                   None if truth is None else _exact(truth, table[i]["prompt"],
+                                                     table[i]["human"]))
            for i in ids]
     for policy in exp.policies:
         per_gen: dict[int, dict[int, Entry]] = {}
@@ -186,7 +187,9 @@ def _num(x: float) -> str:
 def _log_p_text(log_p: float | None, words: int, impossible: int = 0) -> str:
     if log_p is None:
         return ""
-    return f"log p {_num(log_p)} / {words} w" + (f" ({impossible} impossible)"
+    if words == 0:
+        return "log p – / 0 w"
+    return f"log p {_num(log_p)} / {words} w" + (f" ({impossible} impossible steps)"
                                                   if impossible else "")
 
 
@@ -210,11 +213,12 @@ def _legend(entropy: float | None) -> str:
             "not in the scored sample)")
     if entropy is not None:
         text += (f"; `log p` = its exact log-probability (nats) under the data source, of "
-                 f"the `w` words it completes after the prompt; `(i impossible)`: i of them "
-                 f"the source cannot write where they stand (probability 0, so the text's "
-                 f"exact log p is −∞; the log p shown is that of the other words). The "
-                 f"source's entropy rate is {entropy:.3f} nats per word: text as likely as "
-                 f"the source's own has log p ≈ −{entropy:.2f} × w")
+                 f"the `w` words it completes after the prompt; `(i impossible steps)`: i "
+                 f"word-to-word steps have probability 0 under the source (a word it cannot "
+                 f"write after the one before; an unknown word is two steps, into and out "
+                 f"of it), so the text's exact log p is −∞ and the log p shown is that of "
+                 f"the other steps. The source's entropy rate is {entropy:.3f} nats per "
+                 f"word: text as likely as the source's own has log p ≈ −{entropy:.2f} × w")
     return text + "."
 
 
@@ -305,19 +309,19 @@ def extremes(exp: RunResults, policy: str, count: int = 2, seed: int = 0,
                         if r["sample_id"] in rows)
         if not scored:
             continue
-
-        def sample(ppl: float, sample_id: str) -> Continuation:
-            row = rows[sample_id]
-            pid = row["prompt_id"]
-            prompt = prompts[pid] if pid is not None and 0 <= pid < len(prompts) else None
-            return Continuation(row["text"], ppl, *_exact(truth, prompt, row["text"]))
-
         rng = np.random.default_rng(seed)
         picks = rng.choice(len(scored), size=min(count, len(scored)), replace=False)
-        out.append(Extremes(k, [sample(*x) for x in scored[:count]],
-                            [sample(*x) for x in scored[::-1][:count]],
-                            [sample(*scored[int(i)]) for i in sorted(picks)]))
+        pick = [scored[:count], scored[::-1][:count], [scored[int(i)] for i in sorted(picks)]]
+        out.append(Extremes(k, *([_sample(rows[sid], ppl, prompts, truth) for ppl, sid in part]
+                                 for part in pick)))
     return out
+
+
+def _sample(row: dict[str, Any], ppl: float, prompts: list[str], truth: Any) -> Continuation:
+    """A corpus row as a :class:`Continuation` (no log p for a row without its prompt)."""
+    pid = row["prompt_id"]
+    prompt = prompts[pid] if pid is not None and 0 <= pid < len(prompts) else None
+    return Continuation(row["text"], ppl, *_exact(truth, prompt, row["text"]))
 
 
 _KINDS = ("most likely", "least likely", "random")

@@ -92,7 +92,7 @@ def write_report(run_dirs: list[str | Path], out: str | Path | None = None,
         check_name("policy", histogram_policy, sorted(policies))
     out = Path(out) if out else exps[0].dirs[0]
     shown = [histogram_policy] if histogram_policy else policies
-    made, images = [], {}
+    made, images, captions = [], {}, {}
     if plots:
         for m in lb.columns:
             series = {lbl: {g: s for g, s in row.items() if g != "human"}
@@ -100,27 +100,33 @@ def write_report(run_dirs: list[str | Path], out: str | Path | None = None,
             refs = {("human reference" if len(exps) == 1 else f"human reference ({e.key})"):
                     e.human(m).mean for e in exps}
             meta = lb.meta[m]
-            made += plotting.metric_plot(series, refs, f"{meta['display_name']} "
-                                          f"{ARROWS[meta['higher_is_better']]}", m,
-                                          out / "plots" / _slug(m))
+            title = f"{meta['display_name']} {ARROWS[meta['higher_is_better']]}"
+            made += plotting.metric_plot(series, refs, title, m, out / "plots" / _slug(m))
+            captions[_slug(m)] = f"{title} per generation"
         for axis in grid_axes(exps):
             for exp in exps:
                 meta = lb.meta[metric]
+                title = (f"{meta['display_name']} {ARROWS[meta['higher_is_better']]} at the "
+                         "final generation")
+                stem = _slug(f"sweep_{metric}_{axis}" if len(exps) == 1
+                             else f"sweep_{metric}_{axis}_{exp.key}")
                 made += plotting.sweep_plot(
                     sweep(exp, metric, axis), {"human reference": exp.human(metric).mean},
-                    f"{meta['display_name']} {ARROWS[meta['higher_is_better']]} at the final "
-                    f"generation", axis, metric,
-                    out / "plots" / _slug(f"sweep_{metric}_{axis}" if len(exps) == 1
-                                          else f"sweep_{metric}_{axis}_{exp.key}"))
+                    title, axis, metric, out / "plots" / stem)
+                captions[stem] = f"{title}, against {axis}" + (
+                    f" ({exp.key})" if len(exps) > 1 else "")
         for exp in exps:  # Shumailov et al.'s histograms, one figure per policy
             for pol in (p for p in shown if p in exp.policies):
                 scores = reference_scores(exp, pol)
                 if not scores:
                     continue
+                stem = _slug(f"ref_ppl_hist_{pol}" if len(exps) == 1
+                             else f"ref_ppl_hist_{exp.key}_{pol}")
                 made += plotting.histogram_plot(
                     scores, f"Gen-0 perplexity of corpus k: {exp.key} / {pol}",
-                    out / "plots" / _slug(f"ref_ppl_hist_{pol}" if len(exps) == 1
-                                          else f"ref_ppl_hist_{exp.key}_{pol}"))
+                    out / "plots" / stem)
+                captions[stem] = (f"{pol}: perplexity of each generation's corpus under "
+                                  "generation 0, sample by sample (Shumailov et al., Fig. 1)")
         images = {p.stem: p.read_bytes() for p in made if p.suffix == ".png"}
     md = render_markdown(lb)
     links = [p.relative_to(out).as_posix() for p in made if p.suffix == ".png"]
@@ -151,7 +157,7 @@ def write_report(run_dirs: list[str | Path], out: str | Path | None = None,
                        ("leaderboard.csv", render_csv(lb)),
                        ("leaderboard.tex", render_latex(tex_lb)),
                        ("leaderboard.html", render_html(lb, tables, images, files,
-                                                        sections))]:
+                                                        sections, captions))]:
         write_text(out / name, text, record=False)
         made.append(out / name)
     return {"leaderboard": lb, "metric": metric, "generation_table": table,

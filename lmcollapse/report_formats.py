@@ -483,25 +483,47 @@ def render_latex(lb: Leaderboard) -> str:
 
 
 def _html_table(header: list[str], rows: list[list[str]], first_value: int,
-                titles: list[str] | None = None) -> str:
+                titles: list[str] | None = None, text_columns: tuple[int, ...] = (0,),
+                keys: list[list[str | None]] | None = None) -> str:
     """Marked value cells (columns from ``first_value`` on) are greyed, the mark raised;
-    ``titles`` are the headers' hover texts. Clicking a header sorts by its column."""
+    ``titles`` are the headers' hover texts. Clicking a header sorts by its column: the
+    label columns ``text_columns`` alphabetically, the others by ``keys[i][j]`` where given
+    (a number, "" for none: last) or else by the first number in the cell."""
     e = html.escape
 
-    def td(j: int, c: str) -> str:
+    def td(i: int, j: int, c: str) -> str:
+        key = keys[i][j] if keys and j < len(keys[i]) else None
+        attr = f' data-sort="{e(key)}"' if key is not None else ""
         if j >= first_value and f" {MARK}" in c:
             sup = f'<sup title="within the seed noise of the row above">{MARK}</sup>'
-            return f'<td class="noise">{e(c).replace(f" {MARK}", sup, 1)}</td>'
-        return f"<td>{e(c)}</td>"
+            return f'<td class="noise"{attr}>{e(c).replace(f" {MARK}", sup, 1)}</td>'
+        return f"<td{attr}>{e(c)}</td>"
 
     titles = titles or [""] * len(header)
-    head = "".join(f'<th title="{e(t)}">{e(h)}</th>' if t else f"<th>{e(h)}</th>"
-                   for h, t in zip(header, titles, strict=True))
-    body = "".join("<tr>" + "".join(td(j, c) for j, c in enumerate(r)) + "</tr>\n"
-                   for r in rows)
+    head = "".join(
+        "<th" + (f' title="{e(t)}"' if t else "") + (' data-sort="text"' if j in text_columns
+                                                      else "") + f">{e(h)}</th>"
+        for j, (h, t) in enumerate(zip(header, titles, strict=True)))
+    body = "".join("<tr>" + "".join(td(i, j, c) for j, c in enumerate(r)) + "</tr>\n"
+                   for i, r in enumerate(rows))
     # a wide table scrolls inside its own box instead of widening the page
     return (f'<div class="scroll"><table class="sortable">\n<thead><tr>{head}</tr></thead>\n'
             f"<tbody>\n{body}</tbody>\n</table></div>")
+
+
+def _sort_keys(lb: Leaderboard) -> list[list[str | None]]:
+    """Sort keys of the leaderboard's bookkeeping columns (rank, n, gens, onset), row by
+    row: what the cell means, not its first digit ("none (1/3)" is a median onset of never,
+    "–/3" no generation finished). "" = no key (sorted last); None: the cell's number."""
+    out = []
+    for r in lb.rows:
+        human = r.policy == "human"
+        done = [-1 if g is None else g for g in r.finished.values()] or [-1]
+        med = None if human or not r.onsets else median_onset(list(r.onsets.values()))
+        onset = ("" if human or not r.onsets else "Infinity" if med is None else repr(med))
+        out.append(["" if r.rank is None else str(r.rank), None, str(r.n_final),
+                    "" if human or min(done) < 0 else str(min(done)), onset])
+    return out
 
 
 def _definitions(lb: Leaderboard) -> list[str]:
@@ -527,27 +549,31 @@ def _definitions(lb: Leaderboard) -> list[str]:
                     for c in lb.columns]
 
 
-#: click a header to sort its table by that column, again to reverse: by the first number in
-#: each cell (cells without one, like "–" or "ref", last), by text where no cell has one;
-#: no library
+#: click a header to sort its table by that column, again to reverse: label columns
+#: (``data-sort="text"``) alphabetically, the others by each cell's ``data-sort`` key or
+#: else the first number in it, cells without one ("–", "ref", "n/a") last either way; a
+#: stable sort, no library
 _SORT_JS = r"""
 document.querySelectorAll('table.sortable').forEach(function (t) {
   t.querySelectorAll('thead th').forEach(function (th, i) {
     th.addEventListener('click', function () {
       var body = t.tBodies[0], rows = Array.from(body.rows), up = th.dataset.dir !== 'up';
+      var byText = th.dataset.sort === 'text';
       th.dataset.dir = up ? 'up' : 'down';
       function text(r) { return r.cells[i].textContent; }
       function num(r) {
+        var c = r.cells[i];
+        if (c.dataset.sort !== undefined) {
+          return c.dataset.sort === '' ? null : parseFloat(c.dataset.sort);
+        }
         var m = text(r).replace(/\u2212/g, '-').match(/-?\d+(\.\d+)?(e[-+]?\d+)?/i);
         return m ? parseFloat(m[0]) : null;
       }
       rows.sort(function (a, b) {
+        if (byText) { return (up ? 1 : -1) * text(a).localeCompare(text(b)); }
         var x = num(a), y = num(b);
-        if (x === null && y === null) {
-          return (up ? 1 : -1) * text(a).localeCompare(text(b));
-        }
-        if (x === null || y === null) { return x === null ? 1 : -1; }
-        return up ? x - y : y - x;
+        if (x === null || y === null) { return (x === null) - (y === null); }
+        return x === y ? 0 : (x < y) === up ? -1 : 1;
       });
       rows.forEach(function (r) { body.appendChild(r); });
     });
@@ -556,9 +582,29 @@ document.querySelectorAll('table.sortable').forEach(function (t) {
 """
 
 
+def _with_contents(parts: list[str]) -> list[str]:
+    """Give every ``<h2>`` a unique id and put a line of links to them after the title
+    (and the notice, if any): the page is long."""
+    seen: dict[str, int] = {}
+    links = []
+
+    def anchor(m: re.Match[str]) -> str:
+        text = html.unescape(re.sub(r"<.*?>", "", m.group(1)))
+        slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "section"
+        seen[slug] = seen.get(slug, 0) + 1
+        slug += f"-{seen[slug]}" if seen[slug] > 1 else ""
+        links.append(f'<a href="#{slug}">{html.escape(text)}</a>')
+        return f'<h2 id="{slug}">{m.group(1)}</h2>'
+
+    out = [re.sub(r"<h2>(.*?)</h2>", anchor, p, flags=re.S) for p in parts]
+    at = 2 if len(out) > 1 and out[1].startswith('<p class="notice">') else 1
+    return [*out[:at], '<nav class="contents">' + " · ".join(links) + "</nav>", *out[at:]]
+
+
 def render_html(lb: Leaderboard, tables: GenerationTables | None = None,
                 images: dict[str, bytes] | None = None,
-                links: list[str] | None = None, sections: list[str] | None = None) -> str:
+                links: list[str] | None = None, sections: list[str] | None = None,
+                captions: dict[str, str] | None = None) -> str:
     """One self-contained page: setup, leaderboard (sortable, definitions on hover), the
     per-generation table of each metric in ``tables``, ``sections`` (ready-made HTML: the
     lineages), embedded PNGs in a grid, links to the other files (paths relative to the
@@ -578,7 +624,8 @@ def render_html(lb: Leaderboard, tables: GenerationTables | None = None,
                            f"{ARROWS[lb.meta[c]['higher_is_better']]}" for c in lb.columns]
     defs = _definitions(lb)
     parts += ["<h2>Leaderboard</h2>", "<p>Click a header to sort; hover it for its "
-              "definition.</p>", _html_table(header, rows, 5, defs),
+              "definition.</p>", _html_table(header, rows, 5, defs, text_columns=(1,),
+                                             keys=_sort_keys(lb)),
               "<ul>" + "".join(f"<li>{e(n)}</li>" for n in notes(lb)) + "</ul>"]
     skipped = [p for x in lb.experiments for p in x.problems]
     if skipped:
@@ -597,8 +644,10 @@ def render_html(lb: Leaderboard, tables: GenerationTables | None = None,
                       _html_table(*generation_table(table, marks), first_value=1),
                       f'<p class="small">{e(_rank_note(metric, direction))}</p>']
     parts += sections or []  # ready-made HTML (the lineages)
+    captions = captions or {}
     figures = [f'<figure><img alt="{e(name)}" src="data:image/png;base64,'
-               f'{base64.b64encode(png).decode()}"><figcaption>{e(name)}</figcaption></figure>'
+               f'{base64.b64encode(png).decode()}"><figcaption>'
+               f"{e(captions.get(name, name))}</figcaption></figure>"
                for name, png in (images or {}).items()]
     if figures:
         parts += ["<h2>Plots</h2>", '<div class="grid">' + "\n".join(figures) + "</div>"]
@@ -624,10 +673,12 @@ def render_html(lb: Leaderboard, tables: GenerationTables | None = None,
              "vertical-align:top;white-space:nowrap}.ppl{color:#777;font-size:.85em}"
              ".notice{background:#fff4d6;border-left:4px solid #e0a000;padding:.5em .8em}"
              "h3 small,.small{color:#555;font-weight:normal;font-size:.9em}"
-             "details{margin:.5em 0}summary{cursor:pointer;font-weight:bold}")
+             "details{margin:.5em 0}summary{cursor:pointer;font-weight:bold}"
+             "nav.contents{margin:1em 0;line-height:1.8}figcaption{color:#444;font-size:.9em}")
     viewport = '<meta name="viewport" content="width=device-width, initial-scale=1">'
     return (f'<!DOCTYPE html>\n<html lang="en">\n<head><meta charset="utf-8">{viewport}'
-            f"<title>{e(title)}</title><style>{style}</style></head>\n<body>\n" + "\n".join(parts)
+            f"<title>{e(title)}</title><style>{style}</style></head>\n<body>\n"
+            + "\n".join(_with_contents(parts))
             + f"\n<script>{_SORT_JS}</script>\n</body>\n</html>\n")
 
 

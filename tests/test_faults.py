@@ -298,7 +298,7 @@ def test_the_report_skips_a_broken_metrics_file_and_shows_the_rest(finished, tmp
     md = result["markdown"]
     assert "Skipped (could not be read" in md and str(broken) in md
     html = (tmp_path / "report" / "leaderboard.html").read_text()
-    assert "<h2>Skipped</h2>" in html and str(broken) in html
+    assert '<h2 id="skipped">Skipped</h2>' in html and str(broken) in html
     assert "| ref | human |" in md and "replace" in md  # generation 0 and the human row
 
 

@@ -54,13 +54,80 @@ def test_exact_log_p_splits_off_the_impossible_words():
     assert exact_log_p(SOURCE, prompt, "") == (0.0, 0, 0)
 
 
-def test_mixture_of_modes_gives_the_exact_log_p_where_possible():
-    mix = ModeMixture(SOURCE, [0.8, 0.2], 3, seed=5)
-    doc = mix.sample_documents(1, 3, seed=2)[0].split()
-    prompt, text = " ".join(doc[:5]), " " + " ".join(doc[5:15]) + " "
+def _mode_by_hand(mix: ModeMixture, prev: str, words: list[str], mode: int
+                  ) -> tuple[float, int]:
+    """Mode ``mode``'s steps: each word as its concept (its index in the forms, or the
+    chain's index of a shared word), -1 where it is another mode's form."""
+    def concept(w: str) -> tuple[int, int]:
+        for m, forms in enumerate(mix.forms):
+            if w in forms:
+                return forms.index(w), m
+        return SOURCE.word_to_index.get(w, -1), -1
+
+    seq = [concept(prev)[0]] + [c if m in (-1, mode) else -1 for c, m in map(concept, words)]
+    total, bad = 0.0, 0
+    for i, j in zip(seq, seq[1:], strict=False):
+        p = SOURCE.transition_matrix[i, j] if i >= 0 and j >= 0 else 0.0
+        total, bad = (total + math.log(p), bad) if p > 0 else (total, bad + 1)
+    return total, bad
+
+
+def test_mixture_of_modes_splits_like_the_limit_of_its_floored_log_p():
+    mix = ModeMixture(SOURCE, [0.8, 0.2], 1, seed=5)  # one concept written two ways
+    major, minor = mix.forms
+    docs = [d.split() for d in SOURCE.sample_documents(400, 3, seed=4)]
+    # a context without distinctive words (both modes, weighted by their shares) and a
+    # continuation with exactly two majority forms, apart and not last
+    doc = next(d for d in docs if len(d) >= 17 and not set(d[:5]) & set(major)
+               and [i for i, w in enumerate(d[5:17]) if w in major][:3] in (
+                   [[i, k] for i in range(1, 10) for k in range(i + 2, 11)]))
+    prompt, rest = " ".join(doc[:5]), doc[5:17]
+    first, second = [i for i, w in enumerate(rest) if w in major]
+    text = " " + " ".join(rest) + " "
+    # the majority's own text: mode 1 cannot write its forms, mode 0 writes it exactly
     log_p, words, bad = exact_log_p(mix, prompt, text)
-    assert bad == 0 and words == 10
+    assert (words, bad) == (12, 0)
+    assert log_p == pytest.approx(math.log(0.8) + _mode_by_hand(mix, doc[4], rest, 0)[0])
     assert log_p == pytest.approx(mix.continuation_log_prob(prompt, text)[0], rel=1e-12)
+    # one form of each mode: a tie, 2 impossible steps in either, both modes weighted in
+    mixed = [*rest[:second], minor[major.index(rest[second])], *rest[second + 1:]]
+    hand = [_mode_by_hand(mix, doc[4], mixed, m) for m in (0, 1)]
+    assert [k for _, k in hand] == [2, 2]
+    log_p, words, bad = exact_log_p(mix, prompt, " " + " ".join(mixed) + " ")
+    assert (words, bad) == (12, 2)
+    assert log_p == pytest.approx(np.logaddexp(math.log(0.8) + hand[0][0],
+                                               math.log(0.2) + hand[1][0]), rel=1e-12)
+    # a majority context rules mode 1 out, however few impossible steps it would have
+    context = prompt + " " + " ".join(rest[:first + 1])
+    tail = [minor[major.index(w)] if w in major else w for w in rest[first + 1:]]
+    log_p, words, bad = exact_log_p(mix, context, " " + " ".join(tail) + " ")
+    expected = _mode_by_hand(mix, rest[first], tail, 0)
+    assert (log_p, bad) == (pytest.approx(expected[0], rel=1e-12), expected[1])
+    assert bad >= 1 and _mode_by_hand(mix, rest[first], tail, 1)[1] == 0
+
+
+def test_a_prompt_cut_inside_a_word():
+    doc = SOURCE.sample_documents(1, 3, seed=1)[0].split()
+    word = next(w for w in doc[3:] if len(w) >= 4 and w != doc[3])
+    prompt = " ".join(doc[:3]) + " " + word[:2]  # cut inside the word
+    prev = doc[2]
+    # the continuation completes the word: it is scored whole, after the word before it
+    rest = " ".join(doc[4:9])
+    got = exact_log_p(SOURCE, prompt, word[2:] + " " + rest + " ")
+    assert got[1:] == (6, _by_hand([prev, word, *doc[4:9]])[1])
+    assert got[0] == pytest.approx(_by_hand([prev, word, *doc[4:9]])[0], rel=1e-12)
+    # the continuation ends it: the piece, not a word of the source, is the text's first
+    # word, with the steps into and out of it impossible
+    piece = word[:2]
+    assert piece not in SOURCE.word_to_index
+    got = exact_log_p(SOURCE, prompt, " " + rest + " ")
+    expected = _by_hand([prev, piece, *doc[4:9]])
+    assert got[1:] == (6, expected[1]) and expected[1] >= 2
+    assert got[0] == pytest.approx(expected[0], rel=1e-12)
+    # a prompt cut at a word's end, continued after a space: the plain continuation
+    whole = " ".join(doc[:4])
+    got = exact_log_p(SOURCE, whole, " " + rest + " ")
+    assert got[1] == 5 and got[0] == pytest.approx(_by_hand(doc[3:9])[0], rel=1e-12)
 
 
 def test_source_rebuilt_from_a_config_without_torch():

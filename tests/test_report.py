@@ -237,12 +237,18 @@ def test_every_format(run, tmp_path):
     assert page.count('<table class="sortable">') == 1 + len(lb.columns)
     assert re.findall(r"<small>\((\w+)\)</small></h3>", page) == lb.columns
     assert 'src="data:image/png;base64,' in page
+    # a line of contents links every section, each to a unique id
+    ids = re.findall(r'<h2 id="([^"]+)"', page)
+    nav = re.search(r'<nav class="contents">(.*?)</nav>', page).group(1)
+    assert re.findall(r'href="#([^"]+)"', nav) == ids and len(set(ids)) == len(ids)
+    assert {"leaderboard", "per-generation", "plots", "files"} <= set(ids)
+    assert "<figcaption>Perplexity ↓ per generation</figcaption>" in page
     assert "http" not in page.replace('lang="en"', "")
     assert "<script>" in page and "src=\"http" not in page  # sorting, inline, no library
     # headers are display names with their definition on hover, measured how
     assert re.search(r'<th title="[^"]+ \[perplexity\], lower is better\. Measured: ', page)
     # the other files, linked relative to the page (the CSV, LaTeX, PDFs, experiment.json)
-    hrefs = re.findall(r'<a href="([^"]+)">', page)
+    hrefs = re.findall(r'<a href="([^"#][^"]*)">', page)
     assert {"leaderboard.csv", "leaderboard.tex"} <= set(hrefs)
     assert any(h.endswith(".pdf") for h in hrefs) and any(
         h.endswith("experiment.json") for h in hrefs)
@@ -312,18 +318,25 @@ def test_histograms_for_every_policy_or_the_one_asked(run, tmp_path):
 
 @pytest.mark.skipif(not (shutil.which("chromium") or shutil.which("chromium-browser")),
                     reason="needs headless Chromium (Debian's chromium package)")
-def test_sorting_in_a_browser(run, tmp_path):
-    """The page's own script, run by Chromium: clicking a header sorts by the first number in
-    each cell, again reverses, cells without a number last, text columns alphabetically."""
+def test_sorting_in_a_browser(tmp_path):
+    """The page's own script, run by Chromium: clicking a header sorts by what each cell
+    means (values by their number, onset by the median onset with never after every
+    generation, gens by the least finished generation), again reverses, cells without a
+    value last either way, labels alphabetically (a digit in a name is text)."""
+    # accumulate's seed 2 stopped after generation 2; accumulate never crosses the onset
+    run = make_run(tmp_path, policies=["top-5", "accumulate", "replace"],
+                   stop={("accumulate", 2): 2})
     out = tmp_path / "out"
     lb = report.write_report([run], out=out, plots=False, lineage_prompts=0)["leaderboard"]
     page = (out / "leaderboard.html").read_text()
-    col = 5 + lb.columns.index("mauve")
+    header = report_formats.leaderboard_table(lb)[0]
+    col = {name: header.index(name) for name in ("#", "gens", "onset")}
+    col["policy"], col["mauve"] = 1, 5 + lb.columns.index("mauve")
 
-    def order(*clicks: int) -> list[str]:
+    def order(*clicks: str) -> list[str]:
         script = "".join(f"document.querySelector('table.sortable thead tr')"
-                         f".children[{c}].click();" for c in clicks)
-        path = tmp_path / f"sorted_{'_'.join(map(str, clicks))}.html"
+                         f".children[{col[c]}].click();" for c in clicks)
+        path = tmp_path / f"sorted_{'_'.join(clicks)}.html"
         path.write_text(page.replace("</body>", f"<script>{script}</script></body>"))
         browser = shutil.which("chromium") or shutil.which("chromium-browser")
         dom = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu",
@@ -334,12 +347,23 @@ def test_sorting_in_a_browser(run, tmp_path):
                 for cells in (re.findall(r"<td[^>]*>(.*?)</td>", tr)
                               for tr in re.findall(r"<tr>(.*?)</tr>", table, re.S)) if cells]
 
+    ranked = [r.policy for r in lb.rows]
+    onsets = {r.policy: report_formats._onset_text(r) for r in lb.rows}
+    assert onsets["accumulate"] == "none" and onsets["replace"].startswith("1 (")
+    assert order() == ranked  # as ranked, before any click
     mauve = {r.policy: r.cells["mauve"].stat.mean for r in lb.rows}
     ascending = sorted(mauve, key=mauve.get)
-    assert order() == [r.policy for r in lb.rows]  # as ranked, before any click
-    assert order(col) == ascending and order(col, col) == ascending[::-1]
-    assert order(1) == sorted(mauve) and order(1, 1) == sorted(mauve)[::-1]
-    assert order(0)[-1] == "human"  # "ref" has no number: last, whichever way
+    assert len(set(mauve.values())) == len(mauve) - 1  # top-5 and replace tie: stable
+    assert order("mauve") == ascending
+    down = order("mauve", "mauve")  # ties keep their order: a stable sort
+    assert down == [ascending[-1], *ascending[1:-1], ascending[0]]
+    assert order("policy") == sorted(mauve) == ["accumulate", "human", "replace", "top-5"]
+    assert order("policy", "policy") == sorted(mauve)[::-1]
+    # onset: 1, 1, then never; the human row has none: last both ways
+    assert order("onset")[2:] == ["accumulate", "human"]
+    assert order("onset", "onset")[0] == "accumulate" and order("onset", "onset")[-1] == "human"
+    assert order("gens")[0] == "accumulate" and order("gens")[-1] == "human"  # 2–3/3 first
+    assert order("#")[-1] == "human" and order("#", "#")[-1] == "human"
 
 
 def test_latex_columns_fewer_by_default_or_chosen(run, tmp_path):
@@ -405,8 +429,9 @@ def test_report_does_not_import_torch(run, tmp_path):
     code = ("import sys; from lmcollapse.cli import run_main; "
             f"assert run_main(['report', {str(run)!r}, '--out', {str(tmp_path / 'o')!r}]) == 0; "
             "assert not {'torch', 'transformers', 'accelerate'} & set(sys.modules)")
-    subprocess.run([sys.executable, "-c", code], check=True, timeout=120,
-                   capture_output=True)
+    done = subprocess.run([sys.executable, "-c", code], timeout=120, capture_output=True,
+                          text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
     assert (tmp_path / "o" / "leaderboard.html").is_file()
 
 
@@ -517,7 +542,7 @@ def test_marks_follow_a_paired_test_over_seeds(tmp_path):
     n_marks = sum(_is_marked(c) for r in md.values() for c in r.values())
     tex_rows = (out / "leaderboard.tex").read_text().split("\\midrule", 1)[1]  # not the caption
     assert n_marks >= 2 and tex_rows.count("$^{\\sim}$") == n_marks
-    page = (out / "leaderboard.html").read_text().split("<h2>Per generation")[0]
+    page = (out / "leaderboard.html").read_text().split('<h2 id="per-generation">')[0]
     assert page.count('<td class="noise">') == n_marks
     # the rule is stated under the table
     text = res["markdown"]

@@ -90,10 +90,18 @@ def test_no_import_cycles_among_lmcollapse_modules():
             graph[m]), m
 
 
+#: what the command line imports inside the commands that use it, so that `lmcollapse
+#: report` and `lmcollapse --help` never load torch (tests/test_report.py runs the report
+#: command and checks)
+CLI_LATE = {"transformers", "tqdm.contrib.logging", "lmcollapse.loop", "lmcollapse.models",
+            "lmcollapse.preflight", "lmcollapse.bench"}
+
+
 def test_imports_inside_functions_only_for_optional_extras():
     late = [(m, t, line) for m, found in _imports().items() for t, line, top in found
             if not top and t.split(".")[0] not in OPTIONAL]
-    assert late == []
+    assert [x for x in late if x[0] != "lmcollapse.cli"] == []
+    assert {t for m, t, _ in late if m == "lmcollapse.cli"} == CLI_LATE
 
 
 # --- a new metric, source and policy, each defined in this one module -----------------------

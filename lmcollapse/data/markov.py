@@ -402,6 +402,30 @@ class MarkovSource:
         idx = np.array([self.word_to_index.get(w, -1) for w in [prev, *scored]])
         return self.path_log_prob(idx, floor), len(scored)
 
+    def continuation_parts(self, context: str, continuation: str) -> tuple[float, int, int]:
+        """``(log p, words, impossible)``: the exact log p of the words ``continuation``
+        adds to ``context`` (scored as by :meth:`continuation_log_prob`) split where it is
+        -inf: ``impossible`` word-to-word steps have probability 0 (into and out of an
+        unknown word are two), ``log p`` is the exact sum over the other steps.
+        ``(0.0, 0, 0)`` when no word is complete."""
+        prev, scored = scored_words(context, continuation)
+        if not scored:
+            return 0.0, 0, 0
+        if prev not in self.word_to_index:  # a context of one cut word: start a sentence
+            prev = END_TOKEN
+        idx = np.array([self.word_to_index.get(w, -1) for w in [prev, *scored]])
+        log_p, impossible = self.path_parts(idx)
+        return log_p, len(scored), impossible
+
+    def path_parts(self, idx: np.ndarray) -> tuple[float, int]:
+        """``(sum log P(idx[t] | idx[t-1]) over the possible steps, impossible steps)``; an
+        index of -1 (unknown) makes its step and the next impossible."""
+        known = (idx[:-1] >= 0) & (idx[1:] >= 0)
+        probs = np.zeros(len(idx) - 1)
+        probs[known] = self.transition_matrix[idx[:-1][known], idx[1:][known]]
+        possible = probs > 0
+        return float(np.log(probs[possible]).sum()), int((~possible).sum())
+
     def path_log_prob(self, idx: np.ndarray, floor: float = 0.0) -> float:
         """``sum log P(idx[t] | idx[t-1])`` over ``t >= 1``; an index of -1 (unknown) makes
         its transition and the next impossible; an impossible transition has probability

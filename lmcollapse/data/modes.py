@@ -171,22 +171,49 @@ class ModeMixture:
         weighted by their posterior given the context's words (their shares for a mixed
         context), each scoring a word of another mode, like an impossible transition, with
         probability ``floor``."""
+        paths = self._mode_paths(context, continuation)
+        if paths is None:
+            return -math.inf, 0
+        weights, own, n = paths
+        return float(np.logaddexp.reduce([w + self.chain.path_log_prob(idx, floor)
+                                          for w, idx in zip(weights, own, strict=True)])), n
+
+    def continuation_parts(self, context: str, continuation: str) -> tuple[float, int, int]:
+        """``(log p, words, impossible)`` as :meth:`MarkovSource.continuation_parts`: the
+        limit of :meth:`continuation_log_prob` as its floor goes to 0, split. ``impossible``
+        is the fewest impossible steps of any mode (a word of another mode is one), and
+        ``log p`` the posterior-weighted exact log p of the other steps over the modes
+        that have that few."""
+        paths = self._mode_paths(context, continuation)
+        if paths is None:
+            return 0.0, 0, 0
+        weights, own, n = paths
+        parts = [(w, *self.chain.path_parts(idx)) for w, idx in zip(weights, own, strict=True)
+                 if np.isfinite(w)]  # a mode the context rules out adds nothing
+        fewest = min(k for _, _, k in parts)
+        return float(np.logaddexp.reduce([w + a for w, a, k in parts if k == fewest])), n, fewest
+
+    def _mode_paths(self, context: str, continuation: str
+                    ) -> tuple[np.ndarray, list[np.ndarray], int] | None:
+        """Per mode: its log weight given the context's words, the concept indices of the
+        scored words with another mode's words as -1 (impossible); and their number. None
+        when no word is complete."""
         prev, scored = scored_words(context, continuation)
         if not scored:
-            return -math.inf, 0
+            return None
         ctx_words = context.split()
         mask = self.consistent(ctx_words)
         weights = self._log_shares + np.where(mask if mask.any() else True, 0.0, -np.inf)
         weights = weights - np.logaddexp.reduce(weights)
         idx = self._concepts([prev if prev in self._lookup else END_TOKEN, *scored])
         modes = [self._lookup.get(w, (-1, -1))[1] for w in scored]
-        per_mode = []
+        own = []
         for m in range(len(self.shares)):
-            own = idx.copy()
+            mine = idx.copy()
             # a word of another mode is impossible in mode m (and so is the word after it)
-            own[1:][[k not in (-1, m) for k in modes]] = -1
-            per_mode.append(weights[m] + self.chain.path_log_prob(own, floor))
-        return float(np.logaddexp.reduce(per_mode)), len(scored)
+            mine[1:][[k not in (-1, m) for k in modes]] = -1
+            own.append(mine)
+        return weights, own, len(scored)
 
     def n_words(self, text: str) -> int:
         return len(text.split())
