@@ -660,8 +660,6 @@ def render_html(lb: Leaderboard, tables: GenerationTables | None = None,
              "th[title]{text-decoration:underline dotted}"
              ".grid{display:grid;gap:1em;grid-template-columns:"
              "repeat(auto-fill,minmax(min(30em,100%),1fr))}.grid figure{margin:0}"
-             "@media(max-width:40em){body{margin:.6em}dt{float:none;width:auto}"
-             "dd{margin-left:1em}}"
              "td:nth-child(2),th:nth-child(2){text-align:left}dt{font-weight:bold;float:left;"
              "clear:left;width:11em;overflow-wrap:anywhere}dd{margin-left:12em;"
              "overflow-wrap:anywhere}li{overflow-wrap:anywhere}"
@@ -674,7 +672,10 @@ def render_html(lb: Leaderboard, tables: GenerationTables | None = None,
              ".notice{background:#fff4d6;border-left:4px solid #e0a000;padding:.5em .8em}"
              "h3 small,.small{color:#555;font-weight:normal;font-size:.9em}"
              "details{margin:.5em 0}summary{cursor:pointer;font-weight:bold}"
-             "nav.contents{margin:1em 0;line-height:1.8}figcaption{color:#444;font-size:.9em}")
+             "nav.contents{margin:1em 0;line-height:1.8}figcaption{color:#444;font-size:.9em}"
+             # last, so that it overrides the rules above on a phone
+             "@media(max-width:40em){body{margin:.6em}dt{float:none;width:auto}"
+             "dd{margin-left:1em}}")
     viewport = '<meta name="viewport" content="width=device-width, initial-scale=1">'
     return (f'<!DOCTYPE html>\n<html lang="en">\n<head><meta charset="utf-8">{viewport}'
             f"<title>{e(title)}</title><style>{style}</style></head>\n<body>\n"

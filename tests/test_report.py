@@ -366,6 +366,29 @@ def test_sorting_in_a_browser(tmp_path):
     assert order("#")[-1] == "human" and order("#", "#")[-1] == "human"
 
 
+@pytest.mark.skipif(not (shutil.which("chromium") or shutil.which("chromium-browser")),
+                    reason="needs headless Chromium (Debian's chromium package)")
+def test_page_reflows_on_a_phone(run, tmp_path):
+    """In Chromium at a phone and a laptop width: the page never scrolls sideways (wide
+    tables scroll in their own box) and the setup list puts labels over values on a phone."""
+    report.write_report([run], out=tmp_path, lineage_prompts=0)
+    probe = ("<script>var d = document.documentElement; document.body.setAttribute("
+             "'data-probe', [getComputedStyle(document.querySelector('dt')).cssFloat, "
+             "window.innerWidth, d.scrollWidth].join(','));</script></body>")
+    page = tmp_path / "probe.html"
+    page.write_text((tmp_path / "leaderboard.html").read_text().replace("</body>", probe))
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    seen = {}
+    for width in (390, 1280):
+        dom = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu",
+                              f"--window-size={width},800", "--dump-dom", page.as_uri()],
+                             capture_output=True, text=True, timeout=120).stdout
+        dt, inner, scroll = re.search(r'data-probe="([^"]+)"', dom).group(1).split(",")
+        assert int(scroll) <= int(inner), (width, inner, scroll)
+        seen[width] = dt
+    assert seen == {390: "none", 1280: "left"}
+
+
 def test_latex_columns_fewer_by_default_or_chosen(run, tmp_path):
     from types import SimpleNamespace
 
