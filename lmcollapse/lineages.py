@@ -93,23 +93,12 @@ def source_truth(config: dict[str, Any]) -> Any | None:
 
 def exact_log_p(truth: Any, prompt: str, text: str) -> tuple[float, int, int]:
     """``(log p, words, impossible)`` of the ``words`` that ``text`` completes after
-    ``prompt`` under the source (``truth.continuation_parts``): one step the source cannot
-    take (a word it cannot write after the one before) makes the exact log p -inf, which
-    says nothing of the rest, so ``impossible`` counts those steps and ``log p`` is the
-    exact log p of the others (0 impossible: the plain exact log p).
-
-    A prompt may end inside a word (it is cut at a token). Where ``text`` then starts with
-    a space, the model ended that word: when the piece is not a word the source can write
-    there, it is scored as the text's first word (the model made it one).
-    """
-    plain = truth.continuation_parts(prompt, text)
-    words = prompt.split()
-    if words and prompt[-1:].strip() and text[:1].isspace():
-        piece = words[-1]
-        shifted = truth.continuation_parts(prompt[:len(prompt) - len(piece)], piece + text)
-        if shifted[2] > plain[2]:
-            return shifted
-    return plain
+    ``prompt`` under the source (``truth.continuation_parts``, the words scored as by the
+    curation oracle): one step the source cannot take (a word it cannot write after the
+    one before) makes the exact log p -inf, which says nothing of the rest, so
+    ``impossible`` counts those steps and ``log p`` is the exact log p of the others
+    (0 impossible: the plain exact log p)."""
+    return truth.continuation_parts(prompt, text)
 
 
 def _exact(truth: Any, prompt: str | None, text: str) -> tuple[float | None, int, int]:

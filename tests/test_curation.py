@@ -73,6 +73,19 @@ def test_continuation_log_prob_is_the_chain_rule():
     assert n == 2
     assert log_p == pytest.approx(source.log_prob(" ".join(words[:5]))
                                   - source.log_prob(" ".join(words[:3])), abs=1e-9)
+    # ... but where the continuation ends the piece with a space, the piece (no word of
+    # the source) is the continuation's first word: an unknown word, -inf
+    piece = words[3][:1] if words[3][:1] not in source.word_to_index else words[3][:2]
+    assert piece not in source.word_to_index
+    context = " ".join(words[:3]) + " " + piece
+    assert source.continuation_log_prob(context, " " + words[4] + " ") == (-np.inf, 2)
+    floored, n = source.continuation_log_prob(context, " " + words[4] + " ", 1e-6)
+    assert n == 2 and floored == pytest.approx(2 * np.log(1e-6))  # into and out of it
+    # a context cut at a word's end, continued after a space: that word is the context's
+    context = " ".join(words[:4])
+    log_p, n = source.continuation_log_prob(context, " " + words[4] + " ")
+    assert n == 1 and log_p == pytest.approx(source.log_prob(" ".join(words[:5]))
+                                             - source.log_prob(" ".join(words[:4])), abs=1e-9)
     # a last word the text may have cut is not scored (nothing complete: -inf, ranked
     # last); an unknown word scores -inf
     assert source.continuation_log_prob(" ".join(words[:3]) + " ", words[3]) == (-np.inf, 0)

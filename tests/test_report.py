@@ -412,6 +412,33 @@ def test_latex_columns_fewer_by_default_or_chosen(run, tmp_path):
     assert all(f"{m.title().replace('_', chr(92) + '_')} $" in head for m in DIRECTION)
 
 
+def test_compare_policies_script(run):
+    """scripts/compare_policies.py: the paired test of two cells, against scipy on the known
+    values (accumulate's seed 2 did not reach generation 3: 2 pairs there)."""
+    script = Path(__file__).resolve().parents[1] / "scripts" / "compare_policies.py"
+    done = subprocess.run([sys.executable, str(script), str(run), "--pairs",
+                           "replace:accumulate,replace@0:replace", "--metrics", "perplexity"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    rows = [ln.split(" | ") for ln in done.stdout.splitlines() if ln.startswith("| perp")]
+    cells = {(r[1], r[2]): r for r in rows}
+    rep = [value("perplexity", "replace", s, GENS) for s in (0, 1)]
+    acc = [value("perplexity", "accumulate", s, GENS) for s in (0, 1)]
+    row = cells[("replace", "accumulate")]
+    assert row[6] == "2/2" and float(row[7].strip(" |")) == pytest.approx(
+        stats.ttest_rel(acc, rep).pvalue, rel=1e-2)
+    assert float(row[5]) == pytest.approx(np.mean(np.subtract(acc, rep)), rel=1e-3)
+    row = cells[("replace@0", "replace")]
+    zero = [value("perplexity", None, s, 0) for s in SEEDS]
+    full = [value("perplexity", "replace", s, GENS) for s in SEEDS]
+    assert row[6] == "0/3" and float(row[7].strip(" |")) == pytest.approx(
+        stats.ttest_rel(full, zero).pvalue, rel=1e-2)
+    bad = subprocess.run([sys.executable, str(script), str(run), "--pairs", "replace",
+                          "--metrics", "perplexity"], capture_output=True, text=True,
+                         timeout=120)
+    assert bad.returncode == 2 and "is not A:B" in bad.stderr
+
+
 def test_cli(run, tmp_path, capsys):
     out = tmp_path / "cli"
     assert run_main(["report", str(run), "--out", str(out), "--no-plots", "--rank-by", "mauve",

@@ -13,7 +13,7 @@ document is several sentences joined by a space, with no newline inside, for exa
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -199,19 +199,25 @@ def _padded_rows(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return succ, cum
 
 
-def scored_words(context: str, continuation: str) -> tuple[str, list[str]]:
+def scored_words(context: str, continuation: str,
+                 known: Callable[[str], bool] | None = None) -> tuple[str, list[str]]:
     """The words ``continuation`` adds to ``context`` and the word before them.
 
     The scored words are those of ``context + continuation`` after the context's last
     complete word: a word the continuation completes (the context ended inside it) is
-    scored; a last word the text may have cut (no whitespace after it) is not. The word
-    before them is ``"."`` (a sentence start) when the context holds no complete word.
+    scored; a last word the text may have cut (no whitespace after it) is not. A context
+    cut inside a word (a prompt is cut at a token) whose piece the continuation ends with
+    whitespace: when the piece is not a ``known`` word, the continuation made it a word,
+    and it is scored. The word before them is ``"."`` (a sentence start) when the context
+    holds no complete word.
     """
     full = context + continuation
     words = full.split()
     n_ctx = len(context.split())
-    if n_ctx and context[-1:].strip() and continuation[:1].strip():
-        n_ctx -= 1  # the continuation goes on with the context's last word
+    if n_ctx and context[-1:].strip() and (
+            continuation[:1].strip()  # the continuation goes on with the context's last word
+            or (known is not None and continuation and not known(words[n_ctx - 1]))):
+        n_ctx -= 1
     end = len(words) if full[-1:].isspace() else len(words) - 1
     return (words[n_ctx - 1] if n_ctx > 0 else END_TOKEN), words[n_ctx:end]
 
@@ -388,13 +394,15 @@ class MarkovSource:
         ``context`` is text from a document (a prompt: it may start or end inside a word);
         the scored words are those of ``context + continuation`` after the context's last
         complete word, each given the word before it. A word the continuation completes
-        (the context ended inside it) is scored; a last word the text may have cut (no
-        whitespace after it) is not. A word the source cannot produce there (unknown, or an
+        (the context ended inside it) is scored, and so is the context's cut piece where
+        the continuation ends it with whitespace and it is not a word of the source (the
+        continuation made it a word); a last word the text may have cut (no whitespace
+        after it) is not. A word the source cannot produce there (unknown, or an
         impossible transition) has probability ``floor`` (0: the log p is -inf), and so has
         the word after an unknown one. ``(-inf, 0)`` when no word is complete (a
         continuation the source cannot vouch for ranks last).
         """
-        prev, scored = scored_words(context, continuation)
+        prev, scored = scored_words(context, continuation, self.word_to_index.__contains__)
         if not scored:
             return -math.inf, 0
         if prev not in self.word_to_index:  # a context of one cut word: start a sentence
@@ -408,7 +416,7 @@ class MarkovSource:
         -inf: ``impossible`` word-to-word steps have probability 0 (into and out of an
         unknown word are two), ``log p`` is the exact sum over the other steps.
         ``(0.0, 0, 0)`` when no word is complete."""
-        prev, scored = scored_words(context, continuation)
+        prev, scored = scored_words(context, continuation, self.word_to_index.__contains__)
         if not scored:
             return 0.0, 0, 0
         if prev not in self.word_to_index:  # a context of one cut word: start a sentence

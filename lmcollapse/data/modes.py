@@ -198,7 +198,7 @@ class ModeMixture:
         """Per mode: its log weight given the context's words, the concept indices of the
         scored words with another mode's words as -1 (impossible); and their number. None
         when no word is complete."""
-        prev, scored = scored_words(context, continuation)
+        prev, scored = scored_words(context, continuation, self._lookup.__contains__)
         if not scored:
             return None
         ctx_words = context.split()
