@@ -416,9 +416,9 @@ def test_compare_policies_script(run):
     """scripts/compare_policies.py: the paired test of two cells, against scipy on the known
     values (accumulate's seed 2 did not reach generation 3: 2 pairs there)."""
     script = Path(__file__).resolve().parents[1] / "scripts" / "compare_policies.py"
-    done = subprocess.run([sys.executable, str(script), str(run), "--pairs",
-                           "replace:accumulate,replace@0:replace", "--metrics", "perplexity"],
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, str(script), str(run), "--pair", "replace",
+                           "accumulate", "--pair", "replace/gen_0", "replace", "--metrics",
+                           "perplexity"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     rows = [ln.split(" | ") for ln in done.stdout.splitlines() if ln.startswith("| perp")]
     cells = {(r[1], r[2]): r for r in rows}
@@ -428,15 +428,15 @@ def test_compare_policies_script(run):
     assert row[6] == "2/2" and float(row[7].strip(" |")) == pytest.approx(
         stats.ttest_rel(acc, rep).pvalue, rel=1e-2)
     assert float(row[5]) == pytest.approx(np.mean(np.subtract(acc, rep)), rel=1e-3)
-    row = cells[("replace@0", "replace")]
+    row = cells[("replace/gen_0", "replace")]
     zero = [value("perplexity", None, s, 0) for s in SEEDS]
     full = [value("perplexity", "replace", s, GENS) for s in SEEDS]
     assert row[6] == "0/3" and float(row[7].strip(" |")) == pytest.approx(
         stats.ttest_rel(full, zero).pvalue, rel=1e-2)
-    bad = subprocess.run([sys.executable, str(script), str(run), "--pairs", "replace",
-                          "--metrics", "perplexity"], capture_output=True, text=True,
+    bad = subprocess.run([sys.executable, str(script), str(run), "--pair", "replace",
+                          "replce", "--metrics", "perplexity"], capture_output=True, text=True,
                          timeout=120)
-    assert bad.returncode == 2 and "is not A:B" in bad.stderr
+    assert bad.returncode == 2 and "did you mean 'replace'" in bad.stderr
 
 
 def test_cli(run, tmp_path, capsys):

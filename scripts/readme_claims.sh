@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# The paired tests behind the README's study claims (p-values, "in every seed"), from the
+# committed runs' metrics.json files: run each study's config first (see the README).
+#   bash scripts/readme_claims.sh [curation|sampling-bias|fresh-threshold|blue-cats]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cmp() { python scripts/compare_policies.py "$@"; echo; }
+want=${1:-all}
+
+if [[ $want == all || $want == curation ]]; then
+  pairs=()
+  for p in replace accumulate; do
+    for c in gen0-bestof4 gen0-best50 oracle-best50; do pairs+=(--pair "$p" "$p-$c"); done
+  done
+  cmp runs/curation "${pairs[@]}" --pair replace accumulate \
+    --metrics perplexity,excess_nats_per_word,tail_mass_ratio,kl_human_corpus,self_bleu
+  gen0=()
+  for p in replace accumulate; do
+    for c in "" -gen0-bestof4 -gen0-best50 -oracle-best50; do gen0+=(--pair "$p$c/gen_0" "$p$c"); done
+  done
+  cmp runs/curation "${gen0[@]}" --metrics perplexity
+fi
+
+if [[ $want == all || $want == sampling-bias ]]; then
+  base='replace@temperature=1.0,top_p=1.0'
+  pairs=()
+  for c in 'temperature=0.7,top_p=1.0' 'temperature=1.0,top_p=0.9' 'temperature=0.7,top_p=0.9'; do
+    pairs+=(--pair "$base" "replace@$c")
+  done
+  cmp runs/sampling-bias "${pairs[@]}" --metrics tail_mass_ratio,tail_type_survival,self_bleu,distinct_4,kl_human_corpus,excess_nats_per_word,perplexity
+  cmp runs/sampling-bias "${pairs[@]}" --change --metrics tail_mass_ratio,self_bleu
+fi
+
+if [[ $want == all || $want == fresh-threshold ]]; then
+  cmp runs/fresh-threshold --pair 'fresh@r=1.0' 'fresh@r=0.75' --pair 'fresh@r=0.75' 'fresh@r=0.5' \
+    --pair 'fresh@r=0.5' 'fresh@r=0.25' --pair 'fresh@r=0.25' 'fresh@r=0.0' \
+    --metrics excess_nats_per_word,perplexity
+  cmp runs/fresh-threshold --pair 'fresh@r=0.75/gen_0' 'fresh@r=0.75' \
+    --pair 'fresh@r=0.0/gen_0' 'fresh@r=0.0' --metrics perplexity
+fi
+
+if [[ $want == all || $want == blue-cats ]]; then
+  cmp runs/blue-cats --pair replace/gen_0 replace --pair mix-0.1/gen_0 mix-0.1 \
+    --pair accumulate/gen_0 accumulate --pair mix-0.1 accumulate --pair replace accumulate \
+    --pair replace mix-0.1 \
+    --metrics minority_form_share,minority_share,precision,recall,density,coverage,frechet_distance
+fi
