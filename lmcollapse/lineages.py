@@ -15,7 +15,6 @@ from __future__ import annotations
 import html
 import importlib
 import logging
-import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +37,8 @@ class Continuation:
     """One generated continuation: its text, its perplexity under generation 0 (None: not
     in the scored sample) and, where the source knows it, the exact log p (nats) of the
     ``words`` it completes, ``impossible`` of which the source cannot write where they
-    stand (then ``log_p`` is that of the others: :func:`exact_log_p`)."""
+    stand (then ``log_p`` is that of the other steps: ``continuation_parts`` of the
+    source)."""
 
     text: str
     ppl: float | None = None
@@ -56,7 +56,7 @@ class Lineage:
     prompt_id: int
     prompt: str
     human: str
-    #: :func:`exact_log_p` of the human continuation (None: source unknown)
+    #: ``continuation_parts`` of the human continuation (None: source unknown)
     human_log_p: tuple[float, int, int] | None = None
     #: policy -> generation -> entry
     texts: dict[str, dict[int, Entry]] = field(default_factory=dict)
@@ -91,20 +91,13 @@ def source_truth(config: dict[str, Any]) -> Any | None:
     return truth if hasattr(truth, "continuation_parts") else None
 
 
-def exact_log_p(truth: Any, prompt: str, text: str) -> tuple[float, int, int]:
-    """``(log p, words, impossible)`` of the ``words`` that ``text`` completes after
-    ``prompt`` under the source (``truth.continuation_parts``, the words scored as by the
-    curation oracle): one step the source cannot take (a word it cannot write after the
-    one before) makes the exact log p -inf, which says nothing of the rest, so
-    ``impossible`` counts those steps and ``log p`` is the exact log p of the others
-    (0 impossible: the plain exact log p)."""
-    return truth.continuation_parts(prompt, text)
-
-
 def _exact(truth: Any, prompt: str | None, text: str) -> tuple[float | None, int, int]:
+    """``truth.continuation_parts``: (exact log p of the possible steps, words, impossible
+    steps), the words scored as by the curation oracle; ``(None, 0, 0)`` without a source
+    or a prompt."""
     if truth is None or prompt is None:
         return None, 0, 0
-    return exact_log_p(truth, prompt, text)
+    return truth.continuation_parts(prompt, text)
 
 
 def choose_prompts(n: int, count: int, seed: int) -> list[int]:
@@ -145,15 +138,17 @@ def lineages(exp: RunResults, count: int = 3, seed: int = 0,
     ids = choose_prompts(len(table), count, seed)
     prompts = [r["prompt"] for r in table]
     out = [Lineage(i, table[i]["prompt"], table[i]["human"],
-                   None if truth is None else
                    None if truth is None else _exact(truth, table[i]["prompt"],
                                                      table[i]["human"]))
            for i in ids]
+    read: dict[Path, dict[int, Entry]] = {}  # generation 0 is one directory for every policy
     for policy in exp.policies:
         per_gen: dict[int, dict[int, Entry]] = {}
         for k in range(exp.generations + 1):
             dirs = [d for d in exp.gen_dirs(policy, run_seed, k) if (d / CORPUS).is_file()]
-            per_gen[k] = _entries(dirs[0], set(ids), prompts, truth) if dirs else {}
+            if dirs and dirs[0] not in read:
+                read[dirs[0]] = _entries(dirs[0], set(ids), prompts, truth)
+            per_gen[k] = read[dirs[0]] if dirs else {}
         for lin in out:
             lin.texts[policy] = {k: per_gen[k].get(lin.prompt_id) for k in per_gen}
     return out
@@ -169,8 +164,8 @@ def visible(text: str) -> str:
 
 
 def _num(x: float) -> str:
-    """``−32.1`` (a true minus), ``−∞``."""
-    return ("−∞" if x < 0 else "∞") if math.isinf(x) else f"{x:.1f}".replace("-", "−")
+    """``−32.1`` (a true minus)."""
+    return f"{x:.1f}".replace("-", "−")
 
 
 def _log_p_text(log_p: float | None, words: int, impossible: int = 0) -> str:
@@ -211,6 +206,10 @@ def _legend(entropy: float | None) -> str:
     return text + "."
 
 
+def _legend_html(entropy: float | None) -> str:
+    return re.sub(r"`([^`]*)`", r"<code>\1</code>", html.escape(_legend(entropy)))
+
+
 def render_lineages_markdown(exp: RunResults, items: list[Lineage], run_seed: int,
                              entropy: float | None = None) -> str:
     """One section per prompt: the prompt and the human text, then a table of generations
@@ -246,7 +245,7 @@ def render_lineages_html(items: list[Lineage], run_seed: int,
                          entropy: float | None = None) -> str:
     """The same as an HTML section (texts wrap inside their cells; the table scrolls)."""
     e = html.escape
-    legend = re.sub(r"`([^`]*)`", r"<code>\1</code>", e(_legend(entropy)))
+    legend = _legend_html(entropy)
     parts = [f"<h2>Lineages (seed {run_seed})</h2>",
              f"<p>Each prompt continued by every generation of every policy. {legend}</p>"]
     for lin in items:
@@ -278,32 +277,40 @@ class Extremes:
     random: list[Continuation]
 
 
-def extremes(exp: RunResults, policy: str, count: int = 2, seed: int = 0,
-             run_seed: int | None = None, truth: Any = None) -> list[Extremes]:
-    """Per generation of ``policy`` (seed ``run_seed``, default the first) where the
-    reference metric scored the corpus: ``count`` most likely, least likely and random
-    samples (drawn with ``seed``); ``truth`` adds each one's exact log p."""
+def extremes(exp: RunResults, policies: list[str], count: int = 2, seed: int = 0,
+             run_seed: int | None = None, truth: Any = None) -> dict[str, list[Extremes]]:
+    """``{policy: [Extremes per generation]}`` for the ``policies`` of ``exp`` (seed
+    ``run_seed``, default the first) where the reference metric scored the corpus:
+    ``count`` most likely, least likely and random samples (drawn with ``seed``); ``truth``
+    adds each one's exact log p. A policy with nothing scored is left out."""
     run_seed = exp.seeds[0] if run_seed is None else run_seed
     prompts = [r["prompt"] for r in _prompts(exp) or []]
-    out = []
-    for k in range(exp.generations + 1):
-        dirs = [d for d in exp.gen_dirs(policy, run_seed, k)
-                if (d / CORPUS).is_file() and (d / "reference_scores.parquet").is_file()]
-        if not dirs:
-            continue
-        scores = pq.read_table(dirs[0] / "reference_scores.parquet").to_pylist()
-        rows = {r["sample_id"]: r for r in pq.read_table(
-            dirs[0] / CORPUS, columns=["sample_id", "prompt_id", "text"]).to_pylist()}
-        scored = sorted((r["perplexity"], r["sample_id"]) for r in scores
-                        if r["sample_id"] in rows)
-        if not scored:
-            continue
-        rng = np.random.default_rng(seed)
-        picks = rng.choice(len(scored), size=min(count, len(scored)), replace=False)
-        pick = [scored[:count], scored[::-1][:count], [scored[int(i)] for i in sorted(picks)]]
-        out.append(Extremes(k, *([_sample(rows[sid], ppl, prompts, truth) for ppl, sid in part]
-                                 for part in pick)))
+    read: dict[Path, Extremes | None] = {}  # generation 0 is one directory for every policy
+    out: dict[str, list[Extremes]] = {}
+    for policy in policies:
+        for k in range(exp.generations + 1):
+            dirs = [d for d in exp.gen_dirs(policy, run_seed, k)
+                    if (d / CORPUS).is_file() and (d / "reference_scores.parquet").is_file()]
+            if dirs and dirs[0] not in read:
+                read[dirs[0]] = _extremes_of(dirs[0], k, count, seed, prompts, truth)
+            if dirs and read[dirs[0]] is not None:
+                out.setdefault(policy, []).append(read[dirs[0]])
     return out
+
+
+def _extremes_of(d: Path, k: int, count: int, seed: int, prompts: list[str],
+                 truth: Any) -> Extremes | None:
+    scores = pq.read_table(d / "reference_scores.parquet").to_pylist()
+    rows = {r["sample_id"]: r for r in pq.read_table(
+        d / CORPUS, columns=["sample_id", "prompt_id", "text"]).to_pylist()}
+    scored = sorted((r["perplexity"], r["sample_id"]) for r in scores if r["sample_id"] in rows)
+    if not scored:
+        return None
+    rng = np.random.default_rng(seed)
+    picks = rng.choice(len(scored), size=min(count, len(scored)), replace=False)
+    pick = [scored[:count], scored[::-1][:count], [scored[int(i)] for i in sorted(picks)]]
+    return Extremes(k, *([_sample(rows[sid], ppl, prompts, truth) for ppl, sid in part]
+                         for part in pick))
 
 
 def _sample(row: dict[str, Any], ppl: float, prompts: list[str], truth: Any) -> Continuation:
@@ -336,7 +343,7 @@ def render_extremes_html(picked: dict[str, list[Extremes]],
                          entropy: float | None = None) -> str:
     """The same as an HTML section: one folding table per policy (the first unfolded)."""
     e = html.escape
-    legend = re.sub(r"`([^`]*)`", r"<code>\1</code>", e(_legend(entropy)))
+    legend = _legend_html(entropy)
     parts = ["<h2>Samples by generation-0 perplexity</h2><p>What the reference quantiles "
              "mean: per policy and generation, the samples generation 0 finds most likely, "
              f"least likely, and a random few. {legend}</p>"]

@@ -94,9 +94,10 @@ def write_report(run_dirs: list[str | Path], out: str | Path | None = None,
     shown = [histogram_policy] if histogram_policy else policies
     made, images, captions = [], {}, {}
     if plots:
+        by_metric = {m: t for m, t, _ in tables}
         for m in lb.columns:
             series = {lbl: {g: s for g, s in row.items() if g != "human"}
-                      for lbl, row in per_generation(exps, m).items()}
+                      for lbl, row in by_metric[m].items()}
             refs = {("human reference" if len(exps) == 1 else f"human reference ({e.key})"):
                     e.human(m).mean for e in exps}
             meta = lb.meta[m]
@@ -141,9 +142,8 @@ def write_report(run_dirs: list[str | Path], out: str | Path | None = None,
                        record=False)
             made.append(out / name)
             sections.append(render_lineages_html(items, exp.seeds[0], entropy))
-        picked = {pol: extremes(exp, pol, seed=lineage_seed, truth=truth)
-                  for pol in shown if pol in exp.policies} if lineage_prompts > 0 else {}
-        picked = {pol: items for pol, items in picked.items() if items}
+        picked = extremes(exp, [p for p in shown if p in exp.policies], seed=lineage_seed,
+                          truth=truth) if lineage_prompts > 0 else {}
         if picked:
             name = "samples.md" if len(exps) == 1 else f"samples_{_slug(exp.key)}.md"
             write_text(out / name, render_extremes_markdown(picked, entropy), record=False)

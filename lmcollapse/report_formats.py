@@ -443,8 +443,7 @@ def render_latex(lb: Leaderboard) -> str:
     header, rows = leaderboard_table(lb)
     partial = any(r.partial for r in lb.rows)
     keep = [0, 1, *([2, 3] if partial else []), 4, *range(5, len(header))]
-    names = [_tex_stacked(f"{lb.meta[c].get('display_name') or c} "
-                          f"{ARROWS[lb.meta[c]['higher_is_better']]}") for c in lb.columns]
+    names = [_tex_stacked(_title(lb, c)) for c in lb.columns]
     header = [tex_escape(h) for h in header[:5]] + names
     keys = ", ".join(e.key for e in lb.experiments)
     seeds = sorted({len(e.seeds) for e in lb.experiments})
@@ -529,11 +528,10 @@ def _sort_keys(lb: Leaderboard) -> list[list[str | None]]:
 def _definitions(lb: Leaderboard) -> list[str]:
     """Hover text of each leaderboard header: what the column is and how it was measured
     (the metric's own description of its conditions)."""
-    conditions: dict[str, str] = {}
+    measured: dict[str, str] = {}
     for exp in lb.experiments:
-        for rec in exp.records.values():
-            for metric, text in (rec.get("conditions") or {}).items():
-                conditions.setdefault(metric, str(text))
+        for metric, text in conditions(exp).items():
+            measured.setdefault(metric, str(text))
     fixed = ["rank at the final generation (ref: the human reference, unranked)",
              "policy (a cell of the grid)", "seeds measured at the final generation / seeds",
              "generations measured / planned", "collapse onset: first generation whose held-"
@@ -544,7 +542,7 @@ def _definitions(lb: Leaderboard) -> list[str]:
              else "the one seed's value")
     return fixed + [f"{lb.meta[c].get('display_name') or c} [{c}], "
                     f"{words[lb.meta[c]['higher_is_better']]}. Measured: "
-                    f"{conditions.get(lb.meta[c].get('metric', c), 'see the setup')}. Cells: "
+                    f"{measured.get(lb.meta[c].get('metric', c), 'see the setup')}. Cells: "
                     f"final generation, {cells} (change from generation 0)"
                     for c in lb.columns]
 
@@ -620,8 +618,7 @@ def render_html(lb: Leaderboard, tables: GenerationTables | None = None,
         parts.append(f"<h2>Setup of {e(exp.key)}</h2>\n<dl>" + "".join(
             f"<dt>{e(k)}</dt><dd>{e(v)}</dd>" for k, v in setup_items(exp)) + "</dl>")
     header, rows = leaderboard_table(lb)
-    header = header[:5] + [f"{lb.meta[c].get('display_name') or c} "
-                           f"{ARROWS[lb.meta[c]['higher_is_better']]}" for c in lb.columns]
+    header = header[:5] + [_title(lb, c) for c in lb.columns]
     defs = _definitions(lb)
     parts += ["<h2>Leaderboard</h2>", "<p>Click a header to sort; hover it for its "
               "definition.</p>", _html_table(header, rows, 5, defs, text_columns=(1,),

@@ -12,7 +12,7 @@ import pytest
 
 from lmcollapse.data.markov import MarkovSource
 from lmcollapse.data.modes import ModeMixture
-from lmcollapse.lineages import exact_log_p, source_truth
+from lmcollapse.lineages import source_truth
 
 SOURCE = MarkovSource(vocab_size=40, branching=4, seed=5)
 
@@ -35,7 +35,7 @@ def test_exact_log_p_splits_off_the_impossible_words():
     prompt, rest = " ".join(doc[:4]), doc[4:16]
     # the source's own text: every word possible, the log p is the exact one
     text = " " + " ".join(rest) + " "
-    log_p, words, bad = exact_log_p(SOURCE, prompt, text)
+    log_p, words, bad = SOURCE.continuation_parts(prompt, text)
     assert (words, bad) == (len(rest), 0)
     assert log_p == pytest.approx(_by_hand(doc[3:16])[0], rel=1e-12)
     assert log_p == pytest.approx(SOURCE.continuation_log_prob(prompt, text)[0], rel=1e-12)
@@ -45,13 +45,13 @@ def test_exact_log_p_splits_off_the_impossible_words():
     broken = [*rest[:3], never, *rest[4:6], "zzzq", *rest[7:]]
     text = " " + " ".join(broken) + " "
     expected, impossible = _by_hand([doc[3], *broken])
-    log_p, words, bad = exact_log_p(SOURCE, prompt, text)
+    log_p, words, bad = SOURCE.continuation_parts(prompt, text)
     assert impossible >= 3 and (words, bad) == (len(broken), impossible)
     assert log_p == pytest.approx(expected, rel=1e-9)
     assert SOURCE.continuation_log_prob(prompt, text)[0] == -math.inf  # what it splits up
     # a cut last word is not scored; no complete word: nothing to score
-    assert exact_log_p(SOURCE, prompt, " " + " ".join(rest[:3]))[1] == 2
-    assert exact_log_p(SOURCE, prompt, "") == (0.0, 0, 0)
+    assert SOURCE.continuation_parts(prompt, " " + " ".join(rest[:3]))[1] == 2
+    assert SOURCE.continuation_parts(prompt, "") == (0.0, 0, 0)
 
 
 def _mode_by_hand(mix: ModeMixture, prev: str, words: list[str], mode: int
@@ -85,7 +85,7 @@ def test_mixture_of_modes_splits_like_the_limit_of_its_floored_log_p():
     first, second = [i for i, w in enumerate(rest) if w in major]
     text = " " + " ".join(rest) + " "
     # the majority's own text: mode 1 cannot write its forms, mode 0 writes it exactly
-    log_p, words, bad = exact_log_p(mix, prompt, text)
+    log_p, words, bad = mix.continuation_parts(prompt, text)
     assert (words, bad) == (12, 0)
     assert log_p == pytest.approx(math.log(0.8) + _mode_by_hand(mix, doc[4], rest, 0)[0])
     assert log_p == pytest.approx(mix.continuation_log_prob(prompt, text)[0], rel=1e-12)
@@ -93,14 +93,14 @@ def test_mixture_of_modes_splits_like_the_limit_of_its_floored_log_p():
     mixed = [*rest[:second], minor[major.index(rest[second])], *rest[second + 1:]]
     hand = [_mode_by_hand(mix, doc[4], mixed, m) for m in (0, 1)]
     assert [k for _, k in hand] == [2, 2]
-    log_p, words, bad = exact_log_p(mix, prompt, " " + " ".join(mixed) + " ")
+    log_p, words, bad = mix.continuation_parts(prompt, " " + " ".join(mixed) + " ")
     assert (words, bad) == (12, 2)
     assert log_p == pytest.approx(np.logaddexp(math.log(0.8) + hand[0][0],
                                                math.log(0.2) + hand[1][0]), rel=1e-12)
     # a majority context rules mode 1 out, however few impossible steps it would have
     context = prompt + " " + " ".join(rest[:first + 1])
     tail = [minor[major.index(w)] if w in major else w for w in rest[first + 1:]]
-    log_p, words, bad = exact_log_p(mix, context, " " + " ".join(tail) + " ")
+    log_p, words, bad = mix.continuation_parts(context, " " + " ".join(tail) + " ")
     expected = _mode_by_hand(mix, rest[first], tail, 0)
     assert (log_p, bad) == (pytest.approx(expected[0], rel=1e-12), expected[1])
     assert bad >= 1 and _mode_by_hand(mix, rest[first], tail, 1)[1] == 0
@@ -113,20 +113,20 @@ def test_a_prompt_cut_inside_a_word():
     prev = doc[2]
     # the continuation completes the word: it is scored whole, after the word before it
     rest = " ".join(doc[4:9])
-    got = exact_log_p(SOURCE, prompt, word[2:] + " " + rest + " ")
+    got = SOURCE.continuation_parts(prompt, word[2:] + " " + rest + " ")
     assert got[1:] == (6, _by_hand([prev, word, *doc[4:9]])[1])
     assert got[0] == pytest.approx(_by_hand([prev, word, *doc[4:9]])[0], rel=1e-12)
     # the continuation ends it: the piece, not a word of the source, is the text's first
     # word, with the steps into and out of it impossible
     piece = word[:2]
     assert piece not in SOURCE.word_to_index
-    got = exact_log_p(SOURCE, prompt, " " + rest + " ")
+    got = SOURCE.continuation_parts(prompt, " " + rest + " ")
     expected = _by_hand([prev, piece, *doc[4:9]])
     assert got[1:] == (6, expected[1]) and expected[1] >= 2
     assert got[0] == pytest.approx(expected[0], rel=1e-12)
     # a prompt cut at a word's end, continued after a space: the plain continuation
     whole = " ".join(doc[:4])
-    got = exact_log_p(SOURCE, whole, " " + rest + " ")
+    got = SOURCE.continuation_parts(whole, " " + rest + " ")
     assert got[1] == 5 and got[0] == pytest.approx(_by_hand(doc[3:9])[0], rel=1e-12)
 
 

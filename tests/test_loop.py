@@ -197,7 +197,7 @@ def test_init_modes_start_from_the_right_weights(reference_run):
 
 def test_lineages_show_each_generations_continuation_of_a_prompt(reference_run, tmp_path):
     from lmcollapse.data.markov import MarkovSource
-    from lmcollapse.lineages import choose_prompts, exact_log_p, visible
+    from lmcollapse.lineages import choose_prompts, visible
     from lmcollapse.report import write_report
 
     syn = tiny_config(reference_run.parent).data.synthetic
@@ -228,7 +228,7 @@ def test_lineages_show_each_generations_continuation_of_a_prompt(reference_run, 
                    pq.read_table(d / "reference_scores.parquet").to_pylist()}.get(row["sample_id"])
             cell = rows[str(k)][POLICIES.index("replace")]
             # exact log p under the source, rebuilt here from the config's parameters
-            log_p, words, bad = exact_log_p(truth, prompts[pid]["prompt"], row["text"])
+            log_p, words, bad = truth.continuation_parts(prompts[pid]["prompt"], row["text"])
             tag = ("log p – / 0 w" if words == 0 else  # no complete word: nothing scored
                    f"log p {log_p:.1f} / {words} w".replace("-", "−")
                    + (f" ({bad} impossible steps)" if bad else ""))

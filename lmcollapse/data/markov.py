@@ -402,13 +402,8 @@ class MarkovSource:
         the word after an unknown one. ``(-inf, 0)`` when no word is complete (a
         continuation the source cannot vouch for ranks last).
         """
-        prev, scored = scored_words(context, continuation, self.word_to_index.__contains__)
-        if not scored:
-            return -math.inf, 0
-        if prev not in self.word_to_index:  # a context of one cut word: start a sentence
-            prev = END_TOKEN
-        idx = np.array([self.word_to_index.get(w, -1) for w in [prev, *scored]])
-        return self.path_log_prob(idx, floor), len(scored)
+        idx = self._continuation_path(context, continuation)
+        return (-math.inf, 0) if idx is None else (self.path_log_prob(idx, floor), len(idx) - 1)
 
     def continuation_parts(self, context: str, continuation: str) -> tuple[float, int, int]:
         """``(log p, words, impossible)``: the exact log p of the words ``continuation``
@@ -416,21 +411,33 @@ class MarkovSource:
         -inf: ``impossible`` word-to-word steps have probability 0 (into and out of an
         unknown word are two), ``log p`` is the exact sum over the other steps.
         ``(0.0, 0, 0)`` when no word is complete."""
+        idx = self._continuation_path(context, continuation)
+        if idx is None:
+            return 0.0, 0, 0
+        log_p, impossible = self.path_parts(idx)
+        return log_p, len(idx) - 1, impossible
+
+    def _continuation_path(self, context: str, continuation: str) -> np.ndarray | None:
+        """Indices of the word before the scored words and of the scored words (-1:
+        unknown), or None when no word is complete."""
         prev, scored = scored_words(context, continuation, self.word_to_index.__contains__)
         if not scored:
-            return 0.0, 0, 0
+            return None
         if prev not in self.word_to_index:  # a context of one cut word: start a sentence
             prev = END_TOKEN
-        idx = np.array([self.word_to_index.get(w, -1) for w in [prev, *scored]])
-        log_p, impossible = self.path_parts(idx)
-        return log_p, len(scored), impossible
+        return np.array([self.word_to_index.get(w, -1) for w in [prev, *scored]])
+
+    def _step_probs(self, idx: np.ndarray) -> np.ndarray:
+        """``P(idx[t] | idx[t-1])`` for ``t >= 1``; 0 into and out of an index of -1."""
+        known = (idx[:-1] >= 0) & (idx[1:] >= 0)
+        probs = np.zeros(len(idx) - 1)
+        probs[known] = self.transition_matrix[idx[:-1][known], idx[1:][known]]
+        return probs
 
     def path_parts(self, idx: np.ndarray) -> tuple[float, int]:
         """``(sum log P(idx[t] | idx[t-1]) over the possible steps, impossible steps)``; an
         index of -1 (unknown) makes its step and the next impossible."""
-        known = (idx[:-1] >= 0) & (idx[1:] >= 0)
-        probs = np.zeros(len(idx) - 1)
-        probs[known] = self.transition_matrix[idx[:-1][known], idx[1:][known]]
+        probs = self._step_probs(idx)
         possible = probs > 0
         return float(np.log(probs[possible]).sum()), int((~possible).sum())
 
@@ -438,9 +445,7 @@ class MarkovSource:
         """``sum log P(idx[t] | idx[t-1])`` over ``t >= 1``; an index of -1 (unknown) makes
         its transition and the next impossible; an impossible transition has probability
         ``floor`` (0: the result is -inf)."""
-        known = (idx[:-1] >= 0) & (idx[1:] >= 0)
-        probs = np.zeros(len(idx) - 1)
-        probs[known] = self.transition_matrix[idx[:-1][known], idx[1:][known]]
+        probs = self._step_probs(idx)
         if np.any(probs <= 0) and floor <= 0:
             return -math.inf
         return float(np.log(np.maximum(probs, floor)).sum())
