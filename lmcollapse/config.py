@@ -44,6 +44,9 @@ SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@=+,-]{0,119}")
 RESERVED_NAMES = ("human", "base", "tokenizer", "all")
 RESERVED_PATTERN = re.compile(r"(gen|seed)_\d+")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+#: the lowest sampling temperature: logits / temperature must stay finite (float16 ends at
+#: 65504, and a logit gap of 0.1 at 0.01 already makes the top token e^10 times likelier)
+MIN_TEMPERATURE = 0.01
 #: a scratch tokenizer is byte-level BPE: its 256 bytes and 2 special tokens come first
 MIN_SCRATCH_VOCAB = 258
 
@@ -209,7 +212,17 @@ class ScratchModelConfig:
                               f"{MIN_SCRATCH_VOCAB} (256 bytes + 2 special tokens), got "
                               f"{self.vocab_size}")
         if self.hidden_size % self.num_heads:
-            raise ConfigError(f"{where}.hidden_size must be divisible by num_heads")
+            raise ConfigError(f"{where}.hidden_size ({self.hidden_size}) must be divisible by "
+                              f"{where}.num_heads ({self.num_heads}): each head gets "
+                              "hidden_size / num_heads dimensions")
+        head = self.hidden_size // self.num_heads
+        if self.arch == "llama" and head % 2:
+            # rotary position embeddings turn pairs of dimensions: transformers' LlamaConfig
+            # accepts an odd head size, and the model then fails in its first forward pass
+            raise ConfigError(f"{where}: a llama head has hidden_size / num_heads = "
+                              f"{self.hidden_size} / {self.num_heads} = {head} dimensions; its "
+                              "rotary position embedding needs an even number; change "
+                              f"{where}.hidden_size or {where}.num_heads")
 
 
 @dataclass
@@ -304,7 +317,12 @@ class GenerateConfig:
             positive(getattr(self, name), f"{where}.{name}")
         if self.num_beams > 100:
             raise ConfigError(f"{where}.num_beams: at most 100, got {self.num_beams}")
-        positive(self.temperature, f"{where}.temperature")
+        if not self.temperature >= MIN_TEMPERATURE:
+            raise ConfigError(
+                f"{where}.temperature: must be >= {MIN_TEMPERATURE}, got {self.temperature!r} "
+                "(logits are divided by it: a smaller one can overflow them to inf, and "
+                f"sampling below {MIN_TEMPERATURE} is greedy decoding in effect; for that use "
+                f"{where}.strategy: greedy)")
         positive(self.repetition_penalty, f"{where}.repetition_penalty")
         if not 0.0 < self.top_p <= 1.0:
             raise ConfigError(f"{where}.top_p: must be in (0, 1], got {self.top_p}")
@@ -739,6 +757,15 @@ def validate(cfg: ExperimentConfig) -> None:
         spec.curate.check(f"policies[{i}].curate")
     for name in ("data", "model", "train", "generate", "metrics"):
         _check_tree(getattr(cfg, name), name)
+    g = cfg.generate
+    if g.sample_tokens < 2:
+        raise ConfigError(
+            f"generate.new_tokens: a corpus sample holds generate.new_tokens ({g.new_tokens})"
+            + (f" + generate.prompt_tokens ({g.prompt_tokens})" if g.keep_prompt else
+               " tokens (the prompt is dropped: generate.keep_prompt is false)")
+            + f" = {g.sample_tokens} token(s); the next generation trains on these samples, "
+            "so each must hold at least 2 (a context and a next token); raise "
+            "generate.new_tokens or set generate.keep_prompt: true")
     if cfg.generate.prompt_tokens > cfg.data.block_tokens:
         raise ConfigError(
             f"generate.prompt_tokens ({cfg.generate.prompt_tokens}) must be <= data.block_tokens "

@@ -88,10 +88,15 @@ def _problem(path: Path, entry: dict[str, Any], full: bool) -> str | None:
 def verify(path: str | Path, full: bool = True) -> None:
     """Check a file (or every recorded file under a folder) against its record before it is
     used: size, and with ``full`` the sha256. A file nobody recorded passes (written before
-    checksums, or outside the harness). Raises :class:`ArtifactError` naming the file."""
+    checksums, or outside the harness); a path that does not exist fails. Raises
+    :class:`ArtifactError` naming the file."""
     path = Path(path)
     folder, entries = path.parent, recorded(path.parent)
     name = path.name
+    if not path.exists():  # recorded or not, a file the run needs is not there
+        raise ArtifactError(
+            f"{path} is missing: it cannot be used. Restore it, or delete {folder} to redo "
+            "the step that wrote it (and what came after)")
     checks = [(path, entries[name])] if name in entries else [
         (folder / n, e) for n, e in entries.items() if n.startswith(name + "/")]
     for file, entry in checks:

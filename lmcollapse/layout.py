@@ -35,6 +35,8 @@ MIX, MODEL, CORPUS, METRICS, TRAIN_LOG = (
 #: (LoRA) the generation's adapter: the model is what it started from plus this adapter
 ADAPTER = "adapter"
 CANDIDATES, CURATION = "candidates.parquet", "curation.json"
+#: (reference metric) each scored sample's perplexity under generation 0
+REFERENCE_SCORES = "reference_scores.parquet"
 #: the tag generation 0 carries in place of a policy (it is shared by every policy)
 SHARED = "shared"
 #: the row label of held-out human text

@@ -21,11 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from lmcollapse.config import build
 from lmcollapse.errors import ConfigError
-from lmcollapse.layout import CORPUS, RunLayout
+from lmcollapse.layout import CORPUS, REFERENCE_SCORES, RunLayout
 from lmcollapse.registry import SOURCES, settings_of
 from lmcollapse.results import RunResults
 
@@ -106,12 +105,19 @@ def choose_prompts(n: int, count: int, seed: int) -> list[int]:
     return sorted(int(i) for i in rng.choice(n, size=min(count, n), replace=False))
 
 
-def _entries(d: Path, ids: set[int], prompts: list[str], truth: Any) -> dict[int, Entry]:
-    rows = pq.read_table(d / CORPUS, columns=["sample_id", "prompt_id", "text"]).to_pylist()
+#: the columns of a corpus the report reads
+_CORPUS_COLUMNS = ["sample_id", "prompt_id", "text"]
+
+
+def _entries(exp: RunResults, d: Path, ids: set[int], prompts: list[str],
+             truth: Any) -> dict[int, Entry]:
+    """The continuations of the prompts ``ids`` in the corpus of ``d`` (none where the
+    corpus cannot be read: :meth:`RunResults.table` names it)."""
+    rows = exp.table(d / CORPUS, _CORPUS_COLUMNS) or []
     scored = {}
-    if (d / "reference_scores.parquet").is_file():
-        table = pq.read_table(d / "reference_scores.parquet").to_pylist()
-        scored = {r["sample_id"]: r["perplexity"] for r in table}
+    if (d / REFERENCE_SCORES).is_file():
+        scored = {r["sample_id"]: r["perplexity"]
+                  for r in exp.table(d / REFERENCE_SCORES) or []}
     out: dict[int, Entry] = {}
     for r in rows:  # a curating cell may keep a prompt's sample twice, or not at all
         if r["prompt_id"] in ids and r["prompt_id"] not in out:
@@ -123,7 +129,7 @@ def _entries(d: Path, ids: set[int], prompts: list[str], truth: Any) -> dict[int
 
 def _prompts(exp: RunResults) -> list[dict[str, Any]] | None:
     found = [RunLayout(d).prompts for d in exp.dirs if RunLayout(d).prompts.is_file()]
-    return pq.read_table(found[0]).to_pylist() if found else None
+    return exp.table(found[0]) if found else None
 
 
 def lineages(exp: RunResults, count: int = 3, seed: int = 0,
@@ -147,7 +153,7 @@ def lineages(exp: RunResults, count: int = 3, seed: int = 0,
         for k in range(exp.generations + 1):
             dirs = [d for d in exp.gen_dirs(policy, run_seed, k) if (d / CORPUS).is_file()]
             if dirs and dirs[0] not in read:
-                read[dirs[0]] = _entries(dirs[0], set(ids), prompts, truth)
+                read[dirs[0]] = _entries(exp, dirs[0], set(ids), prompts, truth)
             per_gen[k] = read[dirs[0]] if dirs else {}
         for lin in out:
             lin.texts[policy] = {k: per_gen[k].get(lin.prompt_id) for k in per_gen}
@@ -290,19 +296,18 @@ def extremes(exp: RunResults, policies: list[str], count: int = 2, seed: int = 0
     for policy in policies:
         for k in range(exp.generations + 1):
             dirs = [d for d in exp.gen_dirs(policy, run_seed, k)
-                    if (d / CORPUS).is_file() and (d / "reference_scores.parquet").is_file()]
+                    if (d / CORPUS).is_file() and (d / REFERENCE_SCORES).is_file()]
             if dirs and dirs[0] not in read:
-                read[dirs[0]] = _extremes_of(dirs[0], k, count, seed, prompts, truth)
+                read[dirs[0]] = _extremes_of(exp, dirs[0], k, count, seed, prompts, truth)
             if dirs and read[dirs[0]] is not None:
                 out.setdefault(policy, []).append(read[dirs[0]])
     return out
 
 
-def _extremes_of(d: Path, k: int, count: int, seed: int, prompts: list[str],
-                 truth: Any) -> Extremes | None:
-    scores = pq.read_table(d / "reference_scores.parquet").to_pylist()
-    rows = {r["sample_id"]: r for r in pq.read_table(
-        d / CORPUS, columns=["sample_id", "prompt_id", "text"]).to_pylist()}
+def _extremes_of(exp: RunResults, d: Path, k: int, count: int, seed: int,
+                 prompts: list[str], truth: Any) -> Extremes | None:
+    scores = exp.table(d / REFERENCE_SCORES) or []
+    rows = {r["sample_id"]: r for r in exp.table(d / CORPUS, _CORPUS_COLUMNS) or []}
     scored = sorted((r["perplexity"], r["sample_id"]) for r in scores if r["sample_id"] in rows)
     if not scored:
         return None

@@ -22,7 +22,6 @@ import datetime as dt
 import logging
 import shutil
 import time
-import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -63,6 +62,7 @@ from lmcollapse.preflight import (
     prepare,
     start_trackers,
 )
+from lmcollapse.sampling import derive_seed
 from lmcollapse.scorers.base import ScoreContext, make_scorer
 from lmcollapse.shards import Selection, Unit, select_units
 from lmcollapse.train import train_generation
@@ -70,11 +70,6 @@ from lmcollapse.train import train_generation
 log = logging.getLogger(__name__)
 #: seconds between two looks at a lock another job holds
 LOCK_POLL_S = 2.0
-
-
-def derive_seed(*parts: Any) -> int:
-    """A stable 31-bit seed for one step of one cell (same on every machine and resume)."""
-    return zlib.crc32("/".join(map(str, parts)).encode()) & 0x7FFFFFFF
 
 
 class Steps:
@@ -560,7 +555,7 @@ class CollapseLoop:
     def _context(self, seed: int, out_dir: Path, group: str, **row: Any) -> MeasureContext:
         return metric_context(self.setup, self.cfg, self.acc, self.layout.seed_dir(seed),
                               out_dir, lambda: self._reference_model(seed, group),
-                              reference_group=group, **row)
+                              reference_group=group, seed=seed, **row)
 
 
 def _collect(metrics: list[Metric], fn: Callable[[Metric], Measurement | None]) -> dict[str, Any]:

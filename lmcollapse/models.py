@@ -16,6 +16,7 @@ that change the pretrained model.
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import logging
 from importlib.metadata import PackageNotFoundError, version
@@ -186,6 +187,25 @@ def scratch_config(cfg: ScratchModelConfig, tokenizer: Any) -> Any:
                      num_attention_heads=cfg.num_heads, ffn_dim=cfg.intermediate_size,
                      max_position_embeddings=cfg.max_position_embeddings,
                      word_embed_proj_dim=cfg.hidden_size, **ids)
+
+
+def check_architecture(config: Any, where: str = "model.scratch") -> None:
+    """Refuse an architecture transformers builds but cannot run, before any work: one
+    layer of it is allocated without initialising its weights (``to_empty``) and run on two
+    tokens, so every shape rule of the model's code is checked, those its config class does
+    not validate included (:meth:`ScratchModelConfig.check` names the known ones more
+    plainly). A pure meta-device pass cannot do it: the models call ``.item()`` on masks."""
+    one_layer = copy.deepcopy(config)
+    one_layer.num_hidden_layers = 1  # every layer has the same shapes (GPT-2 maps n_layer)
+    try:
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(one_layer)
+        with torch.no_grad():
+            model.to_empty(device="cpu")(input_ids=torch.zeros(1, 2, dtype=torch.long))
+    except Exception as err:  # noqa: BLE001  (any failure here is a bad architecture)
+        raise ConfigError(f"{where}: transformers cannot run this architecture "
+                          f"({type(err).__name__}: {str(err)[:300]}); check hidden_size, "
+                          "num_heads and intermediate_size") from None
 
 
 def model_config(cfg: ModelConfig, tokenizer: Any) -> Any:

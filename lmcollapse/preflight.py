@@ -44,6 +44,7 @@ from lmcollapse.errors import ConfigError
 from lmcollapse.layout import RunLayout
 from lmcollapse.metrics.base import MeasureContext, Metric
 from lmcollapse.models import (
+    check_architecture,
     check_pretrained,
     check_vocab,
     context_length,
@@ -274,6 +275,8 @@ def _prepare(cfg: ExperimentConfig, acc: Accelerator, layout: RunLayout,
     human = prepare_human_data(tokenizer, texts, cfg.data,
                                min_train_blocks=max(2, cfg.train.batch_size))
     arch = model_config(cfg.model, tokenizer)
+    if cfg.model.source == "scratch":  # built from its config alone: can it run?
+        check_architecture(arch)
     metrics = [METRICS.get(name)(cfg.metrics.of(name)) for name in cfg.metrics.names]
     setup = Setup(tokenizer=tokenizer, human=human, model_config=arch,
                   trained_length=check_lengths(cfg, arch), truth=source.truth(),

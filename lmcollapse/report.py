@@ -129,7 +129,6 @@ def write_report(run_dirs: list[str | Path], out: str | Path | None = None,
                 captions[stem] = (f"{pol}: perplexity of each generation's corpus under "
                                   "generation 0, sample by sample (Shumailov et al., Fig. 1)")
         images = {p.stem: p.read_bytes() for p in made if p.suffix == ".png"}
-    md = render_markdown(lb)
     links = [p.relative_to(out).as_posix() for p in made if p.suffix == ".png"]
     sections = []
     for exp in exps:  # the text itself: a few prompts through every generation
@@ -149,6 +148,7 @@ def write_report(run_dirs: list[str | Path], out: str | Path | None = None,
             write_text(out / name, render_extremes_markdown(picked, entropy), record=False)
             made.append(out / name)
             sections.append(render_extremes_html(picked, entropy))
+    md = render_markdown(lb)  # after every file was read: it lists those that could not be
     files = ["leaderboard.csv", "leaderboard.tex", "leaderboard.md",
              *(p.name for p in made if p.name.startswith(("lineages", "samples"))),
              *(p.relative_to(out).as_posix() for p in made if p.suffix == ".pdf"),

@@ -26,6 +26,7 @@ from lmcollapse.results import (
     RunResults,
     Stat,
     median_onset,
+    shared_zero,
 )
 
 # --- text rendering -------------------------------------------------------------------------
@@ -156,6 +157,12 @@ def notes(lb: Leaderboard) -> list[str]:
         f"more than {lb.onset_threshold * 100:g}% (strictly); median over seeds, a seed that "
         f"never crosses counting as never; (c/n) = seeds that crossed.",
     ]
+    for exp in lb.experiments:
+        if shared_zero(exp):
+            out.append(f"generations: 0{f' ({exp.key})' if len(lb.experiments) > 1 else ''}: "
+                       "no policy has acted yet (a policy builds the training mix from "
+                       f"generation 1 on), so {', '.join(shared_zero(exp))} are one "
+                       "generation-0 model and corpus, trained on human text alone: one row.")
     if any(r.partial for r in lb.rows):
         out.append("† partial: not every seed finished the final generation; a cell uses the "
                    "seeds that did, or the latest generation any seed finished [gen k].")

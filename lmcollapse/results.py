@@ -24,13 +24,14 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 from scipy import stats
 
 from lmcollapse import files
 from lmcollapse.config import CONFIG_VERSION
 from lmcollapse.errors import ReportError
-from lmcollapse.layout import STEPS, RunLayout
+from lmcollapse.layout import METRICS, REFERENCE_SCORES, STEPS, RunLayout
 from lmcollapse.registry import unknown_name_message
 
 log = logging.getLogger("lmcollapse.report")
@@ -118,6 +119,9 @@ class RunResults:
     key: str = ""
     #: files that could not be read (path: what is wrong); the report shows them and the rest
     problems: list[str] = field(default_factory=list)
+    #: parquet files read so far (None: unreadable), so each is checked and warned about once
+    _tables: dict[tuple[Path, tuple[str, ...] | None], list[dict[str, Any]] | None] = field(
+        default_factory=dict, repr=False)
 
     @property
     def config(self) -> dict[str, Any]:
@@ -168,6 +172,26 @@ class RunResults:
         """Latest measured generation of one cell, None when nothing is."""
         return max((g for (p, s, g) in self.records if s == seed and g is not None
                     and (g == 0 or p == policy)), default=None)
+
+    def table(self, path: Path, columns: list[str] | None = None
+              ) -> list[dict[str, Any]] | None:
+        """The rows of a parquet file of the run directory, checked like metrics.json: one
+        that is missing, cut, changed since it was written (its checksum) or unreadable is
+        None, with a warning naming it (once) and a line in :attr:`problems`."""
+        key = (Path(path), tuple(columns) if columns else None)
+        if key not in self._tables:
+            try:
+                files.verify(path)
+                rows = pq.read_table(path, columns=columns).to_pylist()
+            except (files.ArtifactError, OSError, ValueError, pa.ArrowException) as err:
+                problem = str(err) if isinstance(err, files.ArtifactError) else (
+                    f"{path}: not readable ({type(err).__name__}: {str(err)[:150]})")
+                if problem not in self.problems:
+                    log.warning("skipped %s", problem)
+                    self.problems.append(problem)
+                rows = None
+            self._tables[key] = rows
+        return self._tables[key]
 
     def gen_dirs(self, policy: str | None, seed: int, generation: int | None) -> list[Path]:
         """The directories (one per merged run dir) that hold one row of one cell."""
@@ -378,6 +402,17 @@ class Leaderboard:
     experiments: list[RunResults]
 
 
+def shared_zero(exp: RunResults) -> list[str]:
+    """The policies whose rows are all one model and corpus: with ``generations: 0`` no
+    policy has acted yet, and every policy without a corpus 0 of its own (no curation, the
+    base decoding) shows the seed's shared generation 0. Empty when there are later
+    generations or fewer than two such policies."""
+    if exp.generations != 0:
+        return []
+    shared = [p for p in exp.policies if not any((p, s, 0) in exp.records for s in exp.seeds)]
+    return shared if len(shared) > 1 else []
+
+
 def _policy_row(exp: RunResults, policy: str, metrics: list[str], threshold: float,
                 label: str) -> LeaderboardRow:
     top = exp.generations
@@ -440,7 +475,10 @@ def leaderboard(exps: list[RunResults], rank_by: str | None = None,
         pre = f"{exp.key} / " if many else ""
         humans.append(LeaderboardRow(exp, "human", f"{pre}human", {m: Cell(exp.human(m), None)
                                                          for m in columns}))
-        rows += [_policy_row(exp, p, columns, onset_threshold, pre + p) for p in exp.policies]
+        shared = shared_zero(exp)  # one model and corpus: one row, not one per policy
+        rows += [_policy_row(exp, p, columns, onset_threshold, pre + " = ".join(shared)
+                             if p in shared else pre + p)
+                 for p in exp.policies if p not in shared[1:]]
     direction = meta[rank_by]["higher_is_better"]
     rows.sort(key=lambda r: _score(r.experiment, r.policy, rank_by, r.cells[rank_by].generation,
                                    direction))
@@ -495,12 +533,15 @@ def per_generation(exps: list[RunResults], metric: str) -> dict[str, dict[int | 
     direction = meta[metric]["higher_is_better"]
     many, table = len(exps) > 1, {}
     for exp in exps:
-        human = exp.human(metric)
+        human, shared = exp.human(metric), shared_zero(exp)
         for p in _ranked_policies(exp, metric, direction):
+            if p in shared[1:]:
+                continue
+            label = " = ".join(shared) if p in shared else p
             row: dict[int | str, Stat] = {g: stat(exp.values(p, metric, g).values())
                                           for g in range(exp.generations + 1)}
             row = {g: s for g, s in row.items() if s.n}
-            table[f"{exp.key} / {p}" if many else p] = {**row, "human": human}
+            table[f"{exp.key} / {label}" if many else label] = {**row, "human": human}
     return table
 
 
@@ -555,10 +596,10 @@ def reference_scores(exp: RunResults, policy: str) -> list[tuple[str, Any]]:
     over seeds), from ``reference_scores.parquet``."""
     out = []
     for gen in [*range(exp.generations + 1), None]:
-        parts = [pq.read_table(d / "reference_scores.parquet", columns=["perplexity"])
-                 .column("perplexity").to_numpy() for s in exp.seeds
-                 for d in exp.gen_dirs(policy, s, gen)[:1]
-                 if (d / "reference_scores.parquet").is_file() and (d / "metrics.json").is_file()]
+        tables = [exp.table(d / REFERENCE_SCORES, ["perplexity"]) for s in exp.seeds
+                  for d in exp.gen_dirs(policy, s, gen)[:1]
+                  if (d / REFERENCE_SCORES).is_file() and (d / METRICS).is_file()]
+        parts = [np.array([r["perplexity"] for r in t], dtype=float) for t in tables if t]
         if parts:
             out.append(("human" if gen is None else f"gen {gen}", np.concatenate(parts)))
     return out

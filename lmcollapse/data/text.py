@@ -95,6 +95,15 @@ class TextSource(Source):
         if t.validation is not None:
             validation = read_records(t.validation, t.text_field, "data.text.validation")
         else:
+            if len(train) < 2:
+                raise ConfigError(
+                    f"data.text.validation: not set, so the last {HELD_OUT_VALIDATION:.0%} of "
+                    f"the records of data.text.train (at least one) would be held out for "
+                    f"validation, but {t.train} holds {len(train)} record(s) "
+                    f"({'lines' if Path(t.train).suffix.lower() == '.txt' else 'rows'}), so "
+                    "nothing would be left to train on; name a validation file in "
+                    "data.text.validation, or give data.text.train several records (one per "
+                    "line in a .txt file)")
             cut = len(train) - max(1, int(len(train) * HELD_OUT_VALIDATION))
             train, validation = train[:cut], train[cut:]
             log.info("data.text.validation not set: holding out the last %d train records",

@@ -36,7 +36,7 @@ from transformers import PreTrainedTokenizerBase
 from lmcollapse.data.base import ExactDistribution
 from lmcollapse.data.blocks import HumanData, Sample
 from lmcollapse.errors import ConfigError
-from lmcollapse.sampling import fixed_sample
+from lmcollapse.sampling import derive_seed, fixed_sample
 
 
 @dataclass
@@ -75,6 +75,9 @@ class MeasureContext:
     out_dir: Path
     #: the exact distribution of human text, where the data source knows it
     truth: ExactDistribution | None = None
+    #: the run's seed (``seed_<s>``): every draw from human text depends on it
+    #: (:meth:`human_seed`), so the human row varies over seeds as a corpus row does
+    seed: int = 0
     #: which generation-0 model ``reference_model`` returns ("" unless a grid changes
     #: training): files computed with it (MAUVE features) are cached per group
     reference_group: str = ""
@@ -99,13 +102,21 @@ class MeasureContext:
         holds as many words."""
         return self.content([self.human.test_stream])[0]
 
+    def human_seed(self, seed: int) -> int:
+        """The seed of a draw from human text: a metric's ``seed`` combined with the run's.
+        Every seed of a run then draws its own human samples, as it writes its own corpora,
+        so the human row's spread over seeds is measured, not zero by construction (a
+        corpus is already a new draw per run seed; samples of it use the metric's seed)."""
+        return derive_seed("human", self.seed, seed)
+
     def human_chunks(self, count: int | None, seed: int) -> list[np.ndarray]:
         """Up to ``count`` held-out human samples shaped like corpus samples: disjoint
         ``sample_tokens``-token chunks of the test text (special tokens left out), drawn
-        with ``seed``, in order."""
+        with :meth:`human_seed` of ``seed``, in order; all of them (in order, no draw) when
+        ``count`` is None."""
         length, stream = self.sample_tokens, self.human_stream
         chunks = [stream[i * length:(i + 1) * length] for i in range(len(stream) // length)]
-        return fixed_sample(chunks, count, seed)
+        return fixed_sample(chunks, count, self.human_seed(seed))
 
     def content(self, seqs: list) -> list[np.ndarray]:
         """``seqs`` without the tokenizer's special tokens. A pretrained tokenizer may put

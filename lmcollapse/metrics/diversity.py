@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -235,11 +235,13 @@ class Diversity(Metric):
     def preflight(self, ctx: MeasureContext) -> None:
         self._sizes(ctx)
 
-    def _measure(self, ctx: MeasureContext, pool: list) -> Measurement:
+    def _measure(self, ctx: MeasureContext, pool: list, seed: Callable[[int], int]
+                 ) -> Measurement:
+        """Draws ``d.draws`` samples of ``pool``, the i-th with ``seed(d.seed + i)``."""
         d = self.config
         sizes = self._sizes(ctx)
         pool = ctx.content(pool)
-        runs = [diversity_metrics(pool, sizes[0], d.seed + i, max_n=4,
+        runs = [diversity_metrics(pool, sizes[0], seed(d.seed + i), max_n=4,
                                   self_bleu_sample=sizes[1]) for i in range(d.draws)]
         values = {k: float(np.mean([r[k] for r in runs])) for k in runs[0]
                   if k not in ("sample_size", "self_bleu_sample")}
@@ -248,14 +250,14 @@ class Diversity(Metric):
                            sizes={"sample_size": runs[0]["sample_size"],
                                   "self_bleu_sample": runs[0]["self_bleu_sample"],
                                   "sample_tokens": sum(map(len, fixed_sample(
-                                      pool, sizes[0], d.seed))),
+                                      pool, sizes[0], seed(d.seed)))),
                                   "draws": d.draws})
 
     def compute(self, ctx: MeasureContext) -> Measurement:
-        return self._measure(ctx, ctx.corpus_seqs())
+        return self._measure(ctx, ctx.corpus_seqs(), lambda s: s)
 
     def human_reference(self, ctx: MeasureContext) -> Measurement:
-        return self._measure(ctx, ctx.human_chunks(None, 0))
+        return self._measure(ctx, ctx.human_chunks(None, 0), ctx.human_seed)
 
     def describe(self, m: Measurement) -> str:
         s = m.sizes

@@ -204,5 +204,6 @@ class Features:
     def train(self, ctx: MeasureContext) -> np.ndarray:
         length = ctx.sample_tokens
         blocks = [r["input_ids"][:length] for r in ctx.human.train]
-        return self._embed(ctx, fixed_sample(blocks, self.size(ctx), self.config.seed),
+        return self._embed(ctx, fixed_sample(blocks, self.size(ctx),
+                                             ctx.human_seed(self.config.seed)),
                            ctx.out_dir / ("train_" + self._cache_name(ctx)))

@@ -18,13 +18,14 @@ import numpy as np
 
 from lmcollapse import files
 from lmcollapse.config import positive, sample_size
+from lmcollapse.layout import REFERENCE_SCORES
 from lmcollapse.metrics.base import MeasureContext, Measurement, Metric
 from lmcollapse.registry import METRICS
 from lmcollapse.sampling import fixed_sample
 from lmcollapse.scoring import score
 
 QUANTILES = (5, 50, 95, 99)
-SCORES_FILE = "reference_scores.parquet"
+SCORES_FILE = REFERENCE_SCORES
 
 
 @dataclass

@@ -219,10 +219,10 @@ class TailLoss(Metric):
     so only equal sizes compare. Tail-type survival divides the share of tail types found
     in the sample by the share found in an equal-size held-out human sample. Human text is
     the target for mass, survival and vanished types (``≈``: closeness to the human row);
-    KL(human train ‖ sample) is a divergence (lower is better). For the human row both
-    samples are drawn from the same held-out chunks, so when ``sample_size`` is close to the
-    number of chunks they overlap and its survival sits closer to 1 than an independent
-    draw would.
+    KL(human train ‖ sample) is a divergence (lower is better). The human row puts one
+    sample of held-out chunks in the place of a corpus and compares it with a second,
+    disjoint one (so the test split must give ``2 * sample_size`` chunks: a larger size is
+    refused); every human draw depends on the run's seed.
     """
 
     settings = TailSettings
@@ -232,34 +232,65 @@ class TailLoss(Metric):
     columns = ("tail_type_survival", "kl_human_corpus")
 
     def _size(self, ctx: MeasureContext) -> int:
-        return ctx.equal_size(self.config.sample_size, "metrics.tail.sample_size")
+        """The sample size; the human row compares two disjoint samples of held-out text
+        (one in the place of a corpus, one as the reference), so it must give two."""
+        where = "metrics.tail.sample_size"
+        size = ctx.equal_size(self.config.sample_size, where)
+        chunks = len(ctx.human_stream) // ctx.sample_tokens
+        if chunks < 4:
+            raise ConfigError(f"{where}: the human test split gives {chunks} samples of "
+                              f"{ctx.sample_tokens} tokens; the tail metric's human row needs "
+                              "two disjoint samples of at least 2. Use more test text.")
+        if self.config.sample_size is None:
+            return min(size, chunks // 2)
+        if size > chunks // 2:
+            raise ConfigError(
+                f"{where}: {size} samples requested, but the human row compares two disjoint "
+                f"samples of held-out text and the test split gives {chunks} samples of "
+                f"{ctx.sample_tokens} tokens ({ctx.sample_tokens_from}), so at most "
+                f"{chunks // 2} each (two overlapping samples would pull tail-type survival "
+                f"toward 1); allowed: 2..{chunks // 2}, or null for {chunks // 2}")
+        return size
 
     def preflight(self, ctx: MeasureContext) -> None:
         self._size(ctx)
 
-    def _measure(self, ctx: MeasureContext, pool: list) -> Measurement:
-        t, size = self.config, self._size(ctx)
+    def _measure(self, ctx: MeasureContext, pairs: list[tuple[list, list]], size: int
+                 ) -> Measurement:
+        """Tail numbers of each (sample, equal-size human reference) pair, averaged."""
+        t = self.config
         train = ctx.content([r["input_ids"] for r in ctx.human.train])
-        test, pool = ctx.human_chunks(None, 0), ctx.content(pool)
-        samples = [fixed_sample(pool, size, t.seed + i) for i in range(t.draws)]
-        runs = [tail_metrics(train, sample, fixed_sample(test, size, t.seed + 1000 + i),
-                             t.head_mass, t.epsilon) for i, sample in enumerate(samples)]
+        runs = [tail_metrics(train, sample, reference, t.head_mass, t.epsilon)
+                for sample, reference in pairs]
         keep = ("tail_mass_ratio", "tail_type_survival", "kl_human_corpus", "vanished_types",
                 "tail_vanished_types", "tail_mass_corpus_frac")
         out = {k: float(np.mean([r[k] for r in runs])) for k in runs[0]}
         details = {k: v for k, v in out.items() if k not in keep}
         details["seed"] = t.seed
         # what was drawn (a corpus sample may lose special tokens, so count them)
-        sizes = {"sample_size": int(np.mean([len(x) for x in samples])),
-                 "sample_tokens": _whole(np.mean([sum(map(len, x)) for x in samples])),
+        sizes = {"sample_size": int(np.mean([len(s) for s, _ in pairs])),
+                 "sample_tokens": _whole(np.mean([sum(map(len, s)) for s, _ in pairs])),
                  "draws": t.draws}
         return Measurement({k: out[k] for k in keep}, details=details, sizes=sizes)
 
     def compute(self, ctx: MeasureContext) -> Measurement:
-        return self._measure(ctx, ctx.corpus_seqs())
+        t, size = self.config, self._size(ctx)
+        pool, test = ctx.content(ctx.corpus_seqs()), ctx.human_chunks(None, 0)
+        return self._measure(ctx, [(fixed_sample(pool, size, t.seed + i),
+                                    fixed_sample(test, size, ctx.human_seed(t.seed + 1000 + i)))
+                                   for i in range(t.draws)], size)
 
     def human_reference(self, ctx: MeasureContext) -> Measurement:
-        return self._measure(ctx, ctx.human_chunks(None, 0))
+        """Held-out human text in the place of a corpus: per draw, two disjoint samples of
+        the test chunks (a sample and its reference), drawn with the run's seed."""
+        t, size = self.config, self._size(ctx)
+        test = ctx.human_chunks(None, 0)
+        pairs = []
+        for i in range(t.draws):
+            order = np.random.default_rng(ctx.human_seed(t.seed + i)).permutation(len(test))
+            pairs.append(([test[j] for j in sorted(order[:size])],
+                          [test[j] for j in sorted(order[size:2 * size])]))
+        return self._measure(ctx, pairs, size)
 
     def describe(self, m: Measurement) -> str:
         s = m.sizes
