@@ -73,8 +73,14 @@ class ReferencePerplexity(Metric):
                               for i, p in zip(ids, ppl.tolist(), strict=True)])
         values = {f"ref_ppl_p{q}": float(np.percentile(ppl, q)) for q in QUANTILES}
         values["ref_ppl_mean"] = float(ppl.mean())
+        # each value is a statistic of the per-sample column: the report's per-document
+        # tests and bootstrap intervals read the samples behind it from here
+        per_sample = {"file": SCORES_FILE, "column": "perplexity",
+                      "values": {**{f"ref_ppl_p{q}": f"p{q}" for q in QUANTILES},
+                                 "ref_ppl_mean": "mean"}}
         return Measurement(values, details={"scorer": "generation 0 of this seed",
-                                            "seed": self.config.seed, "file": SCORES_FILE},
+                                            "seed": self.config.seed, "file": SCORES_FILE,
+                                            "per_sample": per_sample},
                            sizes={"samples": len(ppl)})
 
     def compute(self, ctx: MeasureContext) -> Measurement:
