@@ -1,4 +1,4 @@
-"""Command line: ``lmcollapse run|validate|cells|report|bench``.
+"""Command line: ``lmcollapse run|validate|cells|report|compare|plan-seeds|bench``.
 
     lmcollapse run --config configs/quickstart.yaml [key.sub=value ...] [--new-run]
     lmcollapse run --config configs/shumailov2023.yaml --shard 3/8   # one job of eight
@@ -6,6 +6,8 @@
     lmcollapse submit --config configs/shumailov2023.yaml --shards 8 --partition gpu
     lmcollapse validate --config configs/shumailov2023.yaml
     lmcollapse report runs/quickstart --metric perplexity
+    lmcollapse compare runs/quickstart --pair mix-0.1 replace --metrics perplexity
+    lmcollapse plan-seeds runs/quickstart --pair mix-0.1 replace --metrics perplexity
     lmcollapse bench --config configs/quickstart.yaml
 """
 
@@ -17,7 +19,7 @@ import sys
 
 import yaml
 
-from lmcollapse import report, submit
+from lmcollapse import compare, report, submit
 from lmcollapse.config import cells, load_config
 from lmcollapse.errors import ConfigError, StepError
 from lmcollapse.shards import Selection, select_units
@@ -43,6 +45,10 @@ def build_parser(bench_options: bool = True) -> argparse.ArgumentParser:
                          "(submitit: Slurm, or local processes)")
     rep = sub.add_parser("report", help="leaderboard, per-generation tables and plots from "
                          "run directories (reads JSON and parquet only)")
+    cmp = sub.add_parser("compare", help="paired tests over seeds of chosen cells (the "
+                         "report's tests and correction): the numbers behind a claim")
+    pln = sub.add_parser("plan-seeds", help="the seeds a paired test needs to call the "
+                         "observed gap between chosen cells")
     ben = sub.add_parser("bench", help="one JSON record: generation and training "
                          "throughput against naive baselines, where a generation's time goes, "
                          "peak memory")
@@ -61,6 +67,8 @@ def build_parser(bench_options: bool = True) -> argparse.ArgumentParser:
     run.add_argument("--new-run", action="store_true",
                      help="start a fresh run directory instead of resuming an existing one")
     report.add_arguments(rep)
+    compare.add_arguments(cmp)
+    compare.add_arguments(pln, plan=True)
     if bench_options:
         from lmcollapse import bench
 
@@ -84,6 +92,8 @@ def run_main(argv: list[str] | None = None) -> int:
     args = build_parser(bench_options=argv[:1] == ["bench"]).parse_args(argv)
     if args.command == "report":
         return report.report_command(args)
+    if args.command in ("compare", "plan-seeds"):
+        return compare.command(args, plan=args.command == "plan-seeds")
     from lmcollapse.models import check_pretrained
     from lmcollapse.preflight import make_accelerator
 

@@ -3,7 +3,8 @@
     lmcollapse report runs/quickstart [runs/more ...] [--rank-by perplexity]
         [--metric perplexity] [--columns perplexity,mauve] [--onset-threshold 0.1]
         [--histogram-policy replace] [--out DIR] [--no-plots] [--lineages 3]
-        [--tex-columns perplexity,mauve|all]
+        [--tex-columns perplexity,mauve|all] [--correction holm|bh|none]
+        [--onset-metric perplexity] [--onset-rule relative|noise]
 
 The numbers come from :mod:`lmcollapse.results` (JSON and parquet only, never torch); the
 formats from :mod:`lmcollapse.report_formats`, the figures from :mod:`lmcollapse.plots`.
@@ -18,6 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from lmcollapse import documents
 from lmcollapse import plots as plotting
 from lmcollapse.errors import ReportError
 from lmcollapse.files import write_text
@@ -48,6 +50,7 @@ from lmcollapse.results import (
     load_runs,
     per_generation,
     reference_scores,
+    shared_zero,
     sweep,
 )
 
@@ -61,7 +64,9 @@ def write_report(run_dirs: list[str | Path], out: str | Path | None = None,
                  columns: list[str] | None = None, onset_threshold: float = 0.1,
                  histogram_policy: str | None = None, plots: bool = True,
                  lineage_prompts: int = 3, lineage_seed: int = 0,
-                 tex_columns: list[str] | None = None) -> dict[str, Any]:
+                 tex_columns: list[str] | None = None, correction: str = "holm",
+                 onset_metric: str = "perplexity", onset_rule: str = "relative"
+                 ) -> dict[str, Any]:
     """Write ``leaderboard.md|csv|tex|html`` and ``plots/*.png|pdf``; returns what it made.
 
     Args mirror the command line: ``metric`` names the per-generation table printed and
@@ -69,24 +74,36 @@ def write_report(run_dirs: list[str | Path], out: str | Path | None = None,
     ``histogram_policy`` the one policy whose histogram and samples are shown (default:
     every policy), ``out`` the output folder (default: the first run directory),
     ``tex_columns`` the LaTeX table's metrics (default :func:`latex_columns`; ``["all"]``:
-    the leaderboard's).
+    the leaderboard's), ``correction`` how each family of comparisons is corrected
+    (``holm``, ``bh``, ``none``), ``onset_metric``/``onset_rule`` how onset is read
+    (:class:`lmcollapse.results.Onset`).
 
     Returns:
         ``{"leaderboard": Leaderboard, "metric": str, "generation_table": per_generation(...),
         "generation_marks": generation_marks(...), "markdown": str, "files": [Path, ...]}``.
     """
     exps = load_runs(run_dirs)
-    lb = leaderboard(exps, rank_by, columns, onset_threshold)
+    rules = dict(onset_threshold=onset_threshold, correction=correction,
+                 onset_metric=onset_metric, onset_rule=onset_rule)
+    lb = leaderboard(exps, rank_by, columns, **rules)
     metric = metric or lb.rank_by
     tex_cols = (lb.columns if tex_columns == ["all"] else tex_columns) or latex_columns(lb)
-    tex_lb = lb if tex_cols == lb.columns else leaderboard(exps, lb.rank_by, tex_cols,
-                                                          onset_threshold)
+    tex_lb = lb if tex_cols == lb.columns else leaderboard(exps, lb.rank_by, tex_cols, **rules)
     table = per_generation(exps, metric)
-    marks = generation_marks(exps, metric)
+    marks = generation_marks(exps, metric, correction)
     # every key metric's per-generation table, in the leaderboard's column order
     tables = [(m, table if m == metric else per_generation(exps, m),
-               marks if m == metric else generation_marks(exps, m))
+               marks if m == metric else generation_marks(exps, m, correction))
               for m in dict.fromkeys([*lb.columns, metric])]
+    # what the samples behind per-sample metrics say: intervals within a seed, early warnings
+    specs = {id(e): documents.per_sample(e) for e in exps}
+    for row in lb.rows:
+        for m in lb.columns:
+            row.bootstrap[m] = documents.intervals(
+                row.experiment, m, row.policy, row.cells[m].generation, specs[id(row.experiment)])
+    warnings = [(e.key if len(exps) > 1 else "", documents.early_warning(
+        e, spec, correction, [p for p in e.policies if p not in shared_zero(e)[1:]]))
+        for e in exps for spec in specs[id(e)]]
     policies = list(dict.fromkeys(p for e in exps for p in e.policies))
     if histogram_policy is not None:
         check_name("policy", histogram_policy, sorted(policies))
@@ -148,12 +165,22 @@ def write_report(run_dirs: list[str | Path], out: str | Path | None = None,
             write_text(out / name, render_extremes_markdown(picked, entropy), record=False)
             made.append(out / name)
             sections.append(render_extremes_html(picked, entropy))
+    if warnings:
+        write_text(out / "early_warning.csv", documents.render_csv(warnings), record=False)
+        made.append(out / "early_warning.csv")
+        sections.insert(0, documents.render_html(warnings))
     md = render_markdown(lb)  # after every file was read: it lists those that could not be
     files = ["leaderboard.csv", "leaderboard.tex", "leaderboard.md",
+             *(["early_warning.csv"] if warnings else []),
              *(p.name for p in made if p.name.startswith(("lineages", "samples"))),
              *(p.relative_to(out).as_posix() for p in made if p.suffix == ".pdf"),
              *(os.path.relpath(d / "experiment.json", out) for e in exps for d in e.dirs)]
-    for name, text in [("leaderboard.md", render_markdown(lb, links, tables)),
+    full_md = render_markdown(lb, links, tables)
+    if warnings:  # before the figures, after the per-generation tables
+        at = full_md.find("\nFigures:")
+        at = len(full_md) if at < 0 else at
+        full_md = full_md[:at] + "\n" + documents.render_markdown(warnings) + full_md[at:]
+    for name, text in [("leaderboard.md", full_md),
                        ("leaderboard.csv", render_csv(lb)),
                        ("leaderboard.tex", render_latex(tex_lb)),
                        ("leaderboard.html", render_html(lb, tables, images, files,
@@ -161,7 +188,7 @@ def write_report(run_dirs: list[str | Path], out: str | Path | None = None,
         write_text(out / name, text, record=False)
         made.append(out / name)
     return {"leaderboard": lb, "metric": metric, "generation_table": table,
-            "generation_marks": marks, "markdown": md, "files": made}
+            "generation_marks": marks, "markdown": md, "files": made, "warnings": warnings}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -176,7 +203,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "metric and one column per other metric, to fit a page; 'all': the "
                    "leaderboard's)")
     p.add_argument("--onset-threshold", type=float, default=0.1,
-                   help="relative perplexity rise over generation 0 that marks collapse onset")
+                   help="with --onset-rule relative: the relative change of the onset metric "
+                   "over generation 0, in its worse direction, that marks collapse onset")
+    p.add_argument("--onset-metric", default="perplexity",
+                   help="the metric whose change marks collapse onset (default perplexity)")
+    p.add_argument("--onset-rule", default="relative", choices=["relative", "noise"],
+                   help="relative: worse than generation 0 by --onset-threshold, per seed; "
+                   "noise: the first generation beyond noise (paired test over seeds)")
+    p.add_argument("--correction", default="holm", choices=["holm", "bh", "none"],
+                   help="multiple-comparison correction of the significance marks within each "
+                   "family (one column of one experiment; one per-generation table)")
     p.add_argument("--histogram-policy", default=None,
                    help="only this policy's histogram figure and samples (default: every "
                    "policy)")
@@ -197,7 +233,8 @@ def report_command(args: argparse.Namespace) -> int:
                            args.onset_threshold, args.histogram_policy, not args.no_plots,
                            args.lineages, args.lineage_seed,
                            [c.strip() for c in args.tex_columns.split(",") if c.strip()]
-                           if args.tex_columns else None)
+                           if args.tex_columns else None, args.correction, args.onset_metric,
+                           args.onset_rule)
     except ReportError as err:
         print(f"lmcollapse report: {err}", file=sys.stderr)
         return 2
@@ -210,7 +247,8 @@ def report_command(args: argparse.Namespace) -> int:
     print(f"## Per generation: {metric}\n\n"
           f"{markdown_table(res['generation_table'], res['generation_marks'])}\n")
     print("\n".join(f"- {n}" for n in generation_notes(lb.experiments, metric,
-                                                      lb.meta[metric]["higher_is_better"])))
+                                                      lb.meta[metric]["higher_is_better"],
+                                                      lb.correction)))
     print()
     where = sorted({str(f.parent) for f in res["files"]})
     print(f"wrote {len(res['files'])} files into {', '.join(where)}")

@@ -14,10 +14,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from scipy import stats
-
 from lmcollapse.results import (
-    ALPHA,
     ARROWS,
     MARK,
     Comparison,
@@ -28,6 +25,7 @@ from lmcollapse.results import (
     median_onset,
     shared_zero,
 )
+from lmcollapse.stats import ALPHA, CORRECTION_NAMES
 
 # --- text rendering -------------------------------------------------------------------------
 
@@ -46,9 +44,11 @@ def fmt_stat(s: Stat, delta: Stat | None = None) -> str:
     return text + (f" ({delta.mean:+.{d}f})" if delta is not None and delta.n else "")
 
 
-def _onset_text(row: LeaderboardRow) -> str:
+def _onset_text(row: LeaderboardRow, rule: str = "relative") -> str:
     if row.policy == "human":
         return "–"
+    if rule == "noise":
+        return "none" if row.onset_test is None else f"{row.onset_test} (test)"
     if not row.onsets:
         return "n/a"
     crossed = sum(o is not None for o in row.onsets.values())
@@ -72,9 +72,17 @@ def _marked(text: str, comparison: Comparison | None) -> str:
     return f"{text} {MARK}" if comparison is not None and comparison.within_noise else text
 
 
+def _interval_text(lo: float, hi: float, like: float) -> str:
+    d = _decimals(like)
+    return f"[{lo:.{d}f}, {hi:.{d}f}]"
+
+
 def _cell_text(row: LeaderboardRow, m: str) -> str:
     cell = row.cells[m]
     text = fmt_stat(cell.stat, None if row.policy == "human" else cell.delta)
+    boot = row.bootstrap.get(m, {})
+    if cell.stat.n == 1 and len(boot) == 1:  # one seed: how precise its number is
+        text += " " + _interval_text(*next(iter(boot.values())), cell.stat.mean)
     if cell.stat.n:
         text = _marked(text, row.versus.get(m))
     tags = []
@@ -95,7 +103,7 @@ def leaderboard_table(lb: Leaderboard) -> tuple[list[str], list[list[str]]]:
         n = str(r.n_final) if r.policy == "human" else f"{r.n_final}/{len(r.experiment.seeds)}"
         rank = "ref" if r.rank is None else str(r.rank)
         rows.append([rank, r.label + (" †" if r.partial else ""), n, _gens_text(r),
-                     _onset_text(r), *(_cell_text(r, c) for c in lb.columns)])
+                     _onset_text(r, lb.onset.rule), *(_cell_text(r, c) for c in lb.columns)])
     return header, rows
 
 
@@ -107,35 +115,76 @@ _DIRECTIONS = ("↑ higher is better, ↓ lower is better, ≈ closer to the hum
                "that seed|; its (+x) is the change of the value itself).")
 
 
-def _seed_notes(exps: list[RunResults], per_generation: bool = False) -> list[str]:
-    """The significance rule where an experiment has >= 2 seeds, the one-seed caveat where one
-    has fewer."""
+def _seed_notes(exps: list[RunResults], correction: str, per_generation: bool = False,
+                families: dict[str, int] | None = None) -> list[str]:
+    """The significance rule (test, correction, family and its size) where an experiment has
+    >= 2 seeds, the one-seed caveat where one has fewer. ``families``: comparisons per
+    family, by what the family is (for the header)."""
     multi = [e for e in exps if len(e.seeds) > 1]
     single = [e.key for e in exps if len(e.seeds) <= 1]
     out = []
-    if multi and per_generation:
-        out.append(f"{MARK} = gap to the row directly above not significant at that generation "
-                   f"(the leaderboard's rule: paired two-sided t-test over seeds, p ≥ {ALPHA:g} "
-                   f"or fewer than 2 paired seeds; ≈ metrics pair each seed's distance to its "
-                   f"human value); generation 0 (shared) and top rows are never marked.")
-    elif multi:
-        sizes = {len(e.seeds) for e in multi}
-        crit = ""
-        if len(sizes) == 1:
-            n = sizes.pop()
-            crit = (f" With {n} seeds, p < {ALPHA:g} needs |mean difference| > "
-                    f"{stats.t.ppf(1 - ALPHA / 2, n - 1):.2f} × std of the differences / √{n}.")
+    rule = CORRECTION_NAMES[correction]
+    if multi:
+        family = ("each per-generation table of each experiment (every row against the row "
+                  "above, at every generation)" if per_generation else
+                  "each column of each experiment (every row against the row above)")
+        sizes = ""
+        if families:
+            sizes = " Comparisons per family: " + "; ".join(f"{k}: {v}"
+                                                          for k, v in families.items()) + "."
         out.append(
             f"{MARK} = gap to the row directly above (same experiment) not significant: the two "
             f"policies' values of that metric, at the generation both cells show, are paired by "
-            f"seed (generation 0 is trained once per seed and shared), and a two-sided paired "
-            f"t-test of the per-seed differences (scipy.stats.ttest_rel) gives p ≥ {ALPHA:g}, or "
-            f"fewer than 2 seeds have both values. For ≈ metrics the paired values are each "
-            f"seed's distance |value − human value of that seed|. Top rows are never marked."
-            + crit)
+            f"seed (generation 0 is trained once per seed and shared), a two-sided paired "
+            f"t-test of the per-seed differences (scipy.stats.ttest_rel) gives a p-value, and "
+            f"the p-values of one family are corrected together ({rule}; family: {family}); "
+            f"a gap is marked when its corrected p ≥ {ALPHA:g} or fewer than 2 seeds have both "
+            f"values. For ≈ metrics the paired values are each seed's distance |value − human "
+            f"value of that seed|. Top rows are never marked." + sizes)
+        if not per_generation:
+            out.append("Intervals (CSV, and on hover in the HTML): 95% t-interval of each "
+                       "cell's mean over seeds and of each paired difference; where a metric "
+                       "keeps per-sample values, also a 95% bootstrap interval over the "
+                       "samples of each seed.")
     if single:
         out.append("1 seed: no spread, no significance marks"
-                   + (f" ({', '.join(single)})." if multi else "."))
+                   + (f" ({', '.join(single)})" if multi else "")
+                   + "; where a metric keeps per-sample values its cells carry a 95% "
+                   "bootstrap interval over the samples, [low, high].")
+    return out
+
+
+def seeds_needed_notes(lb: Leaderboard) -> list[str]:
+    """For each gap within noise, the seeds a paired test would need to call it (80% power,
+    at the family's strictest level), e.g. "replace vs mix-0.1, perplexity: about 7 seeds"."""
+    out = []
+    for r in lb.rows:
+        for m, c in r.versus.items():
+            if c.n < 2 or not c.within_noise or not r.cells[m].stat.n:
+                continue
+            need = (f"about {c.seeds_needed} seeds" if c.seeds_needed is not None
+                    else "no number (no spread of the differences, or over 1000 seeds)")
+            out.append(f"{r.label} vs {c.above}, {m}: {need} (has {c.n}; p = {c.p:.2g}, "
+                       f"corrected {c.p_adj:.2g})")
+    if not out:
+        return []
+    level = ("α = 0.05 / comparisons of the family (the correction's strictest step)"
+             if lb.correction != "none" else "α = 0.05")
+    return [f"Seeds needed to call each gap within noise: a two-sided paired t-test at 80% "
+            f"power, {level}, for the observed mean difference and spread of the per-seed "
+            "differences (statsmodels TTestPower); `lmcollapse plan-seeds` answers it for "
+            "any pair: " + "; ".join(out) + "."]
+
+
+def _families(lb: Leaderboard) -> dict[str, int]:
+    """Comparisons per family of the leaderboard (one column of one experiment)."""
+    out = {}
+    for exp in lb.experiments:
+        rows = [r for r in lb.rows if r.experiment is exp and r.versus]
+        if rows and len(exp.seeds) > 1:
+            size = max(r.versus[lb.columns[0]].family for r in rows)
+            name = "each column" + (f" of {exp.key}" if len(lb.experiments) > 1 else "")
+            out[name] = size
     return out
 
 
@@ -152,10 +201,9 @@ def notes(lb: Leaderboard) -> list[str]:
         "latest finished generation.",
         _DIRECTIONS,
         f"Ranked by {lb.rank_by} ({_HOW[d]}); the human reference rows ('ref') are unranked.",
-        *_seed_notes(lb.experiments),
-        f"Onset: first generation k ≥ 1 whose held-out perplexity exceeds generation 0's by "
-        f"more than {lb.onset_threshold * 100:g}% (strictly); median over seeds, a seed that "
-        f"never crosses counting as never; (c/n) = seeds that crossed.",
+        *_seed_notes(lb.experiments, lb.correction, families=_families(lb)),
+        lb.onset.describe(lb.meta[lb.onset.metric]["higher_is_better"], lb.correction),
+        *seeds_needed_notes(lb),
     ]
     for exp in lb.experiments:
         if shared_zero(exp):
@@ -230,7 +278,7 @@ def setup_items(exp: RunResults) -> list[tuple[str, str]]:
     ]
 
 
-def _md_table(header: list[str], rows: list[list[str]], left: int = 2) -> str:
+def md_table(header: list[str], rows: list[list[str]], left: int = 2) -> str:
     esc = [[c.replace("|", "\\|") for c in r] for r in [header, *rows]]
     lines = ["| " + " | ".join(esc[0]) + " |", "|" + "---|" * left + "---:|" * (len(header) - left)]
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in esc[1:]])
@@ -257,7 +305,7 @@ def generation_table(table: dict[str, dict[int | str, Stat]], marks: GenerationM
 def markdown_table(table: dict[str, dict[int | str, Stat]],
                    marks: GenerationMarks | None = None) -> str:
     """Policies as rows, generations as columns, the human reference last."""
-    return _md_table(*generation_table(table, marks), left=1)
+    return md_table(*generation_table(table, marks), left=1)
 
 
 def _rank_note(metric: str, direction: bool | None) -> str:
@@ -265,8 +313,8 @@ def _rank_note(metric: str, direction: bool | None) -> str:
             f"({_HOW[direction]}), within each experiment.")
 
 
-def generation_notes(exps: list[RunResults], metric: str | None, direction: bool | None
-                     ) -> list[str]:
+def generation_notes(exps: list[RunResults], metric: str | None, direction: bool | None,
+                     correction: str = "holm") -> list[str]:
     """The footnotes of a per-generation table (``metric`` None: those every table shares,
     without the ranking line)."""
     spread = any(len(e.seeds) > 1 for e in exps)
@@ -276,7 +324,7 @@ def generation_notes(exps: list[RunResults], metric: str | None, direction: bool
         + "; (n=k): fewer seeds than the row's most; … = not measured yet; generation 0 is "
         "one model per seed, shared by every policy.",
         *([_rank_note(metric, direction)] if metric else []),
-        *_seed_notes(exps, per_generation=True),
+        *_seed_notes(exps, correction, per_generation=True),
     ]
 
 
@@ -309,7 +357,7 @@ def render_markdown(lb: Leaderboard, figures: list[str] | None = None,
     for exp in lb.experiments:
         out += [f"Setup of {exp.key}:", ""] + [f"- **{k}**: {v}" for k, v in setup_items(exp)]
         out.append("")
-    out += [_md_table(*leaderboard_table(lb)), ""] + [f"- {n}" for n in notes(lb)]
+    out += [md_table(*leaderboard_table(lb)), ""] + [f"- {n}" for n in notes(lb)]
     skipped = [p for e in lb.experiments for p in e.problems]
     if skipped:
         out += ["", "Skipped (could not be read; everything else is shown):", ""]
@@ -322,21 +370,28 @@ def render_markdown(lb: Leaderboard, figures: list[str] | None = None,
                 markdown_table(table, marks), "", _rank_note(metric, direction)]
     if tables:
         out += ["", "Per-generation tables:", ""]
-        out += [f"- {n}" for n in generation_notes(lb.experiments, None, None)]
+        out += [f"- {n}" for n in generation_notes(lb.experiments, None, None, lb.correction)]
     if figures:
         out += ["", "Figures:", ""] + [f"![{Path(f).stem}]({f})" for f in figures]
     return "\n".join(out) + "\n"
 
 
 def render_csv(lb: Leaderboard) -> str:
-    """One line per row, full-precision numbers, empty = missing, the setup in the last column."""
+    """One line per row, full-precision numbers, empty = missing, the setup in the last
+    column. Per metric: the cell (mean, std, n, its 95% t-interval), the change from
+    generation 0, the comparison with the row above (paired mean difference, its std and
+    95% t-interval, raw and corrected p, family size, whether it is marked, seeds needed),
+    and the per-seed bootstrap intervals (``seed:low:high`` joined by ``;``)."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    per = ("generation", "mean", "std", "n", "delta_mean", "delta_std", "vs_above_n",
-           "vs_above_diff", "vs_above_p", "within_noise")
+    per = ("generation", "mean", "std", "n", "ci_low", "ci_high", "delta_mean", "delta_std",
+           "vs_above_n", "vs_above_diff", "vs_above_diff_sd", "vs_above_diff_low",
+           "vs_above_diff_high", "vs_above_p", "vs_above_p_adj", "vs_above_family",
+           "within_noise", "seeds_needed", "bootstrap")
     w.writerow(["experiment", "policy", "rank", "above", "partial", "n_final", "n_seeds",
                 "finished_generations", "final_generation", "onset_median", "onset_per_seed",
-                "onset_threshold", *(f"{c}_{p}" for c in lb.columns for p in per), "setup"])
+                "onset_metric", "onset_rule", "onset_threshold", "correction",
+                *(f"{c}_{p}" for c in lb.columns for p in per), "setup"])
 
     def num(x: Any) -> str:
         return "" if x is None or (isinstance(x, float) and math.isnan(x)) else repr(x)
@@ -344,22 +399,30 @@ def render_csv(lb: Leaderboard) -> str:
     def versus(r: LeaderboardRow, c: str) -> list[str]:
         v = r.versus.get(c)
         if v is None or not r.cells[c].stat.n:
-            return ["", "", "", ""]
-        return [str(v.n), num(v.diff), num(v.p), str(int(v.within_noise))]
+            return [""] * 10
+        return [str(v.n), num(v.diff), num(v.sd), *map(num, v.interval), num(v.p),
+                num(v.p_adj), str(v.family), str(int(v.within_noise)), num(v.seeds_needed)]
+
+    def cell(r: LeaderboardRow, c: str) -> list[str]:
+        x = r.cells[c]
+        boot = ";".join(f"{s}:{lo!r}:{hi!r}" for s, (lo, hi) in r.bootstrap.get(c, {}).items())
+        return [*(num(v) for v in (x.generation, *x.stat, *x.stat.interval, *x.delta[:2])),
+                *versus(r, c), boot]
 
     for r in lb.rows:
         human = r.policy == "human"
-        med = None if human else median_onset(list(r.onsets.values()))
+        if lb.onset.rule == "noise":
+            med, per_seed = (None if human else r.onset_test), ""
+        else:
+            med = None if human else median_onset(list(r.onsets.values()))
+            per_seed = ";".join("none" if o is None else str(o) for o in r.onsets.values())
         above = next(iter(r.versus.values())).above if r.versus else ""
         w.writerow([r.experiment.key, r.policy, num(r.rank), above, int(r.partial), r.n_final,
                     len(r.experiment.seeds), ";".join("-" if g is None else str(g)
                                                       for g in r.finished.values()),
                     r.experiment.generations, "" if human else ("none" if med is None else med),
-                    ";".join("none" if o is None else str(o) for o in r.onsets.values()),
-                    lb.onset_threshold,
-                    *(x for c in lb.columns for x in
-                      [*(num(v) for v in (r.cells[c].generation, *r.cells[c].stat,
-                                          *r.cells[c].delta[:2])), *versus(r, c)]),
+                    per_seed, lb.onset.metric, lb.onset.rule, lb.onset_threshold,
+                    lb.correction, *(x for c in lb.columns for x in cell(r, c)),
                     "; ".join(f"{k}: {v}" for k, v in setup_items(r.experiment))])
     return buf.getvalue()
 
@@ -440,6 +503,14 @@ def latex_columns(lb: Leaderboard) -> list[str]:
     return out
 
 
+def _onset_rule_short(lb: Leaderboard) -> str:
+    o = lb.onset
+    if o.rule == "noise":
+        return f"first generation whose {o.metric} is worse than generation 0's beyond noise"
+    return (f"first generation whose {o.metric} is worse than generation 0's by more than "
+            f"{o.threshold * 100:g}% (median over seeds)")
+
+
 def render_latex(lb: Leaderboard) -> str:
     """A paper-ready ``table*``: booktabs rules, caption and label, display names, math
     minus signs; scaled down to the text width when still wider (the caption says so).
@@ -461,10 +532,11 @@ def render_latex(lb: Leaderboard) -> str:
                f"{'/'.join(map(str, gens))} generations, {spread}, change from generation 0 "
                "below in parentheses; $\\uparrow$ higher, $\\downarrow$ lower, $\\approx$ closer "
                "to the human reference is better"
-               + ("; $^{\\sim}$ gap to the row above within the seed spread"
+               + ("; $^{\\sim}$ gap to the row above within noise (paired t-test over seeds, "
+                  + (f"{CORRECTION_NAMES[lb.correction]}-corrected within each column)"
+                     if lb.correction != "none" else "uncorrected)")
                   if max(seeds) > 1 else "")
-               + "; onset: first generation whose held-out perplexity exceeds generation "
-               f"0's by more than {lb.onset_threshold * 100:g}\\% (median over seeds)"
+               + "; onset: " + tex_escape(_onset_rule_short(lb))
                + ("; $^\\dagger$ not every seed finished" if partial else "")
                + ". Scaled down to the text width where wider.")
     label = re.sub(r"[^A-Za-z0-9]+", "-", keys).strip("-").lower()
@@ -490,16 +562,20 @@ def render_latex(lb: Leaderboard) -> str:
 
 def _html_table(header: list[str], rows: list[list[str]], first_value: int,
                 titles: list[str] | None = None, text_columns: tuple[int, ...] = (0,),
-                keys: list[list[str | None]] | None = None) -> str:
+                keys: list[list[str | None]] | None = None,
+                hovers: list[list[str]] | None = None) -> str:
     """Marked value cells (columns from ``first_value`` on) are greyed, the mark raised;
     ``titles`` are the headers' hover texts. Clicking a header sorts by its column: the
     label columns ``text_columns`` alphabetically, the others by ``keys[i][j]`` where given
-    (a number, "" for none: last) or else by the first number in the cell."""
+    (a number, "" for none: last) or else by the first number in the cell; ``hovers[i][j]``
+    is a cell's hover text (its intervals and tests)."""
     e = html.escape
 
     def td(i: int, j: int, c: str) -> str:
         key = keys[i][j] if keys and j < len(keys[i]) else None
         attr = f' data-sort="{e(key)}"' if key is not None else ""
+        hover = hovers[i][j] if hovers and j < len(hovers[i]) else ""
+        attr += f' title="{e(hover)}"' if hover else ""
         if j >= first_value and f" {MARK}" in c:
             sup = f'<sup title="within the seed noise of the row above">{MARK}</sup>'
             return f'<td class="noise"{attr}>{e(c).replace(f" {MARK}", sup, 1)}</td>'
@@ -517,6 +593,40 @@ def _html_table(header: list[str], rows: list[list[str]], first_value: int,
             f"<tbody>\n{body}</tbody>\n</table></div>")
 
 
+def _fmt(x: float, like: float | None = None) -> str:
+    """``x`` with the decimals the cell's own number (``like``, default ``x``) is shown with."""
+    if x is None or not math.isfinite(x):
+        return "–"
+    return f"{x:.{_decimals(x if like is None else like)}f}"
+
+
+def cell_hover(row: LeaderboardRow, m: str) -> str:
+    """What a leaderboard cell's number rests on: its 95% interval over seeds, the paired
+    comparison with the row above (difference, interval, raw and corrected p, seeds needed)
+    and the per-seed bootstrap intervals."""
+    cell, parts = row.cells[m], []
+    if cell.stat.n > 1:
+        lo, hi = cell.stat.interval
+        parts.append(f"95% interval of the mean over {cell.stat.n} seeds: "
+                     f"[{_fmt(lo, cell.stat.mean)}, {_fmt(hi, cell.stat.mean)}]")
+    c = row.versus.get(m)
+    if c is not None and c.n >= 2 and cell.stat.n:
+        lo, hi = c.interval
+        parts.append(f"vs {c.above}: paired difference {_fmt(c.diff, cell.stat.mean)}, 95% "
+                     f"interval [{_fmt(lo, cell.stat.mean)}, {_fmt(hi, cell.stat.mean)}], "
+                     f"p = {c.p:.2g}, corrected p = {c.p_adj:.2g} "
+                     f"(family of {c.family})" + ("" if c.seeds_needed is None or not
+                                                   c.within_noise else
+                                                   f"; about {c.seeds_needed} seeds would "
+                                                   "call it"))
+    boot = row.bootstrap.get(m, {})
+    if boot:
+        parts.append("bootstrap 95% over samples: " + ", ".join(
+            f"seed {s} [{_fmt(lo, cell.stat.mean)}, {_fmt(hi, cell.stat.mean)}]"
+            for s, (lo, hi) in boot.items()))
+    return "; ".join(parts)
+
+
 def _sort_keys(lb: Leaderboard) -> list[list[str | None]]:
     """Sort keys of the leaderboard's bookkeeping columns (rank, n, gens, onset), row by
     row: what the cell means, not its first digit ("none (1/3)" is a median onset of never,
@@ -525,8 +635,11 @@ def _sort_keys(lb: Leaderboard) -> list[list[str | None]]:
     for r in lb.rows:
         human = r.policy == "human"
         done = [-1 if g is None else g for g in r.finished.values()] or [-1]
-        med = None if human or not r.onsets else median_onset(list(r.onsets.values()))
-        onset = ("" if human or not r.onsets else "Infinity" if med is None else repr(med))
+        if lb.onset.rule == "noise":
+            onset = "" if human else ("Infinity" if r.onset_test is None else str(r.onset_test))
+        else:
+            med = None if human or not r.onsets else median_onset(list(r.onsets.values()))
+            onset = ("" if human or not r.onsets else "Infinity" if med is None else repr(med))
         out.append(["" if r.rank is None else str(r.rank), None, str(r.n_final),
                     "" if human or min(done) < 0 else str(min(done)), onset])
     return out
@@ -541,8 +654,8 @@ def _definitions(lb: Leaderboard) -> list[str]:
             measured.setdefault(metric, str(text))
     fixed = ["rank at the final generation (ref: the human reference, unranked)",
              "policy (a cell of the grid)", "seeds measured at the final generation / seeds",
-             "generations measured / planned", "collapse onset: first generation whose held-"
-             "out perplexity exceeds generation 0 by the threshold (median over seeds)"]
+             "generations measured / planned",
+             lb.onset.describe(lb.meta[lb.onset.metric]["higher_is_better"], lb.correction)]
     words = {True: "higher is better", False: "lower is better",
              None: "closer to the human reference is better"}
     cells = ("mean ± sample std over seeds" if any(len(e.seeds) > 1 for e in lb.experiments)
@@ -627,9 +740,11 @@ def render_html(lb: Leaderboard, tables: GenerationTables | None = None,
     header, rows = leaderboard_table(lb)
     header = header[:5] + [_title(lb, c) for c in lb.columns]
     defs = _definitions(lb)
+    hovers = [["", "", "", "", "", *(cell_hover(r, c) for c in lb.columns)] for r in lb.rows]
     parts += ["<h2>Leaderboard</h2>", "<p>Click a header to sort; hover it for its "
-              "definition.</p>", _html_table(header, rows, 5, defs, text_columns=(1,),
-                                             keys=_sort_keys(lb)),
+              "definition, a cell for its intervals and tests.</p>",
+              _html_table(header, rows, 5, defs, text_columns=(1,), keys=_sort_keys(lb),
+                          hovers=hovers),
               "<ul>" + "".join(f"<li>{e(n)}</li>" for n in notes(lb)) + "</ul>"]
     skipped = [p for x in lb.experiments for p in x.problems]
     if skipped:
@@ -637,7 +752,7 @@ def render_html(lb: Leaderboard, tables: GenerationTables | None = None,
                   "<ul>" + "".join(f"<li>{e(p)}</li>" for p in skipped) + "</ul>"]
     if tables:
         parts += ["<h2>Per generation</h2>", "<ul>" + "".join(
-            f"<li>{e(n)}</li>" for n in generation_notes(lb.experiments, None, None))
+            f"<li>{e(n)}</li>" for n in generation_notes(lb.experiments, None, None, lb.correction))
             + "</ul>"]
         for metric, table, marks in tables:
             direction = lb.meta.get(metric, {}).get("higher_is_better")

@@ -21,25 +21,32 @@ import math
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from scipy import stats
 
 from lmcollapse import files
 from lmcollapse.config import CONFIG_VERSION
 from lmcollapse.errors import ReportError
 from lmcollapse.layout import METRICS, REFERENCE_SCORES, STEPS, RunLayout
 from lmcollapse.registry import unknown_name_message
+from lmcollapse.stats import (
+    ALPHA,
+    CORRECTION_NAMES,
+    CORRECTIONS,
+    adjust,
+    paired_test,
+    planning_alpha,
+    seeds_needed,
+    t_interval,
+)
 
 log = logging.getLogger("lmcollapse.report")
 
 ARROWS = {True: "↑", False: "↓", None: "≈"}
 NAN = math.nan
-#: significance level of the paired comparison with the row above
-ALPHA = 0.05
 #: appended to a cell whose gap to the row above is within the seed noise
 MARK = "~"
 
@@ -50,6 +57,11 @@ class Stat(NamedTuple):
     mean: float
     std: float
     n: int
+
+    @property
+    def interval(self) -> tuple[float, float]:
+        """95% t-based confidence interval of the mean over seeds (NaN when n < 2)."""
+        return t_interval(self.mean, self.std, self.n)
 
 
 def stat(values: Any) -> Stat:
@@ -62,45 +74,51 @@ def stat(values: Any) -> Stat:
 
 
 class Comparison(NamedTuple):
-    """One cell against the same metric of the row ranked directly above it (same experiment).
+    """One cell against another (the row ranked directly above it, same experiment, same
+    generation): a paired test over seeds, corrected within its family.
 
-    ``n`` seeds have a value in both rows at the same generation; ``diff`` is the mean over
-    them of (this row - the row above), of the values or, for a metric whose direction is None,
-    of each seed's distance to its human value; ``p`` is the two-sided paired t-test p-value
-    (NaN when n < 2).
+    ``n`` seeds have a value in both cells; ``diff`` is the mean over them of (this − the
+    other), of the values or, for a metric whose direction is None, of each seed's distance
+    to its human value, ``sd`` the sample std of those differences; ``p`` the two-sided
+    paired t-test p-value (NaN when n < 2), ``p_adj`` the same after the family's
+    correction (:func:`lmcollapse.stats.adjust`), ``family`` the comparisons the correction
+    counted; ``low``/``high`` the 95% t-interval of ``diff``; ``seeds_needed`` (a gap that
+    is not significant) the seeds a paired test would need at 80% power
+    (:func:`lmcollapse.stats.seeds_needed`).
     """
 
     above: str
     n: int
     diff: float
     p: float
+    sd: float = NAN
+    p_adj: float = NAN
+    family: int = 0
+    seeds_needed: int | None = None
+
+    @property
+    def interval(self) -> tuple[float, float]:
+        return t_interval(self.diff, self.sd, self.n)
 
     @property
     def within_noise(self) -> bool:
-        """True (the cell is marked) unless n >= 2 and p < :data:`ALPHA`."""
-        return not (self.n >= 2 and self.p < ALPHA)
+        """True (the cell is marked) unless n >= 2 and the corrected p < :data:`ALPHA`."""
+        return not (self.n >= 2 and self.p_adj < ALPHA)
 
 
-def paired_test(a: dict[int, float], b: dict[int, float]) -> tuple[int, float, float]:
-    """Two-sided paired t-test of ``a - b`` over the seeds both have: ``(n, mean diff, p)``.
-
-    The p-value is ``scipy.stats.ttest_rel``'s (t = mean(d) / (stdev(d) / sqrt(n)) on n - 1
-    degrees of freedom, d the per-seed differences). Where stdev(d) = 0 the differences are
-    all equal and scipy gives NaN: p = 0 when they are nonzero, 1 when they are all zero.
-    p is NaN when n < 2 or a difference is not finite.
-    """
-    seeds = sorted(a.keys() & b.keys())
-    d = [a[s] - b[s] for s in seeds]
-    n = len(d)
-    if not n:
-        return 0, NAN, NAN
-    mean = statistics.fmean(d)
-    if n < 2 or not all(map(math.isfinite, d)):
-        return n, mean, NAN
-    sd = statistics.stdev(d)
-    if sd == 0:
-        return n, mean, 0.0 if mean else 1.0
-    return n, mean, float(stats.ttest_rel([a[s] for s in seeds], [b[s] for s in seeds]).pvalue)
+def correct(comparisons: list[Comparison], correction: str) -> list[Comparison]:
+    """One family's comparisons with their adjusted p-values and, where a gap stays within
+    noise, the seeds a paired test would need to settle it at the family's level."""
+    adjusted = adjust([c.p if c.n >= 2 else NAN for c in comparisons], correction)
+    size = sum(math.isfinite(p) for p in adjusted)
+    alpha = planning_alpha(correction, size)
+    out = []
+    for c, p in zip(comparisons, adjusted, strict=True):
+        c = c._replace(p_adj=p, family=size)
+        if c.n >= 2 and c.within_noise:
+            c = c._replace(seeds_needed=seeds_needed(c.diff, c.sd, alpha))
+        out.append(c)
+    return out
 
 
 # --- loading --------------------------------------------------------------------------------
@@ -339,13 +357,43 @@ def check_name(kind: str, name: str, allowed: list[str]) -> None:
 
 # --- the leaderboard ------------------------------------------------------------------------
 
-def onset(perplexity: dict[int, float], threshold: float) -> int | None:
-    """First generation k >= 1 with perplexity_k > perplexity_0 * (1 + threshold), else None."""
-    base = perplexity.get(0)
+def onset(values: dict[int, float], threshold: float, direction: bool | None = False
+          ) -> int | None:
+    """First generation k >= 1 whose value is worse than generation 0's by more than
+    ``threshold`` (relative, strictly), else None. Worse: higher when lower is better
+    (``value_k > value_0 * (1 + threshold)``), lower when higher is better (``value_k <
+    value_0 * (1 - threshold)``); for direction None pass each generation's distance to the
+    human value, which is worse when higher."""
+    base = values.get(0)
     if base is None:
         return None
-    return next((k for k in sorted(perplexity) if k >= 1
-                 and perplexity[k] > base * (1 + threshold)), None)
+    if direction:
+        return next((k for k in sorted(values) if k >= 1
+                     and values[k] < base * (1 - threshold)), None)
+    return next((k for k in sorted(values) if k >= 1
+                 and values[k] > base * (1 + threshold)), None)
+
+
+def noise_onset(exp: RunResults, policy: str, metric: str, direction: bool | None,
+                correction: str) -> tuple[int | None, list[Comparison]]:
+    """The first generation k >= 1 that differs from generation 0 beyond noise, in the
+    worse direction: each generation's per-seed values (distances to human for direction
+    None) paired with generation 0's by seed, the row's generations one family
+    (``correction``). Returns (k or None, every generation's comparison)."""
+    zero = exp.scored(policy, metric, 0, direction)
+    gens = [k for k in range(1, exp.generations + 1) if exp.values(policy, metric, k)]
+    tests = correct([Comparison("gen 0", *_paired(exp.scored(policy, metric, k, direction),
+                                                  zero)) for k in gens], correction)
+    worse = (lambda d: d < 0) if direction else (lambda d: d > 0)
+    first = next((k for k, c in zip(gens, tests, strict=True)
+                  if not c.within_noise and worse(c.diff)), None)
+    return first, tests
+
+
+def _paired(a: dict[int, float], b: dict[int, float]) -> tuple[int, float, float, float]:
+    """(n, mean diff, p, sd) of :func:`lmcollapse.stats.paired_test`, in Comparison order."""
+    t = paired_test(a, b)
+    return t.n, t.diff, t.p, t.sd
 
 
 def median_onset(onsets: list[int | None]) -> float | None:
@@ -378,6 +426,11 @@ class LeaderboardRow:
     notes: list[str] = field(default_factory=list)
     #: metric -> comparison with the row ranked directly above (same experiment, >= 2 seeds)
     versus: dict[str, Comparison] = field(default_factory=dict)
+    #: with the ``noise`` onset rule: the first generation beyond noise (None: none)
+    onset_test: int | None = None
+    #: metric -> {seed: 95% bootstrap interval over that seed's samples} where the metric
+    #: keeps per-sample values (filled by the report: :mod:`lmcollapse.documents`)
+    bootstrap: dict[str, dict[int, tuple[float, float]]] = field(default_factory=dict)
 
     @property
     def n_final(self) -> int:
@@ -398,8 +451,45 @@ class Leaderboard:
     columns: list[str]
     meta: dict[str, dict[str, Any]]
     rank_by: str
-    onset_threshold: float
+    onset: Onset
     experiments: list[RunResults]
+    #: how the significance marks of one family (one column of one experiment) are corrected
+    correction: str = "holm"
+
+    @property
+    def onset_threshold(self) -> float:
+        return self.onset.threshold
+
+
+@dataclass(frozen=True)
+class Onset:
+    """How the onset of collapse is read: the first generation at which ``metric`` turns
+    worse than at generation 0, either by more than ``threshold`` (rule ``relative``, per
+    seed, :func:`onset`) or beyond noise (rule ``noise``, over seeds, :func:`noise_onset`)."""
+
+    metric: str = "perplexity"
+    rule: str = "relative"
+    threshold: float = 0.1
+
+    RULES: ClassVar[tuple[str, ...]] = ("relative", "noise")
+
+    def describe(self, direction: bool | None, correction: str) -> str:
+        """The rule in words, for a table's notes."""
+        worse = {False: "higher", True: "lower",
+                 None: "farther from the seed's human value"}[direction]
+        if self.rule == "relative":
+            size = f"more than {self.threshold * 100:g}%"
+            if direction is None:
+                what = (f"whose distance to the human value of {self.metric} exceeds "
+                        f"generation 0's by {size}")
+            else:
+                what = f"whose {self.metric} is {worse} than generation 0's by {size}"
+            return (f"Onset: first generation k ≥ 1 {what} (strictly); median over seeds, a "
+                    "seed that never crosses counting as never; (c/n) = seeds that crossed.")
+        return (f"Onset: first generation k ≥ 1 whose {self.metric} is {worse} than generation "
+                "0's beyond noise: paired t-test over seeds of each generation against "
+                f"generation 0, the row's generations one family ({CORRECTION_NAMES[correction]}"
+                f", p < {ALPHA:g}); (test) = read over seeds, not per seed.")
 
 
 def shared_zero(exp: RunResults) -> list[str]:
@@ -413,8 +503,8 @@ def shared_zero(exp: RunResults) -> list[str]:
     return shared if len(shared) > 1 else []
 
 
-def _policy_row(exp: RunResults, policy: str, metrics: list[str], threshold: float,
-                label: str) -> LeaderboardRow:
+def _policy_row(exp: RunResults, policy: str, metrics: list[str], rule: Onset,
+                direction: bool | None, correction: str, label: str) -> LeaderboardRow:
     top = exp.generations
     cells = {}
     for m in metrics:
@@ -423,12 +513,17 @@ def _policy_row(exp: RunResults, policy: str, metrics: list[str], threshold: flo
         base = exp.values(policy, m, 0)
         cells[m] = Cell(stat(vals.values()), gen, stat(v - base[s] for s, v in vals.items()
                                                         if s in base))
-    ppl: dict[int, dict[int, float]] = {}
-    for g in range(top + 1):
-        for s, v in exp.values(policy, "perplexity", g).items():
-            ppl.setdefault(s, {})[g] = v
-    row = LeaderboardRow(exp, policy, label, cells, {s: exp.finished(policy, s) for s in exp.seeds},
-              {s: onset(p, threshold) for s, p in sorted(ppl.items()) if 0 in p})
+    row = LeaderboardRow(exp, policy, label, cells,
+                         {s: exp.finished(policy, s) for s in exp.seeds})
+    if rule.rule == "noise":
+        row.onset_test = noise_onset(exp, policy, rule.metric, direction, correction)[0]
+    else:
+        per_seed: dict[int, dict[int, float]] = {}
+        for g in range(top + 1):
+            for s, v in exp.scored(policy, rule.metric, g, direction).items():
+                per_seed.setdefault(s, {})[g] = v
+        row.onsets = {s: onset(v, rule.threshold, direction)
+                      for s, v in sorted(per_seed.items()) if 0 in v}
     for s, done in row.finished.items():
         if done != top:
             row.notes.append(f"{label} seed {s}: {_progress(exp, policy, s, done)}")
@@ -449,25 +544,39 @@ def _progress(exp: RunResults, policy: str, seed: int, done: int | None) -> str:
 
 
 def leaderboard(exps: list[RunResults], rank_by: str | None = None,
-                columns: list[str] | None = None, onset_threshold: float = 0.1) -> Leaderboard:
+                columns: list[str] | None = None, onset_threshold: float = 0.1,
+                correction: str = "holm", onset_metric: str = "perplexity",
+                onset_rule: str = "relative") -> Leaderboard:
     """Rank every (experiment, policy) by ``rank_by`` at the final generation.
 
     Args:
         exps: from :func:`load_runs`.
         rank_by: value key; direction from its ``higher_is_better`` (None: closest to human).
         columns: value keys to show; default those the metrics mark (:func:`default_columns`).
-        onset_threshold: relative rise of held-out perplexity over gen 0 that marks onset.
+        onset_threshold: with ``onset_rule`` ``relative``: the relative change of
+            ``onset_metric`` over generation 0 (in the worse direction) that marks onset.
+        correction: ``holm``, ``bh`` or ``none``: how each family of comparisons (one column
+            of one experiment) is corrected (:func:`lmcollapse.stats.adjust`).
+        onset_metric, onset_rule: see :class:`Onset`.
     """
     meta = measured(exps)
     names = list(meta)
     if not names:
         dirs = ", ".join(str(d) for e in exps for d in e.dirs)
         raise ReportError(f"nothing measured yet in {dirs}: no seed_*/**/metrics.json")
+    check_name("correction", correction, list(CORRECTIONS))
+    check_name("onset rule", onset_rule, list(Onset.RULES))
+    if not math.isfinite(onset_threshold) or onset_threshold < 0:
+        raise ReportError(f"--onset-threshold: a relative change >= 0, got {onset_threshold}")
     columns = list(dict.fromkeys(columns or default_columns(exps)))
     for c in columns:
         check_name("metric", c, names)
     rank_by = rank_by or ("perplexity" if "perplexity" in meta else (columns or names)[0])
     check_name("metric", rank_by, names)
+    onset_metric = onset_metric if onset_metric in meta or onset_metric != "perplexity" \
+        else rank_by
+    check_name("metric", onset_metric, names)
+    rule = Onset(onset_metric, onset_rule, onset_threshold)
     columns = columns if rank_by in columns else [rank_by, *columns]
     many = len(exps) > 1
     humans, rows = [], []
@@ -476,8 +585,8 @@ def leaderboard(exps: list[RunResults], rank_by: str | None = None,
         humans.append(LeaderboardRow(exp, "human", f"{pre}human", {m: Cell(exp.human(m), None)
                                                          for m in columns}))
         shared = shared_zero(exp)  # one model and corpus: one row, not one per policy
-        rows += [_policy_row(exp, p, columns, onset_threshold, pre + " = ".join(shared)
-                             if p in shared else pre + p)
+        rows += [_policy_row(exp, p, columns, rule, meta[onset_metric]["higher_is_better"],
+                             correction, pre + " = ".join(shared) if p in shared else pre + p)
                  for p in exp.policies if p not in shared[1:]]
     direction = meta[rank_by]["higher_is_better"]
     rows.sort(key=lambda r: _score(r.experiment, r.policy, rank_by, r.cells[rank_by].generation,
@@ -492,7 +601,13 @@ def leaderboard(exps: list[RunResults], rank_by: str | None = None,
                                       (prev.policy, prev.cells[m].generation), prev.label)
                           for m in columns}
         above[id(row.experiment)] = row
-    return Leaderboard(humans + rows, columns, meta, rank_by, onset_threshold, exps)
+    for exp in exps:  # each column of each experiment is one family
+        mine = [r for r in rows if r.experiment is exp and r.versus]
+        for m in columns:
+            for r, c in zip(mine, correct([r.versus[m] for r in mine], correction),
+                            strict=True):
+                r.versus[m] = c
+    return Leaderboard(humans + rows, columns, meta, rank_by, rule, exps, correction)
 
 
 def _score(exp: RunResults, policy: str, metric: str, generation: int | None,
@@ -512,8 +627,8 @@ def _compare(exp: RunResults, metric: str, direction: bool | None,
     generations are not compared (n = 0)."""
     if this[1] is None or this[1] != above[1]:
         return Comparison(label, 0, NAN, NAN)
-    return Comparison(label, *paired_test(exp.scored(this[0], metric, this[1], direction),
-                                          exp.scored(above[0], metric, above[1], direction)))
+    return Comparison(label, *_paired(exp.scored(this[0], metric, this[1], direction),
+                                      exp.scored(above[0], metric, above[1], direction)))
 
 
 def _ranked_policies(exp: RunResults, metric: str, direction: bool | None) -> list[str]:
@@ -545,10 +660,12 @@ def per_generation(exps: list[RunResults], metric: str) -> dict[str, dict[int | 
     return table
 
 
-def generation_marks(exps: list[RunResults], metric: str) -> dict[str, dict[int, Comparison]]:
+def generation_marks(exps: list[RunResults], metric: str, correction: str = "holm"
+                     ) -> dict[str, dict[int, Comparison]]:
     """``{row label: {generation: Comparison}}`` for :func:`per_generation`'s rows: each
     policy against the row directly above it (same experiment) at every generation k >= 1
-    either has; nothing for the first row, generation 0 (shared) or one-seed experiments."""
+    either has; nothing for the first row, generation 0 (shared) or one-seed experiments.
+    The comparisons of one experiment's table are one family (``correction``)."""
     meta = measured(exps)
     check_name("metric", metric, list(meta))
     direction = meta[metric]["higher_is_better"]
@@ -557,12 +674,15 @@ def generation_marks(exps: list[RunResults], metric: str) -> dict[str, dict[int,
         order = _ranked_policies(exp, metric, direction)
         if len(exp.seeds) < 2:
             continue
+        found: list[tuple[str, int, Comparison]] = []
         for prev, p in zip(order[:-1], order[1:], strict=True):
             label = f"{exp.key} / {p}" if many else p
-            marks[label] = {g: _compare(exp, metric, direction, (p, g), (prev, g),
-                                        f"{exp.key} / {prev}" if many else prev)
-                            for g in range(1, exp.generations + 1)
-                            if exp.values(p, metric, g)}
+            found += [(label, g, _compare(exp, metric, direction, (p, g), (prev, g),
+                                          f"{exp.key} / {prev}" if many else prev))
+                      for g in range(1, exp.generations + 1) if exp.values(p, metric, g)]
+        for (label, g, _), c in zip(found, correct([c for *_, c in found], correction),
+                                    strict=True):
+            marks.setdefault(label, {})[g] = c
     return marks
 
 

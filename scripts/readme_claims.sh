@@ -4,7 +4,7 @@
 #   bash scripts/readme_claims.sh [curation|sampling-bias|fresh-threshold|blue-cats]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cmp() { python scripts/compare_policies.py "$@"; echo; }
+cmp() { lmcollapse compare "$@"; echo; }
 want=${1:-all}
 
 if [[ $want == all || $want == curation ]]; then

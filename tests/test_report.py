@@ -18,6 +18,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from scipy import stats
+from statsmodels.stats.multitest import multipletests
+from statsmodels.stats.power import TTestPower
 
 from lmcollapse import report, report_formats, results
 from lmcollapse.cli import run_main
@@ -412,33 +414,6 @@ def test_latex_columns_fewer_by_default_or_chosen(run, tmp_path):
     assert all(f"{m.title().replace('_', chr(92) + '_')} $" in head for m in DIRECTION)
 
 
-def test_compare_policies_script(run):
-    """scripts/compare_policies.py: the paired test of two cells, against scipy on the known
-    values (accumulate's seed 2 did not reach generation 3: 2 pairs there)."""
-    script = Path(__file__).resolve().parents[1] / "scripts" / "compare_policies.py"
-    done = subprocess.run([sys.executable, str(script), str(run), "--pair", "replace",
-                           "accumulate", "--pair", "replace/gen_0", "replace", "--metrics",
-                           "perplexity"], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    rows = [ln.split(" | ") for ln in done.stdout.splitlines() if ln.startswith("| perp")]
-    cells = {(r[1], r[2]): r for r in rows}
-    rep = [value("perplexity", "replace", s, GENS) for s in (0, 1)]
-    acc = [value("perplexity", "accumulate", s, GENS) for s in (0, 1)]
-    row = cells[("replace", "accumulate")]
-    assert row[6] == "2/2" and float(row[7].strip(" |")) == pytest.approx(
-        stats.ttest_rel(acc, rep).pvalue, rel=1e-2)
-    assert float(row[5]) == pytest.approx(np.mean(np.subtract(acc, rep)), rel=1e-3)
-    row = cells[("replace/gen_0", "replace")]
-    zero = [value("perplexity", None, s, 0) for s in SEEDS]
-    full = [value("perplexity", "replace", s, GENS) for s in SEEDS]
-    assert row[6] == "0/3" and float(row[7].strip(" |")) == pytest.approx(
-        stats.ttest_rel(full, zero).pvalue, rel=1e-2)
-    bad = subprocess.run([sys.executable, str(script), str(run), "--pair", "replace",
-                          "replce", "--metrics", "perplexity"], capture_output=True, text=True,
-                         timeout=120)
-    assert bad.returncode == 2 and "did you mean 'replace'" in bad.stderr
-
-
 def test_cli(run, tmp_path, capsys):
     out = tmp_path / "cli"
     assert run_main(["report", str(run), "--out", str(out), "--no-plots", "--rank-by", "mauve",
@@ -568,19 +543,40 @@ def test_marks_follow_a_paired_test_over_seeds(tmp_path):
     for m in SIG_DIRECTION:
         score = {p: (np.abs(_at(m, p) - SIG[m][0]) if SIG_DIRECTION[m] is None else _at(m, p))
                  for p in order}
+        # one column is one family: Holm over its comparisons (statsmodels, on scipy's p)
+        raw = [stats.ttest_rel(score[p], score[up]).pvalue
+               for up, p in zip(order, order[1:], strict=False)]
+        adjusted = dict(zip(order[1:], multipletests(raw, method="holm")[1], strict=True))
         for up, p in zip([None, *order], order, strict=False):
             cell, line = md[p][m], by_policy[p]
             if up is None:  # the top row is never compared
                 assert not _is_marked(cell) and line[f"{m}_within_noise"] == ""
                 continue
-            pval = stats.ttest_rel(score[p], score[up]).pvalue
+            pval, padj = stats.ttest_rel(score[p], score[up]).pvalue, adjusted[p]
             assert float(line[f"{m}_vs_above_p"]) == pytest.approx(pval, rel=1e-9)
+            assert float(line[f"{m}_vs_above_p_adj"]) == pytest.approx(padj, rel=1e-9)
+            assert int(line[f"{m}_vs_above_family"]) == len(order) - 1
             assert int(line[f"{m}_vs_above_n"]) == 3 and line["above"] == up
-            assert float(line[f"{m}_vs_above_diff"]) == pytest.approx(np.mean(score[p] - score[up]))
-            assert _is_marked(cell) == (not pval < 0.05), (m, p, cell, pval)
-            assert line[f"{m}_within_noise"] == str(int(not pval < 0.05))
+            diff = score[p] - score[up]
+            assert float(line[f"{m}_vs_above_diff"]) == pytest.approx(np.mean(diff))
+            lo, hi = stats.t.interval(0.95, 2, loc=np.mean(diff), scale=stats.sem(diff))
+            assert float(line[f"{m}_vs_above_diff_low"]) == pytest.approx(lo)
+            assert float(line[f"{m}_vs_above_diff_high"]) == pytest.approx(hi)
+            assert _is_marked(cell) == (not padj < 0.05), (m, p, cell, padj)
+            assert line[f"{m}_within_noise"] == str(int(not padj < 0.05))
+            if not padj < 0.05:  # seeds a paired test needs at 80% power, alpha / family
+                need = TTestPower().solve_power(abs(np.mean(diff)) / np.std(diff, ddof=1),
+                                                alpha=0.05 / (len(order) - 1), power=0.8)
+                need = max(2, int(np.ceil(need)))  # over 1000 seeds: no number
+                assert line[f"{m}_seeds_needed"] == (str(need) if need <= 1000 else "")
+            lo, hi = stats.t.interval(0.95, 2, loc=np.mean(score[p] if SIG_DIRECTION[m]
+                                                           is not None else _at(m, p)),
+                                      scale=stats.sem(_at(m, p)))
+            assert float(line[f"{m}_ci_low"]) == pytest.approx(lo)
+            assert float(line[f"{m}_ci_high"]) == pytest.approx(hi)
     # the designed pairs: a consistent gap smaller than the spread over seeds is real ...
     acc, mix, rep = (_at("perplexity", p) for p in ("accumulate", "mix", "replace"))
+    assert float(by_policy["mix"]["perplexity_vs_above_p_adj"]) < 0.05
     assert np.mean(mix - acc) < min(np.std(mix, ddof=1), np.std(acc, ddof=1))
     assert not _is_marked(md["mix"]["perplexity"])
     assert by_policy["mix"]["perplexity_within_noise"] == "0"
@@ -593,11 +589,17 @@ def test_marks_follow_a_paired_test_over_seeds(tmp_path):
     tex_rows = (out / "leaderboard.tex").read_text().split("\\midrule", 1)[1]  # not the caption
     assert n_marks >= 2 and tex_rows.count("$^{\\sim}$") == n_marks
     page = (out / "leaderboard.html").read_text().split('<h2 id="per-generation">')[0]
-    assert page.count('<td class="noise">') == n_marks
+    assert page.count('<td class="noise"') == n_marks
     # the rule is stated under the table
     text = res["markdown"]
-    assert f"{results.MARK} = gap to the row directly above" in text and "p ≥ 0.05" in text
-    assert "4.30 × std of the differences / √3" in text
+    assert f"{results.MARK} = gap to the row directly above" in text
+    assert "corrected together (Holm; family: each column of each experiment" in text
+    assert "corrected p ≥ 0.05" in text and "Comparisons per family: each column: 2." in text
+    # each open gap names the seeds that would settle it
+    opened = [p for p in order[1:] if by_policy[p]["perplexity_within_noise"] == "1"]
+    for p in opened:
+        assert (f"{p} vs {by_policy[p]['above']}, perplexity: about "
+                f"{by_policy[p]['perplexity_seeds_needed']} seeds") in text
 
 
 def test_closer_to_human_ranks_and_marks_by_distance(tmp_path):
@@ -636,6 +638,7 @@ def test_per_generation_table_marks_each_generation(tmp_path, capsys):
         assert list(table) == [p for p, _ in expected_ranks(m)]
         order = list(table)
         md = _md_rows(report_formats.markdown_table(table, marks))
+        found = []  # the table is one family: every row against the one above, every gen
         for g in range(1, GENS + 1):
             human = SIG[m][0]
             score = {p: np.abs(_at(m, p, g) - human) if SIG_DIRECTION[m] is None else _at(m, p, g)
@@ -643,7 +646,12 @@ def test_per_generation_table_marks_each_generation(tmp_path, capsys):
             for up, p in zip(order, order[1:], strict=False):
                 pval = stats.ttest_rel(score[p], score[up]).pvalue
                 assert marks[p][g].p == pytest.approx(pval, rel=1e-9, nan_ok=True)
-                assert _is_marked(md[p][f"gen {g}"].split(" (n=")[0]) == (not pval < 0.05)
+                found.append((p, g, pval))
+        ok = [f for f in found if np.isfinite(f[2])]
+        adjusted = multipletests([f[2] for f in ok], method="holm")[1]
+        for (p, g, _), padj in zip(ok, adjusted, strict=True):
+            assert marks[p][g].p_adj == pytest.approx(padj, rel=1e-9)
+            assert _is_marked(md[p][f"gen {g}"].split(" (n=")[0]) == (not padj < 0.05)
         assert not any(_is_marked(c) for c in md[order[0]].values())  # the top row
         assert not any(_is_marked(md[p]["gen 0"]) for p in order)  # generation 0 is shared
         for p in order:
@@ -654,7 +662,7 @@ def test_per_generation_table_marks_each_generation(tmp_path, capsys):
                         "--metric", "perplexity"]) == 0
     text = capsys.readouterr().out
     gen_part = text.split("## Per generation: perplexity")[1]
-    assert "± " in gen_part and "at that generation" in gen_part
+    assert "± " in gen_part and "every row against the row above, at every generation" in gen_part
     gen_rows = _md_rows(gen_part)  # shared generation 0, no human perplexity
     assert gen_rows["replace"]["gen 0"] == "10.00 ± 3.00" and gen_rows["replace"]["human"] == "–"
     assert _is_marked(gen_rows["replace"][f"gen {GENS}"])
@@ -666,7 +674,7 @@ def test_one_seed_says_so(tmp_path):
     res = report.write_report([_sig_run(tmp_path, seeds=[0])], out=out, plots=False)
     md = (out / "leaderboard.md").read_text()
     table = [ln for ln in md.splitlines() if ln.startswith("|")]
-    assert "1 seed: no spread, no significance marks." in md
+    assert "1 seed: no spread, no significance marks;" in md
     assert "±" not in "\n".join(table) and "mean ± sample std" not in md
     assert not any(_is_marked(c) for r in _md_rows(md).values() for c in r.values())
     assert "ttest" not in md
@@ -675,7 +683,7 @@ def test_one_seed_says_so(tmp_path):
     gen = report_formats.markdown_table(res["generation_table"], res["generation_marks"])
     assert "±" not in gen and res["generation_marks"] == {}
     html_page = (out / "leaderboard.html").read_text()
-    assert html_page.count("1 seed: no spread, no significance marks.") == 2
+    assert html_page.count("1 seed: no spread, no significance marks;") == 2
     # said up front, in both documents, instead of promising ± and bands
     notice = report_formats.one_seed_notice(res["leaderboard"])
     assert notice.startswith("One seed:") and md.startswith(
@@ -689,7 +697,7 @@ def test_one_seed_says_so(tmp_path):
     lb = results.leaderboard(load_runs([_sig_run(many, seeds=[0], name="single"),
                                        _sig_run(many, name="triple")]))
     text = "\n".join(report_formats.notes(lb))
-    assert "1 seed: no spread, no significance marks (single)." in text
+    assert "1 seed: no spread, no significance marks (single);" in text
     assert "gap to the row directly above" in text
     assert not any(r.versus for r in lb.rows if r.experiment.name == "single")
     # rows of the two experiments interleave; each compares with its own experiment's row above

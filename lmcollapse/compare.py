@@ -1,0 +1,175 @@
+"""``lmcollapse compare`` and ``lmcollapse plan-seeds``: paired comparisons of chosen cells
+of one run, the numbers behind a claim, with the report's own tests.
+
+    lmcollapse compare runs/curation --pair replace replace-gen0-bestof4 \
+        --pair replace/gen_0 replace --metrics perplexity,tail_mass_ratio \
+        [--generation 3] [--change] [--raw] [--correction holm|bh|none]
+    lmcollapse plan-seeds runs/quickstart --pair mix-0.1 replace --metrics perplexity \
+        [--power 0.8] [--comparisons 1]
+
+For each ``--pair A B`` and metric: the mean of A and of B over seeds at the generation
+(default: the final one; ``A/gen_K`` is A at generation K), the mean per-seed difference
+B − A with its 95% t-interval, on how many seeds B is below A, and the two-sided paired
+t-test p over seeds (:func:`lmcollapse.stats.paired_test`, the leaderboard's test; seeds
+pair because generation 0 is shared), corrected over every test of the invocation (one
+family, :func:`lmcollapse.stats.adjust`). A metric ranked by closeness to human (≈) is
+compared, as the report compares it, by each seed's distance to its human value; ``--raw``
+compares the values themselves. ``--change`` compares each side's change since generation
+0. ``plan-seeds`` prints, for every pair, the seeds a paired test needs to detect the
+observed difference at the observed spread (80% power by default, alpha / comparisons).
+Reads metrics.json only, like the report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+import statistics
+import sys
+from dataclasses import dataclass
+
+from lmcollapse.errors import ReportError
+from lmcollapse.results import RunResults, check_name, load_runs, measured
+from lmcollapse.stats import (
+    ALPHA,
+    CORRECTION_NAMES,
+    CORRECTIONS,
+    POWER,
+    Paired,
+    adjust,
+    paired_test,
+    planning_alpha,
+    seeds_needed,
+)
+
+
+@dataclass
+class Side:
+    """One side of a pair: a policy (cell key) at a generation."""
+
+    name: str
+    policy: str
+    generation: int
+
+
+@dataclass
+class Test:
+    metric: str
+    a: Side
+    b: Side
+    mean_a: float
+    mean_b: float
+    below: int
+    paired: Paired
+    p_adj: float = math.nan
+
+
+def parse_side(text: str, exp: RunResults, default_generation: int) -> Side:
+    """``policy`` or ``policy/gen_K``; the policy must be one of the run's."""
+    match = re.fullmatch(r"(.+)/gen_(\d+)", text)
+    policy, gen = (match.group(1), int(match.group(2))) if match else (text,
+                                                                        default_generation)
+    check_name("policy", policy, exp.policies)
+    if gen > exp.generations:
+        raise ReportError(f"{text}: generation {gen} is past the run's {exp.generations}")
+    return Side(text, policy, gen)
+
+
+def run_tests(exp: RunResults, pairs: list[tuple[Side, Side]], metrics: list[str],
+              change: bool = False, raw: bool = False, correction: str = "holm") -> list[Test]:
+    """Every (metric, pair) test, the invocation one family."""
+    meta = measured([exp])
+    tests = []
+    for metric in metrics:
+        check_name("metric", metric, list(meta))
+        # scored(): a ≈ metric (direction None) as each seed's distance to its human value
+        direction = False if raw else meta[metric]["higher_is_better"]
+        for a, b in pairs:
+            va, vb = (exp.scored(s.policy, metric, s.generation, direction) for s in (a, b))
+            if change:
+                za, zb = (exp.scored(s.policy, metric, 0, direction) for s in (a, b))
+                va = {k: v - za[k] for k, v in va.items() if k in za}
+                vb = {k: v - zb[k] for k, v in vb.items() if k in zb}
+            if not va or not vb:
+                raise ReportError(f"no {metric!r} for {a.name} or {b.name}")
+            both = va.keys() & vb.keys()
+            tests.append(Test(metric, a, b, statistics.fmean(va.values()),
+                              statistics.fmean(vb.values()), sum(vb[s] < va[s] for s in both),
+                              paired_test(vb, va)))
+    for t, p in zip(tests, adjust([t.paired.p for t in tests], correction), strict=True):
+        t.p_adj = p
+    return tests
+
+
+def _g(x: float) -> str:
+    return "–" if x is None or not math.isfinite(x) else f"{x:.4g}"
+
+
+def add_arguments(p: argparse.ArgumentParser, plan: bool = False) -> None:
+    p.add_argument("run", help="run directory (runs/<experiment>)")
+    p.add_argument("--pair", nargs=2, action="append", required=True, metavar=("A", "B"),
+                   help="two cells (policy labels, cell keys; A/gen_K: A at generation K); "
+                   "repeat for more pairs")
+    p.add_argument("--metrics", required=True, help="comma-separated value keys")
+    p.add_argument("--generation", type=int, default=None, help="default: the final one")
+    p.add_argument("--change", action="store_true",
+                   help="compare the change since generation 0 instead of the values")
+    p.add_argument("--raw", action="store_true",
+                   help="compare the values of a ≈ metric, not their distance to human")
+    p.add_argument("--correction", default="holm", choices=list(CORRECTIONS),
+                   help="correction over every test of this invocation (one family)")
+    if plan:
+        p.add_argument("--power", type=float, default=POWER, help="default 0.8")
+        p.add_argument("--comparisons", type=int, default=None,
+                       help="comparisons of the family to plan for (alpha / comparisons; "
+                       "default: the tests of this invocation, 1 with --correction none)")
+
+
+def command(args: argparse.Namespace, plan: bool = False) -> int:
+    """``lmcollapse compare`` (``plan=False``) or ``lmcollapse plan-seeds``."""
+    name = "plan-seeds" if plan else "compare"
+    try:
+        exp = load_runs([args.run])[0]
+        gen = exp.generations if args.generation is None else args.generation
+        pairs = [(parse_side(a, exp, gen), parse_side(b, exp, gen)) for a, b in args.pair]
+        metrics = [m for m in args.metrics.split(",") if m]
+        tests = run_tests(exp, pairs, metrics, args.change, args.raw, args.correction)
+        if plan and not 0 < args.power < 1:
+            raise ReportError(f"--power: a probability in (0, 1), got {args.power}")
+    except ReportError as err:
+        print(f"lmcollapse {name}: {err}", file=sys.stderr)
+        return 2
+    what = "change since generation 0" if args.change else "values"
+    how = "values" if args.raw else "as the report compares them (≈ metrics: distance to human)"
+    family = sum(math.isfinite(t.paired.p) for t in tests)
+    print(f"{exp.key}, {what} at generation {gen} (/gen_K: at K), {how}, paired over seeds "
+          f"{exp.seeds}; {CORRECTION_NAMES[args.correction]} over the {family} tests of this "
+          "command\n")
+    if plan:
+        comparisons = args.comparisons or (1 if args.correction == "none" else family)
+        alpha = planning_alpha("holm" if comparisons > 1 else "none", comparisons)
+        print(f"Seeds a two-sided paired t-test needs, power {args.power:g}, alpha "
+              f"{alpha:.3g} ({ALPHA:g} / {comparisons} comparisons):\n")
+        print("| metric | A | B | mean(B − A) | sd of differences | effect size | seeds now | "
+              "seeds needed |")
+        print("|---|---|---|---:|---:|---:|---:|---:|")
+        for t in tests:
+            d = t.paired
+            need = seeds_needed(d.diff, d.sd, alpha, args.power)
+            effect = abs(d.diff) / d.sd if d.sd and math.isfinite(d.sd) else math.nan
+            print(f"| {t.metric} | {t.a.name} | {t.b.name} | {d.diff:+.4g} | {_g(d.sd)} | "
+                  f"{_g(effect)} | {d.n} | {'–' if need is None else need} |")
+        return 0
+    alpha = planning_alpha(args.correction, family)
+    print("| metric | A | B | mean A | mean B | mean(B − A) [95% CI] | seeds B < A | p | "
+          "p corrected | seeds needed |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    for t in tests:
+        d, (lo, hi) = t.paired, t.paired.interval
+        open_gap = not (d.n >= 2 and t.p_adj < ALPHA)
+        need = seeds_needed(d.diff, d.sd, alpha) if open_gap else None
+        print(f"| {t.metric} | {t.a.name} | {t.b.name} | {t.mean_a:.4g} | {t.mean_b:.4g} | "
+              f"{d.diff:+.4g} [{_g(lo)}, {_g(hi)}] | {t.below}/{d.n} | {_g(d.p)} | "
+              f"{_g(t.p_adj)} | {'' if not open_gap else need or '–'} |")
+    return 0
