@@ -226,7 +226,8 @@ def render_markdown(warnings: list[tuple[str, EarlyWarning]]) -> str:
         out += [f"## Early warning: {w.spec.metric}" + (f" ({key})" if key else ""), ""]
         for against, what in (("gen 0", "against generation 0 of the same seed"),
                               ("human", "against held-out human text of the same seed")):
-            out += [f"Each generation's samples {what}:", "", md_table(*as_rows(w, against)), ""]
+            out += [f"Each generation's samples {what}:", "",
+                    md_table(*as_rows(w, against), left=1), ""]
         out += [f"- {describe(w)}", ""]
     return "\n".join(out)
 

@@ -154,26 +154,32 @@ def _seed_notes(exps: list[RunResults], correction: str, per_generation: bool = 
     return out
 
 
-def seeds_needed_notes(lb: Leaderboard) -> list[str]:
-    """For each gap within noise, the seeds a paired test would need to call it (80% power,
-    at the family's strictest level), e.g. "replace vs mix-0.1, perplexity: about 7 seeds"."""
-    out = []
+def open_gaps(lb: Leaderboard) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the gaps within noise, each with the seeds a paired test would
+    need to call it (80% power, at the family's strictest level): what would settle them."""
+    rows = []
     for r in lb.rows:
         for m, c in r.versus.items():
             if c.n < 2 or not c.within_noise or not r.cells[m].stat.n:
                 continue
-            need = (f"about {c.seeds_needed} seeds" if c.seeds_needed is not None
-                    else "no number (no spread of the differences, or over 1000 seeds)")
-            out.append(f"{r.label} vs {c.above}, {m}: {need} (has {c.n}; p = {c.p:.2g}, "
-                       f"corrected {c.p_adj:.2g})")
-    if not out:
+            need = "–" if c.seeds_needed is None else f"about {c.seeds_needed}"
+            rows.append([r.label, c.above, m, f"{c.diff:+.3g}", f"{c.p:.2g}", f"{c.p_adj:.2g}",
+                         str(c.n), need])
+    return (["row", "vs the row above", "metric", "mean difference", "p", "p corrected",
+             "seeds", "seeds needed"], rows)
+
+
+def seeds_needed_notes(lb: Leaderboard) -> list[str]:
+    """The rule of :func:`open_gaps`, for the notes (nothing when no gap is open)."""
+    if not open_gaps(lb)[1]:
         return []
-    level = ("α = 0.05 / comparisons of the family (the correction's strictest step)"
-             if lb.correction != "none" else "α = 0.05")
-    return [f"Seeds needed to call each gap within noise: a two-sided paired t-test at 80% "
-            f"power, {level}, for the observed mean difference and spread of the per-seed "
-            "differences (statsmodels TTestPower); `lmcollapse plan-seeds` answers it for "
-            "any pair: " + "; ".join(out) + "."]
+    level = ("α = 0.05 / comparisons of the family (the correction's strictest step; a gap "
+             "may need fewer)" if lb.correction != "none" else "α = 0.05")
+    return [f"Open gaps (the table below the notes): for each gap within noise, the seeds a "
+            f"two-sided paired t-test needs to call it at 80% power, {level}, for the observed "
+            "mean difference and spread of the per-seed differences (statsmodels TTestPower; "
+            "– : no spread measured, or over 1000); `lmcollapse plan-seeds` answers it for "
+            "any pair."]
 
 
 def _families(lb: Leaderboard) -> dict[str, int]:
@@ -358,6 +364,10 @@ def render_markdown(lb: Leaderboard, figures: list[str] | None = None,
         out += [f"Setup of {exp.key}:", ""] + [f"- **{k}**: {v}" for k, v in setup_items(exp)]
         out.append("")
     out += [md_table(*leaderboard_table(lb)), ""] + [f"- {n}" for n in notes(lb)]
+    gaps = open_gaps(lb)
+    if gaps[1]:
+        out += ["", "Open gaps (within noise) and the seeds that would settle them:", "",
+                md_table(*gaps, left=3)]
     skipped = [p for e in lb.experiments for p in e.problems]
     if skipped:
         out += ["", "Skipped (could not be read; everything else is shown):", ""]
@@ -746,6 +756,10 @@ def render_html(lb: Leaderboard, tables: GenerationTables | None = None,
               _html_table(header, rows, 5, defs, text_columns=(1,), keys=_sort_keys(lb),
                           hovers=hovers),
               "<ul>" + "".join(f"<li>{e(n)}</li>" for n in notes(lb)) + "</ul>"]
+    gaps = open_gaps(lb)
+    if gaps[1]:
+        parts += ["<h3>Open gaps (within noise) and the seeds that would settle them</h3>",
+                  _html_table(*gaps, first_value=3, text_columns=(0, 1, 2))]
     skipped = [p for x in lb.experiments for p in x.problems]
     if skipped:
         parts += ["<h2>Skipped</h2><p>Could not be read; everything else is shown.</p>",

@@ -16,8 +16,8 @@ The rules, in one place:
   ``compare`` invocation): Holm by default (controls the chance of any false "beyond noise"
   in the family), Benjamini-Hochberg (controls the expected share of false ones), or none
   (:func:`adjust`, ``statsmodels.stats.multitest.multipletests``).
-- **Seeds needed.** For a gap that is not significant, the number of seeds a paired t-test
-  would need to detect the observed mean difference at the observed spread of the
+- **Seeds needed.** For a gap that is not significant, the smallest number of seeds at
+  which a paired t-test detects the observed mean difference at the observed spread of the
   differences with 80% power (:func:`seeds_needed`, ``statsmodels`` ``TTestPower``), at the
   strictest level the correction may apply (alpha / comparisons for Holm and BH).
 - **Per document.** Where a metric keeps a value per sample (reference perplexity), the
@@ -37,6 +37,8 @@ from typing import Any
 
 import numpy as np
 from scipy import stats
+from statsmodels.stats.multitest import multipletests
+from statsmodels.stats.power import TTestPower
 
 NAN = math.nan
 #: significance level of every test (family-wise with Holm, false discovery rate with BH)
@@ -113,8 +115,6 @@ def adjust(pvalues: Sequence[float], correction: str = "holm") -> list[float]:
         for i in idx:
             out[i] = float(pvalues[i])
         return out
-    from statsmodels.stats.multitest import multipletests
-
     adjusted = multipletests([pvalues[i] for i in idx], alpha=ALPHA, method=method)[1]
     for i, p in zip(idx, adjusted, strict=True):
         out[i] = float(p)
@@ -135,24 +135,16 @@ def planning_alpha(correction: str, comparisons: int) -> float:
 def seeds_needed(diff: float, sd: float, alpha: float = ALPHA, power: float = POWER,
                  most: int = 1000) -> int | None:
     """Seeds a two-sided paired t-test needs to detect a mean difference ``diff`` when the
-    per-seed differences spread with sample std ``sd``, at level ``alpha`` with ``power``
-    (``statsmodels.stats.power.TTestPower().solve_power``; the effect size is |diff| / sd),
-    rounded up, at least 2. None when it cannot be said (no spread measured, no difference,
-    or more than ``most``)."""
+    per-seed differences spread with sample std ``sd``, at level ``alpha`` with ``power``:
+    the smallest n >= 2 whose power (``statsmodels.stats.power.TTestPower().power``, the
+    effect size |diff| / sd, n − 1 degrees of freedom) reaches ``power``. None when it
+    cannot be said (no spread measured, no difference, or more than ``most``)."""
     if not (math.isfinite(diff) and math.isfinite(sd)) or sd <= 0 or diff == 0:
         return None
-    from statsmodels.stats.power import TTestPower
-
-    effect = abs(diff) / sd
-    try:
-        n = TTestPower().solve_power(effect_size=effect, alpha=alpha, power=power,
-                                     alternative="two-sided")
-    except (ValueError, RuntimeError):
-        return None
-    n = float(np.asarray(n).reshape(-1)[0])
-    if not math.isfinite(n) or n > most:
-        return None
-    return max(2, math.ceil(n - 1e-9))
+    n = np.arange(2, most + 1)
+    reached = TTestPower().power(effect_size=abs(diff) / sd, nobs=n, alpha=alpha,
+                                 alternative="two-sided") >= power
+    return int(n[np.argmax(reached)]) if reached.any() else None
 
 
 @dataclass(frozen=True)

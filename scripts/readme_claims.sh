@@ -1,11 +1,19 @@
 #!/usr/bin/env bash
 # The paired tests behind the README's study claims (p-values, "in every seed"), from the
 # committed runs' metrics.json files: run each study's config first (see the README).
-#   bash scripts/readme_claims.sh [curation|sampling-bias|fresh-threshold|blue-cats]
+#   bash scripts/readme_claims.sh [quickstart|curation|sampling-bias|fresh-threshold|blue-cats]
+# Each `lmcollapse compare` call is one family: its p-values are Holm-corrected together.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cmp() { lmcollapse compare "$@"; echo; }
 want=${1:-all}
+
+if [[ $want == all || $want == quickstart ]]; then
+  cmp runs/quickstart --pair mix-0.1 accumulate --pair replace mix-0.1 \
+    --metrics perplexity,excess_nats_per_word,kl_human_corpus
+  cmp runs/quickstart --pair accumulate/gen_0 accumulate --pair mix-0.1/gen_0 mix-0.1 \
+    --pair replace/gen_0 replace --metrics perplexity
+fi
 
 if [[ $want == all || $want == curation ]]; then
   pairs=()

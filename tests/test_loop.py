@@ -159,7 +159,8 @@ def test_cli_lists_every_subcommand_and_refuses_unknown_options(tmp_path, capsys
         run_main(["--help"])
     assert done.value.code == 0
     listed = capsys.readouterr().out
-    assert all(name in listed for name in ("run", "validate", "report"))
+    assert all(name in listed for name in ("run", "validate", "report", "compare",
+                                           "plan-seeds"))
     with pytest.raises(SystemExit) as done:  # `report` parses its own options
         run_main(["report", "--help"])
     assert done.value.code == 0 and "--rank-by" in capsys.readouterr().out
@@ -263,3 +264,35 @@ def test_samples_by_reference_perplexity_are_the_extremes_of_the_scored_ones(ref
     page = (tmp_path / "leaderboard.html").read_text()
     assert ">Samples by generation-0 perplexity</h2>" in page
     assert re.findall(r"<summary>(.+?)</summary>", page) == POLICIES
+
+
+def test_the_report_warns_from_the_loops_per_sample_scores(reference_run, tmp_path):
+    """The reference metric declares its per-sample column; the report's early warning
+    tests those samples (checked against scipy on the files the loop wrote) and a one-seed
+    run's ref_ppl cells carry a bootstrap interval."""
+    from scipy import stats
+
+    from lmcollapse.report import write_report
+
+    res = write_report([reference_run], out=tmp_path, plots=False, lineage_prompts=0,
+                       columns=["perplexity", "ref_ppl_p50"])
+    (_, warning), = res["warnings"]
+    seed = reference_run / "seed_0"
+
+    def scores(d):
+        return pq.read_table(d / "reference_scores.parquet").column("perplexity").to_numpy()
+
+    for k in (1, 2):
+        t = warning.tests["gen 0"]["replace"][k - 1]
+        u = stats.mannwhitneyu(scores(seed / "replace" / f"gen_{k:02d}"),
+                               scores(seed / "gen_00"), alternative="two-sided")
+        assert t.generation == k and t.p == pytest.approx(u.pvalue)
+    human = warning.tests["human"]["accumulate"][0]
+    u = stats.mannwhitneyu(scores(seed / "gen_00"), scores(seed / "human"),
+                           alternative="two-sided")
+    assert human.generation == 0 and human.p == pytest.approx(u.pvalue)
+    md = (tmp_path / "leaderboard.md").read_text()
+    assert "## Early warning: reference_perplexity" in md
+    row = next(r for r in res["leaderboard"].rows if r.policy == "replace")
+    lo, hi = row.bootstrap["ref_ppl_p50"][0]
+    assert lo <= row.cells["ref_ppl_p50"].stat.mean <= hi

@@ -235,8 +235,9 @@ def test_every_format(run, tmp_path):
 
     # HTML: the tables, embedded PNGs, no external assets, escaped text
     page = (out / "leaderboard.html").read_text()
-    # the leaderboard, then one per-generation table per leaderboard column, in its order
-    assert page.count('<table class="sortable">') == 1 + len(lb.columns)
+    # the leaderboard, its open gaps, then one per-generation table per leaderboard column
+    gaps = report_formats.open_gaps(lb)[1]
+    assert gaps and page.count('<table class="sortable">') == 2 + len(lb.columns)
     assert re.findall(r"<small>\((\w+)\)</small></h3>", page) == lb.columns
     assert 'src="data:image/png;base64,' in page
     # a line of contents links every section, each to a unique id
@@ -565,10 +566,11 @@ def test_marks_follow_a_paired_test_over_seeds(tmp_path):
             assert _is_marked(cell) == (not padj < 0.05), (m, p, cell, padj)
             assert line[f"{m}_within_noise"] == str(int(not padj < 0.05))
             if not padj < 0.05:  # seeds a paired test needs at 80% power, alpha / family
-                need = TTestPower().solve_power(abs(np.mean(diff)) / np.std(diff, ddof=1),
-                                                alpha=0.05 / (len(order) - 1), power=0.8)
-                need = max(2, int(np.ceil(need)))  # over 1000 seeds: no number
-                assert line[f"{m}_seeds_needed"] == (str(need) if need <= 1000 else "")
+                effect = abs(np.mean(diff)) / np.std(diff, ddof=1)
+                power = TTestPower().power(effect, nobs=np.arange(2, 1001),
+                                           alpha=0.05 / (len(order) - 1))
+                need = 2 + int(np.argmax(power >= 0.8)) if (power >= 0.8).any() else None
+                assert line[f"{m}_seeds_needed"] == ("" if need is None else str(need))
             lo, hi = stats.t.interval(0.95, 2, loc=np.mean(score[p] if SIG_DIRECTION[m]
                                                            is not None else _at(m, p)),
                                       scale=stats.sem(_at(m, p)))
@@ -598,8 +600,9 @@ def test_marks_follow_a_paired_test_over_seeds(tmp_path):
     # each open gap names the seeds that would settle it
     opened = [p for p in order[1:] if by_policy[p]["perplexity_within_noise"] == "1"]
     for p in opened:
-        assert (f"{p} vs {by_policy[p]['above']}, perplexity: about "
-                f"{by_policy[p]['perplexity_seeds_needed']} seeds") in text
+        assert (f"| {p} | {by_policy[p]['above']} | perplexity | "
+                f"{float(by_policy[p]['perplexity_vs_above_diff']):+.3g} |") in text
+        assert f"| about {by_policy[p]['perplexity_seeds_needed']} |" in text
 
 
 def test_closer_to_human_ranks_and_marks_by_distance(tmp_path):
