@@ -48,8 +48,9 @@ if [[ $want == all || $want == fresh-threshold ]]; then
 fi
 
 if [[ $want == all || $want == blue-cats ]]; then
-  cmp runs/blue-cats --pair replace/gen_0 replace --pair mix-0.1/gen_0 mix-0.1 \
-    --pair accumulate/gen_0 accumulate --pair mix-0.1 accumulate --pair replace accumulate \
-    --pair replace mix-0.1 \
-    --metrics minority_form_share,minority_share,precision,recall,density,coverage,frechet_distance
+  pairs=(--pair replace/gen_0 replace --pair mix-0.1/gen_0 mix-0.1
+    --pair accumulate/gen_0 accumulate --pair mix-0.1 accumulate --pair replace accumulate
+    --pair replace mix-0.1)
+  cmp runs/blue-cats "${pairs[@]}" --metrics minority_form_share
+  cmp runs/blue-cats "${pairs[@]}" --metrics minority_share,precision,recall,density,coverage,frechet_distance
 fi
