@@ -35,8 +35,8 @@ if [[ $want == all || $want == sampling-bias ]]; then
   for c in 'temperature=0.7,top_p=1.0' 'temperature=1.0,top_p=0.9' 'temperature=0.7,top_p=0.9'; do
     pairs+=(--pair "$base" "replace@$c")
   done
-  cmp runs/sampling-bias "${pairs[@]}" --metrics tail_mass_ratio,tail_type_survival,self_bleu,distinct_4,kl_human_corpus,excess_nats_per_word,perplexity
-  cmp runs/sampling-bias "${pairs[@]}" --change --metrics tail_mass_ratio,self_bleu
+  cmp runs/sampling-bias "${pairs[@]}" --raw --metrics tail_mass_ratio,tail_type_survival,self_bleu,distinct_4,kl_human_corpus,excess_nats_per_word,perplexity
+  cmp runs/sampling-bias "${pairs[@]}" --raw --change --metrics tail_mass_ratio,self_bleu
 fi
 
 if [[ $want == all || $want == fresh-threshold ]]; then
