@@ -138,13 +138,18 @@ def test_the_human_row_draws_its_samples_per_run_seed(zero_run):
     assert human.policy == "human" and human.cells["distinct_4"].stat.std > 0
 
 
-def test_human_draws_depend_on_the_run_seed_only_through_the_context(zero_run, accelerator):
-    cfg = tiny_config(zero_run.parent, "metrics.tail.sample_size=20")
+def _human(run: Path, *overrides: str):
+    """The tiny config, the run's tokenizer and its human data (as the loop prepares them)."""
     from lmcollapse.data.base import make_source
     from lmcollapse.models import load_tokenizer
 
-    tok = load_tokenizer(cfg.model, saved=zero_run / "tokenizer")
-    human = prepare_human_data(tok, make_source(cfg.data).load(), cfg.data)
+    cfg = tiny_config(run.parent, *overrides)
+    tok = load_tokenizer(cfg.model, saved=run / "tokenizer")
+    return cfg, tok, prepare_human_data(tok, make_source(cfg.data).load(), cfg.data)
+
+
+def test_human_draws_depend_on_the_run_seed_only_through_the_context(zero_run, accelerator):
+    cfg, tok, human = _human(zero_run, "metrics.tail.sample_size=20")
     ctx = {s: measure_context(cfg, accelerator, tok, human, zero_run, seed=s) for s in (0, 1, 2)}
     draws = {s: [c.tobytes() for c in ctx[s].human_chunks(10, 7)] for s in ctx}
     assert draws[0] != draws[1] != draws[2]
@@ -153,12 +158,7 @@ def test_human_draws_depend_on_the_run_seed_only_through_the_context(zero_run, a
 
 
 def test_the_human_tail_row_compares_disjoint_samples(zero_run, accelerator, monkeypatch):
-    cfg = tiny_config(zero_run.parent, "metrics.tail.sample_size=null")
-    from lmcollapse.data.base import make_source
-    from lmcollapse.models import load_tokenizer
-
-    tok = load_tokenizer(cfg.model, saved=zero_run / "tokenizer")
-    human = prepare_human_data(tok, make_source(cfg.data).load(), cfg.data)
+    cfg, tok, human = _human(zero_run, "metrics.tail.sample_size=null")
     ctx = measure_context(cfg, accelerator, tok, human, zero_run, seed=0)
     chunks = len(ctx.human_chunks(None, 0))
     pairs = []
