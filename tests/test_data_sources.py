@@ -11,10 +11,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from lmcollapse.config import ConfigError, DataConfig, load_config
-from lmcollapse.data.base import load_human_text
-from lmcollapse.data.blocks import prepare_human_data
+from lmcollapse.data.base import HELD_OUT_VALIDATION, load_human_text
+from lmcollapse.data.blocks import prepare_human_data, tokenize_records
 from lmcollapse.data.synthetic import SyntheticSettings
-from lmcollapse.data.text import HELD_OUT_VALIDATION, TextSettings, read_records
+from lmcollapse.data.text import TextSettings, read_records
 from lmcollapse.models import train_tokenizer
 
 WIKITEXT = Path(__file__).resolve().parents[2] / "shared" / "data" / "wikitext-2"
@@ -260,3 +260,76 @@ def test_synthetic_source_is_deterministic() -> None:
     resized = _synthetic(validation_docs=3)
     assert resized["train"] == _synthetic()["train"]
     assert resized["test"] == _synthetic()["test"]
+
+
+# ---------------------------------------------------------------- the same text, hub or files
+
+
+def _fake_hub(monkeypatch, splits: dict[str, list[str]]) -> list[tuple]:
+    """``datasets.load_dataset`` answering from memory (no network): a DatasetDict of the
+    given splits, one ``text`` column, as the hub's WikiText has; returns the calls."""
+    import datasets
+
+    calls = []
+
+    def load_dataset(path, name=None, revision=None, **kw):
+        calls.append((path, name, revision))
+        return datasets.DatasetDict({k: datasets.Dataset.from_dict({"text": v})
+                                     for k, v in splits.items()})
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    return calls
+
+
+def test_hf_source_maps_any_split_and_holds_out_like_text(tmp_path, monkeypatch) -> None:
+    """A split of the hub as the training pool with ``validation_split: null`` gives what
+    the text source gives for a file of the same records without a validation file."""
+    # as the hub holds WikiText: lines with their newline, blank lines as empty strings
+    pool = [f" = Title {i} = \n" if i % 10 == 0 else "" if i % 10 == 1 else f" line {i}\n"
+            for i in range(61)]
+    test = [f" held-out {i}\n" if i % 7 else "" for i in range(30)]
+    calls = _fake_hub(monkeypatch, {"train": ["unused\n"], "validation": pool, "test": test})
+    hub = load_human_text(load_config(None, [
+        "data.source=hf", "data.hf.path=wikitext", "data.hf.name=wikitext-2-v1",
+        "data.hf.train_split=validation", "data.hf.validation_split=null"]).data)
+    assert calls == [("wikitext", "wikitext-2-v1", None)]
+    # the same records as files, one per line (a blank record is an empty line)
+    (tmp_path / "valid.txt").write_text("".join(r or "\n" for r in pool))
+    (tmp_path / "test.txt").write_text("".join(r or "\n" for r in test))
+    files = load_human_text(load_config(None, [
+        "data.source=text", f"data.text.train={tmp_path / 'valid.txt'}",
+        f"data.text.test={tmp_path / 'test.txt'}"]).data)
+    assert hub["test"] == test and len(hub["validation"]) == int(61 * HELD_OUT_VALIDATION)
+    # what is tokenized: every record newline-terminated (tokenize_records), the same
+    for split in ("train", "validation", "test"):
+        assert [r or "\n" for r in hub[split]] == files[split], split
+    tok = train_tokenizer(files["train"], 300)
+    assert tokenize_records(tok, hub["train"]) == tokenize_records(tok, files["train"])
+
+
+def test_hf_split_the_dataset_lacks_is_named(monkeypatch) -> None:
+    _fake_hub(monkeypatch, {"train": ["a\n"], "validation": ["b\n"], "test": ["c\n"]})
+    cfg = load_config(None, ["data.source=hf", "data.hf.test_split=heldout"])
+    with pytest.raises(ConfigError, match=r"data.hf.test_split: 'heldout' is not a split of "
+                                          r"wikitext/wikitext-2-raw-v1; it has train, "
+                                          r"validation, test"):
+        load_human_text(cfg.data)
+    one = load_config(None, ["data.source=hf", "data.hf.validation_split=null"])
+    with pytest.raises(ConfigError, match="data.hf.validation_split: not set.*nothing would"):
+        load_human_text(one.data)
+
+
+@pytest.mark.parametrize("suffix", [".txt", ".jsonl"])
+def test_windows_line_endings_and_a_byte_order_mark_read_as_plain_text(tmp_path,
+                                                                       suffix) -> None:
+    lines = ["First line", "", "third, with é"]
+    if suffix == ".txt":
+        plain = "".join(f"{x}\n" for x in lines)
+    else:
+        plain = "".join(json.dumps({"text": x}) + "\n" for x in lines)
+    (tmp_path / f"unix{suffix}").write_text(plain, encoding="utf-8")
+    (tmp_path / f"windows{suffix}").write_bytes(
+        "\ufeff".encode() + plain.replace("\n", "\r\n").encode("utf-8"))
+    unix = read_records(tmp_path / f"unix{suffix}")
+    windows = read_records(tmp_path / f"windows{suffix}")
+    assert windows == unix and not any("\r" in r or "\ufeff" in r for r in windows)

@@ -17,6 +17,24 @@ from lmcollapse.errors import ConfigError
 from lmcollapse.registry import SOURCES
 
 SPLITS = ("train", "validation", "test")
+#: share of the train records held out for validation when a source names no validation
+#: split (at least one record)
+HELD_OUT_VALIDATION = 0.05
+
+
+def hold_out(train: list[str], where: str, what: str) -> tuple[list[str], list[str]]:
+    """``(train, validation)``: the last :data:`HELD_OUT_VALIDATION` of ``train``'s records
+    (at least one) held out for validation, the same rule for every source, so a local file
+    and the hub's split give the same two lists. ``where`` names the unset validation
+    setting, ``what`` the train records (for the message when fewer than 2 remain)."""
+    if len(train) < 2:
+        raise ConfigError(
+            f"{where}: not set, so the last {HELD_OUT_VALIDATION:.0%} of the records of {what} "
+            f"(at least one) would be held out for validation, but it holds {len(train)} "
+            f"record(s), so nothing would be left to train on; name a validation split in "
+            f"{where}, or give the train data several records")
+    cut = len(train) - max(1, int(len(train) * HELD_OUT_VALIDATION))
+    return train[:cut], train[cut:]
 
 
 class ExactDistribution(Protocol):

@@ -10,19 +10,17 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from lmcollapse.data.base import Source
+from lmcollapse.data.base import Source, hold_out
 from lmcollapse.errors import ConfigError
 from lmcollapse.registry import SOURCES
 
 log = logging.getLogger(__name__)
-#: share of train records held out for validation when no validation file is named
-HELD_OUT_VALIDATION = 0.05
 
 
 @dataclass
 class TextSettings:
     """``data.text``: one file per split; without ``validation`` the last
-    :data:`HELD_OUT_VALIDATION` of the train records are held out."""
+    :data:`~lmcollapse.data.base.HELD_OUT_VALIDATION` of the train records are held out."""
 
     train: str | None = None
     validation: str | None = None
@@ -95,17 +93,8 @@ class TextSource(Source):
         if t.validation is not None:
             validation = read_records(t.validation, t.text_field, "data.text.validation")
         else:
-            if len(train) < 2:
-                raise ConfigError(
-                    f"data.text.validation: not set, so the last {HELD_OUT_VALIDATION:.0%} of "
-                    f"the records of data.text.train (at least one) would be held out for "
-                    f"validation, but {t.train} holds {len(train)} record(s) "
-                    f"({'lines' if Path(t.train).suffix.lower() == '.txt' else 'rows'}), so "
-                    "nothing would be left to train on; name a validation file in "
-                    "data.text.validation, or give data.text.train several records (one per "
-                    "line in a .txt file)")
-            cut = len(train) - max(1, int(len(train) * HELD_OUT_VALIDATION))
-            train, validation = train[:cut], train[cut:]
+            train, validation = hold_out(train, "data.text.validation",
+                                         f"data.text.train ({t.train}; one per line in a .txt)")
             log.info("data.text.validation not set: holding out the last %d train records",
                      len(validation))
         return {"train": train, "validation": validation, "test": test}
