@@ -152,6 +152,42 @@ class MeasureContext:
         return configured
 
 
+    def disjoint_size(self, configured: int | None, where: str, metric: str) -> int:
+        """:meth:`equal_size` for a metric whose human row compares two disjoint samples of
+        held-out text (one in the place of a corpus, one as the reference): at most half
+        the held-out samples; ``None`` takes the largest size every row allows."""
+        size = self.equal_size(configured, where)
+        chunks = len(self.human_stream) // self.sample_tokens
+        half = chunks // 2
+        if half < 2:
+            raise ConfigError(f"{where}: the human test split gives {chunks} samples of "
+                              f"{self.sample_tokens} tokens; the {metric} metric's human row "
+                              "needs two disjoint samples of at least 2. Use more test text.")
+        if configured is None:
+            return min(size, half)
+        if size > half:
+            raise ConfigError(
+                f"{where}: {size} samples requested, but the human row compares two disjoint "
+                f"samples of held-out text and the test split gives {chunks} samples of "
+                f"{self.sample_tokens} tokens ({self.sample_tokens_from}), so at most {half} "
+                f"each (two overlapping samples would pull the human row toward the corpus "
+                f"side's value); allowed: 2..{half}, or null for {half}")
+        return size
+
+    def disjoint_human_pairs(self, size: int, seed: int, draws: int
+                             ) -> list[tuple[list[np.ndarray], list[np.ndarray]]]:
+        """Per draw, two disjoint samples of ``size`` held-out chunks (a sample and its
+        reference), drawn with :meth:`human_seed`: the human row of a metric that compares
+        a sample with an equal-size human reference."""
+        test = self.human_chunks(None, 0)
+        pairs = []
+        for i in range(draws):
+            order = np.random.default_rng(self.human_seed(seed + i)).permutation(len(test))
+            pairs.append(([test[j] for j in sorted(order[:size])],
+                          [test[j] for j in sorted(order[size:2 * size])]))
+        return pairs
+
+
 class Metric:
     """Base class.
 

@@ -234,23 +234,7 @@ class TailLoss(Metric):
     def _size(self, ctx: MeasureContext) -> int:
         """The sample size; the human row compares two disjoint samples of held-out text
         (one in the place of a corpus, one as the reference), so it must give two."""
-        where = "metrics.tail.sample_size"
-        size = ctx.equal_size(self.config.sample_size, where)
-        chunks = len(ctx.human_stream) // ctx.sample_tokens
-        if chunks < 4:
-            raise ConfigError(f"{where}: the human test split gives {chunks} samples of "
-                              f"{ctx.sample_tokens} tokens; the tail metric's human row needs "
-                              "two disjoint samples of at least 2. Use more test text.")
-        if self.config.sample_size is None:
-            return min(size, chunks // 2)
-        if size > chunks // 2:
-            raise ConfigError(
-                f"{where}: {size} samples requested, but the human row compares two disjoint "
-                f"samples of held-out text and the test split gives {chunks} samples of "
-                f"{ctx.sample_tokens} tokens ({ctx.sample_tokens_from}), so at most "
-                f"{chunks // 2} each (two overlapping samples would pull tail-type survival "
-                f"toward 1); allowed: 2..{chunks // 2}, or null for {chunks // 2}")
-        return size
+        return ctx.disjoint_size(self.config.sample_size, "metrics.tail.sample_size", "tail")
 
     def preflight(self, ctx: MeasureContext) -> None:
         self._size(ctx)
@@ -284,13 +268,7 @@ class TailLoss(Metric):
         """Held-out human text in the place of a corpus: per draw, two disjoint samples of
         the test chunks (a sample and its reference), drawn with the run's seed."""
         t, size = self.config, self._size(ctx)
-        test = ctx.human_chunks(None, 0)
-        pairs = []
-        for i in range(t.draws):
-            order = np.random.default_rng(ctx.human_seed(t.seed + i)).permutation(len(test))
-            pairs.append(([test[j] for j in sorted(order[:size])],
-                          [test[j] for j in sorted(order[size:2 * size])]))
-        return self._measure(ctx, pairs, size)
+        return self._measure(ctx, ctx.disjoint_human_pairs(size, t.seed, t.draws), size)
 
     def describe(self, m: Measurement) -> str:
         s = m.sizes
