@@ -82,7 +82,7 @@ class Comparison(NamedTuple):
     to its human value, ``sd`` the sample std of those differences; ``p`` the two-sided
     paired t-test p-value (NaN when n < 2), ``p_adj`` the same after the family's
     correction (:func:`lmcollapse.stats.adjust`), ``family`` the comparisons the correction
-    counted; ``low``/``high`` the 95% t-interval of ``diff``; ``seeds_needed`` (a gap that
+    counted; :attr:`interval` the 95% t-interval of ``diff``; ``seeds_needed`` (a gap that
     is not significant) the seeds a paired test would need at 80% power
     (:func:`lmcollapse.stats.seeds_needed`).
     """

@@ -121,11 +121,6 @@ def adjust(pvalues: Sequence[float], correction: str = "holm") -> list[float]:
     return out
 
 
-def family_size(pvalues: Sequence[float]) -> int:
-    """The comparisons a correction counts: those with a p-value."""
-    return sum(math.isfinite(p) for p in pvalues)
-
-
 def planning_alpha(correction: str, comparisons: int) -> float:
     """The level :func:`seeds_needed` plans at: alpha / comparisons under Holm or BH (the
     strictest step of either; a gap may need fewer seeds), alpha without a correction."""
