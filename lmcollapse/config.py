@@ -161,6 +161,10 @@ class DataConfig(Sections):
     block_tokens: int = 64
     max_train_blocks: int | None = None
     max_validation_blocks: int | None = None
+    #: share of the training pool's records held back for ``fresh`` with ``pool: reserve``
+    #: (the last records, after the validation hold-out): text that generation 0, every
+    #: policy's mix, the scratch tokenizer and the words metric's train counts never see
+    fresh_reserve: float = 0.0
     sections: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -176,6 +180,10 @@ class DataConfig(Sections):
                               f"next token), got {self.block_tokens}")
         positive(self.max_train_blocks, f"{where}.max_train_blocks", allow_none=True)
         positive(self.max_validation_blocks, f"{where}.max_validation_blocks", allow_none=True)
+        if not (isinstance(self.fresh_reserve, int | float)
+                and 0.0 <= self.fresh_reserve < 1.0):
+            raise ConfigError(f"{where}.fresh_reserve: a share of the training records in "
+                              f"[0, 1) (0: no reserve), got {self.fresh_reserve!r}")
 
     def checked(self) -> dict[str, Any]:
         """Only the selected source's section: the others are not used."""
@@ -724,6 +732,21 @@ def load_config(path: str | Path | None = None,
     return cfg
 
 
+def _check_reserve(cfg: ExperimentConfig) -> None:
+    """A reserve exists exactly when a policy draws from it (its size is checked at set-up,
+    once the text is tokenised)."""
+    users = [i for i, p in enumerate(cfg.policies)
+             if getattr(p.settings, "pool", None) == "reserve"]
+    if users and not cfg.data.fresh_reserve:
+        raise ConfigError(f"policies[{users[0]}].pool: 'reserve' draws never-seen human text "
+                          "from data.fresh_reserve, which is 0; set data.fresh_reserve (a share "
+                          "of the training records, e.g. 0.3) or use pool: shards")
+    if cfg.data.fresh_reserve and not users:
+        raise ConfigError(f"data.fresh_reserve: {cfg.data.fresh_reserve} holds back training "
+                          "records that no policy would use (only fresh with pool: reserve "
+                          "draws from it); remove it or give a fresh policy pool: reserve")
+
+
 def validate(cfg: ExperimentConfig) -> None:
     """Check ranges and cross-field rules that the types alone cannot express.
 
@@ -757,6 +780,7 @@ def validate(cfg: ExperimentConfig) -> None:
         spec.curate.check(f"policies[{i}].curate")
     for name in ("data", "model", "train", "generate", "metrics"):
         _check_tree(getattr(cfg, name), name)
+    _check_reserve(cfg)
     g = cfg.generate
     if g.sample_tokens < 2:
         raise ConfigError(

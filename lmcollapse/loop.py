@@ -280,7 +280,8 @@ class CollapseLoop:
         policy = make_policy(self.cells[gen.policy].policy,
                              shard_seed=derive_seed(gen.seed, gen.policy, "shards"))
         fresh = (lambda count: self._fresh_human(gen, count)) if self.setup.fresh else None
-        return policy.build(MixContext(gen.k, human, corpora, rng, self.cfg.generations, fresh))
+        return policy.build(MixContext(gen.k, human, corpora, rng, self.cfg.generations, fresh,
+                                       reserve=self.setup.human.reserve))
 
     def _fresh_human(self, gen: Generation, count: int) -> list[Sample]:
         """``count`` blocks of new human text for generation ``gen`` (documents the data

@@ -13,7 +13,7 @@ mix is reproducible and a resumed run rebuilds exactly the mix it would have bui
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -37,6 +37,9 @@ class MixContext:
     #: ``count`` -> that many new human blocks for this generation, never seen before, where
     #: the data source can write more (the synthetic source); None where it cannot
     fresh_human: Callable[[int], list[Sample]] | None = None
+    #: the reserve: human blocks held back from generation 0 and every mix
+    #: (``data.fresh_reserve``), for ``fresh`` with ``pool: reserve``
+    reserve: list[Sample] = field(default_factory=list)
 
     @property
     def n(self) -> int:
@@ -135,11 +138,13 @@ class AccumulateSubsample(Policy):
 @dataclass
 class FreshSettings(FractionSettings):
     """``pool``: ``shards`` cuts disjoint shards from the human training pool (so
-    ``generations * fraction <= 1``); ``source`` draws new documents from the data source
-    each generation (the synthetic source can; any fraction up to 1)."""
+    ``generations * fraction <= 1``); ``reserve`` cuts them from the reserve
+    (``data.fresh_reserve``: text no generation has seen, generation 0 included; its size
+    is checked at set-up); ``source`` draws new documents from the data source each
+    generation (the synthetic source can; any fraction up to 1)."""
 
     fraction: float = 0.2
-    pool: Literal["shards", "source"] = "shards"
+    pool: Literal["shards", "reserve", "source"] = "shards"
 
 
 @POLICIES.register("fresh")
@@ -147,7 +152,10 @@ class Fresh(Policy):
     """A new, disjoint human shard of round(r*N) blocks each generation + corpus k-1 for the rest.
 
     With ``pool: source`` the human blocks are new documents the data source writes for
-    this generation (never seen by any generation, generation 0 included).
+    this generation; with ``pool: reserve`` they are disjoint shards of the reserve, human
+    text held back from generation 0 and from every mix (``data.fresh_reserve``; each
+    shard has round(r*N) blocks, N the training pool, and the reserve must hold
+    ``generations`` of them). Either way no generation has seen them before.
 
     Shards come from one permutation of the human pool fixed per (seed, policy), so the human
     blocks of generation k were never seen by generations 1..k-1 (Alemohammad et al. 2023,
@@ -175,6 +183,15 @@ class Fresh(Policy):
             n_human = round(self.config.fraction * ctx.n)
             synthetic = ctx.draw(ctx.previous(), min(ctx.n - n_human, len(ctx.previous())))
             return ctx.fresh_human(n_human) + synthetic
+        if self.config.pool == "reserve":
+            n_human = round(self.config.fraction * ctx.n)
+            if ctx.k * n_human > len(ctx.reserve):
+                raise ValueError(f"fresh: the reserve ({len(ctx.reserve)} blocks) has no "
+                                 f"shard of {n_human} blocks left for generation {ctx.k}")
+            order = np.random.default_rng(self.shard_seed).permutation(len(ctx.reserve))
+            shard = np.sort(order[(ctx.k - 1) * n_human: ctx.k * n_human])
+            synthetic = ctx.draw(ctx.previous(), min(ctx.n - n_human, len(ctx.previous())))
+            return [ctx.reserve[i] for i in shard] + synthetic
         # never more than N // generations, so rounding up cannot exhaust the pool late
         n_human = min(round(self.config.fraction * ctx.n), ctx.n // max(ctx.generations, 1))
         order = np.random.default_rng(self.shard_seed).permutation(ctx.n)
@@ -183,6 +200,14 @@ class Fresh(Policy):
             raise ValueError(f"fresh: human pool exhausted at generation {ctx.k}")
         synthetic = ctx.draw(ctx.previous(), min(ctx.n - n_human, len(ctx.previous())))
         return [ctx.human[i] for i in shard] + synthetic
+
+
+def reserve_needed(settings: Any, n: int, generations: int) -> int:
+    """Reserve blocks a ``fresh`` policy with ``pool: reserve`` draws over the run (0 for
+    any other policy): one shard of round(r*N) blocks per generation."""
+    if getattr(settings, "pool", None) != "reserve":
+        return 0
+    return generations * round(settings.fraction * n)
 
 
 def _accumulated(ctx: MixContext) -> list[Sample]:

@@ -37,7 +37,7 @@ from transformers import PretrainedConfig, PreTrainedTokenizerBase
 
 from lmcollapse import files
 from lmcollapse.config import Cell, ExperimentConfig, cells, config_diff
-from lmcollapse.data.base import ExactDistribution, Source, make_source
+from lmcollapse.data.base import ExactDistribution, Source, hold_back, make_source
 from lmcollapse.data.blocks import HumanData, prepare_human_data
 from lmcollapse.disk import check_disk, estimate
 from lmcollapse.errors import ConfigError
@@ -52,6 +52,7 @@ from lmcollapse.models import (
     model_config,
     wrap_tokenizer,
 )
+from lmcollapse.policies import reserve_needed
 from lmcollapse.registry import METRICS
 from lmcollapse.scorers.base import ScoreContext, make_scorer
 
@@ -222,6 +223,23 @@ def _shared_tokenizer(cfg: ExperimentConfig, acc: Accelerator, layout: RunLayout
     return wrap_tokenizer(payload[0]), True  # sets <pad>, as the trained one has
 
 
+def check_reserve(cfg: ExperimentConfig, grid: dict[str, Cell], n: int, reserve: int) -> None:
+    """Every ``fresh`` cell drawing from the reserve needs ``generations`` disjoint shards
+    of round(r*N) blocks; refuse a reserve too small before any work."""
+    for cell in grid.values():
+        need = reserve_needed(cell.policy.settings, n, cfg.generations)
+        if need > reserve:
+            r = cell.policy.settings.fraction
+            share = cfg.data.fresh_reserve
+            raise ConfigError(
+                f"data.fresh_reserve: {cell.key} (fresh, fraction {r}, pool: reserve) draws "
+                f"{cfg.generations} generations x round({r} x {n}) = {need} blocks of "
+                f"never-seen human text, but the reserve ({share} of the training records) "
+                f"holds {reserve} blocks; raise data.fresh_reserve (about "
+                f"{share * need / max(reserve, 1):.2f} would do), lower the fraction, or run "
+                "fewer generations")
+
+
 def metric_context(setup: Setup, cfg: ExperimentConfig, acc: Accelerator, seed_dir: Path,
                    out_dir: Path, reference_model: Any, **row: Any) -> MeasureContext:
     """The context every metric reads for one row (``row``: generation, model, corpus)."""
@@ -271,9 +289,12 @@ def _prepare(cfg: ExperimentConfig, acc: Accelerator, layout: RunLayout,
     source = make_source(cfg.data)
     with acc.main_process_first():
         texts = source.load()
+    if cfg.data.fresh_reserve:  # held back before anything learns from the pool
+        texts["train"], texts["reserve"] = hold_back(texts["train"], cfg.data.fresh_reserve)
     tokenizer, new_tokenizer = _shared_tokenizer(cfg, acc, layout, texts["train"])
     human = prepare_human_data(tokenizer, texts, cfg.data,
                                min_train_blocks=max(2, cfg.train.batch_size))
+    check_reserve(cfg, grid, len(human.train), len(human.reserve))
     arch = model_config(cfg.model, tokenizer)
     if cfg.model.source == "scratch":  # built from its config alone: can it run?
         check_architecture(arch)
@@ -315,8 +336,9 @@ def _prepare(cfg: ExperimentConfig, acc: Accelerator, layout: RunLayout,
     if problem[0] is not None:
         raise ConfigError(problem[0])
     acc.wait_for_everyone()
-    log.info("human data: %d train blocks, %d validation blocks, %d test tokens",
-             len(human.train), len(human.validation), len(human.test_stream))
+    log.info("human data: %d train blocks, %d validation blocks, %d test tokens%s",
+             len(human.train), len(human.validation), len(human.test_stream),
+             f", {len(human.reserve)} reserve blocks" if human.reserve else "")
     return setup
 
 
@@ -342,7 +364,10 @@ def _claim(cfg: ExperimentConfig, acc: Accelerator, layout: RunLayout, setup: Se
                 log.info("%s: took over the lock of an earlier run that is gone (%s)", what,
                          previous)
         check_compatible(cfg, layout)  # another job may have claimed it while we checked
-        write_provenance(cfg, acc, layout, source, selection)
+        h = setup.human
+        write_provenance(cfg, acc, layout, source, selection, sizes={
+            "train_blocks": len(h.train), "validation_blocks": len(h.validation),
+            "reserve_blocks": len(h.reserve), "test_tokens": len(h.test_stream)})
         if new_tokenizer is not None:
             _save_tokenizer(new_tokenizer, layout)
         if not layout.prompts.exists():
@@ -382,7 +407,8 @@ def _save_tokenizer(tokenizer: Any, layout: RunLayout) -> None:
 
 
 def write_provenance(cfg: ExperimentConfig, acc: Accelerator, layout: RunLayout,
-                     source: Source, selection: str = "all cells") -> None:
+                     source: Source, selection: str = "all cells",
+                     sizes: dict[str, int] | None = None) -> None:
     """experiment.json: the resolved config, versions, git sha, and one record per
     invocation (a resumed run appends one)."""
     try:
@@ -411,5 +437,7 @@ def write_provenance(cfg: ExperimentConfig, acc: Accelerator, layout: RunLayout,
                   cells={c.key: {"policy": c.policy.key, "axes": c.axes,
                                  "zero_group": c.zero_group} for c in grid},
                   data=source.describe(), source=truth.describe() if truth is not None else None)
+    if sizes is not None:  # the human data in blocks (the reserve: data.fresh_reserve)
+        record["sizes"] = sizes
     record["invocations"].append(now)
     files.write_json(path, record)

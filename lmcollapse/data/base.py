@@ -37,6 +37,21 @@ def hold_out(train: list[str], where: str, what: str) -> tuple[list[str], list[s
     return train[:cut], train[cut:]
 
 
+def hold_back(train: list[str], share: float) -> tuple[list[str], list[str]]:
+    """``(train, reserve)``: the last ``share`` of ``train``'s records (at least one when
+    ``share > 0``) held back as the reserve of never-seen human text
+    (``data.fresh_reserve``). Taken after the validation hold-out, by record order, so a
+    local file and the hub's split give the same reserve; contiguous records, so no article
+    is split between what generation 0 saw and the reserve (beyond the one at the cut)."""
+    if not share:
+        return train, []
+    if len(train) < 2:
+        raise ConfigError(f"data.fresh_reserve: the training pool has {len(train)} record(s); "
+                          "holding some back would leave nothing to train on")
+    cut = len(train) - max(1, int(len(train) * share))
+    return train[:cut], train[cut:]
+
+
 class ExactDistribution(Protocol):
     """What a source that knows the probability of its text offers the metrics."""
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from lmcollapse.config import DataConfig
@@ -22,6 +22,9 @@ class HumanData:
     ``records[split]`` holds one token list per text record (kept for per-text scoring);
     ``train`` and ``validation`` are rows of ``block_tokens`` tokens cut from the
     concatenated split, and ``test_stream`` is the whole test split as one token list.
+    ``reserve`` holds the blocks of the reserve (``data.fresh_reserve``; its text is
+    ``texts["reserve"]``), empty without one: human text no model trains on before
+    ``fresh`` with ``pool: reserve`` draws it.
     """
 
     records: dict[str, list[list[int]]]
@@ -29,6 +32,7 @@ class HumanData:
     train: list[Sample]
     validation: list[Sample]
     test_stream: list[int]
+    reserve: list[Sample] = field(default_factory=list)
 
 
 def _terminated(record: str) -> str:
@@ -88,5 +92,10 @@ def prepare_human_data(tokenizer: Any, texts: dict[str, list[str]], cfg: DataCon
                           f"fewer than one block of data.block_tokens={cfg.block_tokens}")
     if len(streams["test"]) < 2:
         raise ConfigError("data: the test split has fewer than 2 tokens")
+    reserve = human_rows(streams.get("reserve", []), cfg.block_tokens, "reserve")
+    if "reserve" in texts and not reserve:
+        raise ConfigError(f"data.fresh_reserve: the reserve has {len(streams['reserve'])} "
+                          f"tokens, fewer than one block of data.block_tokens="
+                          f"{cfg.block_tokens}; raise data.fresh_reserve")
     return HumanData(records=records, texts=texts, train=train, validation=validation,
-                     test_stream=streams["test"])
+                     test_stream=streams["test"], reserve=reserve)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass
 
 from lmcollapse.config import positive
@@ -86,12 +87,29 @@ def stream_perplexity(accelerator, model, stream: list[int], max_length: int, st
     return float(nll.sum()), float(count.sum())
 
 
+def unigram_nll(train: list[list[int]], stream: list[int], max_length: int, stride: int,
+                vocab_size: int) -> tuple[float, float]:
+    """(total NLL, scored tokens) of ``stream`` under the add-one unigram model of the
+    ``train`` blocks' token counts, on exactly the tokens the sliding windows score (a
+    window's first token never: it has no context): the baseline a model that learned only
+    token frequencies reaches."""
+    counts = Counter(t for block in train for t in block)
+    total = sum(counts.values()) + vocab_size
+    nll, scored = 0.0, 0
+    for begin, end, score_from in sliding_windows(len(stream), max_length, stride):
+        for t in stream[begin + max(1, score_from):end]:
+            nll -= math.log((counts.get(t, 0) + 1) / total)
+            scored += 1
+    return nll, float(scored)
+
+
 @METRICS.register("perplexity")
 class HeldOutPerplexity(Metric):
     settings = PerplexitySettings
     display_name = "Held-out perplexity"
     higher_is_better = False
     columns = ("perplexity",)
+    directions = {"unigram_perplexity": False}
 
     def preflight(self, ctx: MeasureContext) -> None:
         self.config.windows(ctx.trained_length, "metrics.perplexity")
@@ -107,6 +125,21 @@ class HeldOutPerplexity(Metric):
             values={"perplexity": math.exp(nll / count), "test_nll_per_token": nll / count},
             details={"max_length": max_length, "stride": stride,
                      "trained_length": ctx.trained_length},
+            sizes={"scored_tokens": int(count), "test_tokens": len(stream)})
+
+    def human_reference(self, ctx: MeasureContext) -> Measurement:
+        """The human row holds the baseline: the add-one unigram model of human train's
+        tokens, scored on the same test tokens (a model below it learned more than token
+        frequencies)."""
+        p = self.config
+        stream = ctx.human.test_stream[: p.max_tokens] if p.max_tokens else ctx.human.test_stream
+        max_length, stride = p.windows(ctx.trained_length, "metrics.perplexity")
+        nll, count = unigram_nll([r["input_ids"] for r in ctx.human.train], stream, max_length,
+                                 stride, len(ctx.tokenizer))
+        return Measurement(
+            values={"unigram_perplexity": math.exp(nll / count)},
+            details={"max_length": max_length, "stride": stride, "baseline": "add-one unigram "
+                     "of the human train blocks' tokens"},
             sizes={"scored_tokens": int(count), "test_tokens": len(stream)})
 
     def describe(self, m: Measurement) -> str:

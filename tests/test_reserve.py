@@ -1,0 +1,105 @@
+"""The reserve (``data.fresh_reserve``): human text held back from generation 0 and every
+mix, from which ``fresh`` with ``pool: reserve`` draws truly fresh shards."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from conftest import text_source, tiny_config
+
+from lmcollapse.config import load_config
+from lmcollapse.data.base import hold_back
+from lmcollapse.data.blocks import human_rows
+from lmcollapse.errors import ConfigError
+from lmcollapse.loop import CollapseLoop
+from lmcollapse.policies import Fresh, MixContext, reserve_needed
+
+N, BLOCK = 50, 4
+
+
+def _ctx(k: int, reserve: list[dict], generations: int = 4) -> MixContext:
+    human = human_rows(list(range(N * BLOCK)), BLOCK, "train")
+    corpora = {j: [{"sample_id": f"gen_{j}:{i}", "origin": f"gen_{j}", "generation": j,
+                    "prompt_id": i, "input_ids": [j] * BLOCK} for i in range(N)]
+               for j in range(k)}
+    return MixContext(k, human, corpora, np.random.default_rng(k), generations,
+                      reserve=reserve)
+
+
+def test_fresh_from_the_reserve_draws_disjoint_shards_and_no_train_block():
+    reserve = human_rows(list(range(1000, 1000 + 30 * BLOCK)), BLOCK, "reserve")
+    policy = Fresh.with_settings(fraction=0.1, pool="reserve", shard_seed=5)
+    seen: set[str] = set()
+    for k in range(1, 5):
+        mix = policy.build(_ctx(k, reserve))
+        human = [r["sample_id"] for r in mix if r["origin"] == "human"]
+        assert len(mix) == N and len(human) == round(0.1 * N)
+        assert all(s.startswith("human:reserve:") for s in human)  # never a train block
+        assert not seen & set(human)  # each generation's shard is new
+        seen |= set(human)
+        assert {r["origin"] for r in mix} - {"human"} == {f"gen_{k - 1}"}
+    assert reserve_needed(policy.config, N, 4) == 4 * 5 == len(seen)
+    with pytest.raises(ValueError, match="no shard of 5 blocks left for generation 7"):
+        policy.build(_ctx(7, reserve))  # 30 blocks: six shards of 5
+
+
+def test_hold_back_takes_the_last_records():
+    records = [f"r{i}" for i in range(10)]
+    assert hold_back(records, 0.0) == (records, [])
+    assert hold_back(records, 0.3) == (records[:7], records[7:])
+    assert hold_back(records, 0.01) == (records[:9], records[9:])  # at least one
+
+
+@pytest.mark.parametrize(("overrides", "field", "allowed"), [
+    (["policies=[{name: fresh, fraction: 0.1, pool: reserve}]"], r"policies\[0\]\.pool",
+     "set data.fresh_reserve"),
+    (["data.fresh_reserve=0.2"], "data.fresh_reserve", "no policy would use"),
+    (["data.fresh_reserve=1.0", "policies=[{name: fresh, fraction: 0.1, pool: reserve}]"],
+     "data.fresh_reserve", r"in \[0, 1\)"),
+    (["policies=[{name: fresh, pool: stock}]"], r"policies\[0\]\.pool", "reserve"),
+])
+def test_a_reserve_setting_that_cannot_work_is_refused(overrides, field, allowed):
+    with pytest.raises(ConfigError, match=f"{field}.*{allowed}"):
+        load_config(None, overrides)
+
+
+def test_a_reserve_too_small_is_refused_before_any_work(tmp_path):
+    cfg = tiny_config(tmp_path, *text_source(tmp_path), "generations=3",
+                      "metrics.names=[perplexity]", "data.fresh_reserve=0.05",
+                      "policies=[{name: fresh, fraction: 0.3, pool: reserve}]")
+    with pytest.raises(ConfigError) as err:
+        CollapseLoop(cfg).run()
+    msg = str(err.value)
+    assert msg.startswith("data.fresh_reserve: fresh (fresh, fraction 0.3, pool: reserve) "
+                          "draws 3 generations x round(0.3 x ")
+    assert "raise data.fresh_reserve" in msg
+    assert not cfg.run_dir.exists()  # nothing written
+
+
+def test_the_reserve_through_the_loop(tmp_path):
+    """Generation 0 and the other policies never see the reserve; fresh's human blocks
+    come from it, a new shard each generation; experiment.json states the sizes."""
+    cfg = tiny_config(tmp_path, *text_source(tmp_path), "generations=2",
+                      "metrics.names=[perplexity]", "data.fresh_reserve=0.3",
+                      "policies=[{name: fresh, fraction: 0.2, pool: reserve}, "
+                      "{name: mix, fraction: 0.2}]")
+    CollapseLoop(cfg).run()
+    seed = cfg.run_dir / "seed_0"
+    sizes = json.loads((cfg.run_dir / "experiment.json").read_text())["sizes"]
+    zero = pq.read_table(seed / "gen_00" / "mix.parquet").to_pylist()
+    assert len(zero) == sizes["train_blocks"] and sizes["reserve_blocks"] >= 2 * round(
+        0.2 * len(zero))
+    assert all(r["sample_id"].startswith("human:train:") for r in zero)
+    shards = []
+    for k in (1, 2):
+        fresh = pq.read_table(seed / "fresh" / f"gen_0{k}" / "mix.parquet").to_pylist()
+        human = {r["sample_id"] for r in fresh if r["origin"] == "human"}
+        assert len(human) == round(0.2 * len(zero)) and len(fresh) == len(zero)
+        assert all(s.startswith("human:reserve:") for s in human)
+        shards.append(human)
+        mix = pq.read_table(seed / "mix" / f"gen_0{k}" / "mix.parquet").to_pylist()
+        assert not any(r["sample_id"].startswith("human:reserve:") for r in mix)
+    assert not shards[0] & shards[1]
