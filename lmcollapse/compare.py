@@ -9,7 +9,9 @@ of one run, the numbers behind a claim, with the report's own tests.
 
 For each ``--pair A B`` and metric: the mean of A and of B over seeds at the generation
 (default: the final one; ``A/gen_K`` is A at generation K), the mean per-seed difference
-B − A with its 95% t-interval, on how many seeds B is below A, and the two-sided paired
+B − A with its 95% t-interval, the per-seed relative change B / A − 1 (mean, min, max over
+seeds: how published collapse studies state a change), on how many seeds B is below A, and
+the two-sided paired
 t-test p over seeds (:func:`lmcollapse.stats.paired_test`, the leaderboard's test; seeds
 pair because generation 0 is shared), corrected over every test of the invocation (one
 family, :func:`lmcollapse.stats.adjust`). A metric ranked by closeness to human (≈) is
@@ -63,6 +65,8 @@ class Test:
     below: int
     paired: Paired
     p_adj: float = math.nan
+    #: per-seed B / A − 1 (the published studies' "relative change"): mean, min, max
+    relative: tuple[float, float, float] = (math.nan, math.nan, math.nan)
 
 
 def parse_side(text: str, exp: RunResults, default_generation: int) -> Side:
@@ -94,9 +98,12 @@ def run_tests(exp: RunResults, pairs: list[tuple[Side, Side]], metrics: list[str
             if not va or not vb:
                 raise ReportError(f"no {metric!r} for {a.name} or {b.name}")
             both = va.keys() & vb.keys()
+            ratios = [vb[s] / va[s] - 1 for s in both if va[s]]
+            relative = ((statistics.fmean(ratios), min(ratios), max(ratios)) if ratios
+                        else (math.nan,) * 3)
             tests.append(Test(metric, a, b, statistics.fmean(va.values()),
                               statistics.fmean(vb.values()), sum(vb[s] < va[s] for s in both),
-                              paired_test(vb, va)))
+                              paired_test(vb, va), relative=relative))
     for t, p in zip(tests, adjust([t.paired.p for t in tests], correction), strict=True):
         t.p_adj = p
     return tests
@@ -104,6 +111,11 @@ def run_tests(exp: RunResults, pairs: list[tuple[Side, Side]], metrics: list[str
 
 def _g(x: float) -> str:
     return "–" if x is None or not math.isfinite(x) else f"{x:.4g}"
+
+
+def _pct(r: tuple[float, float, float]) -> str:
+    mean, lo, hi = r
+    return "–" if not math.isfinite(mean) else f"{mean:+.0%} [{lo:+.0%}, {hi:+.0%}]"
 
 
 def add_arguments(p: argparse.ArgumentParser, plan: bool = False) -> None:
@@ -162,14 +174,15 @@ def command(args: argparse.Namespace, plan: bool = False) -> int:
                   f"{_g(effect)} | {d.n} | {'–' if need is None else need} |")
         return 0
     alpha = planning_alpha(args.correction, family)
-    print("| metric | A | B | mean A | mean B | mean(B − A) [95% CI] | seeds B < A | p | "
-          "p corrected | seeds needed |")
-    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("| metric | A | B | mean A | mean B | mean(B − A) [95% CI] | B/A − 1 [min, max] | "
+          "seeds B < A | p | p corrected | seeds needed |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for t in tests:
         d, (lo, hi) = t.paired, t.paired.interval
         open_gap = not (d.n >= 2 and t.p_adj < ALPHA)
         need = seeds_needed(d.diff, d.sd, alpha) if open_gap else None
         print(f"| {t.metric} | {t.a.name} | {t.b.name} | {t.mean_a:.4g} | {t.mean_b:.4g} | "
-              f"{d.diff:+.4g} [{_g(lo)}, {_g(hi)}] | {t.below}/{d.n} | {_g(d.p)} | "
+              f"{d.diff:+.4g} [{_g(lo)}, {_g(hi)}] | {_pct(t.relative)} | {t.below}/{d.n} | "
+              f"{_g(d.p)} | "
               f"{_g(t.p_adj)} | {'' if not open_gap else need or '–'} |")
     return 0

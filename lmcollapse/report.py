@@ -55,6 +55,10 @@ from lmcollapse.results import (
 )
 
 
+def _has_generations(table: dict[str, dict[int | str, Any]]) -> bool:
+    return any(isinstance(g, int) for row in table.values() for g in row)
+
+
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_")
 
@@ -95,6 +99,9 @@ def write_report(run_dirs: list[str | Path], out: str | Path | None = None,
     tables = [(m, table if m == metric else per_generation(exps, m),
                marks if m == metric else generation_marks(exps, m, correction))
               for m in dict.fromkeys([*lb.columns, metric])]
+    # a value only the human row has (the perplexity metric's unigram baseline) has no
+    # generations to tabulate or plot: the leaderboard's human row shows it
+    tables = [t for t in tables if t[0] == metric or _has_generations(t[1])]
     # what the samples behind per-sample metrics say: intervals within a seed, early warnings
     specs = {id(e): documents.per_sample(e) for e in exps}
     for row in lb.rows:
@@ -112,7 +119,7 @@ def write_report(run_dirs: list[str | Path], out: str | Path | None = None,
     made, images, captions = [], {}, {}
     if plots:
         by_metric = {m: t for m, t, _ in tables}
-        for m in lb.columns:
+        for m in [m for m in lb.columns if m in by_metric]:
             series = {lbl: {g: s for g, s in row.items() if g != "human"}
                       for lbl, row in by_metric[m].items()}
             refs = {("human reference" if len(exps) == 1 else f"human reference ({e.key})"):

@@ -1,12 +1,23 @@
 #!/usr/bin/env bash
 # The paired tests behind the README's study claims (p-values, "in every seed"), from the
 # committed runs' metrics.json files: run each study's config first (see the README).
-#   bash scripts/readme_claims.sh [quickstart|curation|sampling-bias|fresh-threshold|blue-cats]
+#   bash scripts/readme_claims.sh [wikitext-laptop|quickstart|curation|sampling-bias|fresh-threshold|blue-cats]
 # Each `lmcollapse compare` call is one family: its p-values are Holm-corrected together.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cmp() { lmcollapse compare "$@"; echo; }
 want=${1:-all}
+
+if [[ $want == all || $want == wikitext-laptop ]]; then
+  # the headline: each policy against its generation 0, and the policies against each other
+  cmp runs/wikitext-laptop --pair replace/gen_0 replace --pair mix-0.1/gen_0 mix-0.1 \
+    --pair fresh-0.1/gen_0 fresh-0.1 --pair accumulate/gen_0 accumulate \
+    --pair replace mix-0.1 --pair mix-0.1 fresh-0.1 --pair fresh-0.1 accumulate \
+    --pair replace accumulate --metrics perplexity
+  # what replace and accumulate write, generation 4 against generation 0 (values)
+  cmp runs/wikitext-laptop --pair replace/gen_0 replace --pair accumulate/gen_0 accumulate \
+    --raw --metrics ref_ppl_p50,word_types,word_types_known,word_types_1,word_types_2,word_types_3,word_types_4,word_usage_1,word_usage_4,mauve
+fi
 
 if [[ $want == all || $want == quickstart ]]; then
   cmp runs/quickstart --pair mix-0.1 accumulate --pair replace mix-0.1 \

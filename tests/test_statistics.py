@@ -220,11 +220,14 @@ def test_compare_command_is_the_reports_test(tmp_path, capsys):
     raw = [stats.ttest_rel(acc, rep).pvalue, stats.ttest_rel(full, zero).pvalue]
     adj = multipletests(raw, method="holm")[1]
     row = rows[("replace", "accumulate")]
-    assert row[7] == "2/2" and float(row[8]) == pytest.approx(raw[0], rel=1e-3)
-    assert float(row[9]) == pytest.approx(adj[0], rel=1e-3)
+    assert row[8] == "2/2" and float(row[9]) == pytest.approx(raw[0], rel=1e-3)
+    assert float(row[10]) == pytest.approx(adj[0], rel=1e-3)
     assert float(row[6].split(" [")[0]) == pytest.approx(np.mean(np.subtract(acc, rep)), rel=1e-3)
     row = rows[("replace/gen_0", "replace")]
-    assert row[7] == "0/3" and float(row[9]) == pytest.approx(adj[1], rel=1e-3)
+    assert row[8] == "0/3" and float(row[10]) == pytest.approx(adj[1], rel=1e-3)
+    # the relative change, per seed B / A - 1: mean [min, max], in whole percent
+    rel = np.divide(full, zero) - 1
+    assert row[7] == f"{rel.mean():+.0%} [{rel.min():+.0%}, {rel.max():+.0%}]"
     assert "Holm over the 2 tests of this command" in out
     # the same pair in the report's leaderboard (accumulate ranks first) gets the same p
     lb = results.leaderboard(load_runs([run]))

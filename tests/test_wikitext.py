@@ -11,6 +11,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from lmcollapse import report
 from lmcollapse.config import load_config
 from lmcollapse.loop import CollapseLoop
 from lmcollapse.metrics.perplexity import unigram_nll
@@ -56,3 +57,12 @@ def test_the_wikitext_study_in_ci_size(tmp_path):
     assert len(fresh) == 30 and all(s.startswith("human:reserve:") for s in fresh)
     corpus = pq.read_table(seed / "replace" / "gen_01" / "corpus.parquet").to_pylist()
     assert len(corpus) == 300
+    # the report: the unigram baseline is the human row's, with no per-generation table or
+    # plot of its own (no generation has it)
+    res = report.write_report([run], columns=["perplexity", "unigram_perplexity"],
+                              lineage_prompts=0, out=tmp_path / "report")
+    md = (tmp_path / "report" / "leaderboard.md").read_text()
+    human_row = next(ln for ln in md.splitlines() if ln.startswith("| ref | human"))
+    assert f"{human['unigram_perplexity']:.1f}" in human_row
+    assert "(unigram_perplexity)" not in md and "Per generation: Held-out perplexity" in md
+    assert not any("unigram" in p.name for p in res["files"])
