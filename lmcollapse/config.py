@@ -728,20 +728,25 @@ def load_config(path: str | Path | None = None,
     data = apply_overrides(data, overrides or [])
     cfg = build(ExperimentConfig, data)
     validate(cfg)
-    cells(cfg)  # every grid point must be a valid config too
+    _check_reserve_used(cfg, cells(cfg))  # every grid point must be a valid config too
     return cfg
 
 
 def _check_reserve(cfg: ExperimentConfig) -> None:
-    """A reserve exists exactly when a policy draws from it (its size is checked at set-up,
-    once the text is tokenised)."""
+    """``pool: reserve`` needs a reserve (its size is checked at set-up, once the text is
+    tokenised); :func:`_check_reserve_used` checks the converse over every cell."""
     users = [i for i, p in enumerate(cfg.policies)
              if getattr(p.settings, "pool", None) == "reserve"]
     if users and not cfg.data.fresh_reserve:
         raise ConfigError(f"policies[{users[0]}].pool: 'reserve' draws never-seen human text "
                           "from data.fresh_reserve, which is 0; set data.fresh_reserve (a share "
                           "of the training records, e.g. 0.3) or use pool: shards")
-    if cfg.data.fresh_reserve and not users:
+
+
+def _check_reserve_used(cfg: ExperimentConfig, grid: list[Cell]) -> None:
+    """A reserve no cell draws from would only shrink every cell's human data."""
+    if cfg.data.fresh_reserve and not any(
+            getattr(c.policy.settings, "pool", None) == "reserve" for c in grid):
         raise ConfigError(f"data.fresh_reserve: {cfg.data.fresh_reserve} holds back training "
                           "records that no policy would use (only fresh with pool: reserve "
                           "draws from it); remove it or give a fresh policy pool: reserve")

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import text_source, tiny_config
 
-from lmcollapse.config import load_config
+from lmcollapse.config import cells, load_config
 from lmcollapse.data.base import hold_back
 from lmcollapse.data.blocks import human_rows
 from lmcollapse.errors import ConfigError
@@ -103,3 +103,14 @@ def test_the_reserve_through_the_loop(tmp_path):
         mix = pq.read_table(seed / "mix" / f"gen_0{k}" / "mix.parquet").to_pylist()
         assert not any(r["sample_id"].startswith("human:reserve:") for r in mix)
     assert not shards[0] & shards[1]
+
+
+def test_a_grid_may_sweep_the_pool_with_a_reserve():
+    """The reserve is checked over every cell: a grid point drawing from it is enough."""
+    cfg = load_config(None, ["data.fresh_reserve=0.3", "policies=[{name: fresh, fraction: 0.1}]",
+                             "grid=[{key: policy.pool, values: [shards, reserve]}]"])
+    pools = {c.key: c.policy.settings.pool for c in cells(cfg)}
+    assert sorted(pools.values()) == ["reserve", "shards"]
+    with pytest.raises(ConfigError, match="no policy would use"):
+        load_config(None, ["data.fresh_reserve=0.3", "policies=[{name: fresh, fraction: 0.1}]",
+                           "grid=[{key: policy.fraction, values: [0.1, 0.2]}]"])
