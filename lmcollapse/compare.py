@@ -10,7 +10,8 @@ of one run, the numbers behind a claim, with the report's own tests.
 For each ``--pair A B`` and metric: the mean of A and of B over seeds at the generation
 (default: the final one; ``A/gen_K`` is A at generation K), the mean per-seed difference
 B − A with its 95% t-interval, the per-seed relative change B / A − 1 (mean, min, max over
-seeds: how published collapse studies state a change), on how many seeds B is below A, and
+seeds: how published collapse studies state a change; only for values positive in every
+seed, not for ``--change`` nor for distances to human), on how many seeds B is below A, and
 the two-sided paired
 t-test p over seeds (:func:`lmcollapse.stats.paired_test`, the leaderboard's test; seeds
 pair because generation 0 is shared), corrected over every test of the invocation (one
@@ -98,7 +99,11 @@ def run_tests(exp: RunResults, pairs: list[tuple[Side, Side]], metrics: list[str
             if not va or not vb:
                 raise ReportError(f"no {metric!r} for {a.name} or {b.name}")
             both = va.keys() & vb.keys()
-            ratios = [vb[s] / va[s] - 1 for s in both if va[s]]
+            # a relative change of positive values only: not of changes since generation 0
+            # (--change) nor of distances to human (≈ without --raw), which may be 0 or < 0
+            ratios = [vb[s] / va[s] - 1 for s in both] if (
+                not change and direction is not None and both
+                and all(va[s] > 0 for s in both)) else []
             relative = ((statistics.fmean(ratios), min(ratios), max(ratios)) if ratios
                         else (math.nan,) * 3)
             tests.append(Test(metric, a, b, statistics.fmean(va.values()),

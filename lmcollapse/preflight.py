@@ -36,7 +36,7 @@ from tokenizers import Tokenizer
 from transformers import PretrainedConfig, PreTrainedTokenizerBase
 
 from lmcollapse import files
-from lmcollapse.config import Cell, ExperimentConfig, cells, config_diff
+from lmcollapse.config import Cell, ExperimentConfig, build, cells, config_diff
 from lmcollapse.data.base import ExactDistribution, Source, hold_back, make_source
 from lmcollapse.data.blocks import HumanData, prepare_human_data
 from lmcollapse.disk import check_disk, estimate
@@ -186,6 +186,10 @@ def check_compatible(cfg: ExperimentConfig, layout: RunLayout) -> None:
     if not layout.experiment_json.exists():
         return
     old = files.read_json(layout.experiment_json)["config"]
+    try:  # a key added since the run began compares as its default (data.fresh_reserve: 0)
+        old = build(ExperimentConfig, old).to_dict()
+    except ConfigError:
+        pass  # compared as written: every difference is listed
     new = cfg.to_dict()
     skip = GRID_KEYS + LOCATION_KEYS
     diffs = config_diff({k: v for k, v in old.items() if k not in skip},
@@ -235,9 +239,10 @@ def check_reserve(cfg: ExperimentConfig, grid: dict[str, Cell], n: int, reserve:
                 f"data.fresh_reserve: {cell.key} (fresh, fraction {r}, pool: reserve) draws "
                 f"{cfg.generations} generations x round({r} x {n}) = {need} blocks of "
                 f"never-seen human text, but the reserve ({share} of the training records) "
-                f"holds {reserve} blocks; raise data.fresh_reserve (about "
-                f"{share * need / max(reserve, 1):.2f} would do), lower the fraction, or run "
-                "fewer generations")
+                f"holds {reserve} blocks; " + (
+                    f"raise data.fresh_reserve (about {share * need / reserve:.2f} would do), "
+                    if reserve and share * need / reserve < 0.9 else "")
+                + "lower the fraction, or run fewer generations")
 
 
 def metric_context(setup: Setup, cfg: ExperimentConfig, acc: Accelerator, seed_dir: Path,

@@ -1,7 +1,8 @@
 """Is a generation's held-out perplexity hurt by positions it never trained on?
 
 A model trained from scratch on corpora alone (``replace`` with ``model.init: base`` or
-``scratch``) sees only sequences of ``generate.new_tokens`` tokens, shorter than the
+``scratch``) sees only corpus samples (``generate.new_tokens``, plus the prompt when
+``keep_prompt``), shorter than the
 ``data.block_tokens`` windows the perplexity metric scores. This scores the run's held-out
 test text in blocks of ``data.block_tokens`` under each named model and prints the
 perplexity of the first ``--split`` positions and of the rest: equal halves mean the later
@@ -9,6 +10,8 @@ positions cost nothing extra.
 
     python scripts/position_check.py runs/wikitext-laptop --models seed_0/gen_00 \
         seed_0/replace/gen_04 [--split 32] [--max-tokens 40000]
+
+For runs with a scratch tokenizer (saved in the run directory) and saved models.
 """
 
 from __future__ import annotations
@@ -33,12 +36,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", nargs="+", required=True,
                    help="model folders under the run (seed_0/gen_00, seed_0/replace/gen_04)")
     p.add_argument("--split", type=int, default=None,
-                   help="first position of the second part (default: generate.new_tokens)")
+                   help="first position of the second part (default: the corpus sample "
+                   "length, generate.new_tokens (+ prompt_tokens with keep_prompt))")
     p.add_argument("--max-tokens", type=int, default=40_000)
     args = p.parse_args(argv)
     cfg = build(ExperimentConfig, json.loads((args.run / "experiment.json").read_text())["config"])
     block = cfg.data.block_tokens
-    split = args.split or cfg.generate.new_tokens
+    split = args.split or cfg.generate.sample_tokens
     if not 1 < split < block:
         print(f"--split: between 2 and {block - 1} (data.block_tokens - 1), got {split}",
               file=sys.stderr)
@@ -53,9 +57,12 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---:|---:|---:|")
     for name in args.models:
         model = AutoModelForCausalLM.from_pretrained(args.run / name / "model").eval()
+        parts = []
         with torch.no_grad():
-            logp = torch.log_softmax(model(input_ids=x).logits[:, :-1].float(), -1)
-        nll = -logp.gather(-1, x[:, 1:, None])[..., 0]  # nll[:, j] scores position j + 1
+            for batch in x.split(64):
+                logp = torch.log_softmax(model(input_ids=batch).logits[:, :-1].float(), -1)
+                parts.append(-logp.gather(-1, batch[:, 1:, None])[..., 0])
+        nll = torch.cat(parts)  # nll[:, j] scores position j + 1
         early, late = math.exp(nll[:, : split - 1].mean()), math.exp(nll[:, split - 1:].mean())
         print(f"| {name} | {early:.1f} | {late:.1f} | {late / early:.3f} |")
     return 0

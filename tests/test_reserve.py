@@ -9,10 +9,12 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from conftest import text_source, tiny_config
+from transformers import AutoTokenizer
 
 from lmcollapse.config import cells, load_config
-from lmcollapse.data.base import hold_back
-from lmcollapse.data.blocks import human_rows
+from lmcollapse.data.base import hold_back, hold_out
+from lmcollapse.data.blocks import human_rows, tokenize_records
+from lmcollapse.data.text import read_records
 from lmcollapse.errors import ConfigError
 from lmcollapse.loop import CollapseLoop
 from lmcollapse.policies import Fresh, MixContext, reserve_needed
@@ -69,14 +71,22 @@ def test_a_reserve_setting_that_cannot_work_is_refused(overrides, field, allowed
 def test_a_reserve_too_small_is_refused_before_any_work(tmp_path):
     cfg = tiny_config(tmp_path, *text_source(tmp_path), "generations=3",
                       "metrics.names=[perplexity]", "data.fresh_reserve=0.05",
-                      "policies=[{name: fresh, fraction: 0.3, pool: reserve}]")
+                      "policies=[{name: fresh, fraction: 0.1, pool: reserve}]")
     with pytest.raises(ConfigError) as err:
         CollapseLoop(cfg).run()
     msg = str(err.value)
-    assert msg.startswith("data.fresh_reserve: fresh (fresh, fraction 0.3, pool: reserve) "
-                          "draws 3 generations x round(0.3 x ")
-    assert "raise data.fresh_reserve" in msg
+    assert msg.startswith("data.fresh_reserve: fresh (fresh, fraction 0.1, pool: reserve) "
+                          "draws 3 generations x round(0.1 x ")
+    assert "raise data.fresh_reserve (about 0." in msg
     assert not cfg.run_dir.exists()  # nothing written
+    # no share under 1 would do: the message says only what would
+    cfg = tiny_config(tmp_path, *text_source(tmp_path), "generations=3",
+                      "metrics.names=[perplexity]", "data.fresh_reserve=0.05",
+                      "policies=[{name: fresh, fraction: 0.3, pool: reserve}]")
+    with pytest.raises(ConfigError, match=r"holds \d+ blocks; lower the fraction, or run "
+                       "fewer generations$"):
+        CollapseLoop(cfg).run()
+    assert not cfg.run_dir.exists()
 
 
 def test_the_reserve_through_the_loop(tmp_path):
@@ -103,6 +113,21 @@ def test_the_reserve_through_the_loop(tmp_path):
         mix = pq.read_table(seed / "mix" / f"gen_0{k}" / "mix.parquet").to_pylist()
         assert not any(r["sample_id"].startswith("human:reserve:") for r in mix)
     assert not shards[0] & shards[1]
+    # by content: generation 0's blocks are cut from the records before the reserve, the
+    # fresh blocks from the reserve's records (the last 30% of train after validation)
+    records, _ = hold_out(read_records(tmp_path / "train.txt"), "v", "train")
+    kept, reserve = hold_back(records, 0.3)
+    tok = AutoTokenizer.from_pretrained(cfg.run_dir / "tokenizer")
+    block = cfg.data.block_tokens
+    kept_stream = [t for r in tokenize_records(tok, kept) for t in r]
+    reserve_stream = [t for r in tokenize_records(tok, reserve) for t in r]
+    setup = CollapseLoop(cfg).prepare()  # what the run trained on and drew from
+    setup.release()
+    assert [r["input_ids"] for r in setup.human.train] == [
+        kept_stream[i * block:(i + 1) * block] for i in range(len(zero))]
+    assert [r["input_ids"] for r in setup.human.reserve] == [
+        reserve_stream[i * block:(i + 1) * block] for i in range(len(reserve_stream) // block)]
+    assert len(setup.human.reserve) == sizes["reserve_blocks"]
 
 
 def test_a_grid_may_sweep_the_pool_with_a_reserve():
@@ -114,3 +139,22 @@ def test_a_grid_may_sweep_the_pool_with_a_reserve():
     with pytest.raises(ConfigError, match="no policy would use"):
         load_config(None, ["data.fresh_reserve=0.3", "policies=[{name: fresh, fraction: 0.1}]",
                            "grid=[{key: policy.fraction, values: [0.1, 0.2]}]"])
+
+
+def test_a_run_begun_before_the_reserve_existed_resumes(tmp_path):
+    """An experiment.json written without data.fresh_reserve (older code) is compared with
+    the key's default, so the run resumes instead of being refused as another config."""
+    cfg = tiny_config(tmp_path, "generations=1", "metrics.names=[perplexity]",
+                      "policies=[replace]")
+    CollapseLoop(cfg).run()
+    path = cfg.run_dir / "experiment.json"
+    record = json.loads(path.read_text())
+    del record["config"]["data"]["fresh_reserve"]
+    path.write_text(json.dumps(record))
+    loop = CollapseLoop(cfg)
+    loop.run()
+    assert loop.timings == []  # nothing redone
+    with pytest.raises(ConfigError, match=r"data.fresh_reserve: None -> 0.2|fresh_reserve"):
+        CollapseLoop(tiny_config(tmp_path, "generations=1", "metrics.names=[perplexity]",
+                                 "policies=[{name: fresh, pool: reserve, fraction: 0.1}]",
+                                 "data.fresh_reserve=0.2")).run()

@@ -228,6 +228,11 @@ def test_compare_command_is_the_reports_test(tmp_path, capsys):
     # the relative change, per seed B / A - 1: mean [min, max], in whole percent
     rel = np.divide(full, zero) - 1
     assert row[7] == f"{rel.mean():+.0%} [{rel.min():+.0%}, {rel.max():+.0%}]"
+    # no ratio of changes since generation 0 (they may be 0 or negative)
+    assert run_main(["compare", str(run), "--pair", "replace", "accumulate", "--change",
+                     "--metrics", "perplexity"]) == 0
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| perp"))
+    assert line.split("|")[7].strip() == "–"
     assert "Holm over the 2 tests of this command" in out
     # the same pair in the report's leaderboard (accumulate ranks first) gets the same p
     lb = results.leaderboard(load_runs([run]))
