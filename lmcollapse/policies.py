@@ -176,30 +176,26 @@ class Fresh(Policy):
                 f"generation gets a disjoint human shard; got {generations} * {r}")
 
     def build(self, ctx: MixContext) -> list[Sample]:
+        n_human = round(self.config.fraction * ctx.n)
         if self.config.pool == "source":
             if ctx.fresh_human is None:
                 raise ValueError("fresh with pool: source needs a data source that writes "
                                  "new text (data.source: synthetic)")
-            n_human = round(self.config.fraction * ctx.n)
-            synthetic = ctx.draw(ctx.previous(), min(ctx.n - n_human, len(ctx.previous())))
-            return ctx.fresh_human(n_human) + synthetic
-        if self.config.pool == "reserve":
-            n_human = round(self.config.fraction * ctx.n)
-            if ctx.k * n_human > len(ctx.reserve):
-                raise ValueError(f"fresh: the reserve ({len(ctx.reserve)} blocks) has no "
-                                 f"shard of {n_human} blocks left for generation {ctx.k}")
-            order = np.random.default_rng(self.shard_seed).permutation(len(ctx.reserve))
+            human = ctx.fresh_human(n_human)
+        else:
+            pool, what = ((ctx.reserve, "reserve") if self.config.pool == "reserve"
+                          else (ctx.human, "human pool"))
+            if self.config.pool == "shards":
+                # never more than N // generations: rounding up cannot exhaust the pool late
+                n_human = min(n_human, ctx.n // max(ctx.generations, 1))
+            order = np.random.default_rng(self.shard_seed).permutation(len(pool))
             shard = np.sort(order[(ctx.k - 1) * n_human: ctx.k * n_human])
-            synthetic = ctx.draw(ctx.previous(), min(ctx.n - n_human, len(ctx.previous())))
-            return [ctx.reserve[i] for i in shard] + synthetic
-        # never more than N // generations, so rounding up cannot exhaust the pool late
-        n_human = min(round(self.config.fraction * ctx.n), ctx.n // max(ctx.generations, 1))
-        order = np.random.default_rng(self.shard_seed).permutation(ctx.n)
-        shard = np.sort(order[(ctx.k - 1) * n_human: ctx.k * n_human])
-        if len(shard) < n_human:
-            raise ValueError(f"fresh: human pool exhausted at generation {ctx.k}")
+            if len(shard) < n_human:
+                raise ValueError(f"fresh: the {what} ({len(pool)} blocks) is exhausted: no "
+                                 f"shard of {n_human} blocks left for generation {ctx.k}")
+            human = [pool[i] for i in shard]
         synthetic = ctx.draw(ctx.previous(), min(ctx.n - n_human, len(ctx.previous())))
-        return [ctx.human[i] for i in shard] + synthetic
+        return human + synthetic
 
 
 def reserve_needed(settings: Any, n: int, generations: int) -> int:
