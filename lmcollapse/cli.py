@@ -66,6 +66,10 @@ def build_parser(bench_options: bool = True) -> argparse.ArgumentParser:
                        "(seed, cell) unit, from the I-th (0-based)")
     run.add_argument("--new-run", action="store_true",
                      help="start a fresh run directory instead of resuming an existing one")
+    run.add_argument("--jobs", metavar="N", help="worker processes running (seed, cell) units "
+                     "side by side on this machine, the CPU threads or GPUs divided between "
+                     "them: a number or auto (one per GPU, else per core); default: the "
+                     "config's `jobs` (1)")
     report.add_arguments(rep)
     compare.add_arguments(cmp)
     compare.add_arguments(pln, plan=True)
@@ -75,15 +79,6 @@ def build_parser(bench_options: bool = True) -> argparse.ArgumentParser:
         bench.add_arguments(ben)
     submit.add_arguments(sbm)
     return p
-
-
-def _setup_logging(level: str, main_process: bool) -> None:
-    import transformers
-
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S", level=level if main_process else "ERROR")
-    transformers.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()  # weight loading/saving bars
 
 
 def run_main(argv: list[str] | None = None) -> int:
@@ -97,8 +92,11 @@ def run_main(argv: list[str] | None = None) -> int:
     from lmcollapse.models import check_pretrained
     from lmcollapse.preflight import make_accelerator
 
+    overrides = list(getattr(args, "overrides", []))
+    if getattr(args, "jobs", None) is not None:  # checked (and named) as the config's `jobs`
+        overrides.append(f"jobs={args.jobs}")
     try:
-        cfg = load_config(args.config, args.overrides)
+        cfg = load_config(args.config, overrides)
         if args.command == "validate":  # `run` checks this in its preflight
             check_pretrained(cfg.model)  # a missing optional extra, named before any work
         accelerator = make_accelerator(cfg) if args.command == "run" else None
@@ -132,11 +130,26 @@ def run_main(argv: list[str] | None = None) -> int:
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     from lmcollapse.loop import CollapseLoop
+    from lmcollapse.parallel import Failure, cpu_cores, make_plan, run_parallel, visible_gpus
+    from lmcollapse.preflight import setup_logging
 
-    _setup_logging(cfg.log_level, accelerator.is_main_process)
+    setup_logging(cfg.log_level, accelerator.is_main_process)
     try:
         with logging_redirect_tqdm():  # log lines above the progress bars, not inside them
-            CollapseLoop(cfg, accelerator, new_run=args.new_run, selection=selection).run()
+            loop = CollapseLoop(cfg, accelerator, new_run=args.new_run, selection=selection)
+            plan = make_plan(cfg.jobs, len(loop.units), cpu_cores(), visible_gpus())
+            if plan.jobs == 1:
+                loop.run()
+            elif accelerator.num_processes > 1:
+                raise ConfigError(
+                    f"jobs: {cfg.jobs} worker processes and a launch of "
+                    f"{accelerator.num_processes} processes (one cell trained data-parallel) "
+                    "do not mix; use either (jobs: 1 under `accelerate launch`)")
+            else:
+                loop.invocation = {"jobs": plan.jobs, "threads_per_job": plan.threads,
+                                   "devices": list(plan.devices)}
+                log.info("running %d units on %s", len(loop.units), plan.describe())
+                run_parallel(loop, plan)
     except ConfigError as err:  # the message on stderr whatever the log settings
         print(f"lmcollapse: config error: {err}", file=sys.stderr)
         log.debug("traceback", exc_info=err.__cause__ or err)
@@ -145,6 +158,13 @@ def run_main(argv: list[str] | None = None) -> int:
         print(f"lmcollapse: {err}", file=sys.stderr)
         log.debug("traceback", exc_info=err.__cause__)
         return 1
+    except Failure as err:
+        print(f"lmcollapse: {err}", file=sys.stderr)
+        return err.code
+    except KeyboardInterrupt:
+        print("lmcollapse: interrupted; every finished step is kept: run the same command "
+              "again to resume", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -503,6 +503,10 @@ class ExperimentConfig:
     #: what a later step needs). Generation 0 of a seed is always kept: every cell starts
     #: from it and it scores every later corpus. LoRA adapters are always kept.
     keep_models: Literal["all", "last", "none"] = "all"
+    #: worker processes that run the (seed, cell) units side by side on this machine
+    #: (``--jobs`` overrides it): an integer, or auto (one per GPU, else one per CPU core);
+    #: the CPU threads, or the GPUs, are divided between them (lmcollapse.parallel)
+    jobs: int | Literal["auto"] = 1
 
     @property
     def run_dir(self) -> Path:
@@ -768,6 +772,9 @@ def validate(cfg: ExperimentConfig) -> None:
         raise ConfigError(f"seeds: each in 0..{2**32 - 1} (a numpy/torch seed), got {cfg.seeds}")
     if not 0 <= cfg.generations <= 1000:
         raise ConfigError(f"generations: must be in 0..1000, got {cfg.generations}")
+    if cfg.jobs != "auto" and not 1 <= cfg.jobs <= 1024:
+        raise ConfigError(f"jobs: must be auto or a number of worker processes in 1..1024, "
+                          f"got {cfg.jobs}")
     if cfg.log_level.upper() not in LOG_LEVELS:
         raise ConfigError(f"log_level: {cfg.log_level!r} is not allowed; allowed: "
                           f"{', '.join(LOG_LEVELS)} (any case)")

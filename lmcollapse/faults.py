@@ -3,8 +3,9 @@
 ``LMCOLLAPSE_KILL_AT=<point>[:<n>]`` makes the process SIGKILL itself the ``n``-th time
 (default 1) it reaches ``<point>``: ``train_step`` (after an optimizer step), ``generate_batch``
 (after a batch of continuations), ``measure_metric`` (after a metric of a row) or
-``atomic_write`` (a file written to its temp name, not yet renamed). Unset, a kill point
-costs one dictionary lookup.
+``atomic_write`` (a file written to its temp name, not yet renamed). A suffix
+``@<i>`` limits it to worker ``i`` of a ``--jobs`` run (:mod:`lmcollapse.parallel`). Unset,
+a kill point costs one dictionary lookup.
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ def kill_point(name: str) -> None:
     """SIGKILL this process here if ``LMCOLLAPSE_KILL_AT`` names this point and count."""
     target = os.environ.get("LMCOLLAPSE_KILL_AT")
     if not target:
+        return
+    target, _, worker = target.partition("@")
+    if worker and os.environ.get("LMCOLLAPSE_WORKER_INDEX") != worker:
         return
     point, _, count = target.partition(":")
     if point != name:

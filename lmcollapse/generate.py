@@ -15,6 +15,8 @@ tokens are written.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -26,6 +28,7 @@ from transformers import GenerationConfig
 from lmcollapse.config import GenerateConfig
 from lmcollapse.data.blocks import Sample
 from lmcollapse.faults import kill_point
+from lmcollapse.parallel import bars_disabled
 
 
 def eos_token_ids(model: Any, tokenizer: Any) -> int | list[int] | None:
@@ -59,6 +62,24 @@ def generation_config(gcfg: GenerateConfig, tokenizer: Any,
                             top_p=gcfg.top_p, top_k=gcfg.top_k, **common)  # 0: no top-k
 
 
+@contextlib.contextmanager
+def one_thread_on_cpu(device: torch.device) -> Iterator[None]:
+    """Generate on one CPU thread: torch's CPU attention over a cached prefix (a query of
+    one token) rounds differently with the number of threads (measured with torch 2.13),
+    so a corpus, and every later generation, would depend on how many threads ran it,
+    and ``--jobs`` (which divides the threads) would change the results. Full-sequence
+    passes (training, scoring) gave the same bits on 1 and 2 threads."""
+    if device.type != "cpu":
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 @torch.no_grad()
 def generate_corpus(accelerator: Accelerator, model: torch.nn.Module, tokenizer: Any,
                     prompts: list[Sample], gcfg: GenerateConfig, seed: int, generation: int,
@@ -80,8 +101,9 @@ def generate_corpus(accelerator: Accelerator, model: torch.nn.Module, tokenizer:
         order = list(range(len(prompts)))
         batches = [order[i:i + gcfg.batch_size] for i in range(0, len(order), gcfg.batch_size)]
         written: list[tuple[int, list[int]]] = []
-        with accelerator.split_between_processes(batches) as mine:
-            for batch in tqdm(mine, desc=desc, disable=not accelerator.is_local_main_process,
+        with accelerator.split_between_processes(batches) as mine, \
+                one_thread_on_cpu(accelerator.device):
+            for batch in tqdm(mine, desc=desc, disable=bars_disabled(accelerator),
                               leave=False):
                 torch.manual_seed(seed * 1_000_003 + batch[0])
                 ids = torch.tensor([prompts[i]["input_ids"][: gcfg.prompt_tokens] for i in batch],

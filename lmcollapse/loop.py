@@ -76,17 +76,29 @@ class Steps:
     """Runs a step unless its marker exists; keeps the progress bar and the timings.
 
     A step's marker records when it started and ended (``started``, ``finished``,
-    ``elapsed_s``) and ``work_s``: the seconds inside :meth:`work` blocks (training,
-    generation, metric computation). ``elapsed_s - work_s`` is the loop's own bookkeeping
-    (building the mix, saving and loading weights, writing files, checksums).
+    ``elapsed_s``), ``work_s``: the seconds inside :meth:`work` blocks (training,
+    generation, metric computation), and the CPU ``threads`` it ran with. ``elapsed_s -
+    work_s`` is the loop's own bookkeeping (building the mix, saving and loading weights,
+    writing files, checksums).
+
+    ``listener`` (a worker process of :mod:`lmcollapse.parallel`) receives every step as
+    an event: ``{"event": "start" | "done" | "skip", "dir", "step", "where"}`` (and
+    ``elapsed_s`` when done); the parent draws the progress from them.
     """
 
-    def __init__(self, acc: Accelerator, total: int) -> None:
+    def __init__(self, acc: Accelerator, total: int,
+                 listener: Callable[[dict[str, Any]], None] | None = None) -> None:
         self.acc = acc
         self.timings: list[dict[str, Any]] = []
         self._work = 0.0
+        self.listener = listener
         self.bar = tqdm(total=total, desc="steps", unit="step",
-                        disable=not acc.is_local_main_process)
+                        disable=not acc.is_local_main_process or listener is not None)
+
+    def _tell(self, event: str, directory: Path, step: str, where: str, **more: Any) -> None:
+        if self.listener is not None:
+            self.listener({"event": event, "dir": str(directory), "step": step,
+                           "where": where, **more})
 
     def run(self, directory: Path, step: str, where: str, fn: Callable[[], None]) -> None:
         marker = RunLayout.marker(directory, step)
@@ -94,7 +106,9 @@ class Steps:
         if marker.exists():
             files.verify_folder(directory)  # what finished steps wrote is all still there
             self.bar.update(1)
+            self._tell("skip", directory, step, where)
             return
+        self._tell("start", directory, step, where)
         started, start, self._work = dt.datetime.now().isoformat(), time.perf_counter(), 0.0
         try:
             fn()
@@ -103,13 +117,15 @@ class Steps:
         self.acc.wait_for_everyone()
         elapsed = time.perf_counter() - start
         timing = {"step": step, "started": started, "finished": dt.datetime.now().isoformat(),
-                  "elapsed_s": elapsed, "work_s": self._work}
+                  "elapsed_s": elapsed, "work_s": self._work,
+                  "threads": torch.get_num_threads()}
         if self.acc.is_main_process:
             files.write_json(marker, timing)
         self.acc.wait_for_everyone()
         self.timings.append({"where": where, **timing})
         log.info("%s: %s done in %.1fs", where, step, elapsed)
         self.bar.update(1)
+        self._tell("done", directory, step, where, elapsed_s=elapsed)
 
     @contextlib.contextmanager
     def work(self) -> Iterator[None]:
@@ -134,7 +150,8 @@ class CollapseLoop:
     """
 
     def __init__(self, cfg: ExperimentConfig, accelerator: Accelerator | None = None,
-                 new_run: bool = False, selection: Selection | None = None) -> None:
+                 new_run: bool = False, selection: Selection | None = None,
+                 invocation: dict[str, Any] | None = None) -> None:
         selection = selection or Selection()
         if new_run and not selection.everything:
             raise ConfigError("--new-run starts a fresh directory per job, so jobs that each "
@@ -150,6 +167,8 @@ class CollapseLoop:
         #: the (seed, cell key) units this job runs (all of them unless a selection is given)
         self.selection = selection
         self.units: list[Unit] = select_units(cfg, self.cells, selection)
+        #: what this invocation adds to its record in experiment.json (lmcollapse.parallel)
+        self.invocation = invocation or {}
         self.acc = accelerator or make_accelerator(cfg)
         self.layout = RunLayout(cfg.run_dir)
         #: fixed by :meth:`prepare` (data, tokenizer, architecture, metrics)
@@ -161,6 +180,7 @@ class CollapseLoop:
         self._reference: tuple[Path, torch.nn.Module] | None = None
         #: corpora of the current seed, by generation directory
         self._corpora: dict[Path, list[Sample]] = {}
+        self._corpora_seed: int | None = None
 
     @property
     def run_dir(self) -> Path:
@@ -170,10 +190,11 @@ class CollapseLoop:
     def timings(self) -> list[dict[str, Any]]:
         return self.steps.timings if self.steps is not None else []
 
-    def prepare(self) -> Setup:
-        """Set-up: everything that can fail is checked before any work."""
+    def prepare(self, claim: bool = True) -> Setup:
+        """Set-up: everything that can fail is checked before any work. ``claim=False``: a
+        worker process of :mod:`lmcollapse.parallel` (its parent claimed the run)."""
         self.setup = prepare(self.cfg, self.acc, self.layout, self.units,
-                             self.selection.describe())
+                             self.selection.describe(), claim=claim, invocation=self.invocation)
         return self.setup
 
     # --- the cells ----------------------------------------------------------------------
@@ -195,26 +216,41 @@ class CollapseLoop:
         job's cells, generations outermost (a stopped run has comparable rows)."""
         seeds = list(dict.fromkeys(seed for seed, _ in self.units))
         mine = {seed: [self.cells[k] for s, k in self.units if s == seed] for seed in seeds}
-        self.steps = Steps(self.acc, sum(self._step_count(c) for c in mine.values()))
+        self.steps = Steps(self.acc, sum(self.step_count(c) for c in mine.values()))
         for seed in seeds:
-            self._corpora.clear()  # corpora of other seeds are never read again
-            with self._waiting_lock(self.layout.seed_lock(seed),
-                                    f"seed {seed}, generation 0 and the human row"):
-                self._ensure_base(seed)
-                for group in self._zero_groups(mine[seed]):  # one model 0 per training setting
-                    self.generation(Generation(seed, 0, None, group))
-                self.steps.run(self.layout.human(seed), "measure",
-                               f"seed {seed}, human reference",
-                               lambda s=seed: self.measure_human(s))
-            for cell in mine[seed]:  # a shared model 0 writes the cell its own corpus 0
-                if self._own_zero(cell):
-                    self.generation(Generation(seed, 0, cell.key, cell.zero_group))
-            for k in range(1, self.cfg.generations + 1):
-                for cell in mine[seed]:
-                    self.generation(Generation(seed, k, cell.key, cell.zero_group))
+            self._run_seed(seed, mine[seed])
         self.steps.close()
         self._model = None
         log.info("run finished: %s (%s)", self.run_dir, self.selection.describe())
+
+    def run_unit(self, seed: int, key: str,
+                 listener: Callable[[dict[str, Any]], None]) -> None:
+        """One (seed, cell) unit, for a worker process of :mod:`lmcollapse.parallel` (set
+        up with ``prepare(claim=False)``): the seed's shared part if no other worker has
+        built it (waiting while one builds it), then the cell's generations. Each step is
+        told to ``listener``."""
+        if self.steps is None or self.steps.listener is not listener:
+            self.steps = Steps(self.acc, 0, listener)
+        self._run_seed(seed, [self.cells[key]])
+
+    def _run_seed(self, seed: int, cells: list[Cell]) -> None:
+        if self._corpora_seed != seed:  # corpora of other seeds are never read again
+            self._corpora.clear()
+            self._corpora_seed = seed
+        with self._waiting_lock(self.layout.seed_lock(seed),
+                                f"seed {seed}, generation 0 and the human row"):
+            self._ensure_base(seed)
+            for group in self._zero_groups(cells):  # one model 0 per training setting
+                self.generation(Generation(seed, 0, None, group))
+            self.steps.run(self.layout.human(seed), "measure",
+                           f"seed {seed}, human reference",
+                           lambda s=seed: self.measure_human(s))
+        for cell in cells:  # a shared model 0 writes the cell its own corpus 0
+            if self._own_zero(cell):
+                self.generation(Generation(seed, 0, cell.key, cell.zero_group))
+        for k in range(1, self.cfg.generations + 1):
+            for cell in cells:
+                self.generation(Generation(seed, k, cell.key, cell.zero_group))
 
     @staticmethod
     def _zero_groups(cells: list[Cell]) -> list[str]:
@@ -222,7 +258,7 @@ class CollapseLoop:
         reference) and one per other training setting."""
         return ["", *sorted({c.zero_group for c in cells} - {""})]
 
-    def _step_count(self, cells: list[Cell]) -> int:
+    def step_count(self, cells: list[Cell]) -> int:
         """Steps of one seed's shared part and ``cells`` (for the progress bar)."""
         zero = 3 + 1 + (len(self._zero_groups(cells)) - 1)  # model 0, human row, others
         return zero + sum(2 * self._own_zero(c) + 3 * self.cfg.generations for c in cells)

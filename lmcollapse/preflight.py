@@ -60,7 +60,7 @@ log = logging.getLogger(__name__)
 #: how long a job waits for another's claim of the run directory (it takes seconds)
 CLAIM_WAIT_S = 600.0
 #: config keys that may change between invocations of one run: the grid grows by cells
-GRID_KEYS = ("seeds", "policies", "grid", "log_level", "log_with", "keep_models")
+GRID_KEYS = ("seeds", "policies", "grid", "log_level", "log_with", "keep_models", "jobs")
 #: where the run directory is does not change what it holds: it can be moved and resumed
 LOCATION_KEYS = ("output_dir", "experiment")
 
@@ -86,6 +86,15 @@ class Setup:
         for lock in self.locks:
             lock.release()
         self.locks = []
+
+
+def setup_logging(level: str, main_process: bool) -> None:
+    """Log lines with a time stamp, from the main process only; transformers' own warnings
+    and weight-loading bars off."""
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S", level=level if main_process else "ERROR")
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()  # weight loading/saving bars
 
 
 def make_accelerator(cfg: ExperimentConfig) -> Accelerator:
@@ -262,16 +271,19 @@ def _no_model() -> Any:
 
 
 def prepare(cfg: ExperimentConfig, acc: Accelerator, layout: RunLayout,
-            units: list[tuple[int, str]] | None = None, selection: str = "all cells") -> Setup:
+            units: list[tuple[int, str]] | None = None, selection: str = "all cells",
+            claim: bool = True, invocation: dict[str, Any] | None = None) -> Setup:
     """Check everything that can fail (the disk this job's ``units`` need included), then
     claim the run directory: the locks of this job's units (a cell another live job runs
     is refused), then experiment.json. Any failure before the claim is a ConfigError (exit
     code 2): a data file that cannot be read, a model that cannot be loaded, a folder in
-    the way, a disk too small, a cell in use."""
+    the way, a disk too small, a cell in use. ``claim=False`` (a worker process of
+    :mod:`lmcollapse.parallel`, whose parent claimed the run) stops before the claim;
+    ``invocation`` adds keys to this invocation's record in experiment.json."""
     grid = {c.key: c for c in cells(cfg)}
     units = units or [(seed, key) for seed in cfg.seeds for key in grid]
     try:
-        return _prepare(cfg, acc, layout, grid, units, selection)
+        return _prepare(cfg, acc, layout, grid, units, selection, claim, invocation or {})
     except ConfigError:
         raise
     except Exception as err:  # noqa: BLE001  (anything else at set-up is bad input too)
@@ -288,7 +300,8 @@ def _check_output_dir(layout: RunLayout) -> None:
 
 
 def _prepare(cfg: ExperimentConfig, acc: Accelerator, layout: RunLayout,
-             grid: dict[str, Cell], units: list[tuple[int, str]], selection: str) -> Setup:
+             grid: dict[str, Cell], units: list[tuple[int, str]], selection: str,
+             claim: bool, invocation: dict[str, Any]) -> Setup:
     _check_output_dir(layout)
     check_compatible(cfg, layout)
     source = make_source(cfg.data)
@@ -324,6 +337,8 @@ def _prepare(cfg: ExperimentConfig, acc: Accelerator, layout: RunLayout,
     for spec in cfg.policies:
         if spec.curate.active:
             make_scorer(spec.curate.scorer).preflight(scoring)
+    if not claim:
+        return setup
     if acc.is_main_process:
         check_disk(estimate(cfg, grid, units, arch, len(human.train),
                             getattr(arch, "hidden_size", None)), layout.root)
@@ -333,7 +348,7 @@ def _prepare(cfg: ExperimentConfig, acc: Accelerator, layout: RunLayout,
     if acc.is_main_process:
         try:
             _claim(cfg, acc, layout, setup, locks, selection, source,
-                   tokenizer if new_tokenizer else None)
+                   tokenizer if new_tokenizer else None, invocation)
         except ConfigError as err:
             setup.release()
             problem = [str(err)]
@@ -349,7 +364,7 @@ def _prepare(cfg: ExperimentConfig, acc: Accelerator, layout: RunLayout,
 
 def _claim(cfg: ExperimentConfig, acc: Accelerator, layout: RunLayout, setup: Setup,
            locks: dict[Path, str], selection: str, source: Source,
-           new_tokenizer: Any | None) -> None:
+           new_tokenizer: Any | None, invocation: dict[str, Any]) -> None:
     """Main process: under the claim lock (held for seconds; several jobs may share the
     directory), take this job's cell locks, check the directory's config again, record
     the invocation, save the scratch tokenizer unless another job saved it first."""
@@ -372,7 +387,8 @@ def _claim(cfg: ExperimentConfig, acc: Accelerator, layout: RunLayout, setup: Se
         h = setup.human
         write_provenance(cfg, acc, layout, source, selection, sizes={
             "train_blocks": len(h.train), "validation_blocks": len(h.validation),
-            "reserve_blocks": len(h.reserve), "test_tokens": len(h.test_stream)})
+            "reserve_blocks": len(h.reserve), "test_tokens": len(h.test_stream)},
+            invocation=invocation)
         if new_tokenizer is not None:
             _save_tokenizer(new_tokenizer, layout)
         if not layout.prompts.exists():
@@ -413,7 +429,8 @@ def _save_tokenizer(tokenizer: Any, layout: RunLayout) -> None:
 
 def write_provenance(cfg: ExperimentConfig, acc: Accelerator, layout: RunLayout,
                      source: Source, selection: str = "all cells",
-                     sizes: dict[str, int] | None = None) -> None:
+                     sizes: dict[str, int] | None = None,
+                     invocation: dict[str, Any] | None = None) -> None:
     """experiment.json: the resolved config, versions, git sha, and one record per
     invocation (a resumed run appends one)."""
     try:
@@ -425,6 +442,7 @@ def write_provenance(cfg: ExperimentConfig, acc: Accelerator, layout: RunLayout,
     now = {"started": dt.datetime.now().isoformat(), "git_sha": sha or None,
            "command": sys.argv, "cells": selection, "num_processes": acc.num_processes,
            "device": str(acc.device), "mixed_precision": acc.mixed_precision,
+           "jobs": 1, "threads_per_job": torch.get_num_threads(), **(invocation or {}),
            "versions": {"python": platform.python_version(), "torch": torch.__version__,
                         "transformers": transformers.__version__,
                         "accelerate": accelerate.__version__,

@@ -15,6 +15,8 @@ import torch.nn.functional as F
 from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
+from lmcollapse.parallel import bars_disabled
+
 
 def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-pad ``seqs`` into ``(input_ids, attention_mask)``."""
@@ -80,7 +82,7 @@ def score(accelerator: Any, model: torch.nn.Module, seqs: Sequence[Sequence[int]
     done: list[tuple[int, float, float]] = []
     with accelerator.split_between_processes(list(range(len(seqs)))) as mine:
         batches = [mine[i:i + batch_size] for i in range(0, len(mine), batch_size)]
-        for batch in tqdm(batches, desc=desc, disable=not accelerator.is_local_main_process,
+        for batch in tqdm(batches, desc=desc, disable=bars_disabled(accelerator),
                           leave=False):
             nll, count = masked_nll(model, [seqs[i] for i in batch],
                                     [score_from[i] for i in batch], pad_id)

@@ -19,6 +19,7 @@ from transformers import AutoModelForCausalLM, get_scheduler
 from lmcollapse.config import TrainConfig
 from lmcollapse.data.blocks import Sample
 from lmcollapse.faults import kill_point
+from lmcollapse.parallel import bars_disabled
 from lmcollapse.scoring import masked_nll, pad_batch
 
 log = logging.getLogger(__name__)
@@ -152,7 +153,7 @@ def train_generation(accelerator: Accelerator, model: torch.nn.Module, pad_id: i
     records: list[dict[str, Any]] = []
     best_loss, best_state, step, epoch, start = math.inf, None, 0, 0, time.time()
     running, seen = 0.0, 0
-    bar = tqdm(total=total, desc=desc, disable=not accelerator.is_local_main_process,
+    bar = tqdm(total=total, desc=desc, disable=bars_disabled(accelerator),
                leave=False)
     model.train()
     while step < total:

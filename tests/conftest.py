@@ -29,7 +29,7 @@ TINY = [
     "generate.new_tokens=16", "generate.batch_size=64", "log_level=WARNING",
     "metrics.mauve.num_samples=null", "metrics.diversity.sample_size=null",
     "metrics.diversity.self_bleu_sample=50", "metrics.reference.sample_size=null",
-    "metrics.tail.sample_size=null",
+    "metrics.tail.sample_size=null", "jobs=1",
 ]
 
 

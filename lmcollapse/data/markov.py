@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 #: the largest vocabulary (the chain is a dense (V + 1)^2 float64 matrix: 800 MB at 10,000)
 MAX_VOCAB = 10_000
@@ -165,8 +166,9 @@ def stationary_distribution(matrix: np.ndarray) -> np.ndarray:
     system[-1, :] = 1.0
     rhs = np.zeros(n)
     rhs[-1] = 1.0
-    try:
-        pi = np.linalg.solve(system, rhs)
+    try:  # one BLAS thread: LAPACK's solve rounds differently with the thread count
+        with threadpool_limits(1):
+            pi = np.linalg.solve(system, rhs)
     except np.linalg.LinAlgError as err:
         raise ValueError("chain has no unique stationary distribution") from err
     if pi.min() < -_STATIONARY_TOL or not np.allclose(pi @ matrix, pi, atol=_STATIONARY_TOL):
