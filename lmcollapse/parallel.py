@@ -122,6 +122,9 @@ class Worker:
     ready: bool = False
     gone: bool = False
     bar: Any = None
+    finished: bool = False
+    #: CPU threads it runs with (raised for the last units: :meth:`Scheduler._widen`)
+    threads: int = 0
     done_units: list[tuple[int, str]] = field(default_factory=list)
 
 
@@ -182,7 +185,8 @@ class Pool:
                 stdout=err, stderr=subprocess.STDOUT, env=env, pass_fds=(write_fd,),
                 text=True, start_new_session=True)  # Ctrl-C reaches the parent only
         os.close(write_fd)
-        worker = Worker(index, proc, os.fdopen(read_fd, "r"), stderr_path)
+        worker = Worker(index, proc, os.fdopen(read_fd, "r"), stderr_path,
+                        threads=self.plan.threads)
         threading.Thread(target=self._read, args=(worker,), daemon=True).start()
         return worker
 
@@ -322,7 +326,9 @@ class Scheduler:
         unit = self._pick() if self.pool.failure is None else None
         if unit is None:
             self.pool.send(w, {"stop": True})
+            w.finished = True
             w.bar.set_description_str(f"worker {w.index}: finished", refresh=True)
+            self._widen()
             return
         self.pending.remove(unit)
         w.unit = unit
@@ -330,6 +336,21 @@ class Scheduler:
         w.bar.reset(total=self.loop.step_count([cell]))
         w.bar.set_description_str(f"worker {w.index}: seed {unit[0]}, {unit[1]}", refresh=True)
         self.pool.send(w, {"unit": list(unit)})
+
+    def _widen(self) -> None:
+        """Nothing is left to hand out: the cores of finished workers go to the busy ones
+        (on a CPU; from their next step), so the last units do not run on one core of
+        many. Safe for the results: they do not depend on the thread count (generation
+        runs on one thread; tested against one process)."""
+        plan = self.pool.plan
+        busy = [w for w in self.pool.workers if w.unit is not None and not w.gone]
+        if plan.devices[0] is not None or not busy or self.pending:
+            return
+        threads = max(plan.threads, cpu_cores() // len(busy))
+        for w in busy:
+            if w.threads != threads:
+                w.threads = threads
+                self.pool.send(w, {"threads": threads})
 
     def _pick(self) -> tuple[int, str] | None:
         """A unit whose seed's shared part is built; else one of a seed no worker is on;
@@ -355,6 +376,7 @@ class Scheduler:
             self.pool.failure = Failure(f"worker {w.index} ended (exit code {code}) before it "
                                         f"was ready; what it printed:" + _tail(w.stderr_path))
         w.unit = None
+        self._widen()
         if self.pool.failure is not None:  # tell the idle ones to stop
             for other in self.pool.workers:
                 if other.unit is None and not other.gone:
@@ -396,9 +418,25 @@ def worker_main() -> int:
         with lock:
             events.write(json.dumps(message) + "\n")
 
+    inbox: queue.Queue[dict[str, Any]] = queue.Queue()
+    wanted = {"threads": 0}
+
+    def read() -> None:  # the parent's messages; a new thread count waits for a step
+        for line in sys.stdin:
+            message = json.loads(line)
+            if "threads" in message:
+                wanted["threads"] = int(message["threads"])
+            else:
+                inbox.put(message)
+        inbox.put({"stop": True})  # stdin closed: the parent is gone
+
     def listener(event: dict[str, Any]) -> None:
         if os.getppid() != parent:  # the parent died: stop at the next step
             raise SystemExit(3)
+        if wanted["threads"] and event["event"] == "start":
+            torch.set_num_threads(wanted["threads"])
+            threadpool_limits(wanted["threads"])
+            wanted["threads"] = 0
         send(event)
 
     import datasets
@@ -432,9 +470,10 @@ def worker_main() -> int:
     root.setLevel(cfg.log_level)
     start_trackers(acc, cfg, loop.run_dir)
     send({"ready": True})
+    threading.Thread(target=read, daemon=True).start()
     try:
-        for line in sys.stdin:
-            message = json.loads(line)
+        while True:
+            message = inbox.get()
             if "stop" in message:
                 break
             seed, key = message["unit"]
