@@ -183,7 +183,7 @@ def measure(cfg: ExperimentConfig, acc: Accelerator, sizes: Sizes, config_path: 
     if loop:
         looped = loop_section(acc, config_path, overrides, small, loop_dir)
     else:
-        looped = dict.fromkeys(LOOP_KEYS)
+        looped = dict.fromkeys(LOOP_KEYS + PARALLEL_KEYS)
         skipped.append("loop")
     looped["peak_host_memory_gib"] = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
                                       / 2**20)  # KiB on Linux
@@ -389,13 +389,41 @@ def loop_section(acc: Accelerator, config_path: str | Path, overrides: list[str]
         wall = time.perf_counter() - start
         return {"loop_wall_s": wall, "loop_seeds": len(cfg.seeds),
                 "loop_policies": len(cells(cfg)), "loop_generations": cfg.generations,
-                **loop_breakdown(cfg)}
+                **loop_breakdown(cfg), **parallel_section(acc, cfg, wall)}
     finally:
         try:
             acc.wait_for_everyone()  # every process has read the markers
         finally:
             if keep_in is None and acc.is_main_process:
                 shutil.rmtree(where[0], ignore_errors=True)
+
+
+def parallel_section(acc: Accelerator, cfg: ExperimentConfig, wall: float) -> dict[str, Any]:
+    """The same units again on the config's ``jobs`` worker processes (``auto``: one per
+    core or GPU), beside the run directory of one process: their wall time, the speed-up
+    (one process's wall time over theirs) and whether every metric came out identical.
+    Null where the plan has one worker or this is a multi-process launch."""
+    from lmcollapse.parallel import cpu_cores, make_plan, run_parallel, visible_gpus
+
+    loop = CollapseLoop(dataclasses.replace(cfg, experiment=f"{cfg.experiment}-jobs"))
+    plan = make_plan(cfg.jobs, len(loop.units), cpu_cores(), visible_gpus())
+    if plan.jobs == 1 or acc.num_processes > 1:
+        return dict.fromkeys(PARALLEL_KEYS)
+    _progress(acc, f"bench: the same units on {plan.describe()}")
+    start = time.perf_counter()
+    run_parallel(loop, plan)
+    parallel = time.perf_counter() - start
+    values = [{str(p.relative_to(root)): files.read_json(p)["values"]
+               for p in RunLayout(root).metrics_files()}
+              for root in (cfg.run_dir, loop.run_dir)]
+    return {"loop_jobs": plan.jobs, "loop_jobs_threads": plan.threads,
+            "loop_parallel_wall_s": parallel, "loop_parallel_speedup": wall / parallel,
+            "loop_parallel_identical": values[0] == values[1]}
+
+
+#: keys of :func:`parallel_section`
+PARALLEL_KEYS = ("loop_jobs", "loop_jobs_threads", "loop_parallel_wall_s",
+                 "loop_parallel_speedup", "loop_parallel_identical")
 
 
 def loop_breakdown(cfg: ExperimentConfig) -> dict[str, Any]:

@@ -66,6 +66,11 @@ def build_parser(bench_options: bool = True) -> argparse.ArgumentParser:
                        "(seed, cell) unit, from the I-th (0-based)")
     run.add_argument("--new-run", action="store_true",
                      help="start a fresh run directory instead of resuming an existing one")
+    run.add_argument("--smoke", action="store_true",
+                     help="rehearse instead of running: every cell on the first seed, "
+                     "generations 0-1, a handful of blocks, steps and samples, in a temporary "
+                     "directory; print each step's pass or failure and a forecast of the full "
+                     "run's time, memory and disk")
     run.add_argument("--jobs", metavar="N", help="worker processes running (seed, cell) units "
                      "side by side on this machine, the CPU threads or GPUs divided between "
                      "them: a number or auto (one per GPU, else per core); default: the "
@@ -138,6 +143,10 @@ def run_main(argv: list[str] | None = None) -> int:
         with logging_redirect_tqdm():  # log lines above the progress bars, not inside them
             loop = CollapseLoop(cfg, accelerator, new_run=args.new_run, selection=selection)
             plan = make_plan(cfg.jobs, len(loop.units), cpu_cores(), visible_gpus())
+            if args.smoke:
+                from lmcollapse.smoke import rehearse
+
+                return rehearse(cfg, accelerator, plan, loop.units)
             if plan.jobs == 1:
                 loop.run()
             elif accelerator.num_processes > 1:

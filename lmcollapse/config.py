@@ -729,7 +729,11 @@ def load_config(path: str | Path | None = None,
         data = {} if data is None else data
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of keys")
-    data = apply_overrides(data, overrides or [])
+    return from_dict(apply_overrides(data, overrides or []))
+
+
+def from_dict(data: dict[str, Any]) -> ExperimentConfig:
+    """A config from plain data (a YAML file's, or ``to_dict()``'s), coerced and validated."""
     cfg = build(ExperimentConfig, data)
     validate(cfg)
     _check_reserve_used(cfg, cells(cfg))  # every grid point must be a valid config too

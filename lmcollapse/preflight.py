@@ -387,7 +387,10 @@ def _claim(cfg: ExperimentConfig, acc: Accelerator, layout: RunLayout, setup: Se
         h = setup.human
         write_provenance(cfg, acc, layout, source, selection, sizes={
             "train_blocks": len(h.train), "validation_blocks": len(h.validation),
-            "reserve_blocks": len(h.reserve), "test_tokens": len(h.test_stream)},
+            "reserve_blocks": len(h.reserve), "test_tokens": len(h.test_stream),
+            # before data.max_*_blocks: what a larger cap would give (the smoke forecast)
+            "train_tokens": sum(map(len, h.records["train"])),
+            "validation_tokens": sum(map(len, h.records["validation"]))},
             invocation=invocation)
         if new_tokenizer is not None:
             _save_tokenizer(new_tokenizer, layout)

@@ -60,6 +60,25 @@ def planned_steps(tcfg: TrainConfig, steps_per_epoch: int, tokens_per_step: floa
     return tcfg.epochs * steps_per_epoch
 
 
+def schedule(tcfg: TrainConfig, batches: int, mean_len: float,
+             processes: int) -> tuple[int, float, int, int]:
+    """A generation's schedule from its mix: ``batches`` per process and pass, samples of
+    ``mean_len`` tokens. Returns (optimizer steps per pass, tokens per step, steps,
+    validation every so many steps); :mod:`lmcollapse.smoke` forecasts a run with it."""
+    steps_per_epoch = math.ceil(batches / tcfg.grad_accum)
+    tokens_per_step = tcfg.batch_size * tcfg.grad_accum * processes * mean_len
+    total = planned_steps(tcfg, steps_per_epoch, tokens_per_step)
+    eval_every = tcfg.eval_every or (
+        min(steps_per_epoch, total) if tcfg.budget_steps is None and tcfg.budget_tokens is None
+        else math.ceil(total / 4))  # a fixed budget: 4 evaluations whatever the mix size
+    return steps_per_epoch, tokens_per_step, total, eval_every
+
+
+def evaluations(total: int, eval_every: int) -> int:
+    """Validation passes of a generation: every ``eval_every`` steps and after the last."""
+    return total // eval_every + (total % eval_every != 0)
+
+
 @torch.no_grad()
 def evaluate(accelerator: Accelerator, model: torch.nn.Module, loader: DataLoader,
              pad_id: int) -> float:
@@ -130,18 +149,14 @@ def train_generation(accelerator: Accelerator, model: torch.nn.Module, pad_id: i
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": tcfg.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}], lr=tcfg.lr)
     model, optimizer, loader, val_loader = accelerator.prepare(model, optimizer, loader, val_loader)
-    steps_per_epoch = math.ceil(len(loader) / tcfg.grad_accum)
     mean_len = sum(len(s) for s in train_seqs) / max(1, len(train_seqs))
-    tokens_per_step = tcfg.batch_size * tcfg.grad_accum * accelerator.num_processes * mean_len
-    total = planned_steps(tcfg, steps_per_epoch, tokens_per_step)
+    plan = schedule(tcfg, len(loader), mean_len, accelerator.num_processes)
+    steps_per_epoch, tokens_per_step, total, eval_every = plan
     scheduler = get_scheduler(tcfg.scheduler, optimizer,
                               num_warmup_steps=int(tcfg.warmup_ratio * total)
                               * accelerator.num_processes,
                               num_training_steps=total * accelerator.num_processes)
     scheduler = accelerator.prepare(scheduler)
-    eval_every = tcfg.eval_every or (
-        min(steps_per_epoch, total) if tcfg.budget_steps is None and tcfg.budget_tokens is None
-        else math.ceil(total / 4))  # a fixed budget: 4 evaluations whatever the mix size
     if accelerator.is_main_process:  # the derived numbers, as run_clm_no_trainer logs them
         log.info("%s: %d samples, %d processes x batch %d x accumulation %d = %.0f tokens per "
                  "step; %d steps (%d per pass over the mix), validation every %d steps on %d "
@@ -152,6 +167,7 @@ def train_generation(accelerator: Accelerator, model: torch.nn.Module, pad_id: i
     uniform = math.log(accelerator.unwrap_model(model).config.vocab_size)
     records: list[dict[str, Any]] = []
     best_loss, best_state, step, epoch, start = math.inf, None, 0, 0, time.time()
+    eval_s = 0.0  # seconds in validation (and keeping the best weights) so far
     running, seen = 0.0, 0
     bar = tqdm(total=total, desc=desc, disable=bars_disabled(accelerator),
                leave=False)
@@ -181,12 +197,13 @@ def train_generation(accelerator: Accelerator, model: torch.nn.Module, pad_id: i
                                  f"{log_tag}/lr": scheduler.get_last_lr()[0]}, step=step)
             kill_point("train_step")
             if step % eval_every == 0 or step == total:
+                eval_start = time.time()
                 val_loss = evaluate(accelerator, model, val_loader, pad_id)
                 train_loss = running.item() / max(seen, 1)
                 check_converging(train_loss, val_loss, step, uniform, tcfg)
                 rec = {"step": step, "epoch": epoch, "train_loss": train_loss,
                        "val_loss": val_loss, "val_ppl": math.exp(val_loss),
-                       "lr": scheduler.get_last_lr()[0], "elapsed_s": time.time() - start}
+                       "lr": scheduler.get_last_lr()[0]}
                 records.append(rec)
                 if accelerator.trackers:
                     accelerator.log({f"{log_tag}/val_loss": val_loss}, step=step)
@@ -195,6 +212,9 @@ def train_generation(accelerator: Accelerator, model: torch.nn.Module, pad_id: i
                 if val_loss < best_loss:
                     best_loss = val_loss
                     best_state = _full_state(accelerator, model)
+                eval_s += time.time() - eval_start
+                rec.update(elapsed_s=time.time() - start, eval_s=eval_s, samples=len(rows),
+                           tokens_per_step=tokens_per_step)
             if step >= total:
                 break
         epoch += 1

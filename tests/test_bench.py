@@ -48,6 +48,8 @@ KEYS = {
     "train_steps", "train_batch_size", "train_grad_accum", "train_tokens",
     "loop_wall_s", "loop_generation_wall_s", "loop_generations_averaged", "metric_seconds",
     "peak_host_memory_gib", "peak_gpu_memory_gib", "train_model_flops_per_s", "train_mfu",
+    "loop_jobs", "loop_jobs_threads", "loop_parallel_wall_s", "loop_parallel_speedup",
+    "loop_parallel_identical",
     *FRACTIONS, *SPEEDUPS, *(k for pair in SPEEDUPS.values() for k in pair),
 }
 
@@ -70,7 +72,7 @@ def test_small_bench_prints_one_consistent_record(tmp_path, capsys):
     assert record["train_steps"] == 2
     assert record["train_tokens"] == 2 * 16 * 48  # steps x batch x block tokens
 
-    assert {k for k in record if k.endswith("_speedup")} == set(SPEEDUPS)
+    assert {k for k in record if k.endswith("_speedup")} == {*SPEEDUPS, "loop_parallel_speedup"}
     for key, (harness, baseline) in SPEEDUPS.items():
         for figure in (harness, baseline):
             assert math.isfinite(record[figure]) and record[figure] > 0, figure
@@ -84,6 +86,11 @@ def test_small_bench_prints_one_consistent_record(tmp_path, capsys):
     assert set(record["metric_seconds"]) == {"perplexity", "diversity"}
     assert all(s >= 0 for s in record["metric_seconds"].values())
     assert record["peak_host_memory_gib"] > 0
+    # the same units on the config's jobs (auto: one per core) give the same numbers
+    if record["cpu_count"] > 1:
+        assert record["loop_jobs"] == 2 and record["loop_parallel_identical"] is True
+        assert record["loop_parallel_speedup"] == pytest.approx(
+            record["loop_wall_s"] / record["loop_parallel_wall_s"])
     if record["device"] == "cpu":
         assert record["peak_gpu_memory_gib"] is None and record["train_mfu"] is None
 
