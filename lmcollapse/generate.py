@@ -63,21 +63,23 @@ def generation_config(gcfg: GenerateConfig, tokenizer: Any,
 
 
 @contextlib.contextmanager
-def one_thread_on_cpu(device: torch.device) -> Iterator[None]:
-    """Generate on one CPU thread: torch's CPU attention over a cached prefix (a query of
-    one token) rounds differently with the number of threads (measured with torch 2.13),
-    so a corpus, and every later generation, would depend on how many threads ran it,
-    and ``--jobs`` (which divides the threads) would change the results. Full-sequence
-    passes (training, scoring) gave the same bits on 1 and 2 threads."""
-    if device.type != "cpu":
+def thread_invariant_attention(model: torch.nn.Module, device: torch.device) -> Iterator[None]:
+    """On a CPU, decode with eager attention (matmul, softmax, matmul), not torch's fused
+    kernel: with a query of one token over a cached prefix, the fused kernel's rounding
+    depends on the number of threads (measured with torch 2.13 for every shape tried), so
+    a corpus, and every later generation, would depend on how many threads ran it, and
+    ``--jobs`` (which divides the threads) would change the results. The eager path gave
+    the same bits on 1 and 2 threads, as full-sequence passes (training, scoring) do, at
+    the same speed. On a GPU nothing changes."""
+    current = getattr(model.config, "_attn_implementation", None)
+    if device.type != "cpu" or current in (None, "eager"):
         yield
         return
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    model.set_attn_implementation("eager")
     try:
         yield
     finally:
-        torch.set_num_threads(threads)
+        model.set_attn_implementation(current)
 
 
 @torch.no_grad()
@@ -102,7 +104,7 @@ def generate_corpus(accelerator: Accelerator, model: torch.nn.Module, tokenizer:
         batches = [order[i:i + gcfg.batch_size] for i in range(0, len(order), gcfg.batch_size)]
         written: list[tuple[int, list[int]]] = []
         with accelerator.split_between_processes(batches) as mine, \
-                one_thread_on_cpu(accelerator.device):
+                thread_invariant_attention(model, accelerator.device):
             for batch in tqdm(mine, desc=desc, disable=bars_disabled(accelerator),
                               leave=False):
                 torch.manual_seed(seed * 1_000_003 + batch[0])

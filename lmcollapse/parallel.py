@@ -16,8 +16,8 @@ idle), while the units of a run are independent once their seed's generation 0 e
   any (its worker waits on the seed's lock while another builds it, as separate jobs do);
 - each worker runs a unit exactly as one process runs it (:meth:`CollapseLoop.run_unit`),
   so results are bit-identical to a single process (tested): every random draw is seeded
-  per step, and generation runs on one CPU thread (:func:`~lmcollapse.generate.
-  one_thread_on_cpu`), where torch's rounding depended on the thread count.
+  per step, and no result depends on the thread count (decoding on a CPU uses eager
+  attention: :func:`~lmcollapse.generate.thread_invariant_attention`).
 
 Progress: one bar for the run (steps) and one per worker (its unit's steps, what it is
 doing); the workers' log lines appear prefixed ``[worker i]``, and anything else they print
