@@ -19,21 +19,24 @@ import sys
 
 import yaml
 
-from lmcollapse import compare, report, submit
+from lmcollapse import submit
 from lmcollapse.config import cells, load_config
 from lmcollapse.errors import ConfigError, StepError
 from lmcollapse.shards import Selection, select_units
 
 # torch, transformers and the loop are imported by the commands that use them, so that
-# `lmcollapse report` and `lmcollapse --help` start in a second, not in ten
+# `lmcollapse report` and `lmcollapse --help` start in a second, not in ten; the report's
+# statistics and plotting (statsmodels, scipy.stats, matplotlib) likewise, so that `run`
+# and its workers do not read them from disk (tens of seconds on a cold file cache)
 
 log = logging.getLogger("lmcollapse")
 
 
-def build_parser(bench_options: bool = True) -> argparse.ArgumentParser:
-    """One parser; every subcommand is listed by ``lmcollapse --help``. ``bench``'s own
-    options come from :mod:`lmcollapse.bench`, which imports torch: ``bench_options=False``
-    leaves them out (for any other command)."""
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """One parser; every subcommand is listed by ``lmcollapse --help``. The options of
+    ``report``, ``compare``, ``plan-seeds`` and ``bench`` come from their modules, which
+    import heavy libraries: with ``command`` given, only that subcommand's are added (the
+    one being run); None adds them all."""
     p = argparse.ArgumentParser(prog="lmcollapse", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
@@ -75,10 +78,16 @@ def build_parser(bench_options: bool = True) -> argparse.ArgumentParser:
                      "side by side on this machine, the CPU threads or GPUs divided between "
                      "them: a number or auto (one per GPU, else per core); default: the "
                      "config's `jobs` (1)")
-    report.add_arguments(rep)
-    compare.add_arguments(cmp)
-    compare.add_arguments(pln, plan=True)
-    if bench_options:
+    if command in (None, "report"):
+        from lmcollapse import report
+
+        report.add_arguments(rep)
+    if command in (None, "compare", "plan-seeds"):
+        from lmcollapse import compare
+
+        compare.add_arguments(cmp)
+        compare.add_arguments(pln, plan=True)
+    if command in (None, "bench"):
         from lmcollapse import bench
 
         bench.add_arguments(ben)
@@ -89,10 +98,15 @@ def build_parser(bench_options: bool = True) -> argparse.ArgumentParser:
 def run_main(argv: list[str] | None = None) -> int:
     """Entry point shared by ``lmcollapse`` and ``scripts/run_loop.py``; returns an exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser(bench_options=argv[:1] == ["bench"]).parse_args(argv)
+    command = argv[0] if argv and not argv[0].startswith("-") else None
+    args = build_parser(command).parse_args(argv)
     if args.command == "report":
+        from lmcollapse import report
+
         return report.report_command(args)
     if args.command in ("compare", "plan-seeds"):
+        from lmcollapse import compare
+
         return compare.command(args, plan=args.command == "plan-seeds")
     from lmcollapse.models import check_pretrained
     from lmcollapse.preflight import make_accelerator
@@ -142,7 +156,9 @@ def run_main(argv: list[str] | None = None) -> int:
     try:
         with logging_redirect_tqdm():  # log lines above the progress bars, not inside them
             loop = CollapseLoop(cfg, accelerator, new_run=args.new_run, selection=selection)
-            plan = make_plan(cfg.jobs, len(loop.units), cpu_cores(), visible_gpus())
+            # under a launch of several processes, auto means the launch's own processes
+            jobs = 1 if accelerator.num_processes > 1 and cfg.jobs == "auto" else cfg.jobs
+            plan = make_plan(jobs, len(loop.units), cpu_cores(), visible_gpus())
             if args.smoke:
                 from lmcollapse.smoke import rehearse
 

@@ -35,6 +35,7 @@ import logging
 import os
 import queue
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -141,6 +142,9 @@ def run_parallel(loop: Any, plan: Plan) -> None:
     prepared). Raises ConfigError (bad input, before any work), :class:`Failure` (a unit
     failed; the others finished theirs), KeyboardInterrupt (every worker stopped)."""
     pool = Pool(plan)  # started first: the workers import torch while the parent checks
+    # SIGTERM (a cluster's time limit, `kill`) stops the workers as Ctrl-C does
+    previous = (signal.signal(signal.SIGTERM, _interrupted)
+                if threading.current_thread() is threading.main_thread() else None)
     try:
         loop.prepare()  # every check, then the claim (the locks of all units)
         try:
@@ -153,8 +157,14 @@ def run_parallel(loop: Any, plan: Plan) -> None:
         raise
     finally:
         pool.close(loop.run_dir if loop.setup is not None else None)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     if pool.failure is not None:
         raise pool.failure
+
+
+def _interrupted(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 class Pool:

@@ -100,7 +100,9 @@ def _children(pid: int) -> list[int]:
 
 
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc")
-def test_ctrl_c_stops_every_worker_and_the_command_resumes(tmp_path, one_process):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_stops_every_worker_and_the_command_resumes(tmp_path, one_process, sig):
+    """Ctrl-C, or SIGTERM (a cluster's time limit), stops the workers with the parent."""
     args = [sys.executable, "-m", "lmcollapse.cli", *_command(tmp_path, "--jobs", "2")]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     run = tmp_path / "quickstart"
@@ -109,7 +111,7 @@ def test_ctrl_c_stops_every_worker_and_the_command_resumes(tmp_path, one_process
         time.sleep(0.2)  # until the workers have finished a step
     workers = _children(proc.pid)
     assert len(workers) == 2
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err[-3000:]
     assert "interrupted" in err and "resume" in err
