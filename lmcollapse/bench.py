@@ -67,6 +67,7 @@ from lmcollapse.generate import eos_token_ids, generate_corpus, generation_confi
 from lmcollapse.layout import METRICS, STEPS, Generation, RunLayout
 from lmcollapse.loop import CollapseLoop
 from lmcollapse.models import load_tokenizer, model_config, random_model, starting_model
+from lmcollapse.parallel import set_threads
 from lmcollapse.preflight import make_accelerator
 from lmcollapse.train import _Collate, _with_lora, train_generation
 
@@ -382,11 +383,17 @@ def loop_section(acc: Accelerator, config_path: str | Path, overrides: list[str]
                                         f"output_dir={where[0]}"])
         _progress(acc, f"bench: running the loop in {cfg.run_dir} ({len(cfg.seeds)} seeds x "
                   f"{len(cells(cfg))} cells x {cfg.generations} generations)")
+        threads = torch.get_num_threads()
+        if cfg.cpu_threads:  # as `lmcollapse run` sets them
+            set_threads(cfg.cpu_threads)
         start = time.perf_counter()
         # the loop's own accelerator, as `lmcollapse run` makes it: its trackers (opened in
         # the run directory, closed at the end) are not left on ``acc``
-        CollapseLoop(cfg).run()
-        wall = time.perf_counter() - start
+        try:
+            CollapseLoop(cfg).run()
+        finally:
+            wall = time.perf_counter() - start
+            set_threads(threads)
         return {"loop_wall_s": wall, "loop_seeds": len(cfg.seeds),
                 "loop_policies": len(cells(cfg)), "loop_generations": cfg.generations,
                 **loop_breakdown(cfg), **parallel_section(acc, cfg, wall)}
@@ -406,7 +413,7 @@ def parallel_section(acc: Accelerator, cfg: ExperimentConfig, wall: float) -> di
     from lmcollapse.parallel import cpu_cores, make_plan, run_parallel, visible_gpus
 
     loop = CollapseLoop(dataclasses.replace(cfg, experiment=f"{cfg.experiment}-jobs"))
-    plan = make_plan(cfg.jobs, len(loop.units), cpu_cores(), visible_gpus())
+    plan = make_plan(cfg.jobs, len(loop.units), cpu_cores(), visible_gpus(), cfg.cpu_threads)
     if plan.jobs == 1 or acc.num_processes > 1:
         return dict.fromkeys(PARALLEL_KEYS)
     _progress(acc, f"bench: the same units on {plan.describe()}")

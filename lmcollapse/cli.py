@@ -149,7 +149,14 @@ def run_main(argv: list[str] | None = None) -> int:
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     from lmcollapse.loop import CollapseLoop
-    from lmcollapse.parallel import Failure, cpu_cores, make_plan, run_parallel, visible_gpus
+    from lmcollapse.parallel import (
+        Failure,
+        cpu_cores,
+        make_plan,
+        run_parallel,
+        set_threads,
+        visible_gpus,
+    )
     from lmcollapse.preflight import setup_logging
 
     setup_logging(cfg.log_level, accelerator.is_main_process)
@@ -158,12 +165,15 @@ def run_main(argv: list[str] | None = None) -> int:
             loop = CollapseLoop(cfg, accelerator, new_run=args.new_run, selection=selection)
             # under a launch of several processes, auto means the launch's own processes
             jobs = 1 if accelerator.num_processes > 1 and cfg.jobs == "auto" else cfg.jobs
-            plan = make_plan(jobs, len(loop.units), cpu_cores(), visible_gpus())
+            plan = make_plan(jobs, len(loop.units), cpu_cores(), visible_gpus(),
+                             cfg.cpu_threads)
             if args.smoke:
                 from lmcollapse.smoke import rehearse
 
                 return rehearse(cfg, accelerator, plan, loop.units)
             if plan.jobs == 1:
+                if cfg.cpu_threads:
+                    set_threads(cfg.cpu_threads)
                 loop.run()
             elif accelerator.num_processes > 1:
                 raise ConfigError(

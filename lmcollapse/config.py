@@ -507,6 +507,11 @@ class ExperimentConfig:
     #: (``--jobs`` overrides it): an integer, or auto (one per GPU, else one per CPU core);
     #: the CPU threads, or the GPUs, are divided between them (lmcollapse.parallel)
     jobs: int | Literal["auto"] = 1
+    #: CPU threads of each cell (torch and BLAS); null: the cores divided among the jobs.
+    #: On a CPU some kernels round differently with the thread count (LayerNorm's
+    #: backward; not the Llama models of the shipped configs): fix it here and the
+    #: numbers no longer depend on ``jobs``
+    cpu_threads: int | None = None
 
     @property
     def run_dir(self) -> Path:
@@ -776,6 +781,9 @@ def validate(cfg: ExperimentConfig) -> None:
         raise ConfigError(f"seeds: each in 0..{2**32 - 1} (a numpy/torch seed), got {cfg.seeds}")
     if not 0 <= cfg.generations <= 1000:
         raise ConfigError(f"generations: must be in 0..1000, got {cfg.generations}")
+    if cfg.cpu_threads is not None and not 1 <= cfg.cpu_threads <= 4096:
+        raise ConfigError(f"cpu_threads: must be null (the cores divided among the jobs) or "
+                          f"a number of threads in 1..4096, got {cfg.cpu_threads}")
     if cfg.jobs != "auto" and not 1 <= cfg.jobs <= 1024:
         raise ConfigError(f"jobs: must be auto or a number of worker processes in 1..1024, "
                           f"got {cfg.jobs}")

@@ -9,15 +9,21 @@ idle), while the units of a run are independent once their seed's generation 0 e
   process would: every check before any work, the locks of all its units, experiment.json
   (which records ``jobs`` and the threads each worker got);
 - it starts the workers (``python -m lmcollapse.parallel``) at once, so their imports
-  overlap its set-up; each gets ``cores // N`` CPU threads (torch and BLAS) and, on a GPU
-  machine, one GPU (worker i: GPU i mod G, so N > G puts several cells on each GPU);
+  overlap its set-up; each gets ``cpu_threads`` CPU threads (torch and BLAS; default
+  ``cores // N``) and, on a GPU machine, one GPU (worker i: GPU i mod G, so N > G puts
+  several cells on each GPU);
 - it hands out one unit at a time: first a unit whose seed's generation 0 is built, else
   one of a seed nobody is working on (its worker builds that seed's generation 0), else
   any (its worker waits on the seed's lock while another builds it, as separate jobs do);
 - each worker runs a unit exactly as one process runs it (:meth:`CollapseLoop.run_unit`),
-  so results are bit-identical to a single process (tested): every random draw is seeded
-  per step, and no result depends on the thread count (decoding on a CPU uses eager
-  attention: :func:`~lmcollapse.generate.thread_invariant_attention`).
+  with every random draw seeded per step, so results are bit-identical to one process
+  with the same CPU threads per cell (tested). On a CPU the thread count itself can
+  change the last bits of some kernels: decoding's fused attention (so the loop decodes
+  with eager attention: :func:`~lmcollapse.generate.thread_invariant_attention`) and,
+  measured with a tiny OPT, LayerNorm's backward. Llama-style models (RMSNorm; the
+  quickstart's and the laptop study's) gave the same bits on 1 and 2 threads, so there
+  ``--jobs`` changes nothing at all; elsewhere set ``cpu_threads`` to fix the threads
+  per cell, and the results no longer depend on ``--jobs``.
 
 Progress: one bar for the run (steps) and one per worker (its unit's steps, what it is
 doing); the workers' log lines appear prefixed ``[worker i]``, and anything else they print
@@ -99,13 +105,23 @@ def visible_gpus() -> list[str]:
     return listed[:count] if listed else [str(i) for i in range(count)]
 
 
-def make_plan(jobs: int | str, units: int, cores: int, gpus: list[str]) -> Plan:
+def set_threads(threads: int) -> None:
+    """This process's CPU threads: torch's and the BLAS libraries' (numpy, scipy)."""
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    torch.set_num_threads(threads)
+    threadpool_limits(threads)
+
+
+def make_plan(jobs: int | str, units: int, cores: int, gpus: list[str],
+              cpu_threads: int | None = None) -> Plan:
     """``jobs`` (a number, or auto: one per GPU, else one per core), never more workers
-    than units; the cores divided evenly (at least one thread each)."""
+    than units; ``cpu_threads`` each, by default the cores divided evenly (at least one)."""
     n = (len(gpus) or cores) if jobs == "auto" else int(jobs)
     n = max(1, min(n, units))
     devices = tuple(gpus[i % len(gpus)] for i in range(n)) if gpus else (None,) * n
-    return Plan(jobs=n, threads=max(1, cores // n), devices=devices)
+    return Plan(jobs=n, threads=cpu_threads or max(1, cores // n), devices=devices)
 
 
 # --- the parent ---------------------------------------------------------------------------------
@@ -123,9 +139,6 @@ class Worker:
     ready: bool = False
     gone: bool = False
     bar: Any = None
-    finished: bool = False
-    #: CPU threads it runs with (raised for the last units: :meth:`Scheduler._widen`)
-    threads: int = 0
     done_units: list[tuple[int, str]] = field(default_factory=list)
 
 
@@ -195,8 +208,7 @@ class Pool:
                 stdout=err, stderr=subprocess.STDOUT, env=env, pass_fds=(write_fd,),
                 text=True, start_new_session=True)  # Ctrl-C reaches the parent only
         os.close(write_fd)
-        worker = Worker(index, proc, os.fdopen(read_fd, "r"), stderr_path,
-                        threads=self.plan.threads)
+        worker = Worker(index, proc, os.fdopen(read_fd, "r"), stderr_path)
         threading.Thread(target=self._read, args=(worker,), daemon=True).start()
         return worker
 
@@ -336,9 +348,7 @@ class Scheduler:
         unit = self._pick() if self.pool.failure is None else None
         if unit is None:
             self.pool.send(w, {"stop": True})
-            w.finished = True
             w.bar.set_description_str(f"worker {w.index}: finished", refresh=True)
-            self._widen()
             return
         self.pending.remove(unit)
         w.unit = unit
@@ -346,21 +356,6 @@ class Scheduler:
         w.bar.reset(total=self.loop.step_count([cell]))
         w.bar.set_description_str(f"worker {w.index}: seed {unit[0]}, {unit[1]}", refresh=True)
         self.pool.send(w, {"unit": list(unit)})
-
-    def _widen(self) -> None:
-        """Nothing is left to hand out: the cores of finished workers go to the busy ones
-        (on a CPU; from their next step), so the last units do not run on one core of
-        many. Safe for the results: they do not depend on the thread count (generation
-        runs on one thread; tested against one process)."""
-        plan = self.pool.plan
-        busy = [w for w in self.pool.workers if w.unit is not None and not w.gone]
-        if plan.devices[0] is not None or not busy or self.pending:
-            return
-        threads = max(plan.threads, cpu_cores() // len(busy))
-        for w in busy:
-            if w.threads != threads:
-                w.threads = threads
-                self.pool.send(w, {"threads": threads})
 
     def _pick(self) -> tuple[int, str] | None:
         """A unit whose seed's shared part is built; else one of a seed no worker is on;
@@ -386,7 +381,6 @@ class Scheduler:
             self.pool.failure = Failure(f"worker {w.index} ended (exit code {code}) before it "
                                         f"was ready; what it printed:" + _tail(w.stderr_path))
         w.unit = None
-        self._widen()
         if self.pool.failure is not None:  # tell the idle ones to stop
             for other in self.pool.workers:
                 if other.unit is None and not other.gone:
@@ -428,39 +422,19 @@ def worker_main() -> int:
         with lock:
             events.write(json.dumps(message) + "\n")
 
-    inbox: queue.Queue[dict[str, Any]] = queue.Queue()
-    wanted = {"threads": 0}
-
-    def read() -> None:  # the parent's messages; a new thread count waits for a step
-        for line in sys.stdin:
-            message = json.loads(line)
-            if "threads" in message:
-                wanted["threads"] = int(message["threads"])
-            else:
-                inbox.put(message)
-        inbox.put({"stop": True})  # stdin closed: the parent is gone
-
     def listener(event: dict[str, Any]) -> None:
         if os.getppid() != parent:  # the parent died: stop at the next step
             raise SystemExit(3)
-        if wanted["threads"] and event["event"] == "start":
-            torch.set_num_threads(wanted["threads"])
-            threadpool_limits(wanted["threads"])
-            wanted["threads"] = 0
         send(event)
 
     import datasets
-    import torch
-    from threadpoolctl import threadpool_limits
 
     from lmcollapse.config import ExperimentConfig, build
     from lmcollapse.errors import ConfigError, StepError
     from lmcollapse.loop import CollapseLoop
     from lmcollapse.preflight import make_accelerator, setup_logging, start_trackers
 
-    threads = int(os.environ.get("OMP_NUM_THREADS", "1"))
-    torch.set_num_threads(threads)
-    threadpool_limits(threads)
+    set_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     first = sys.stdin.readline()
     if not first:
         return 0
@@ -480,10 +454,9 @@ def worker_main() -> int:
     root.setLevel(cfg.log_level)
     start_trackers(acc, cfg, loop.run_dir)
     send({"ready": True})
-    threading.Thread(target=read, daemon=True).start()
     try:
-        while True:
-            message = inbox.get()
+        for line in sys.stdin:  # ends when the parent closes it (or dies)
+            message = json.loads(line)
             if "stop" in message:
                 break
             seed, key = message["unit"]

@@ -60,7 +60,8 @@ log = logging.getLogger(__name__)
 #: how long a job waits for another's claim of the run directory (it takes seconds)
 CLAIM_WAIT_S = 600.0
 #: config keys that may change between invocations of one run: the grid grows by cells
-GRID_KEYS = ("seeds", "policies", "grid", "log_level", "log_with", "keep_models", "jobs")
+GRID_KEYS = ("seeds", "policies", "grid", "log_level", "log_with", "keep_models", "jobs",
+             "cpu_threads")
 #: where the run directory is does not change what it holds: it can be moved and resumed
 LOCATION_KEYS = ("output_dir", "experiment")
 

@@ -116,7 +116,7 @@ def rehearse(cfg: ExperimentConfig, accelerator: Any, plan: Any,
     its ``units``), print each step and the forecast; exit code 0 when every step passed,
     1 when one failed (2: bad input found before any step)."""
     from lmcollapse.loop import CollapseLoop
-    from lmcollapse.parallel import Failure, make_plan, run_parallel
+    from lmcollapse.parallel import Failure, make_plan, run_parallel, set_threads
 
     tmp = Path(tempfile.mkdtemp(prefix="lmcollapse-smoke-"))
     scfg = smoke_config(cfg, tmp)
@@ -130,9 +130,7 @@ def rehearse(cfg: ExperimentConfig, accelerator: Any, plan: Any,
     failure: Exception | None = None
     try:
         if splan.jobs == 1:
-            import torch
-
-            torch.set_num_threads(splan.threads)
+            set_threads(splan.threads)
             loop.run()
         else:
             run_parallel(loop, splan)

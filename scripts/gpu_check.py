@@ -78,7 +78,11 @@ def overrides(model: Path, small: bool, out: Path) -> list[str]:
             "metrics.names=[perplexity,reference_perplexity,diversity,tail]",
             "metrics.perplexity.max_length=128", "metrics.perplexity.batch_size=64",
             "metrics.reference.sample_size=null", "metrics.diversity.sample_size=null",
-            "metrics.tail.sample_size=null", "log_level=WARNING", f"output_dir={out}"]
+            "metrics.tail.sample_size=null", "metrics.diversity.self_bleu_sample=100",
+            "log_level=WARNING", f"output_dir={out}",
+            # on a CPU the thread count changes OPT's bits (LayerNorm's backward): one per
+            # cell, so that N cells side by side can be compared with one process
+            *(["cpu_threads=1"] if small else [])]
 
 
 def lmcollapse(*args: str) -> None:
