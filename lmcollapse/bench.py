@@ -67,7 +67,7 @@ from lmcollapse.generate import eos_token_ids, generate_corpus, generation_confi
 from lmcollapse.layout import METRICS, STEPS, Generation, RunLayout
 from lmcollapse.loop import CollapseLoop
 from lmcollapse.models import load_tokenizer, model_config, random_model, starting_model
-from lmcollapse.parallel import set_threads
+from lmcollapse.parallel import cpu_cores, make_plan, run_parallel, set_threads, visible_gpus
 from lmcollapse.preflight import make_accelerator
 from lmcollapse.train import _Collate, _with_lora, train_generation
 
@@ -410,8 +410,6 @@ def parallel_section(acc: Accelerator, cfg: ExperimentConfig, wall: float) -> di
     core or GPU), beside the run directory of one process: their wall time, the speed-up
     (one process's wall time over theirs) and whether every metric came out identical.
     Null where the plan has one worker or this is a multi-process launch."""
-    from lmcollapse.parallel import cpu_cores, make_plan, run_parallel, visible_gpus
-
     loop = CollapseLoop(dataclasses.replace(cfg, experiment=f"{cfg.experiment}-jobs"))
     plan = make_plan(cfg.jobs, len(loop.units), cpu_cores(), visible_gpus(), cfg.cpu_threads)
     if plan.jobs == 1 or acc.num_processes > 1:

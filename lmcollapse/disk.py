@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
 from lmcollapse.config import Cell, ExperimentConfig
@@ -74,8 +75,6 @@ def parameter_count(model_config: Any, lora: Any | None = None) -> int:
         model = AutoModelForCausalLM.from_config(model_config)
         if lora is None:
             return sum(p.numel() for p in model.parameters())
-        from peft import LoraConfig, get_peft_model  # (imported where LoRA is used)
-
         peft = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", r=lora.r,
                                                 lora_alpha=lora.alpha,
                                                 target_modules=lora.target_modules))

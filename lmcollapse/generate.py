@@ -28,7 +28,7 @@ from transformers import GenerationConfig
 from lmcollapse.config import GenerateConfig
 from lmcollapse.data.blocks import Sample
 from lmcollapse.faults import kill_point
-from lmcollapse.parallel import bars_disabled
+from lmcollapse.progress import bars_disabled
 
 
 def eos_token_ids(model: Any, tokenizer: Any) -> int | list[int] | None:

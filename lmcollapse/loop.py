@@ -21,7 +21,6 @@ import dataclasses
 import datetime as dt
 import logging
 import shutil
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -31,6 +30,7 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list, set_seed
+from peft import PeftModel
 from tqdm.auto import tqdm
 
 from lmcollapse import files
@@ -536,8 +536,6 @@ class CollapseLoop:
             return load_model(path)
         adapter = self.layout.adapter_dir(gen)
         files.verify(adapter)
-        from peft import PeftModel  # (imported where LoRA is used: 3 s of every start)
-
         return PeftModel.from_pretrained(self._starting_model(gen), adapter).merge_and_unload()
 
     def _save_model(self, model: torch.nn.Module, final: Path) -> None:
@@ -545,7 +543,7 @@ class CollapseLoop:
         if tmp.exists():  # left by a killed run
             shutil.rmtree(tmp)
         model.save_pretrained(tmp)
-        if not _is_peft(model):  # an adapter folder holds the adapter only
+        if not isinstance(model, PeftModel):  # an adapter folder holds the adapter only
             self.setup.tokenizer.save_pretrained(tmp)
         files.replace_dir(tmp, final)
 
@@ -614,12 +612,6 @@ def _collect(metrics: list[Metric], fn: Callable[[Metric], Measurement | None]) 
         out["sizes"][metric.name] = m.sizes
         out["conditions"][metric.name] = metric.describe(m)
     return out
-
-
-def _is_peft(model: torch.nn.Module) -> bool:
-    """Whether ``model`` is a peft wrapper (peft is only imported where LoRA is used)."""
-    peft = sys.modules.get("peft")
-    return peft is not None and isinstance(model, peft.PeftModel)
 
 
 def _as_arrays(rows: list[Sample]) -> list[Sample]:

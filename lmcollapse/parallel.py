@@ -47,25 +47,25 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+import datasets
+import torch
+from threadpoolctl import threadpool_limits
+from tqdm.auto import tqdm
+
+from lmcollapse.config import ExperimentConfig, build
+from lmcollapse.errors import ConfigError, StepError
+from lmcollapse.loop import CollapseLoop
+from lmcollapse.preflight import make_accelerator, setup_logging, start_trackers
+from lmcollapse.progress import EVENTS_FD
+
 log = logging.getLogger(__name__)
-#: set in a worker's environment: the file descriptor it writes its events to
-EVENTS_FD = "LMCOLLAPSE_WORKER_EVENTS_FD"
 #: seconds the parent waits for workers to stop before it kills them
 STOP_WAIT_S = 10.0
-
-
-def in_worker() -> bool:
-    """True in a worker process (its progress goes to the parent as events, not bars)."""
-    return EVENTS_FD in os.environ
-
-
-def bars_disabled(accelerator: Any) -> bool:
-    """A progress bar is drawn by the main process of a job only, never by a worker."""
-    return not accelerator.is_local_main_process or in_worker()
 
 
 # --- the plan: how many workers, with which threads and GPUs ----------------------------------
@@ -97,8 +97,6 @@ def cpu_cores() -> int:
 
 def visible_gpus() -> list[str]:
     """The CUDA devices this process sees, as ``CUDA_VISIBLE_DEVICES`` entries."""
-    import torch
-
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     listed = [d.strip() for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")
               if d.strip()]
@@ -107,9 +105,6 @@ def visible_gpus() -> list[str]:
 
 def set_threads(threads: int) -> None:
     """This process's CPU threads: torch's and the BLAS libraries' (numpy, scipy)."""
-    import torch
-    from threadpoolctl import threadpool_limits
-
     torch.set_num_threads(threads)
     threadpool_limits(threads)
 
@@ -273,8 +268,6 @@ class Scheduler:
     """Hands units to idle workers, draws the progress, stops on a failure."""
 
     def __init__(self, loop: Any, pool: Pool) -> None:
-        from tqdm.auto import tqdm
-
         self.loop, self.pool = loop, pool
         self.pending = list(loop.units)
         seeds = list(dict.fromkeys(seed for seed, _ in loop.units))
@@ -427,13 +420,6 @@ def worker_main() -> int:
             raise SystemExit(3)
         send(event)
 
-    import datasets
-
-    from lmcollapse.config import ExperimentConfig, build
-    from lmcollapse.errors import ConfigError, StepError
-    from lmcollapse.loop import CollapseLoop
-    from lmcollapse.preflight import make_accelerator, setup_logging, start_trackers
-
     set_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     first = sys.stdin.readline()
     if not first:
@@ -463,8 +449,6 @@ def worker_main() -> int:
             try:
                 loop.run_unit(seed, key, listener)
             except (StepError, ConfigError) as err:
-                import traceback
-
                 traceback.print_exc()
                 send({"failed": str(err), "code": 2 if isinstance(err, ConfigError) else 1})
                 continue

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
-from lmcollapse.parallel import bars_disabled
+from lmcollapse.progress import bars_disabled
 
 
 def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

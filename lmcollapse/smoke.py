@@ -26,6 +26,7 @@ The rehearsal's own numbers are not results: its directory is deleted when it pa
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import json
 import logging
 import math
@@ -40,9 +41,13 @@ import numpy as np
 import lmcollapse
 from lmcollapse import files
 from lmcollapse.config import Cell, ExperimentConfig, cells, from_dict
+from lmcollapse.disk import estimate
 from lmcollapse.errors import ConfigError, StepError
 from lmcollapse.layout import METRICS, TRAIN_LOG, Generation, RunLayout
+from lmcollapse.loop import CollapseLoop
+from lmcollapse.parallel import Failure, make_plan, run_parallel, set_threads
 from lmcollapse.policies import MixContext, make_policy
+from lmcollapse.train import evaluations, schedule
 
 log = logging.getLogger(__name__)
 #: the rehearsal's training blocks: at least this many, two training batches and one
@@ -115,9 +120,6 @@ def rehearse(cfg: ExperimentConfig, accelerator: Any, plan: Any,
     """Run the rehearsal of ``cfg`` with the workers of ``plan`` (the full run's plan for
     its ``units``), print each step and the forecast; exit code 0 when every step passed,
     1 when one failed (2: bad input found before any step)."""
-    from lmcollapse.loop import CollapseLoop
-    from lmcollapse.parallel import Failure, make_plan, run_parallel, set_threads
-
     tmp = Path(tempfile.mkdtemp(prefix="lmcollapse-smoke-"))
     scfg = smoke_config(cfg, tmp)
     loop = CollapseLoop(scfg, accelerator)
@@ -258,8 +260,6 @@ def _blocks(tokens: int, block: int, cap: int | None) -> int:
 
 
 def _ts(iso: str) -> float:
-    import datetime as dt
-
     return dt.datetime.fromisoformat(iso).timestamp()
 
 
@@ -267,8 +267,6 @@ def _train_cost(d: Path, marker: dict[str, Any], tcfg: Any, rows: int,
                 val_ratio: float) -> tuple[float, float]:
     """A full generation's training seconds and tokens from the rehearsal's: per step, per
     validation pass and fixed, on the full schedule (one process trains a cell)."""
-    from lmcollapse.train import evaluations, schedule
-
     processes = 1
     records = [json.loads(line) for line in (d / TRAIN_LOG).read_text().splitlines() if line]
     last = records[-1]
@@ -346,8 +344,6 @@ def _peak_memory_gb() -> float:
 
 def _disk(cfg: ExperimentConfig, grid: dict[str, Cell], units: list[tuple[int, str]],
           setup: Any, n_full: int) -> int:
-    from lmcollapse.disk import estimate
-
     arch = setup.model_config
     return estimate(cfg, grid, units, arch, n_full, getattr(arch, "hidden_size", None)).total
 

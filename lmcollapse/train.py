@@ -11,14 +11,15 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedType
+from peft import LoraConfig, get_peft_model
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, get_scheduler
 
 from lmcollapse.config import TrainConfig
 from lmcollapse.data.blocks import Sample
 from lmcollapse.faults import kill_point
-from lmcollapse.parallel import bars_disabled
+from lmcollapse.progress import bars_disabled
 from lmcollapse.scoring import masked_nll, pad_batch
 
 log = logging.getLogger(__name__)
@@ -41,8 +42,6 @@ class _Collate:
 
 def _with_lora(model: torch.nn.Module, tcfg: TrainConfig) -> torch.nn.Module:
     """Wrap ``model`` with trainable LoRA adapters (peft); the base weights are frozen."""
-    from peft import LoraConfig, get_peft_model  # (imported where LoRA is used)
-
     lora = tcfg.lora
     model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", r=lora.r,
                                              lora_alpha=lora.alpha, lora_dropout=lora.dropout,
@@ -153,10 +152,6 @@ def train_generation(accelerator: Accelerator, model: torch.nn.Module, pad_id: i
     mean_len = sum(len(s) for s in train_seqs) / max(1, len(train_seqs))
     plan = schedule(tcfg, len(loader), mean_len, accelerator.num_processes)
     steps_per_epoch, tokens_per_step, total, eval_every = plan
-    # imported here: transformers.optimization imports peft (seconds), which a process that
-    # never trains (the parent of --jobs workers) need not load
-    from transformers import get_scheduler
-
     scheduler = get_scheduler(tcfg.scheduler, optimizer,
                               num_warmup_steps=int(tcfg.warmup_ratio * total)
                               * accelerator.num_processes,

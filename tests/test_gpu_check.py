@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,12 +15,14 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "gpu_check.sh"
+#: the script runs `python`: this interpreter's, activated or not
+ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
 
 
 def test_gpu_check_runs_every_part_on_a_tiny_opt(tmp_path):
     out = tmp_path / "check"
     run = subprocess.run(["bash", str(SCRIPT), str(out)], capture_output=True, text=True,
-                         env={**os.environ, "GPU_CHECK_SMALL": "1"}, timeout=900)
+                         env={**ENV, "GPU_CHECK_SMALL": "1"}, timeout=900)
     assert run.returncode == 0, run.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     bench = summary["bench"]
@@ -38,5 +41,5 @@ def test_gpu_check_runs_every_part_on_a_tiny_opt(tmp_path):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
 def test_gpu_check_without_a_gpu_says_so(tmp_path):
     run = subprocess.run(["bash", str(SCRIPT), str(tmp_path / "check")], capture_output=True,
-                         text=True, timeout=300)
+                         text=True, env=ENV, timeout=300)
     assert run.returncode == 2 and "no CUDA device" in run.stderr

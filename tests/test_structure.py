@@ -93,9 +93,10 @@ def test_no_import_cycles_among_lmcollapse_modules():
 
 #: what the command line imports inside the commands that use it, so that `lmcollapse
 #: report` and `lmcollapse --help` never load torch (tests/test_report.py runs the report
-#: command and checks)
-CLI_LATE = {"transformers", "tqdm.contrib.logging", "lmcollapse.loop", "lmcollapse.models",
-            "lmcollapse.preflight", "lmcollapse.bench"}
+#: command and checks), and `run` never loads the report's statistics and plotting
+CLI_LATE = {"tqdm.contrib.logging", "lmcollapse.loop", "lmcollapse.models",
+            "lmcollapse.preflight", "lmcollapse.bench", "lmcollapse.parallel",
+            "lmcollapse.smoke", "lmcollapse.report", "lmcollapse.compare"}
 
 
 def test_imports_inside_functions_only_for_optional_extras():
