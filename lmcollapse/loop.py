@@ -150,8 +150,7 @@ class CollapseLoop:
     """
 
     def __init__(self, cfg: ExperimentConfig, accelerator: Accelerator | None = None,
-                 new_run: bool = False, selection: Selection | None = None,
-                 invocation: dict[str, Any] | None = None) -> None:
+                 new_run: bool = False, selection: Selection | None = None) -> None:
         selection = selection or Selection()
         if new_run and not selection.everything:
             raise ConfigError("--new-run starts a fresh directory per job, so jobs that each "
@@ -167,8 +166,9 @@ class CollapseLoop:
         #: the (seed, cell key) units this job runs (all of them unless a selection is given)
         self.selection = selection
         self.units: list[Unit] = select_units(cfg, self.cells, selection)
-        #: what this invocation adds to its record in experiment.json (lmcollapse.parallel)
-        self.invocation = invocation or {}
+        #: what this invocation adds to its record in experiment.json (the CLI sets the
+        #: worker plan of --jobs here)
+        self.invocation: dict[str, Any] = {}
         self.acc = accelerator or make_accelerator(cfg)
         self.layout = RunLayout(cfg.run_dir)
         #: fixed by :meth:`prepare` (data, tokenizer, architecture, metrics)

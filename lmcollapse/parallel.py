@@ -48,7 +48,7 @@ import tempfile
 import threading
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -134,7 +134,6 @@ class Worker:
     ready: bool = False
     gone: bool = False
     bar: Any = None
-    done_units: list[tuple[int, str]] = field(default_factory=list)
 
 
 class Failure(Exception):
@@ -279,7 +278,6 @@ class Scheduler:
         for w in pool.workers:
             w.bar = tqdm(total=1, desc=f"worker {w.index}: starting", position=w.index + 1,
                          bar_format="{desc:.90}{bar:10}| {n_fmt}/{total_fmt}", leave=False)
-        self.tqdm = tqdm
 
     def run(self) -> None:
         try:
@@ -310,7 +308,6 @@ class Scheduler:
         elif "event" in event:
             self._step(w, event)
         elif "done" in event:
-            w.done_units.append(w.unit)
             w.unit = None
             self._next(w)
         elif "failed" in event:

@@ -123,9 +123,9 @@ def rehearse(cfg: ExperimentConfig, accelerator: Any, plan: Any,
     tmp = Path(tempfile.mkdtemp(prefix="lmcollapse-smoke-"))
     scfg = smoke_config(cfg, tmp)
     loop = CollapseLoop(scfg, accelerator)
-    splan = dataclasses.replace(make_plan(plan.jobs, len(loop.units), plan.jobs * plan.threads,
-                                          list(dict.fromkeys(d for d in plan.devices if d))),
-                                threads=plan.threads)
+    # the full run's workers, each with its threads and GPU (never more than the cells)
+    splan = make_plan(plan.jobs, len(loop.units), plan.jobs * plan.threads,
+                      list(dict.fromkeys(d for d in plan.devices if d)), plan.threads)
     print(f"rehearsal: {len(loop.units)} cell(s) of seed {scfg.seeds[0]}, generations 0-"
           f"{scfg.generations}, {scfg.data.max_train_blocks} blocks, "
           f"{_steps_text(scfg)}, on {splan.describe()}; in {tmp}", flush=True)
@@ -147,7 +147,6 @@ def rehearse(cfg: ExperimentConfig, accelerator: Any, plan: Any,
         return 2 if isinstance(failure, ConfigError) and not steps else 1
     fc = forecast(cfg, scfg, loop.run_dir, plan, loop.setup, units)
     print(describe(fc))
-    (tmp / "forecast.json").write_text(json.dumps(fc, indent=1))
     shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
@@ -201,7 +200,7 @@ def forecast(cfg: ExperimentConfig, scfg: ExperimentConfig, smoke_dir: Path, pla
         rel = str(d.relative_to(smoke_dir))
         out = {}
         if f"{rel}/train" in measured:
-            tcfg = (full_cell or next(iter(grid.values()))).cfg.train
+            tcfg = (full_cell.cfg if full_cell is not None else cfg).train
             if full_cell is not None and full_cell.policy.epochs is not None:
                 tcfg = dataclasses.replace(tcfg, epochs=full_cell.policy.epochs)
             rows = mix_rows(full_cell, n_full, k, cfg.generations) if full_cell else n_full
@@ -238,9 +237,9 @@ def forecast(cfg: ExperimentConfig, scfg: ExperimentConfig, smoke_dir: Path, pla
     setup_s = max(0.0, _ts(started) - lmcollapse.STARTED)
     wall = setup_s + simulate(units, shared_s, plan.jobs)
     seeds = len({s for s, _, _ in units})
-    phases = {p: seeds * (sum(c.get(p, 0.0) for c in shared) + sum(
-        c.get(p, 0.0) for key in {k for _, k, _ in units} for c in per_cell[key]))
-        for p in ("train", "generate", "measure")}
+    phases = {p: seeds * sum(c.get(p, 0.0) for c in shared)
+              + sum(c.get(p, 0.0) for _, key, _ in units for c in per_cell[key])
+              for p in ("train", "generate", "measure")}
     tokens = {
         "train_per_cell_generation": _mean([c.get("train_tokens", 0.0) for key in grid
                                             for c in per_cell[key] if "train" in c]),

@@ -213,7 +213,7 @@ def train_generation(accelerator: Accelerator, model: torch.nn.Module, pad_id: i
                     best_loss = val_loss
                     best_state = _full_state(accelerator, model)
                 eval_s += time.time() - eval_start
-                rec.update(elapsed_s=time.time() - start, eval_s=eval_s, samples=len(rows),
+                rec.update(elapsed_s=time.time() - start, eval_s=eval_s,
                            tokens_per_step=tokens_per_step)
             if step >= total:
                 break
