@@ -60,16 +60,17 @@ from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
 
 from lmcollapse import files
-from lmcollapse.config import ExperimentConfig, GenerateConfig, cells, load_config
+from lmcollapse.config import ExperimentConfig, GenerateConfig, load_config
 from lmcollapse.data.base import load_human_text
 from lmcollapse.data.blocks import HumanData, Sample, prepare_human_data
 from lmcollapse.generate import eos_token_ids, generate_corpus, generation_config
+from lmcollapse.grid import Grid
 from lmcollapse.layout import METRICS, STEPS, Generation, RunLayout
 from lmcollapse.loop import CollapseLoop
 from lmcollapse.models import load_tokenizer, model_config, random_model, starting_model
 from lmcollapse.parallel import cpu_cores, make_plan, run_parallel, set_threads, visible_gpus
 from lmcollapse.preflight import make_accelerator
-from lmcollapse.train import _Collate, _with_lora, train_generation
+from lmcollapse.train import Collate, train_generation, with_lora
 
 #: what ``--small`` adds to the loop's config (before the command line's own overrides):
 #: one seed and one generation of the test suite's tiny language and model
@@ -337,8 +338,8 @@ def trainer_run(model: torch.nn.Module, pad_id: int, rows: list[Sample],
     ``steps`` optimizer steps, then one evaluation."""
     tcfg = cfg.train
     if tcfg.lora.enabled:
-        model = _with_lora(model, tcfg)
-    collate = _Collate(pad_id)
+        model = with_lora(model, tcfg)
+    collate = Collate(pad_id)
     with tempfile.TemporaryDirectory(prefix="lmcollapse-bench-trainer-") as tmp:
         args = transformers.TrainingArguments(
             output_dir=tmp, per_device_train_batch_size=tcfg.batch_size,
@@ -381,8 +382,9 @@ def loop_section(acc: Accelerator, config_path: str | Path, overrides: list[str]
     try:
         cfg = load_config(config_path, [*(SMALL_LOOP if small else []), *overrides,
                                         f"output_dir={where[0]}"])
+        grid = Grid.of(cfg)
         _progress(acc, f"bench: running the loop in {cfg.run_dir} ({len(cfg.seeds)} seeds x "
-                  f"{len(cells(cfg))} cells x {cfg.generations} generations)")
+                  f"{len(grid.cells)} cells x {cfg.generations} generations)")
         threads = torch.get_num_threads()
         if cfg.cpu_threads:  # as `lmcollapse run` sets them
             set_threads(cfg.cpu_threads)
@@ -395,8 +397,8 @@ def loop_section(acc: Accelerator, config_path: str | Path, overrides: list[str]
             wall = time.perf_counter() - start
             set_threads(threads)
         return {"loop_wall_s": wall, "loop_seeds": len(cfg.seeds),
-                "loop_policies": len(cells(cfg)), "loop_generations": cfg.generations,
-                **loop_breakdown(cfg), **parallel_section(acc, cfg, wall)}
+                "loop_policies": len(grid.cells), "loop_generations": cfg.generations,
+                **loop_breakdown(grid), **parallel_section(acc, cfg, wall)}
     finally:
         try:
             acc.wait_for_everyone()  # every process has read the markers
@@ -431,9 +433,9 @@ PARALLEL_KEYS = ("loop_jobs", "loop_jobs_threads", "loop_parallel_wall_s",
                  "loop_parallel_speedup", "loop_parallel_identical")
 
 
-def loop_breakdown(cfg: ExperimentConfig) -> dict[str, Any]:
-    """Where the wall time of every generation >= 1 of a finished run went, from its step
-    markers (:class:`~lmcollapse.loop.Steps`).
+def loop_breakdown(grid: Grid) -> dict[str, Any]:
+    """Where the wall time of every generation >= 1 of a finished run of ``grid`` went,
+    from its step markers (:class:`~lmcollapse.steps.Steps`).
 
     A generation's wall time runs from its ``train`` step's start to its ``measure`` step's
     end; training, generation and metrics are the ``work_s`` of those three steps, and
@@ -441,11 +443,12 @@ def loop_breakdown(cfg: ExperimentConfig) -> dict[str, Any]:
     checksums). Returns the mean fractions over those generations, their mean wall time
     and count, and the mean seconds of each metric (``metrics.json``'s ``elapsed_s``).
     """
+    cfg = grid.cfg
     layout = RunLayout(cfg.run_dir)
     parts: list[dict[str, float]] = []
     metric_seconds: dict[str, list[float]] = {}
     for seed in cfg.seeds:
-        for cell in cells(cfg):
+        for cell in grid.cells.values():
             for k in range(1, cfg.generations + 1):
                 d = layout.gen_dir(Generation(seed, k, cell.key, cell.zero_group))
                 marks = {step: files.read_json(layout.marker(d, step)) for step in STEPS}

@@ -20,9 +20,10 @@ import sys
 import yaml
 
 from lmcollapse import submit
-from lmcollapse.config import cells, load_config
+from lmcollapse.config import load_config
 from lmcollapse.errors import ConfigError, StepError
-from lmcollapse.shards import Selection, select_units
+from lmcollapse.grid import Grid
+from lmcollapse.shards import Selection
 
 # torch, transformers and the loop are imported by the commands that use them, so that
 # `lmcollapse report` and `lmcollapse --help` start in a second, not in ten; the report's
@@ -79,11 +80,11 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                      "them: a number or auto (one per GPU, else per core); default: the "
                      "config's `jobs` (1)")
     if command in (None, "report"):
-        from lmcollapse import report
+        from lmcollapse.report import write as report
 
         report.add_arguments(rep)
     if command in (None, "compare", "plan-seeds"):
-        from lmcollapse import compare
+        from lmcollapse.report import compare
 
         compare.add_arguments(cmp)
         compare.add_arguments(pln, plan=True)
@@ -101,11 +102,11 @@ def run_main(argv: list[str] | None = None) -> int:
     command = argv[0] if argv and not argv[0].startswith("-") else None
     args = build_parser(command).parse_args(argv)
     if args.command == "report":
-        from lmcollapse import report
+        from lmcollapse.report import write as report
 
         return report.report_command(args)
     if args.command in ("compare", "plan-seeds"):
-        from lmcollapse import compare
+        from lmcollapse.report import compare
 
         return compare.command(args, plan=args.command == "plan-seeds")
     from lmcollapse.models import check_pretrained
@@ -122,7 +123,7 @@ def run_main(argv: list[str] | None = None) -> int:
         selection = (Selection.parse(args.policies, args.seeds, args.cells, args.shard)
                      if args.command in ("run", "cells") else None)
         if args.command == "cells":
-            units = select_units(cfg, {c.key: c for c in cells(cfg)}, selection)
+            units = Grid.of(cfg).units(selection)
     except ConfigError as err:
         print(f"lmcollapse: config error: {err}", file=sys.stderr)
         return 2
@@ -170,7 +171,7 @@ def run_main(argv: list[str] | None = None) -> int:
             if args.smoke:
                 from lmcollapse.smoke import rehearse
 
-                return rehearse(cfg, accelerator, plan, loop.units)
+                return rehearse(loop.grid, accelerator, plan, loop.units)
             if plan.jobs == 1:
                 if cfg.cpu_threads:
                     set_threads(cfg.cpu_threads)

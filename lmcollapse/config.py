@@ -350,7 +350,7 @@ class MetricsConfig(Sections):
     registry: ClassVar[Registry[Any]] = METRICS
     names: list[str] = field(default_factory=lambda: ["perplexity"])
     #: the forward passes of the measure step: fp32, or bf16 autocast (faster on a GPU;
-    #: README "Throughput" gives its effect on the metrics)
+    #: docs/scaling-out.md, "bf16", gives its effect on the metrics)
     precision: Literal["fp32", "bf16"] = "fp32"
     sections: dict[str, Any] = field(default_factory=dict, repr=False)
 

@@ -21,9 +21,12 @@ which is counted (``generated_tokens``). Ties go to the earlier candidate.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
+from lmcollapse.config import CurationConfig
 from lmcollapse.sampling import draw_indices
 
 
@@ -97,3 +100,37 @@ def quantiles(values: np.ndarray) -> dict[str, float]:
     out["n"] = int(values.size)
     out["n_minus_inf"] = int(np.isneginf(values).sum())
     return out
+
+
+@dataclass
+class Curated:
+    """What curating ``candidates`` gave: the corpus fed back, one record per candidate
+    (``candidates.parquet``) and the summary (``curation.json``)."""
+
+    corpus: list[dict[str, Any]]
+    candidates: list[dict[str, Any]]
+    summary: dict[str, Any]
+
+
+def curate(settings: CurationConfig, candidates: list[dict[str, Any]], scores: np.ndarray,
+           keep: int, per_prompt: int, scorer: str, rng: np.random.Generator) -> Curated:
+    """Keep a corpus of ``keep`` samples of ``candidates`` (``per_prompt`` continuations of
+    every prompt) by their ``scores`` under ``settings``' rule; ``rng`` thins or tops up a
+    ``threshold`` rule's pick."""
+    if settings.best_of > 1:
+        kept, repeats = best_of_groups(scores, [r["prompt_id"] for r in candidates]), 0
+    else:
+        kept, repeats = select(scores, settings.rule, keep, settings.threshold, rng)
+    times = np.bincount(kept, minlength=len(candidates))
+    rule = f"best of {settings.best_of}" if settings.best_of > 1 else settings.rule
+    records = [{"sample_id": r["sample_id"], "prompt_id": r["prompt_id"], "score": float(s),
+                "kept": int(t), "rule": rule}
+               for r, s, t in zip(candidates, scores, times, strict=True)]
+    summary = {"rule": rule, "scorer": scorer, "candidates": len(candidates),
+               "per_prompt": per_prompt, "kept": int(len(kept)), "repeats": int(repeats),
+               "kept_fraction": float((times > 0).mean()),
+               "generated_tokens": int(sum(len(r["input_ids"]) for r in candidates)),
+               "kept_tokens": int(sum(len(candidates[i]["input_ids"]) for i in kept)),
+               "score_kept": quantiles(scores[times > 0]),
+               "score_dropped": quantiles(scores[times == 0])}
+    return Curated([candidates[i] for i in kept], records, summary)

@@ -20,6 +20,13 @@
 
 A step (``train``, ``generate``, ``measure``) of a generation is finished when its
 ``<step>.done`` marker exists in the generation's directory.
+
+A report writes into the first run directory (or ``--out``, :class:`ReportLayout`)::
+
+      leaderboard.md|csv|tex|html         the leaderboard, tables, notes (html: one page)
+      early_warning.csv                   per-document tests of each generation
+      lineages.md, samples.md             the text itself (one per experiment when several)
+      plots/<metric>.png|pdf, plots/sweep_<metric>_<axis>.png|pdf, plots/hist_<policy>...
 """
 
 from __future__ import annotations
@@ -29,6 +36,13 @@ from pathlib import Path
 
 #: the steps of one generation, in order (the human row has only ``measure``)
 STEPS = ("train", "generate", "measure")
+#: a step's marker is ``<step>`` + this, in the generation's directory
+MARKER_SUFFIX = ".done"
+#: the run's record: resolved config, versions, seeds, cells, one entry per invocation
+EXPERIMENT_JSON = "experiment.json"
+#: what transformers writes into a saved model's and a saved tokenizer's folder (a folder
+#: holding it is complete: every save is a temp folder moved into place)
+SAVED_CONFIG, SAVED_TOKENIZER = "config.json", "tokenizer.json"
 #: files of one generation's directory
 MIX, MODEL, CORPUS, METRICS, TRAIN_LOG = (
     "mix.parquet", "model", "corpus.parquet", "metrics.json", "train_log.jsonl")
@@ -103,7 +117,7 @@ class RunLayout:
 
     @property
     def experiment_json(self) -> Path:
-        return self.root / "experiment.json"
+        return self.root / EXPERIMENT_JSON
 
     @property
     def tokenizer(self) -> Path:
@@ -174,8 +188,44 @@ class RunLayout:
 
     @staticmethod
     def marker(directory: Path, step: str) -> Path:
-        return directory / f"{step}.done"
+        return directory / f"{step}{MARKER_SUFFIX}"
 
     def metrics_files(self) -> list[Path]:
         """Every ``metrics.json`` of the run, in path order."""
         return sorted(self.root.glob(f"seed_*/**/{METRICS}"))
+
+
+def features_file(featurizer: str, size: int, seed: int) -> str:
+    """The file caching one row's text features (``featurizer`` as a file-name slug, the
+    sample ``size`` and the draw's ``seed``), shared by every metric with those settings."""
+    return f"features_{featurizer}_n{size}_s{seed}.npy"
+
+
+class ReportLayout:
+    """The files a report writes into its output directory."""
+
+    #: the leaderboard's formats, one file each
+    FORMATS = ("md", "csv", "tex", "html")
+    EARLY_WARNING = "early_warning.csv"
+
+    def __init__(self, out: str | Path) -> None:
+        self.out = Path(out)
+
+    def leaderboard(self, fmt: str) -> Path:
+        return self.out / f"leaderboard.{fmt}"
+
+    @property
+    def early_warning(self) -> Path:
+        return self.out / self.EARLY_WARNING
+
+    def plot(self, stem: str) -> Path:
+        """A figure's path without its suffix (written as ``.png`` and ``.pdf``)."""
+        return self.out / "plots" / stem
+
+    def lineages(self, experiment: str | None = None) -> Path:
+        """``lineages.md``, or ``lineages_<experiment>.md`` when a report has several."""
+        return self.out / (f"lineages_{experiment}.md" if experiment else "lineages.md")
+
+    def samples(self, experiment: str | None = None) -> Path:
+        """``samples.md``, or ``samples_<experiment>.md`` when a report has several."""
+        return self.out / (f"samples_{experiment}.md" if experiment else "samples.md")

@@ -44,6 +44,7 @@ except ImportError:  # transformers 4 dequantizes GGUF weights by itself
 
 from lmcollapse.config import ModelConfig, ScratchModelConfig
 from lmcollapse.errors import ConfigError
+from lmcollapse.layout import SAVED_CONFIG, SAVED_TOKENIZER
 
 log = logging.getLogger(__name__)
 EOS, PAD = "<|endoftext|>", "<pad>"
@@ -86,7 +87,7 @@ def load_tokenizer(cfg: ModelConfig, train_texts: list[str] | None = None,
         except OSError as err:  # not found locally, or the hub cannot be reached
             raise ConfigError(f"model.name_or_path: cannot load the tokenizer of {where}"
                               f"{' / ' + gguf_file if gguf_file else ''}: {err}") from err
-    elif saved is not None and (saved / "tokenizer.json").exists():
+    elif saved is not None and (saved / SAVED_TOKENIZER).exists():
         tok = AutoTokenizer.from_pretrained(saved)
     else:
         if not train_texts:
@@ -280,7 +281,7 @@ def starting_model(cfg: ModelConfig, tokenizer: Any, init: str, seed: int,
         return load_model(previous_dir)
     if init == "scratch":
         return random_model(model_config(cfg, tokenizer), seed)
-    if base_dir is not None and (base_dir / "config.json").exists():
+    if base_dir is not None and (base_dir / SAVED_CONFIG).exists():
         return load_model(base_dir)
     if cfg.source == "pretrained":
         return load_pretrained(cfg)

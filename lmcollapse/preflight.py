@@ -36,12 +36,13 @@ from tokenizers import Tokenizer
 from transformers import PretrainedConfig, PreTrainedTokenizerBase
 
 from lmcollapse import files
-from lmcollapse.config import Cell, ExperimentConfig, build, cells, config_diff
+from lmcollapse.config import Cell, ExperimentConfig, build, config_diff
 from lmcollapse.data.base import ExactDistribution, Source, hold_back, make_source
 from lmcollapse.data.blocks import HumanData, prepare_human_data
 from lmcollapse.disk import check_disk, estimate
 from lmcollapse.errors import ConfigError
-from lmcollapse.layout import RunLayout
+from lmcollapse.grid import Grid
+from lmcollapse.layout import SAVED_TOKENIZER, RunLayout
 from lmcollapse.metrics.base import MeasureContext, Metric
 from lmcollapse.models import (
     check_architecture,
@@ -172,7 +173,7 @@ def trained_length(cfg: ExperimentConfig, model_config: Any) -> int:
 
 
 def check_lengths(cfg: ExperimentConfig, model_config: Any) -> int:
-    """The trained-length rule (DESIGN.md): nothing is scored or generated beyond the
+    """The trained-length rule (docs/design.md): nothing is scored or generated beyond the
     length the model was trained on. Returns the trained length."""
     g, d = cfg.generate, cfg.data
     ctx = context_length(model_config)
@@ -227,7 +228,7 @@ def _shared_tokenizer(cfg: ExperimentConfig, acc: Accelerator, layout: RunLayout
             tokenizer = load_tokenizer(cfg.model)
             check_vocab(tokenizer, model_config(cfg.model, tokenizer))
         return tokenizer, False
-    if layout.experiment_json.exists() and (layout.tokenizer / "tokenizer.json").exists():
+    if layout.experiment_json.exists() and (layout.tokenizer / SAVED_TOKENIZER).exists():
         files.verify(layout.tokenizer)
         return load_tokenizer(cfg.model, saved=layout.tokenizer), False
     payload = [None]
@@ -241,7 +242,7 @@ def check_reserve(cfg: ExperimentConfig, grid: dict[str, Cell], n: int, reserve:
     """Every ``fresh`` cell drawing from the reserve needs ``generations`` disjoint shards
     of round(r*N) blocks; refuse a reserve too small before any work."""
     for cell in grid.values():
-        need = reserve_needed(cell.policy.settings, n, cfg.generations)
+        need = reserve_needed(cell.policy, n, cfg.generations)
         if need > reserve:
             r = cell.policy.settings.fraction
             share = cfg.data.fresh_reserve
@@ -271,7 +272,7 @@ def _no_model() -> Any:
     raise RuntimeError("no model exists before the first generation is trained")
 
 
-def prepare(cfg: ExperimentConfig, acc: Accelerator, layout: RunLayout,
+def prepare(cfg: ExperimentConfig, acc: Accelerator, layout: RunLayout, grid: Grid,
             units: list[tuple[int, str]] | None = None, selection: str = "all cells",
             claim: bool = True, invocation: dict[str, Any] | None = None) -> Setup:
     """Check everything that can fail (the disk this job's ``units`` need included), then
@@ -281,10 +282,9 @@ def prepare(cfg: ExperimentConfig, acc: Accelerator, layout: RunLayout,
     the way, a disk too small, a cell in use. ``claim=False`` (a worker process of
     :mod:`lmcollapse.parallel`, whose parent claimed the run) stops before the claim;
     ``invocation`` adds keys to this invocation's record in experiment.json."""
-    grid = {c.key: c for c in cells(cfg)}
-    units = units or [(seed, key) for seed in cfg.seeds for key in grid]
+    units = units or grid.units()
     try:
-        return _prepare(cfg, acc, layout, grid, units, selection, claim, invocation or {})
+        return _prepare(cfg, acc, layout, grid.cells, units, selection, claim, invocation or {})
     except ConfigError:
         raise
     except Exception as err:  # noqa: BLE001  (anything else at set-up is bad input too)
@@ -348,7 +348,7 @@ def _prepare(cfg: ExperimentConfig, acc: Accelerator, layout: RunLayout,
     problem = [None]
     if acc.is_main_process:
         try:
-            _claim(cfg, acc, layout, setup, locks, selection, source,
+            _claim(cfg, acc, layout, setup, list(grid.values()), locks, selection, source,
                    tokenizer if new_tokenizer else None, invocation)
         except ConfigError as err:
             setup.release()
@@ -364,7 +364,7 @@ def _prepare(cfg: ExperimentConfig, acc: Accelerator, layout: RunLayout,
 
 
 def _claim(cfg: ExperimentConfig, acc: Accelerator, layout: RunLayout, setup: Setup,
-           locks: dict[Path, str], selection: str, source: Source,
+           grid: list[Cell], locks: dict[Path, str], selection: str, source: Source,
            new_tokenizer: Any | None, invocation: dict[str, Any]) -> None:
     """Main process: under the claim lock (held for seconds; several jobs may share the
     directory), take this job's cell locks, check the directory's config again, record
@@ -386,7 +386,7 @@ def _claim(cfg: ExperimentConfig, acc: Accelerator, layout: RunLayout, setup: Se
                          previous)
         check_compatible(cfg, layout)  # another job may have claimed it while we checked
         h = setup.human
-        write_provenance(cfg, acc, layout, source, selection, sizes={
+        write_provenance(cfg, acc, layout, source, grid, selection, sizes={
             "train_blocks": len(h.train), "validation_blocks": len(h.validation),
             "reserve_blocks": len(h.reserve), "test_tokens": len(h.test_stream),
             # before data.max_*_blocks: what a larger cap would give (the smoke forecast)
@@ -417,9 +417,9 @@ def _save_prompts(cfg: ExperimentConfig, setup: Setup, layout: RunLayout) -> Non
 def _save_tokenizer(tokenizer: Any, layout: RunLayout) -> None:
     """Save the scratch tokenizer (a temp folder moved into place: never half written); a
     job that finds one saved by another keeps it, after checking it is the same."""
-    if (layout.tokenizer / "tokenizer.json").exists():
+    if (layout.tokenizer / SAVED_TOKENIZER).exists():
         files.verify(layout.tokenizer)
-        saved = Tokenizer.from_file(str(layout.tokenizer / "tokenizer.json"))
+        saved = Tokenizer.from_file(str(layout.tokenizer / SAVED_TOKENIZER))
         if saved.to_str() != tokenizer.backend_tokenizer.to_str():
             raise ConfigError(f"{layout.tokenizer} holds another tokenizer than the one this "
                               "job trained on the same human data; was the data changed?")
@@ -432,7 +432,7 @@ def _save_tokenizer(tokenizer: Any, layout: RunLayout) -> None:
 
 
 def write_provenance(cfg: ExperimentConfig, acc: Accelerator, layout: RunLayout,
-                     source: Source, selection: str = "all cells",
+                     source: Source, grid: list[Cell], selection: str = "all cells",
                      sizes: dict[str, int] | None = None,
                      invocation: dict[str, Any] | None = None) -> None:
     """experiment.json: the resolved config, versions, git sha, and one record per
@@ -459,7 +459,6 @@ def write_provenance(cfg: ExperimentConfig, acc: Accelerator, layout: RunLayout,
                         "numbers may differ from what this setting gives", key, now[key], key,
                         record.get(key))
     truth = source.truth()
-    grid = cells(cfg)
     record.update(config=cfg.to_dict(), seeds=cfg.seeds, policies=[c.key for c in grid],
                   cells={c.key: {"policy": c.policy.key, "axes": c.axes,
                                  "zero_group": c.zero_group} for c in grid},

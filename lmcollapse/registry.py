@@ -15,10 +15,9 @@ Each part is a class registered under a name, and each brings its own settings::
 The config layer (:mod:`lmcollapse.config`) knows no part by name: it asks a registry for
 the settings class of a section and builds it, with did-you-mean errors. A part's module is
 found without being listed anywhere: :func:`discover` imports every module of the built-in
-part packages (``lmcollapse.metrics``, ``lmcollapse.data``, ``lmcollapse.scorers``) and
-``lmcollapse.policies``,
-plus any module a package declares under the ``lmcollapse.parts`` entry-point group, so a
-new metric is one new file.
+part packages (``lmcollapse.policies``, ``lmcollapse.metrics``, ``lmcollapse.data``,
+``lmcollapse.scorers``), plus any module a package declares under the ``lmcollapse.parts``
+entry-point group, so a new part is one new file.
 
 This module imports nothing of lmcollapse except :mod:`lmcollapse.errors`: every part and
 the config layer import it, and it imports none of them (discovery imports by name, at run

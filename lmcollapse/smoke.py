@@ -25,7 +25,6 @@ The rehearsal's own numbers are not results: its directory is deleted when it pa
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import json
 import logging
@@ -40,10 +39,11 @@ import numpy as np
 
 import lmcollapse
 from lmcollapse import files
-from lmcollapse.config import Cell, ExperimentConfig, cells, from_dict
+from lmcollapse.config import Cell, ExperimentConfig, from_dict
 from lmcollapse.disk import estimate
 from lmcollapse.errors import ConfigError, StepError
-from lmcollapse.layout import METRICS, TRAIN_LOG, Generation, RunLayout
+from lmcollapse.grid import Grid
+from lmcollapse.layout import MARKER_SUFFIX, METRICS, TRAIN_LOG, Generation, RunLayout
 from lmcollapse.loop import CollapseLoop
 from lmcollapse.parallel import Failure, make_plan, run_parallel, set_threads
 from lmcollapse.policies import MixContext, make_policy
@@ -115,13 +115,12 @@ def mix_rows(cell: Cell, n: int, k: int, generations: int) -> int:
 # --- running it ---------------------------------------------------------------------------
 
 
-def rehearse(cfg: ExperimentConfig, accelerator: Any, plan: Any,
-             units: list[tuple[int, str]]) -> int:
-    """Run the rehearsal of ``cfg`` with the workers of ``plan`` (the full run's plan for
+def rehearse(grid: Grid, accelerator: Any, plan: Any, units: list[tuple[int, str]]) -> int:
+    """Run the rehearsal of ``grid``'s config with the workers of ``plan`` (the full run's plan for
     its ``units``), print each step and the forecast; exit code 0 when every step passed,
     1 when one failed (2: bad input found before any step)."""
     tmp = Path(tempfile.mkdtemp(prefix="lmcollapse-smoke-"))
-    scfg = smoke_config(cfg, tmp)
+    scfg = smoke_config(grid.cfg, tmp)
     loop = CollapseLoop(scfg, accelerator)
     # the full run's workers, each with its threads and GPU (never more than the cells)
     splan = make_plan(plan.jobs, len(loop.units), plan.jobs * plan.threads,
@@ -145,7 +144,7 @@ def rehearse(cfg: ExperimentConfig, accelerator: Any, plan: Any,
         print(f"  FAIL            {failure}")
         print(f"rehearsal failed; its directory is kept: {tmp}")
         return 2 if isinstance(failure, ConfigError) and not steps else 1
-    fc = forecast(cfg, scfg, loop.run_dir, plan, loop.setup, units)
+    fc = forecast(grid, scfg, loop.run_dir, plan, loop.setup, units)
     print(describe(fc))
     shutil.rmtree(tmp, ignore_errors=True)
     return 0
@@ -160,7 +159,7 @@ def _steps_text(scfg: ExperimentConfig) -> str:
 def read_steps(run_dir: Path) -> list[dict[str, Any]]:
     """Every finished step of a run directory (its markers), in the order they finished."""
     out = []
-    for marker in run_dir.rglob("*.done"):
+    for marker in run_dir.rglob(f"*{MARKER_SUFFIX}"):
         rec = files.read_json(marker)
         rel = marker.parent.relative_to(run_dir).parts
         out.append({**rec, "dir": marker.parent, "where": _where(rel)})
@@ -179,11 +178,12 @@ def _where(parts: tuple[str, ...]) -> str:
 # --- the forecast -------------------------------------------------------------------------
 
 
-def forecast(cfg: ExperimentConfig, scfg: ExperimentConfig, smoke_dir: Path, plan: Any,
+def forecast(grid: Grid, scfg: ExperimentConfig, smoke_dir: Path, plan: Any,
              setup: Any, full_units: list[tuple[int, str]]) -> dict[str, Any]:
-    """The ``full_units`` of ``cfg`` on ``plan``'s workers, from the rehearsal in
+    """The ``full_units`` of ``grid`` on ``plan``'s workers, from the rehearsal in
     ``smoke_dir`` (config ``scfg``): seconds per unit and phase, the wall time, tokens,
     memory, disk."""
+    cfg, cells = grid.cfg, grid.cells
     layout, steps = RunLayout(smoke_dir), read_steps(smoke_dir)
     sizes = files.read_json(layout.experiment_json)["sizes"]
     n_smoke = sizes["train_blocks"]
@@ -192,7 +192,6 @@ def forecast(cfg: ExperimentConfig, scfg: ExperimentConfig, smoke_dir: Path, pla
                        cfg.data.max_validation_blocks)
     ratio = {"prompts": n_full / n_smoke, "validation": val_full / sizes["validation_blocks"]}
     seed = scfg.seeds[0]
-    grid = {c.key: c for c in cells(cfg)}
     measured = {str(s["dir"].relative_to(smoke_dir)) + "/" + s["step"]: s for s in steps}
 
     def gen_cost(smoke_gen: Generation, full_cell: Cell | None, k: int) -> dict[str, float]:
@@ -200,9 +199,7 @@ def forecast(cfg: ExperimentConfig, scfg: ExperimentConfig, smoke_dir: Path, pla
         rel = str(d.relative_to(smoke_dir))
         out = {}
         if f"{rel}/train" in measured:
-            tcfg = (full_cell.cfg if full_cell is not None else cfg).train
-            if full_cell is not None and full_cell.policy.epochs is not None:
-                tcfg = dataclasses.replace(tcfg, epochs=full_cell.policy.epochs)
+            tcfg = grid.train_settings(smoke_gen)  # the full run's settings of that cell
             rows = mix_rows(full_cell, n_full, k, cfg.generations) if full_cell else n_full
             out["train"], out["train_tokens"] = _train_cost(
                 d, measured[f"{rel}/train"], tcfg, rows, ratio["validation"])
@@ -214,18 +211,18 @@ def forecast(cfg: ExperimentConfig, scfg: ExperimentConfig, smoke_dir: Path, pla
         return out
 
     shared = [gen_cost(Generation(seed, 0, None, ""), None, 0)]
-    for group in sorted({c.zero_group for c in grid.values()} - {""}):
+    for group in sorted({c.zero_group for c in cells.values()} - {""}):
         shared.append(gen_cost(Generation(seed, 0, None, group),
-                               next(c for c in grid.values() if c.zero_group == group), 0))
+                               next(c for c in cells.values() if c.zero_group == group), 0))
     human = measured.get(str(layout.human(seed).relative_to(smoke_dir)) + "/measure")
     if human is not None:
         shared.append({"measure": _measure_cost(layout.human(seed), human, cfg, scfg, sizes,
                                                 n_full, n_smoke)})
     per_cell: dict[str, list[dict[str, float]]] = {}
-    for key, cell in grid.items():
+    for key, cell in cells.items():
         gens = []
         own_zero = layout.gen_dir(Generation(seed, 0, key, cell.zero_group))
-        if (own_zero / "generate.done").exists():
+        if RunLayout.marker(own_zero, "generate").exists():
             gens.append(gen_cost(Generation(seed, 0, key, cell.zero_group), cell, 0))
         one = Generation(seed, 1, key, cell.zero_group)
         for k in range(1, cfg.generations + 1):
@@ -241,17 +238,17 @@ def forecast(cfg: ExperimentConfig, scfg: ExperimentConfig, smoke_dir: Path, pla
               + sum(c.get(p, 0.0) for _, key, _ in units for c in per_cell[key])
               for p in ("train", "generate", "measure")}
     tokens = {
-        "train_per_cell_generation": _mean([c.get("train_tokens", 0.0) for key in grid
+        "train_per_cell_generation": _mean([c.get("train_tokens", 0.0) for key in cells
                                             for c in per_cell[key] if "train" in c]),
         "generate_per_generation": n_full * cfg.generate.new_tokens,
         "score_test_tokens": sizes["test_tokens"]}
     return {"wall_s": wall, "setup_s": setup_s, "work_s": sum(u[2] for u in units)
             + shared_s * seeds, "phases_s": phases, "shared_per_seed_s": shared_s,
-            "unit_s": {key: sum(_total(c) for c in per_cell[key]) for key in grid},
-            "per_generation_s": {key: per_cell[key][-1] for key in grid},
+            "unit_s": {key: sum(_total(c) for c in per_cell[key]) for key in cells},
+            "per_generation_s": {key: per_cell[key][-1] for key in cells},
             "units": len(units), "jobs": plan.jobs, "threads": plan.threads,
             "train_blocks": n_full, "tokens": tokens, "peak_memory_gb": _peak_memory_gb(),
-            "disk_bytes": _disk(cfg, grid, full_units, setup, n_full)}
+            "disk_bytes": _disk(cfg, cells, full_units, setup, n_full)}
 
 
 def _blocks(tokens: int, block: int, cap: int | None) -> int:

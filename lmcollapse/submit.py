@@ -22,9 +22,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from lmcollapse.config import cells
 from lmcollapse.errors import ConfigError
-from lmcollapse.shards import Selection, select_units
+from lmcollapse.grid import Grid
 
 try:  # the optional `slurm` extra
     import submitit
@@ -78,7 +77,7 @@ def submit(args: argparse.Namespace, cfg: Any) -> int:
     wait for them)."""
     if submitit is None:
         raise ConfigError(f"lmcollapse submit needs the 'submitit' package: {SUBMITIT_HINT}")
-    units = select_units(cfg, {c.key: c for c in cells(cfg)}, Selection())
+    units = Grid.of(cfg).units()
     if not 1 <= args.shards <= len(units):
         raise ConfigError(f"--shards: between 1 and the experiment's {len(units)} units "
                           f"(seed x cell), got {args.shards}")

@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 
 
-class _Collate:
+class Collate:
     """Right-pads a batch. Labels are masked where ``attention_mask`` is 0, never by id, so
     a pad id that is also a real token (pad = EOS for GPT-2 and many chat tokenizers) is
     still learnt where it occurs in the text."""
@@ -40,7 +40,7 @@ class _Collate:
         return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
-def _with_lora(model: torch.nn.Module, tcfg: TrainConfig) -> torch.nn.Module:
+def with_lora(model: torch.nn.Module, tcfg: TrainConfig) -> torch.nn.Module:
     """Wrap ``model`` with trainable LoRA adapters (peft); the base weights are frozen."""
     lora = tcfg.lora
     model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", r=lora.r,
@@ -133,10 +133,10 @@ def train_generation(accelerator: Accelerator, model: torch.nn.Module, pad_id: i
     and on the CPU-or-device it was trained on, plus the training log records.
     """
     if tcfg.lora.enabled:
-        model = _with_lora(model, tcfg)
+        model = with_lora(model, tcfg)
     # --- data
     gen = torch.Generator().manual_seed(seed)
-    collate = _Collate(pad_id)
+    collate = Collate(pad_id)
     train_seqs = [r["input_ids"] for r in rows]
     loader = DataLoader(train_seqs, batch_size=tcfg.batch_size, shuffle=True, generator=gen,
                         collate_fn=collate)

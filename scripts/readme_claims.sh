@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The paired tests behind the README's study claims (p-values, "in every seed"), from the
-# committed runs' metrics.json files: run each study's config first (see the README).
+# The paired tests behind the study claims of docs/studies.md (p-values, "in every seed"), from the
+# committed runs' metrics.json files: run each study's config first (see docs/studies.md).
 #   bash scripts/readme_claims.sh [wikitext-laptop|quickstart|curation|sampling-bias|fresh-threshold|blue-cats]
 # Each `lmcollapse compare` call is one family: its p-values are Holm-corrected together.
 set -euo pipefail

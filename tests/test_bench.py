@@ -15,6 +15,7 @@ import pytest
 from lmcollapse import bench
 from lmcollapse.cli import build_parser
 from lmcollapse.config import cells, load_config
+from lmcollapse.grid import Grid
 from lmcollapse.layout import METRICS, Generation, RunLayout
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,6 +55,7 @@ KEYS = {
 }
 
 
+@pytest.mark.slow
 def test_small_bench_prints_one_consistent_record(tmp_path, capsys):
     out = tmp_path / "bench.json"
     args = build_parser().parse_args(
@@ -112,7 +114,7 @@ def test_loop_breakdown_reads_the_step_markers(tmp_path):
                     "elapsed_s": end - start, "work_s": work}))
             (d / METRICS).write_text(json.dumps({"elapsed_s": {"perplexity": k, "mauve": 4}}))
 
-    got = bench.loop_breakdown(cfg)
+    got = bench.loop_breakdown(Grid.of(cfg))
 
     assert got["loop_generations_averaged"] == 2 * len(cells(cfg))
     assert got["loop_generation_wall_s"] == pytest.approx(10.0)

@@ -11,13 +11,13 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import text_source, tiny_config
 
-from lmcollapse import results
 from lmcollapse.curation import best_of_groups, candidates_per_prompt, select
 from lmcollapse.data.base import load_human_text
 from lmcollapse.data.blocks import prepare_human_data
 from lmcollapse.data.markov import MarkovSource
 from lmcollapse.errors import ConfigError
 from lmcollapse.loop import CollapseLoop
+from lmcollapse.report import compute, load
 
 SCORES = np.array([3.0, 1.0, 4.0, 1.0, 5.0, 9.0, 2.0, 6.0])
 
@@ -126,6 +126,7 @@ def curated_run(tmp_path_factory):
     return cfg
 
 
+@pytest.mark.slow
 def test_a_curating_cell_feeds_back_what_its_rule_keeps(curated_run):
     seed = curated_run.run_dir / "seed_0"
     for k in (0, 1):
@@ -200,14 +201,14 @@ def test_the_oracle_raises_the_exact_log_p_of_what_is_fed_back(curated_run):
     assert np.isfinite([exact(r) for r in fed_back]).sum() > np.isfinite(
         [exact(r) for r in shared]).sum()
     # the report reads each cell's own generation 0: corpus metrics differ, the model not
-    exps = results.load_runs([curated_run.run_dir])
+    exps = load.load_runs([curated_run.run_dir])
     exp = exps[0]
     shared_row = {s: r["values"] for (p, s, g), r in exp.records.items() if p is None and g == 0}
     own = exp.values("oracle-best", "distinct_4", 0)
     assert exp.values("oracle-best", "perplexity", 0) == {
         s: v["perplexity"] for s, v in shared_row.items()}
     assert own and own != {s: v["distinct_4"] for s, v in shared_row.items()}
-    lb = results.leaderboard(exps)
+    lb = compute.leaderboard(exps)
     assert "kept_fraction" in lb.columns
 
 

@@ -20,11 +20,12 @@ from lmcollapse.data.blocks import prepare_human_data
 from lmcollapse.errors import ConfigError, StepError
 from lmcollapse.loop import CollapseLoop
 from lmcollapse.metrics import tail as tail_module
-from lmcollapse.report import write_report
+from lmcollapse.report.write import write_report
 
 # --- 1. the report reads every file as it reads metrics.json --------------------------------
 
 
+@pytest.mark.slow
 def test_the_report_skips_a_cut_corpus_and_writes_the_rest(finished, tmp_path):  # noqa: F811
     cfg, _ = finished
     corpus = cfg.run_dir / "seed_0" / "gen_00" / "corpus.parquet"
@@ -37,6 +38,7 @@ def test_the_report_skips_a_cut_corpus_and_writes_the_rest(finished, tmp_path): 
     assert "replace" in lineages  # generation 1 of replace is still shown
 
 
+@pytest.mark.slow
 def test_the_report_skips_an_unrecorded_unreadable_corpus(finished, tmp_path):  # noqa: F811
     """A file no manifest records (copied in by hand) that pyarrow cannot read."""
     cfg, _ = finished
@@ -101,6 +103,7 @@ def test_one_train_record_without_validation_says_nothing_is_left(tmp_path, caps
     assert "tokenizer" not in err
 
 
+@pytest.mark.slow
 def test_an_empty_train_marker_names_the_missing_model(finished):  # noqa: F811
     cfg, grown = finished
     gen = cfg.run_dir / "seed_0" / "accumulate" / "gen_01"
@@ -127,6 +130,7 @@ def zero_run(tmp_path_factory) -> Path:
     return cfg.run_dir
 
 
+@pytest.mark.slow
 def test_the_human_row_draws_its_samples_per_run_seed(zero_run):
     rows = [json.loads((zero_run / f"seed_{s}" / "human" / "metrics.json").read_text())
             for s in (0, 1)]

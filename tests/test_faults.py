@@ -24,7 +24,7 @@ from lmcollapse.errors import ConfigError, ReportError, StepError
 from lmcollapse.files import ArtifactError, RunLock, recorded, write_json
 from lmcollapse.layout import RunLayout
 from lmcollapse.loop import CollapseLoop
-from lmcollapse.report import write_report
+from lmcollapse.report.write import write_report
 
 #: a field of every section and type, and values no field of that kind accepts
 INT_FIELDS = ["generations", "data.block_tokens", "data.synthetic.vocab_size",
@@ -93,6 +93,7 @@ def test_out_of_range_values_are_refused_before_any_work(tmp_path, item, capsys)
         assert key.split(".")[-1] in err or key in err, (item, err)
 
 
+@pytest.mark.slow
 @settings(max_examples=150, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(pair=st.one_of(
@@ -156,6 +157,7 @@ def test_output_dir_that_is_a_file(tmp_path, capsys):
     assert (tmp_path / "runs").read_text() == "not a folder"
 
 
+@pytest.mark.slow
 def test_a_diverging_loss_stops_the_cell_and_keeps_what_was_done(tmp_path, capsys):
     """A grid over the learning rate: the sound setting trains its generation 0 and measures
     the human row; lr = 1 diverges at its own generation 0, which stops the run (exit 1)
@@ -175,6 +177,7 @@ def test_a_diverging_loss_stops_the_cell_and_keeps_what_was_done(tmp_path, capsy
     assert f"{gen0:.4g}"[:4] in result["markdown"]  # generation 0's perplexity is shown
 
 
+@pytest.mark.slow
 def test_a_second_run_of_the_same_cells_is_refused(tmp_path):
     cfg = tiny_config(tmp_path, "generations=0")
     lock = RunLock(RunLayout(cfg.run_dir).cell_lock(0, "replace"))
@@ -190,6 +193,7 @@ def test_a_second_run_of_the_same_cells_is_refused(tmp_path):
     assert (cfg.run_dir / "experiment.json").exists()
 
 
+@pytest.mark.slow
 def test_a_lock_left_by_a_killed_process_is_taken_over(tmp_path, caplog):
     cfg = tiny_config(tmp_path, "generations=0")
     lock_path = str(RunLayout(cfg.run_dir).cell_lock(0, "accumulate"))
@@ -216,6 +220,7 @@ def test_files_follow_the_umask(tmp_path):
     assert path.stat().st_mode & 0o777 == 0o666 & ~old
 
 
+@pytest.mark.slow
 def test_a_moved_run_directory_resumes(tmp_path):
     cfg = tiny_config(tmp_path / "a", "generations=1", "policies=[replace]",
                       "metrics.names=[perplexity]")
@@ -243,6 +248,7 @@ def finished(tmp_path):
     return cfg, tiny_config(tmp_path, "policies=[replace,accumulate]", *extra)
 
 
+@pytest.mark.slow
 def test_every_written_file_is_recorded_with_its_checksum(finished):
     cfg, _ = finished
     gen = cfg.run_dir / "seed_0" / "replace" / "gen_01"
@@ -254,6 +260,7 @@ def test_every_written_file_is_recorded_with_its_checksum(finished):
     assert "tokenizer/tokenizer.json" in recorded(cfg.run_dir)
 
 
+@pytest.mark.slow
 def test_a_cut_corpus_stops_the_resume_naming_it(finished):
     cfg, grown = finished
     corpus = cfg.run_dir / "seed_0" / "gen_00" / "corpus.parquet"
@@ -264,6 +271,7 @@ def test_a_cut_corpus_stops_the_resume_naming_it(finished):
     assert not (cfg.run_dir / "seed_0" / "accumulate").exists()  # nothing built on it
 
 
+@pytest.mark.slow
 def test_an_edited_corpus_is_caught_before_a_new_cell_uses_it(finished):
     cfg, grown = finished
     corpus = cfg.run_dir / "seed_0" / "gen_00" / "corpus.parquet"
@@ -275,6 +283,7 @@ def test_an_edited_corpus_is_caught_before_a_new_cell_uses_it(finished):
     assert not (cfg.run_dir / "seed_0" / "accumulate" / "gen_01" / "train.done").exists()
 
 
+@pytest.mark.slow
 def test_deleted_weights_stop_the_resume(finished):
     cfg, _ = finished
     (cfg.run_dir / "seed_0" / "replace" / "gen_01" / "model" / "model.safetensors").unlink()
@@ -282,6 +291,7 @@ def test_deleted_weights_stop_the_resume(finished):
         CollapseLoop(cfg).run()
 
 
+@pytest.mark.slow
 def test_a_cut_tokenizer_is_named(finished, capsys):
     cfg, _ = finished
     tok = cfg.run_dir / "tokenizer" / "tokenizer.json"
@@ -290,6 +300,7 @@ def test_a_cut_tokenizer_is_named(finished, capsys):
         CollapseLoop(cfg).run()
 
 
+@pytest.mark.slow
 def test_the_report_skips_a_broken_metrics_file_and_shows_the_rest(finished, tmp_path):
     cfg, _ = finished
     broken = cfg.run_dir / "seed_0" / "replace" / "gen_01" / "metrics.json"
@@ -309,6 +320,7 @@ def test_the_report_names_a_foreign_directory(tmp_path):
         write_report([tmp_path / "x"], plots=False)
 
 
+@pytest.mark.slow
 def test_the_report_says_when_weights_are_gone(finished, tmp_path):
     cfg, _ = finished
     weights = cfg.run_dir / "seed_0" / "replace" / "gen_01" / "model" / "model.safetensors"
@@ -342,6 +354,7 @@ def test_the_hf_source_offline_is_one_clear_error(tmp_path, capsys, monkeypatch)
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.slow
 def test_the_report_reads_an_older_config_version_with_a_warning(finished, tmp_path, caplog):
     cfg, _ = finished
     info = json.loads((cfg.run_dir / "experiment.json").read_text())

@@ -19,6 +19,7 @@ SCRIPT = ROOT / "scripts" / "gpu_check.sh"
 ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
 
 
+@pytest.mark.slow
 def test_gpu_check_runs_every_part_on_a_tiny_opt(tmp_path):
     out = tmp_path / "check"
     run = subprocess.run(["bash", str(SCRIPT), str(out)], capture_output=True, text=True,
@@ -38,6 +39,7 @@ def test_gpu_check_runs_every_part_on_a_tiny_opt(tmp_path):
     assert json.loads(run.stdout[run.stdout.index("{"):])["tolerance"] == 0.05
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
 def test_gpu_check_without_a_gpu_says_so(tmp_path):
     run = subprocess.run(["bash", str(SCRIPT), str(tmp_path / "check")], capture_output=True,

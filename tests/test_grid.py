@@ -10,10 +10,11 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import text_source, tiny_config
 
-from lmcollapse import report, results
 from lmcollapse.config import cells
 from lmcollapse.errors import ConfigError
 from lmcollapse.loop import CollapseLoop
+from lmcollapse.report import compute, load
+from lmcollapse.report import write as report
 
 
 def test_axes_cross_policies_and_name_their_cells(tmp_path):
@@ -62,6 +63,7 @@ def grid_run(tmp_path_factory):
     return cfg
 
 
+@pytest.mark.slow
 def test_generation_zero_is_trained_once_per_training_setting(grid_run):
     seed = grid_run.run_dir / "seed_0"
     trained = sorted(p.parent.name for p in seed.glob("gen_00*/train.done"))
@@ -91,6 +93,7 @@ def test_generation_zero_is_trained_once_per_training_setting(grid_run):
     assert other != ppl[1]  # another learning rate, another generation-0 model
 
 
+@pytest.mark.slow
 def test_grid_resumes_and_reports_per_setting(grid_run, tmp_path):
     again = CollapseLoop(grid_run)
     again.run()
@@ -98,10 +101,10 @@ def test_grid_resumes_and_reports_per_setting(grid_run, tmp_path):
     info = json.loads((grid_run.run_dir / "experiment.json").read_text())
     assert info["cells"]["replace@temperature=0.5,lr=0.002"]["axes"] == {
         "generate.temperature": 0.5, "train.lr": 0.002}
-    exps = results.load_runs([grid_run.run_dir])
-    lb = results.leaderboard(exps)
+    exps = load.load_runs([grid_run.run_dir])
+    lb = compute.leaderboard(exps)
     assert sorted(r.policy for r in lb.rows if r.policy != "human") == sorted(info["cells"])
-    lines = results.sweep(exps[0], "perplexity", "generate.temperature")
+    lines = compute.sweep(exps[0], "perplexity", "generate.temperature")
     assert set(lines) == {"replace (lr=0.005)", "replace (lr=0.002)"}
     assert all(set(points) == {0.5, 1.0} for points in lines.values())
     res = report.write_report([grid_run.run_dir], out=tmp_path)
@@ -122,6 +125,7 @@ def test_grid_resumes_and_reports_per_setting(grid_run, tmp_path):
                                  "train.weight_decay=0.1")).run()
 
 
+@pytest.mark.slow
 def test_fresh_human_text_from_the_source(tmp_path):
     """``fresh`` with ``pool: source``: the human half of generation 1's mix is new text the
     synthetic source wrote for it (sample ids ``human:fresh1:*``), none of it human train."""

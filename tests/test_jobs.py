@@ -54,6 +54,7 @@ def one_process(tmp_path_factory) -> Path:
     return cfg.run_dir
 
 
+@pytest.mark.slow
 def test_two_workers_give_the_bits_of_one_process(tmp_path, one_process, capsys):
     assert run_main(_command(tmp_path, "--jobs", "2")) == 0
     run = tmp_path / "quickstart"
@@ -69,6 +70,7 @@ def test_two_workers_give_the_bits_of_one_process(tmp_path, one_process, capsys)
     assert threads == {record["threads_per_job"]} == {max(1, cpu_cores() // 2)}
 
 
+@pytest.mark.slow
 def test_a_failing_unit_stops_the_run_with_its_message(tmp_path, one_process, capsys):
     """Seed 0's generation-0 model is cut short after a first run of seed 0's replace
     cell: the units of seed 0 fail when they check it; seed 1's are not affected."""
@@ -97,6 +99,7 @@ def _children(pid: int) -> list[int]:
     return found
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc")
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_ctrl_c_stops_every_worker_and_the_command_resumes(tmp_path, one_process, sig):
@@ -120,6 +123,7 @@ def test_ctrl_c_stops_every_worker_and_the_command_resumes(tmp_path, one_process
     assert _values(run) == _values(one_process)
 
 
+@pytest.mark.slow
 def test_a_killed_worker_is_reported_and_the_rerun_finishes(tmp_path, one_process):
     """Worker 1 is SIGKILLed at its third training step (lmcollapse.faults)."""
     args = [sys.executable, "-m", "lmcollapse.cli", *_command(tmp_path, "--jobs", "2")]

@@ -33,6 +33,7 @@ def reference(tmp_path_factory) -> dict[str, dict]:
     return values(cfg.run_dir)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("point", ["train_step:3", "generate_batch:1", "measure_metric:2",
                                    "atomic_write:6"])
 def test_killed_anywhere_resumes_to_the_same_numbers(tmp_path, point, reference):

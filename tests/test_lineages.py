@@ -12,7 +12,7 @@ import pytest
 
 from lmcollapse.data.markov import MarkovSource
 from lmcollapse.data.modes import ModeMixture
-from lmcollapse.lineages import source_truth
+from lmcollapse.report.lineages import source_truth
 
 SOURCE = MarkovSource(vocab_size=40, branching=4, seed=5)
 
@@ -137,7 +137,7 @@ def test_source_rebuilt_from_a_config_without_torch():
     assert np.array_equal(truth.transition_matrix, SOURCE.transition_matrix)
     assert source_truth({"data": {"source": "hf", "hf": {"path": "wikitext"}}}) is None
     assert source_truth({"data": {"source": "nope"}}) is None and source_truth({}) is None
-    code = ("import sys; from lmcollapse.lineages import source_truth; "
+    code = ("import sys; from lmcollapse.report.lineages import source_truth; "
             "t = source_truth({'data': {'source': 'synthetic', 'synthetic': {'vocab_size': 40}}});"
             " assert t is not None; assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

@@ -44,6 +44,7 @@ def reference_run(tmp_path_factory) -> Path:
     return root / "quickstart"
 
 
+@pytest.mark.slow
 def test_run_directory_layout(reference_run):
     run = reference_run
     exp = json.loads((run / "experiment.json").read_text())
@@ -73,6 +74,7 @@ def test_run_directory_layout(reference_run):
     assert not (run / "seed_0" / "replace" / "gen_00").exists()
 
 
+@pytest.mark.slow
 def test_same_seed_gives_identical_results(reference_run, tmp_path):
     CollapseLoop(tiny_config(tmp_path)).run()
     assert _results(tmp_path / "quickstart") == _results(reference_run)
@@ -84,6 +86,7 @@ def test_rerun_redoes_nothing(reference_run):
     assert exp.timings == []
 
 
+@pytest.mark.slow
 def test_failed_step_stops_then_resume_matches(reference_run, tmp_path, monkeypatch):
     real = CollapseLoop.generate
 
@@ -109,6 +112,7 @@ def test_failed_step_stops_then_resume_matches(reference_run, tmp_path, monkeypa
     assert _results(tmp_path / "quickstart") == _results(reference_run)
 
 
+@pytest.mark.slow
 def test_killed_process_resumes_to_the_same_numbers(reference_run, tmp_path):
     cmd = [sys.executable, str(ROOT / "scripts" / "run_loop.py"), "--config",
            str(ROOT / "configs" / "quickstart.yaml"), *TINY, f"output_dir={tmp_path}"]
@@ -198,8 +202,9 @@ def test_init_modes_start_from_the_right_weights(reference_run):
 
 def test_lineages_show_each_generations_continuation_of_a_prompt(reference_run, tmp_path):
     from lmcollapse.data.markov import MarkovSource
-    from lmcollapse.lineages import choose_prompts, visible
-    from lmcollapse.report import write_report
+    from lmcollapse.report.lineages import choose_prompts
+    from lmcollapse.report.lineages_formats import visible
+    from lmcollapse.report.write import write_report
 
     syn = tiny_config(reference_run.parent).data.synthetic
     truth = MarkovSource(syn.vocab_size, syn.branching, syn.zipf_exponent,
@@ -243,7 +248,7 @@ def test_lineages_show_each_generations_continuation_of_a_prompt(reference_run, 
 
 def test_samples_by_reference_perplexity_are_the_extremes_of_the_scored_ones(reference_run,
                                                                            tmp_path):
-    from lmcollapse.report import write_report
+    from lmcollapse.report.write import write_report
 
     write_report([reference_run], out=tmp_path, plots=False)
     md = (tmp_path / "samples.md").read_text()
@@ -272,7 +277,7 @@ def test_the_report_warns_from_the_loops_per_sample_scores(reference_run, tmp_pa
     run's ref_ppl cells carry a bootstrap interval."""
     from scipy import stats
 
-    from lmcollapse.report import write_report
+    from lmcollapse.report.write import write_report
 
     res = write_report([reference_run], out=tmp_path, plots=False, lineage_prompts=0,
                        columns=["perplexity", "ref_ppl_p50"])

@@ -10,17 +10,13 @@ import pytest
 from lmcollapse.config import PolicySpec, build
 from lmcollapse.data.blocks import human_rows
 from lmcollapse.errors import ConfigError
-from lmcollapse.policies import (
-    Accumulate,
-    AccumulateSubsample,
-    Fresh,
-    Mix,
-    MixContext,
-    Policy,
-    Replace,
-    make_policy,
-)
-from lmcollapse.registry import POLICIES
+from lmcollapse.policies import MixContext, Policy, make_policy
+from lmcollapse.policies.accumulate import Accumulate
+from lmcollapse.policies.accumulate_subsample import AccumulateSubsample
+from lmcollapse.policies.fresh import Fresh
+from lmcollapse.policies.mix import Mix
+from lmcollapse.policies.replace import Replace
+from lmcollapse.registry import POLICIES, settings_of
 
 N = 100
 BLOCK = 4
@@ -252,12 +248,13 @@ def test_registry_holds_the_design_policies() -> None:
 
 @pytest.mark.parametrize("name", POLICIES.names())
 def test_make_policy_for_each_registered_name(name: str) -> None:
+    """Every policy, with its default settings (whatever they are), builds a mix of
+    samples from the pools it is given."""
     cls = POLICIES.get(name)
-    entry = {"fraction": 0.2} if cls.settings is not None else {}
-    policy = make_policy(spec(name=name, label=f"{name}-x", **entry), shard_seed=9)
+    policy = make_policy(spec(name=name, label=f"{name}-x"), shard_seed=9)
     assert type(policy) is cls
     assert isinstance(policy, Policy)
-    assert getattr(policy.config, "fraction", None) == entry.get("fraction")
+    assert policy.config == settings_of(cls)()  # the defaults its settings class declares
     assert policy.shard_seed == 9
     mix = policy.build(make_ctx(1))
     assert mix and all("sample_id" in row and "input_ids" in row for row in mix)

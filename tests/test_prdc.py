@@ -93,6 +93,7 @@ def test_frechet_distance_matches_scipy_sqrtm_on_sample_moments():
     assert frechet_distance(x, y) == pytest.approx(expected, rel=1e-8)
 
 
+@pytest.mark.slow
 def test_prdc_metric_reuses_mauve_features_and_matches_them(tmp_path):
     """prdc and mauve with the same featurizer and samples embed once per row; the values in
     metrics.json are those of the cached features."""

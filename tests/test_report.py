@@ -21,10 +21,13 @@ from scipy import stats
 from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.power import TTestPower
 
-from lmcollapse import report, report_formats, results
 from lmcollapse.cli import run_main
 from lmcollapse.errors import ReportError
-from lmcollapse.results import load_runs, onset
+from lmcollapse.report import compute
+from lmcollapse.report import formats as report_formats
+from lmcollapse.report import write as report
+from lmcollapse.report.compute import onset
+from lmcollapse.report.load import load_runs
 
 SEEDS = [0, 1, 2]
 GENS = 3
@@ -115,20 +118,22 @@ def _row(lb, policy):
     return next(r for r in lb.rows if r.policy == policy)
 
 
+@pytest.mark.slow
 def test_ranking_follows_direction(run):
     exps = load_runs([run])
-    order = {m: [r.policy for r in results.leaderboard(exps, rank_by=m).rows] for m in DIRECTION}
+    order = {m: [r.policy for r in compute.leaderboard(exps, rank_by=m).rows] for m in DIRECTION}
     assert order["perplexity"] == ["human", "accumulate", "replace"]  # lower is better
     assert order["mauve"] == ["human", "replace", "accumulate"]  # higher is better
     # null: closest to human (about 20), though replace's value is the lowest
     assert order["ref_ppl_p50"] == ["human", "accumulate", "replace"]
-    lb = results.leaderboard(exps, rank_by="mauve", columns=["perplexity"])
+    lb = compute.leaderboard(exps, rank_by="mauve", columns=["perplexity"])
     assert lb.columns == ["mauve", "perplexity"]  # the ranking metric is always shown
     assert [r.rank for r in lb.rows] == [None, 1, 2]
 
 
+@pytest.mark.slow
 def test_mean_std_n_and_change_from_gen0(run):
-    lb = results.leaderboard(load_runs([run]))
+    lb = compute.leaderboard(load_runs([run]))
     for policy, seeds in [("replace", SEEDS), ("accumulate", [0, 1])]:
         for m in DIRECTION:
             cell = _row(lb, policy).cells[m]
@@ -150,24 +155,26 @@ def test_onset_rule_at_the_boundary():
     assert onset(ppl, 0.5) is None  # gen 3 equals 8 * 1.5: not onset
     assert onset(ppl, 0.49) == 3
     assert onset({1: 50.0}, 0.1) is None  # no generation 0
-    assert results.median_onset([1, 2, None]) == 2
-    assert results.median_onset([1, None, None]) is None  # most seeds never cross
-    assert results.median_onset([]) is None
+    assert compute.median_onset([1, 2, None]) == 2
+    assert compute.median_onset([1, None, None]) is None  # most seeds never cross
+    assert compute.median_onset([]) is None
 
 
+@pytest.mark.slow
 def test_onset_in_the_leaderboard(run):
-    lb = results.leaderboard(load_runs([run]), onset_threshold=0.1)
+    lb = compute.leaderboard(load_runs([run]), onset_threshold=0.1)
     assert _row(lb, "replace").onsets == {0: 1, 1: 1, 2: 1}  # 1.2 x gen 0 at gen 1
     assert _row(lb, "accumulate").onsets == {0: None, 1: None, 2: None}  # at most 1.06 x
     header, rows = report_formats.leaderboard_table(lb)
     onset_col = {r[1].split()[0]: r[header.index("onset")] for r in rows}
     assert onset_col == {"human": "–", "replace": "1 (3/3)", "accumulate": "none"}
-    lb = results.leaderboard(load_runs([run]), onset_threshold=0.4)  # gen 2 = 1.4 x exactly
+    lb = compute.leaderboard(load_runs([run]), onset_threshold=0.4)  # gen 2 = 1.4 x exactly
     assert _row(lb, "replace").onsets == {0: 3, 1: 3, 2: 3}
 
 
+@pytest.mark.slow
 def test_partial_rows_are_marked(run, tmp_path):
-    lb = results.leaderboard(load_runs([run]))
+    lb = compute.leaderboard(load_runs([run]))
     acc = _row(lb, "accumulate")
     assert acc.partial and not _row(lb, "replace").partial
     assert acc.n_final == 2 and acc.finished == {0: 3, 1: 3, 2: 2}
@@ -178,27 +185,28 @@ def test_partial_rows_are_marked(run, tmp_path):
     assert "seed 2: finished gen 2; gen 3: train done, generate and measure pending" in md
     # no seed finished the final generation: the latest one is shown and marked
     early = make_run(tmp_path / "early", stop={("replace", s): 1 for s in SEEDS})
-    lb = results.leaderboard(load_runs([early]))
+    lb = compute.leaderboard(load_runs([early]))
     cell = _row(lb, "replace").cells["mauve"]
     assert cell.generation == 1 and cell.stat.n == 3
     assert "[gen 1, n=3]" in report_formats.render_markdown(lb)
-    table = results.per_generation(load_runs([early]), "mauve")
+    table = compute.per_generation(load_runs([early]), "mauve")
     assert set(table["replace"]) == {0, 1, "human"}
     assert "…" in report_formats.markdown_table(table)
 
 
+@pytest.mark.slow
 def test_runs_split_over_machines_merge_seeds(tmp_path, run):
     a = make_run(tmp_path / "machine_a", seeds=[0, 1])
     b = make_run(tmp_path / "machine_b", seeds=[2])
     exps = load_runs([a, b])
     assert len(exps) == 1 and exps[0].seeds == [0, 1, 2]
-    merged = results.leaderboard(exps)
-    whole = results.leaderboard(load_runs([make_run(tmp_path / "whole")]))
+    merged = compute.leaderboard(exps)
+    whole = compute.leaderboard(load_runs([make_run(tmp_path / "whole")]))
     for m in DIRECTION:
         assert _row(merged, "replace").cells[m] == _row(whole, "replace").cells[m]
     # another experiment (different config) gets its own rows and human reference
     other = make_run(tmp_path / "other", name="fake-lr", lr=1e-3)
-    lb = results.leaderboard(load_runs([run, other]))
+    lb = compute.leaderboard(load_runs([run, other]))
     assert [r.label for r in lb.rows if r.policy == "human"] == ["fake / human",
                                                                 "fake-lr / human"]
     assert len(lb.rows) == 6
@@ -207,6 +215,7 @@ def test_runs_split_over_machines_merge_seeds(tmp_path, run):
     assert [e.key for e in load_runs([run, twin])] == [f"fake ({run})", f"fake ({twin})"]
 
 
+@pytest.mark.slow
 def test_every_format(run, tmp_path):
     out = tmp_path / "out"
     res = report.write_report([run], out=out, histogram_policy="replace")
@@ -299,14 +308,15 @@ def test_every_format(run, tmp_path):
     assert re.findall(r"^## Per generation: .* \((\w+)\)$", md, re.M) == lb.columns
     exps = load_runs([run])
     for m in lb.columns:
-        assert report_formats.markdown_table(results.per_generation(exps, m),
-                                             results.generation_marks(exps, m)) in md
+        assert report_formats.markdown_table(compute.per_generation(exps, m),
+                                             compute.generation_marks(exps, m)) in md
     assert "1 seed" not in md and "One seed" not in md
     for fact in ("facebook/opt-125m", "wikitext", "beam search (5 beams)", "stride 32",
                  "seeds**: 0, 1, 2", "gen0 features", "statistics.stdev", "![perplexity]"):
         assert fact in md
 
 
+@pytest.mark.slow
 def test_histograms_for_every_policy_or_the_one_asked(run, tmp_path):
     made = report.write_report([run], out=tmp_path / "all", lineage_prompts=0)["files"]
     hists = sorted(p.name for p in made if p.name.startswith("ref_ppl_hist_"))
@@ -392,6 +402,7 @@ def test_page_reflows_on_a_phone(run, tmp_path):
     assert seen == {390: "none", 1280: "left"}
 
 
+@pytest.mark.slow
 def test_latex_columns_fewer_by_default_or_chosen(run, tmp_path):
     from types import SimpleNamespace
 
@@ -415,6 +426,7 @@ def test_latex_columns_fewer_by_default_or_chosen(run, tmp_path):
     assert all(f"{m.title().replace('_', chr(92) + '_')} $" in head for m in DIRECTION)
 
 
+@pytest.mark.slow
 def test_cli(run, tmp_path, capsys):
     out = tmp_path / "cli"
     assert run_main(["report", str(run), "--out", str(out), "--no-plots", "--rank-by", "mauve",
@@ -433,9 +445,9 @@ def test_bad_input_messages(run, tmp_path, capsys):
         load_runs([tmp_path / "nope"])
     exps = load_runs([run])
     with pytest.raises(ReportError, match=r"did you mean 'perplexity'\?.*distinct_4"):
-        results.leaderboard(exps, rank_by="perplexty")
+        compute.leaderboard(exps, rank_by="perplexty")
     with pytest.raises(ReportError, match="unknown metric 'bleu'"):
-        results.per_generation(exps, "bleu")
+        compute.per_generation(exps, "bleu")
     with pytest.raises(ReportError, match=r"unknown policy 'replce'; did you mean 'replace'"):
         report.write_report([run], out=tmp_path / "x", histogram_policy="replce", plots=False)
     assert run_main(["report", str(run), "--columns", "mauve,perplexty", "--no-plots"]) == 2
@@ -447,8 +459,9 @@ def test_bad_input_messages(run, tmp_path, capsys):
         report.write_report([empty], plots=False)
 
 
+@pytest.mark.slow
 def test_report_does_not_import_torch(run, tmp_path):
-    code = ("import sys, lmcollapse.report, lmcollapse.plots; "
+    code = ("import sys, lmcollapse.report.write, lmcollapse.report.plots; "
             "assert not {'torch', 'transformers'} & set(sys.modules), sys.modules.keys()")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
     # nor does the command line's report command, run to the end
@@ -527,9 +540,10 @@ def _md_rows(md: str) -> dict[str, dict[str, str]]:
 
 
 def _is_marked(cell: str) -> bool:
-    return cell.endswith(f" {results.MARK}")
+    return cell.endswith(f" {compute.MARK}")
 
 
+@pytest.mark.slow
 def test_marks_follow_a_paired_test_over_seeds(tmp_path):
     run = _sig_run(tmp_path)
     out = tmp_path / "out"
@@ -594,7 +608,7 @@ def test_marks_follow_a_paired_test_over_seeds(tmp_path):
     assert page.count('<td class="noise"') == n_marks
     # the rule is stated under the table
     text = res["markdown"]
-    assert f"{results.MARK} = gap to the row directly above" in text
+    assert f"{compute.MARK} = gap to the row directly above" in text
     assert "corrected together (Holm; family: each column of each experiment" in text
     assert "corrected p ≥ 0.05" in text and "Comparisons per family: each column: 2." in text
     # each open gap names the seeds that would settle it
@@ -605,8 +619,9 @@ def test_marks_follow_a_paired_test_over_seeds(tmp_path):
         assert f"| about {by_policy[p]['perplexity_seeds_needed']} |" in text
 
 
+@pytest.mark.slow
 def test_closer_to_human_ranks_and_marks_by_distance(tmp_path):
-    lb = results.leaderboard(load_runs([_sig_run(tmp_path)]), rank_by="ref_ppl_p50")
+    lb = compute.leaderboard(load_runs([_sig_run(tmp_path)]), rank_by="ref_ppl_p50")
     expected = expected_ranks("ref_ppl_p50")
     assert [r.policy for r in lb.rows[1:]] == [p for p, _ in expected]
     assert [p for p, _ in expected] == ["accumulate", "mix", "replace"]
@@ -623,7 +638,7 @@ def test_closer_to_human_ranks_and_marks_by_distance(tmp_path):
              for up, p in [("accumulate", "mix"), ("mix", "replace")]}
     assert raw_p["mix"] < 0.05 <= raw_p["replace"]
     # a None-direction column beside another ranking metric is compared by distance too
-    lb = results.leaderboard(load_runs([tmp_path / "sig"]), rank_by="perplexity")
+    lb = compute.leaderboard(load_runs([tmp_path / "sig"]), rank_by="perplexity")
     dist = {p: np.abs(_at("ref_ppl_p50", p) - _H) for p in SIG_POLICIES}
     v = _row(lb, "replace").versus["ref_ppl_p50"]
     assert v.above == "mix" and v.diff == pytest.approx(np.mean(dist["replace"] - dist["mix"]))
@@ -632,12 +647,13 @@ def test_closer_to_human_ranks_and_marks_by_distance(tmp_path):
     assert {"ref_ppl_p50 ≈", "distinct_4 ≈", "perplexity ↓", "mauve ↑"} <= set(header)
 
 
+@pytest.mark.slow
 def test_per_generation_table_marks_each_generation(tmp_path, capsys):
     run = _sig_run(tmp_path)
     exps = load_runs([run])
     for m in SIG_DIRECTION:
-        table = results.per_generation(exps, m)
-        marks = results.generation_marks(exps, m)
+        table = compute.per_generation(exps, m)
+        marks = compute.generation_marks(exps, m)
         assert list(table) == [p for p, _ in expected_ranks(m)]
         order = list(table)
         md = _md_rows(report_formats.markdown_table(table, marks))
@@ -697,7 +713,7 @@ def test_one_seed_says_so(tmp_path):
     assert not any("±" in t for t in tables)
     # one experiment with one seed beside one with three: the caveat names it
     many = tmp_path / "many"
-    lb = results.leaderboard(load_runs([_sig_run(many, seeds=[0], name="single"),
+    lb = compute.leaderboard(load_runs([_sig_run(many, seeds=[0], name="single"),
                                        _sig_run(many, name="triple")]))
     text = "\n".join(report_formats.notes(lb))
     assert "1 seed: no spread, no significance marks (single);" in text
@@ -712,7 +728,7 @@ def test_one_seed_says_so(tmp_path):
 def test_plot_band_over_seeds(tmp_path, monkeypatch):
     from matplotlib.collections import PolyCollection
 
-    from lmcollapse import plots
+    from lmcollapse.report import plots
 
     seen = {}
 
@@ -729,7 +745,7 @@ def test_plot_band_over_seeds(tmp_path, monkeypatch):
     for seeds, name in [(SEEDS, "three"), ([0], "one")]:
         exps = load_runs([_sig_run(tmp_path / name, seeds=seeds)])
         series = {p: {g: s for g, s in row.items() if g != "human"}
-                  for p, row in results.per_generation(exps, "ref_ppl_p50").items()}
+                  for p, row in compute.per_generation(exps, "ref_ppl_p50").items()}
         plots.metric_plot(series, {"human": exps[0].human("ref_ppl_p50").mean}, "t", "y",
                           tmp_path / name)
     three, one = seen["three"], seen["one"]
@@ -738,7 +754,7 @@ def test_plot_band_over_seeds(tmp_path, monkeypatch):
     assert one["xlabel"] == "generation (1 seed: no spread, no band)"
     assert three["dashed"] == [pytest.approx(_H.mean())] and one["dashed"] == [20.0]
     # the band of the first line (best first) spans mean - std .. mean + std per generation
-    first = list(results.per_generation(load_runs([tmp_path / "three" / "sig"]), "ref_ppl_p50"))[0]
+    first = list(compute.per_generation(load_runs([tmp_path / "three" / "sig"]), "ref_ppl_p50"))[0]
     ys = np.array([[sig_value("ref_ppl_p50", first, s, g) for s in SEEDS] for g in range(GENS + 1)])
     band = three["bands"][0]
     for lo_hi in (ys.mean(1) - ys.std(1, ddof=1), ys.mean(1) + ys.std(1, ddof=1)):

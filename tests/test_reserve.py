@@ -17,7 +17,8 @@ from lmcollapse.data.blocks import human_rows, tokenize_records
 from lmcollapse.data.text import read_records
 from lmcollapse.errors import ConfigError
 from lmcollapse.loop import CollapseLoop
-from lmcollapse.policies import Fresh, MixContext, reserve_needed
+from lmcollapse.policies import MixContext
+from lmcollapse.policies.fresh import Fresh
 
 N, BLOCK = 50, 4
 
@@ -43,7 +44,7 @@ def test_fresh_from_the_reserve_draws_disjoint_shards_and_no_train_block():
         assert not seen & set(human)  # each generation's shard is new
         seen |= set(human)
         assert {r["origin"] for r in mix} - {"human"} == {f"gen_{k - 1}"}
-    assert reserve_needed(policy.config, N, 4) == 4 * 5 == len(seen)
+    assert Fresh.reserve_needed(policy.config, N, 4) == 4 * 5 == len(seen)
     with pytest.raises(ValueError, match="no shard of 5 blocks left for generation 7"):
         policy.build(_ctx(7, reserve))  # 30 blocks: six shards of 5
 
@@ -89,6 +90,7 @@ def test_a_reserve_too_small_is_refused_before_any_work(tmp_path):
     assert not cfg.run_dir.exists()
 
 
+@pytest.mark.slow
 def test_the_reserve_through_the_loop(tmp_path):
     """Generation 0 and the other policies never see the reserve; fresh's human blocks
     come from it, a new shard each generation; experiment.json states the sizes."""
@@ -141,6 +143,7 @@ def test_a_grid_may_sweep_the_pool_with_a_reserve():
                            "grid=[{key: policy.fraction, values: [0.1, 0.2]}]"])
 
 
+@pytest.mark.slow
 def test_a_run_begun_before_the_reserve_existed_resumes(tmp_path):
     """An experiment.json written without data.fresh_reserve (older code) is compared with
     the key's default, so the run resumes instead of being refused as another config."""

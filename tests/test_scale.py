@@ -21,6 +21,7 @@ from lmcollapse.models import load_model, scratch_config, train_tokenizer
 ONE = ["policies=[replace]", "metrics.names=[perplexity]", "train.budget_steps=6"]
 
 
+@pytest.mark.slow
 def test_keep_models_prunes_what_no_later_step_needs(tmp_path):
     cfg = tiny_config(tmp_path, *ONE, "generations=3", "model.init=previous",
                       "keep_models=last")
@@ -60,6 +61,7 @@ def test_the_disk_estimate_counts_the_models_each_setting_keeps(tmp_path, texts)
     assert est.model_bytes == 4 * params
 
 
+@pytest.mark.slow
 def test_the_estimate_matches_what_a_run_writes(tmp_path):
     cfg = tiny_config(tmp_path, *ONE, "generations=1")
     loop = CollapseLoop(cfg)
@@ -84,6 +86,7 @@ def test_a_disk_too_small_is_refused_before_any_work(tmp_path, monkeypatch):
     assert not cfg.run_dir.exists()
 
 
+@pytest.mark.slow
 def test_lora_saves_an_adapter_per_generation_and_rebuilds_each_model(tmp_path):
     cfg = tiny_config(tmp_path, *ONE, "generations=2", "model.init=previous",
                       "train.lora.enabled=true", "train.lora.target_modules=[q_proj,v_proj]",
@@ -97,7 +100,7 @@ def test_lora_saves_an_adapter_per_generation_and_rebuilds_each_model(tmp_path):
         assert (d / "adapter" / "adapter_model.safetensors").stat().st_size < \
             (d / "model" / "model.safetensors").stat().st_size / 5
     # base + the chain of adapters is exactly the merged model training saved
-    rebuilt = loop._weights(Generation(0, 2, "replace")).state_dict()
+    rebuilt = loop.weights.trained(Generation(0, 2, "replace")).state_dict()
     saved = load_model(seed / "replace" / "gen_02" / "model").state_dict()
     assert rebuilt.keys() == saved.keys()
     assert all(torch.equal(rebuilt[k], saved[k]) for k in saved)
@@ -106,6 +109,7 @@ def test_lora_saves_an_adapter_per_generation_and_rebuilds_each_model(tmp_path):
     assert changed and all("q_proj" in k or "v_proj" in k for k in changed)
 
 
+@pytest.mark.slow
 def test_training_curves_go_to_tensorboard(tmp_path):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from conftest import QUICKSTART, TINY, tiny_config
 
-from lmcollapse import loop as loop_module
+from lmcollapse import steps as steps_module
 from lmcollapse import submit as submit_module
 from lmcollapse.cli import run_main
 from lmcollapse.config import cells, load_config
@@ -21,7 +21,7 @@ from lmcollapse.errors import ConfigError
 from lmcollapse.files import recorded
 from lmcollapse.layout import RunLayout
 from lmcollapse.loop import CollapseLoop
-from lmcollapse.report import write_report
+from lmcollapse.report.write import write_report
 from lmcollapse.shards import Selection, select_units
 
 #: two seeds x two policies, one generation after 0: four units
@@ -98,6 +98,7 @@ def _markdown(runs: list[Path], out: Path) -> str:
                      if not line.startswith("- **experiment**"))
 
 
+@pytest.mark.slow
 def test_shards_as_concurrent_jobs_equal_one_job(tmp_path):
     """Two submitit jobs (local processes, started together) share one run directory: each
     seed's generation 0 is trained once, every row equals the single job's, and so does the
@@ -130,6 +131,7 @@ def test_shards_as_concurrent_jobs_equal_one_job(tmp_path):
     assert _markdown(apart, tmp_path / "r2") == _markdown([one.run_dir], tmp_path / "r0")
 
 
+@pytest.mark.slow
 def test_a_job_waits_for_generation_0_another_job_is_building(tmp_path, monkeypatch, caplog):
     cfg = tiny_config(tmp_path, "generations=0", "metrics.names=[perplexity]")
     lock = str(RunLayout(cfg.run_dir).seed_lock(0))
@@ -138,7 +140,7 @@ def test_a_job_waits_for_generation_0_another_job_is_building(tmp_path, monkeypa
             "time.sleep(3)")
     child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     assert child.stdout.readline().strip() == "locked"
-    monkeypatch.setattr(loop_module, "LOCK_POLL_S", 0.2)
+    monkeypatch.setattr(steps_module, "LOCK_POLL_S", 0.2)
     start = time.monotonic()
     with caplog.at_level(logging.INFO, logger="lmcollapse"):
         CollapseLoop(cfg).run()

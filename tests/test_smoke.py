@@ -27,6 +27,7 @@ def _passes(out: str) -> list[str]:
     return [line.split(" s  ", 1)[1] for line in out.splitlines() if line.startswith("  PASS")]
 
 
+@pytest.mark.slow
 def test_the_rehearsal_runs_every_cell_and_forecasts(tmp_path, capsys):
     code = run_main(["run", "--config", str(QUICKSTART), *TINY, "seeds=[3,4]",
                      "generations=3", f"output_dir={tmp_path}", "--smoke"])
@@ -107,6 +108,7 @@ def test_training_is_forecast_from_steps_passes_and_fixed_costs(tmp_path):
     assert tokens == 100 * 64 * 48
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not (WIKITEXT / "valid.txt").exists(), reason="needs ../shared/data")
 def test_shumailov_config_rehearses_on_cpu_with_local_files(tmp_path, capsys):
     """The paper's config with a small OPT saved here (an OPT-style tokenizer: BOS before

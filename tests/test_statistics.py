@@ -17,10 +17,12 @@ from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.power import TTestPower
 from test_report import GENS, SEEDS, _at, _sig_run, make_run, value
 
-from lmcollapse import documents, report, report_formats, results
-from lmcollapse import stats as lstats
 from lmcollapse.cli import run_main
-from lmcollapse.results import load_runs
+from lmcollapse.report import compute, documents
+from lmcollapse.report import formats as report_formats
+from lmcollapse.report import stats as lstats
+from lmcollapse.report import write as report
+from lmcollapse.report.load import load_runs
 
 # --- the functions, against the libraries ---------------------------------------------------
 
@@ -73,6 +75,7 @@ def test_two_sample_combine_and_bootstrap_match_scipy():
 # --- the report's marks, intervals and notes ------------------------------------------------
 
 
+@pytest.mark.slow
 def test_correction_option_changes_marks_by_the_stated_rule(tmp_path):
     run = _sig_run(tmp_path)
     for correction in ("holm", "bh", "none"):
@@ -93,6 +96,7 @@ def test_correction_option_changes_marks_by_the_stated_rule(tmp_path):
         assert f"corrected together ({name}; family: each column" in res["markdown"]
 
 
+@pytest.mark.slow
 def test_cells_carry_intervals_on_hover(tmp_path):
     run = _sig_run(tmp_path)
     res = report.write_report([run], out=tmp_path / "o", plots=False, lineage_prompts=0)
@@ -118,6 +122,7 @@ def _per_sample_run(tmp_path, seeds=SEEDS):
     return run
 
 
+@pytest.mark.slow
 def test_early_warning_per_document_tests(tmp_path):
     run = _per_sample_run(tmp_path)
     exp = load_runs([run])[0]
@@ -177,11 +182,12 @@ def test_one_seed_cells_carry_a_bootstrap_interval(tmp_path):
 # --- onset by any metric --------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_onset_by_another_metric_and_by_noise(tmp_path):
     run = make_run(tmp_path)
     exps = load_runs([run])
     # relative rule on a higher-is-better metric: worse = lower by more than the threshold
-    lb = results.leaderboard(exps, onset_metric="distinct_4", onset_threshold=0.1)
+    lb = compute.leaderboard(exps, onset_metric="distinct_4", onset_threshold=0.1)
     rep = next(r for r in lb.rows if r.policy == "replace")
     for s in SEEDS:  # distinct_4 of replace: 0.9 - 0.1 k + 0.01 s
         vals = [value("distinct_4", "replace", s, k) for k in range(GENS + 1)]
@@ -189,7 +195,7 @@ def test_onset_by_another_metric_and_by_noise(tmp_path):
         assert rep.onsets[s] == want
     # noise rule: the first generation whose paired test against generation 0 (Holm over
     # the row's generations) is significant in the worse direction
-    lb = results.leaderboard(exps, onset_rule="noise")
+    lb = compute.leaderboard(exps, onset_rule="noise")
     acc = next(r for r in lb.rows if r.policy == "accumulate")
     zero = [value("perplexity", None, s, 0) for s in SEEDS]
     raw = [stats.ttest_rel([value("perplexity", "accumulate", s, k) for s in SEEDS], zero)
@@ -199,13 +205,14 @@ def test_onset_by_another_metric_and_by_noise(tmp_path):
     assert acc.onset_test == want
     text = "\n".join(report_formats.notes(lb))
     assert "beyond noise: paired t-test over seeds of each generation against generation 0" in text
-    with pytest.raises(results.ReportError, match="onset rule"):
-        results.leaderboard(exps, onset_rule="sometimes")
+    with pytest.raises(compute.ReportError, match="onset rule"):
+        compute.leaderboard(exps, onset_rule="sometimes")
 
 
 # --- compare and plan-seeds -----------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_compare_command_is_the_reports_test(tmp_path, capsys):
     run = make_run(tmp_path, stop={("accumulate", 2): 2})
     assert run_main(["compare", str(run), "--pair", "replace", "accumulate", "--pair",
@@ -235,7 +242,7 @@ def test_compare_command_is_the_reports_test(tmp_path, capsys):
     assert line.split("|")[7].strip() == "–"
     assert "Holm over the 2 tests of this command" in out
     # the same pair in the report's leaderboard (accumulate ranks first) gets the same p
-    lb = results.leaderboard(load_runs([run]))
+    lb = compute.leaderboard(load_runs([run]))
     rep_row = next(r for r in lb.rows if r.policy == "replace")
     assert rep_row.versus["perplexity"].above == "accumulate"
     assert rep_row.versus["perplexity"].p == pytest.approx(raw[0], rel=1e-9)

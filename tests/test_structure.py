@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 from conftest import tiny_config
 
-from lmcollapse import results
 from lmcollapse.data.base import load_human_text
 from lmcollapse.data.synthetic import SyntheticSettings, SyntheticSource
 from lmcollapse.errors import ConfigError
@@ -20,6 +19,7 @@ from lmcollapse.loop import CollapseLoop
 from lmcollapse.metrics.base import MeasureContext, Measurement, Metric
 from lmcollapse.policies import MixContext, Policy, make_policy
 from lmcollapse.registry import METRICS, POLICIES, SOURCES
+from lmcollapse.report import compute, load
 
 PACKAGE = Path(__file__).resolve().parents[1] / "lmcollapse"
 #: third-party packages a function may import lazily: optional extras only
@@ -84,11 +84,36 @@ def test_no_import_cycles_among_lmcollapse_modules():
     # the config layer names no part: it reaches them through the registry
     assert not [t for t in graph["lmcollapse.config"] if t.startswith(
         ("lmcollapse.metrics", "lmcollapse.policies", "lmcollapse.data"))]
-    # the report side never reaches torch code
-    for m in ("lmcollapse.results", "lmcollapse.report_formats", "lmcollapse.report",
-              "lmcollapse.stats", "lmcollapse.documents", "lmcollapse.compare"):
-        assert not {"lmcollapse.loop", "lmcollapse.models", "lmcollapse.scoring"} & set(
-            graph[m]), m
+
+
+#: the phases of a report, in the one order its modules may import each other
+REPORT_PHASES = {"stats": 0, "load": 1, "compute": 2, "documents": 2, "lineages": 2,
+                 "formats": 3, "plots": 3, "documents_formats": 3, "lineages_formats": 3,
+                 "write": 4, "compare": 4}
+
+
+def test_the_report_goes_one_way_and_never_reaches_torch():
+    """lmcollapse.report: load, then compute, then render, then write (a module imports
+    only modules of its own or an earlier phase), and nothing it imports, directly or
+    through other lmcollapse modules, imports torch or a library built on it."""
+    imports = _imports()
+    package = {m for m in imports if m.startswith("lmcollapse.report.")}
+    assert {m.rsplit(".", 1)[1] for m in package} == set(REPORT_PHASES)
+    for m in package:
+        phase = REPORT_PHASES[m.rsplit(".", 1)[1]]
+        later = [t for t, _, _ in imports[m] if t in package
+                 and REPORT_PHASES[t.rsplit(".", 1)[1]] > phase]
+        assert not later, f"{m} imports a later phase: {later}"
+    reached, todo = set(), sorted(package)
+    while todo:
+        m = todo.pop()
+        if m in reached:
+            continue
+        reached.add(m)
+        todo += [t for t, _, _ in imports[m] if t in imports]
+    heavy = {"torch", "transformers", "accelerate", "peft", "datasets", "mauve"}
+    offenders = {m: t for m in reached for t, _, _ in imports[m] if t.split(".")[0] in heavy}
+    assert not offenders, offenders
 
 
 #: what the command line imports inside the commands that use it, so that `lmcollapse
@@ -96,7 +121,38 @@ def test_no_import_cycles_among_lmcollapse_modules():
 #: command and checks), and `run` never loads the report's statistics and plotting
 CLI_LATE = {"tqdm.contrib.logging", "lmcollapse.loop", "lmcollapse.models",
             "lmcollapse.preflight", "lmcollapse.bench", "lmcollapse.parallel",
-            "lmcollapse.smoke", "lmcollapse.report", "lmcollapse.compare"}
+            "lmcollapse.smoke", "lmcollapse.report.write", "lmcollapse.report.compare"}
+
+
+def _calls(path: Path) -> set[str]:
+    """Every name called in a module, as ``name`` or ``.attribute``."""
+    tree = ast.parse(path.read_text())
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            f = node.func
+            out.add(f.id if isinstance(f, ast.Name) else f".{f.attr}"
+                    if isinstance(f, ast.Attribute) else "")
+    return out
+
+
+def test_weights_have_one_home_and_the_grid_one_owner():
+    """The loop asks lmcollapse.weights which weights a generation starts from and where
+    they go: it never saves, loads or merges a model itself, nor imports peft or the model
+    loader. The grid's cells are built by lmcollapse.grid only (the config layer builds
+    them once more to validate every grid point at load)."""
+    imports = _imports()
+    loop_imports = {t for t, _, _ in imports["lmcollapse.loop"]}
+    assert not {"peft", "lmcollapse.models", "transformers", "shutil"} & loop_imports
+    assert not {".save_pretrained", ".from_pretrained", ".merge_and_unload", "load_model",
+                "random_model", "starting_model", "load_pretrained"} & _calls(
+        PACKAGE / "loop.py")
+    assert {"lmcollapse.weights", "lmcollapse.grid"} <= loop_imports
+    builders = sorted(_module_name(p) for p in PACKAGE.rglob("*.py") if "cells" in _calls(p))
+    assert builders == ["lmcollapse.config", "lmcollapse.grid"], builders
+    loop_class = next(n for n in ast.parse((PACKAGE / "loop.py").read_text()).body
+                      if isinstance(n, ast.ClassDef) and n.name == "CollapseLoop")
+    assert loop_class.end_lineno - loop_class.lineno < 250
 
 
 def test_imports_inside_functions_only_for_optional_extras():
@@ -177,6 +233,7 @@ def parts(monkeypatch):
         monkeypatch.setitem(registry._entries, name, part)
 
 
+@pytest.mark.slow
 def test_a_new_policy_source_and_metric_need_no_core_edit(parts, tmp_path):
     cfg = tiny_config(tmp_path, "generations=1", "data.source=short",
                       "data.short.words_per_doc=40", "data.short.train_docs=120",
@@ -203,6 +260,6 @@ def test_a_new_policy_source_and_metric_need_no_core_edit(parts, tmp_path):
     assert gen1["values"]["mean_length"] == 2 * cfg.generate.new_tokens
     assert gen1["meta"]["mean_length"]["display_name"] == "Mean length"
     assert gen1["conditions"]["mean_length"] == "scale 2.0"
-    lb = results.leaderboard(results.load_runs([cfg.run_dir]))
+    lb = compute.leaderboard(load.load_runs([cfg.run_dir]))
     assert lb.columns == ["perplexity", "mean_length"]  # columns the metrics declared
 

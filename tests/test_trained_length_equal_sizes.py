@@ -1,4 +1,4 @@
-"""The two measurement rules of DESIGN.md that every metric obeys: trained length (no model is
+"""The two measurement rules of docs/design.md that every metric obeys: trained length (no model is
 scored or asked to generate beyond the length it was trained on) and equal sizes (the human
 row and every corpus row are measured on samples of the same size)."""
 
@@ -30,6 +30,7 @@ def _text_config(tmp_path: Path, *extra: str):
                        "train.epochs=2", *extra)
 
 
+@pytest.mark.slow
 def test_perplexity_at_the_trained_length_is_the_validation_loss(tmp_path):
     """With non-overlapping windows of the trained length (the block length), held-out
     perplexity scores exactly what validation scores: the selected validation loss of the
@@ -98,6 +99,7 @@ def sized_run(tmp_path_factory) -> Path:
     return cfg.run_dir / "seed_0"
 
 
+@pytest.mark.slow
 def test_human_and_corpus_rows_are_measured_at_equal_size(sized_run):
     rows = {"human": sized_run / "human", "gen_00": sized_run / "gen_00",
             "replace/gen_01": sized_run / "replace" / "gen_01"}

@@ -11,10 +11,10 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from lmcollapse import report
 from lmcollapse.config import load_config
 from lmcollapse.loop import CollapseLoop
 from lmcollapse.metrics.perplexity import unigram_nll
+from lmcollapse.report import write as report
 
 ROOT = Path(__file__).resolve().parents[1]
 WIKITEXT = ROOT.parent / "shared" / "data" / "wikitext-2"
@@ -27,6 +27,7 @@ def test_unigram_baseline_by_hand():
     assert count == 2 and nll == pytest.approx(math.log(3) + math.log(6))
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not WIKITEXT.is_dir(), reason=f"WikiText-2 files not at {WIKITEXT}")
 def test_the_wikitext_study_in_ci_size(tmp_path):
     """The committed config, pointed at the local files and cut to 300 training blocks,

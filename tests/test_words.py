@@ -42,6 +42,7 @@ def test_bad_band_edges_are_refused(bands):
         load_config(None, [f"metrics.words.bands={bands}"])
 
 
+@pytest.mark.slow
 def test_the_words_metric_through_the_loop(tmp_path):
     cfg = tiny_config(tmp_path, "generations=1", "policies=[replace]",
                       "metrics.names=[words]", "metrics.words.sample_size=10",

@@ -11,7 +11,7 @@ Markov language) returns it from :meth:`Source.truth`, which ground-truth metric
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from lmcollapse.errors import ConfigError
 from lmcollapse.registry import SOURCES
@@ -66,6 +66,23 @@ class ExactDistribution(Protocol):
 
     def describe(self) -> dict[str, Any]:
         """Parameters, for experiment.json."""
+
+
+@runtime_checkable
+class ExactContinuations(ExactDistribution, Protocol):
+    """An exact distribution that also scores a continuation of a prompt cut from its text
+    (the synthetic source): what the curation oracle and the lineages' exact log p need.
+    The words scored are those the continuation adds after the context's last complete
+    word (a word it completes included)."""
+
+    def continuation_log_prob(self, context: str, continuation: str,
+                              floor: float = 0.0) -> tuple[float, int]:
+        """``(log p, words)`` of the words ``continuation`` adds to ``context``; a step of
+        probability 0 counts ``log floor`` (``floor`` 0: -inf)."""
+
+    def continuation_parts(self, context: str, continuation: str) -> tuple[float, int, int]:
+        """``(log p of the possible steps, words, impossible steps)``: the limit of
+        :meth:`continuation_log_prob` as ``floor`` goes to 0, split."""
 
 
 class Source:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,6 +70,21 @@ def human_rows(ids: list[int], block_tokens: int, split: str,
     return [{"sample_id": f"human:{split}:{i}", "origin": "human", "generation": -1,
              "prompt_id": -1, "input_ids": ids[i * block_tokens:(i + 1) * block_tokens]}
             for i in range(n)]
+
+
+def fresh_blocks(write: Callable[[int, int], list[str]], tokenizer: Any, count: int,
+                 block_tokens: int, blocks_per_doc: float, seed: int, split: str) -> list[Sample]:
+    """``count`` blocks of new human text: documents the data source ``write``s (``write(n,
+    seed)``), tokenized and cut like human train; more documents are asked for until they
+    give ``count`` blocks."""
+    docs = max(1, int(count / max(blocks_per_doc, 1e-9) * 1.2) + 2)
+    while True:
+        texts = write(docs, seed)
+        stream = [t for rec in tokenize_records(tokenizer, texts) for t in rec]
+        rows = human_rows(stream, block_tokens, split)
+        if len(rows) >= count or count == 0:
+            return rows[:count]
+        docs *= 2
 
 
 def prepare_human_data(tokenizer: Any, texts: dict[str, list[str]], cfg: DataConfig,

@@ -22,6 +22,7 @@ reads them from there (it never imports a metric).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -129,7 +130,7 @@ class MeasureContext:
 
     def equal_size(self, configured: int | None, where: str) -> int:
         """The number of samples a size-dependent metric draws, the same for the human row
-        and every corpus row (DESIGN.md, "equal sizes").
+        and every corpus row (docs/design.md, "equal sizes").
 
         Corpus k holds one sample per human training block; the human row draws disjoint
         chunks of the test split of the same length. ``None`` takes the largest size both
@@ -238,3 +239,12 @@ class Metric:
                 if key == (self.headline or self.name) else f"{self.display_name} ({key})",
                 "higher_is_better": self.directions.get(key, self.higher_is_better),
                 "column": key in self.columns}
+
+
+def scoring_precision(precision: str,
+                      device: torch.device) -> contextlib.AbstractContextManager[Any]:
+    """``metrics.precision``: bf16 autocast around every forward pass of a measurement
+    (weights stay float32), or nothing (fp32)."""
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()

@@ -24,6 +24,7 @@ from lmcollapse import files
 from lmcollapse.config import positive, sample_size
 from lmcollapse.errors import ConfigError
 from lmcollapse.files import write_npy
+from lmcollapse.layout import features_file
 from lmcollapse.metrics.base import MeasureContext
 from lmcollapse.models import load_model
 from lmcollapse.sampling import fixed_sample
@@ -171,7 +172,7 @@ class Features:
         if name == "gen0" and ctx.reference_group:  # another training setting's gen 0
             name += "@" + ctx.reference_group
         slug = re.sub(r"[^A-Za-z0-9_.=@-]+", "_", name).strip("_")
-        return f"features_{slug}_n{self.size(ctx)}_s{self.config.seed}.npy"
+        return features_file(slug, self.size(ctx), self.config.seed)
 
     def _embed(self, ctx: MeasureContext, seqs: list, cache: Path) -> np.ndarray:
         m = self.config

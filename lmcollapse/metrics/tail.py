@@ -211,7 +211,7 @@ class TailSettings:
 
 @METRICS.register("tail")
 class TailLoss(Metric):
-    """Tail-token loss against the human train pool (DESIGN.md, "tail-token loss").
+    """Tail-token loss against the human train pool (docs/metrics.md, `tail`).
 
     Every number is measured on a sample of ``sample_size`` sequences (the same size for the
     human row, which draws held-out test chunks, and for every corpus row), averaged over

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from lmcollapse.data.base import ExactContinuations
 from lmcollapse.data.blocks import Sample
 from lmcollapse.errors import ConfigError
 from lmcollapse.registry import SCORERS
@@ -36,7 +37,7 @@ class Oracle(Scorer):
     settings = OracleSettings
 
     def preflight(self, ctx: ScoreContext) -> None:
-        if ctx.truth is None or not hasattr(ctx.truth, "continuation_log_prob"):
+        if not isinstance(ctx.truth, ExactContinuations):
             raise ConfigError("curate.scorer: 'oracle' needs a data source that knows log p "
                               "of a continuation (data.source: synthetic)")
 

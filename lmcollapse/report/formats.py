@@ -1,7 +1,5 @@
-"""Rendering a leaderboard: Markdown, CSV, LaTeX (tabular fragment) and one HTML page.
-
-Torch-free, like :mod:`lmcollapse.results`, whose computed :class:`Leaderboard` it formats.
-"""
+"""Render a leaderboard (:mod:`lmcollapse.report.compute`): Markdown, CSV, LaTeX (a
+paper-ready table) and one self-contained HTML page."""
 
 from __future__ import annotations
 
@@ -14,18 +12,17 @@ import re
 from pathlib import Path
 from typing import Any
 
-from lmcollapse.results import (
+from lmcollapse.report.compute import (
     ARROWS,
     MARK,
     Comparison,
     Leaderboard,
     LeaderboardRow,
-    RunResults,
-    Stat,
     median_onset,
     shared_zero,
 )
-from lmcollapse.stats import ALPHA, CORRECTION_NAMES
+from lmcollapse.report.load import RunResults
+from lmcollapse.report.stats import ALPHA, CORRECTION_NAMES, Stat
 
 # --- text rendering -------------------------------------------------------------------------
 

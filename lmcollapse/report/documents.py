@@ -7,7 +7,7 @@ those samples the report draws two things no mean over seeds can give:
 
 - an **early warning**: generation k's samples against generation 0's (did the
   distribution move?) and against the human row's (is it still human-like?), a Mann-Whitney
-  U test per seed (:func:`lmcollapse.stats.two_sample`, effect size A = P(sample of k >
+  U test per seed (:func:`lmcollapse.report.stats.two_sample`, effect size A = P(sample of k >
   other sample)), the seeds' p-values combined by Fisher's method, the tests of one table
   (one experiment, one comparison) one family under the report's correction; the first
   generation beyond noise is the warning;
@@ -15,13 +15,12 @@ those samples the report draws two things no mean over seeds can give:
   one-seed run still says how precise its numbers are.
 
 JSON and parquet only, like the rest of the report.
+
+Rendered by :mod:`lmcollapse.report.documents_formats`.
 """
 
 from __future__ import annotations
 
-import csv
-import html
-import io
 import math
 import re
 from collections.abc import Callable
@@ -30,11 +29,9 @@ from typing import Any
 
 import numpy as np
 
-from lmcollapse.report_formats import md_table
-from lmcollapse.results import RunResults
-from lmcollapse.stats import (
+from lmcollapse.report.load import RunResults
+from lmcollapse.report.stats import (
     ALPHA,
-    CORRECTION_NAMES,
     TwoSample,
     adjust,
     bootstrap_interval,
@@ -185,103 +182,3 @@ def intervals(exp: RunResults, key: str, policy: str | None, generation: int | N
         if key in spec.values:
             return bootstrap(exp, spec, key, policy, generation)
     return {}
-
-
-def describe(w: EarlyWarning) -> str:
-    """The rule of an early-warning table, for its notes."""
-    return (f"Per-document tests of {w.spec.metric} ({w.spec.column} of each sample, "
-            f"{w.spec.file}): Mann-Whitney U (two-sided) of generation k's samples against "
-            "generation 0's or the human row's, per seed; the seeds' p-values combined by "
-            f"Fisher's method; each comparison's tests one family ({CORRECTION_NAMES[w.correction]}"
-            f", {w.families.get('gen 0', 0)} and {w.families.get('human', 0)} tests); "
-            f"A = P(a sample of k > one of the other), mean over seeds (0.5 = no shift); "
-            f"✱ = beyond noise (corrected p < {ALPHA:g}).")
-
-
-def as_rows(w: EarlyWarning, against: str) -> tuple[list[str], list[list[str]]]:
-    """Header and display rows of one comparison: one row per policy, one column per
-    generation (``A 0.61 ✱``), then the first generation beyond noise."""
-    gens = sorted({t.generation for row in w.tests[against].values() for t in row})
-    header = ["policy", *(f"gen {g}" for g in gens), "first beyond noise"]
-    rows = []
-    for policy, row in w.tests[against].items():
-        by_gen = {t.generation: t for t in row}
-        cells = [_cell(by_gen.get(g)) for g in gens]
-        first = w.first(against, policy)
-        rows.append([policy, *cells, "none" if first is None else str(first)])
-    return header, rows
-
-
-def _cell(t: DocumentTest | None) -> str:
-    if t is None:
-        return "–"
-    return f"A {t.effect:.2f}" + (" ✱" if t.beyond_noise else "")
-
-
-def render_markdown(warnings: list[tuple[str, EarlyWarning]]) -> str:
-    """``## Early warning`` sections, one per (experiment, metric): against generation 0,
-    then against human text, then the rule."""
-    out = []
-    for key, w in warnings:
-        out += [f"## Early warning: {w.spec.metric}" + (f" ({key})" if key else ""), ""]
-        for against, what in (("gen 0", "against generation 0 of the same seed"),
-                              ("human", "against held-out human text of the same seed")):
-            out += [f"Each generation's samples {what}:", "",
-                    md_table(*as_rows(w, against), left=1), ""]
-        out += [f"- {describe(w)}", ""]
-    return "\n".join(out)
-
-
-def render_html(warnings: list[tuple[str, EarlyWarning]]) -> str:
-    """The same sections as HTML, each cell's hover giving p, corrected p and per seed."""
-    e = html.escape
-    parts = []
-    for key, w in warnings:
-        parts.append(f"<h2>Early warning: {e(w.spec.metric)}"
-                     + (f" <small>({e(key)})</small>" if key else "") + "</h2>")
-        for against, what in (("gen 0", "against generation 0 of the same seed"),
-                              ("human", "against held-out human text of the same seed")):
-            header, rows = as_rows(w, against)
-            by_policy = {p: {t.generation: t for t in row}
-                         for p, row in w.tests[against].items()}
-            gens = [int(h.split()[1]) for h in header[1:-1]]
-            body = ""
-            for r in rows:
-                cells = [f"<td>{e(r[0])}</td>"]
-                for g, text in zip(gens, r[1:-1], strict=True):
-                    t = by_policy[r[0]].get(g)
-                    hover = "" if t is None else _hover(t)
-                    cls = ' class="warn"' if t is not None and t.beyond_noise else ""
-                    cells.append(f'<td{cls} title="{e(hover)}">{e(text)}</td>')
-                cells.append(f"<td>{e(r[-1])}</td>")
-                body += "<tr>" + "".join(cells) + "</tr>\n"
-            head = "".join(f"<th>{e(h)}</th>" for h in header)
-            parts.append(f"<p>Each generation's samples {e(what)}:</p>"
-                         f'<div class="scroll"><table><thead><tr>{head}</tr></thead>'
-                         f"<tbody>{body}</tbody></table></div>")
-        parts.append(f'<p class="small">{e(describe(w))}</p>')
-    return "\n".join(parts)
-
-
-def _hover(t: DocumentTest) -> str:
-    seeds = ", ".join(f"seed {s}: A {x.effect:.3f}, p {x.p:.2g} ({x.n_x} vs {x.n_y} samples)"
-                      for s, x in t.per_seed.items())
-    return f"combined p = {t.p:.2g}, corrected p = {t.p_adj:.2g}; {seeds}"
-
-
-def render_csv(warnings: list[tuple[str, EarlyWarning]]) -> str:
-    """One line per (experiment, metric, comparison, policy, generation)."""
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["experiment", "metric", "against", "policy", "generation", "effect_A", "p",
-                "p_adj", "correction", "family", "beyond_noise", "per_seed"])
-    for key, warn in warnings:
-        for against in AGAINST:
-            for policy, row in warn.tests[against].items():
-                for t in row:
-                    w.writerow([key, warn.spec.metric, against, policy, t.generation,
-                                repr(t.effect), repr(t.p), repr(t.p_adj), warn.correction,
-                                warn.families[against], int(t.beyond_noise),
-                                ";".join(f"{s}:{x.effect!r}:{x.p!r}"
-                                         for s, x in t.per_seed.items())])
-    return buf.getvalue()

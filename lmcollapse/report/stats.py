@@ -3,7 +3,7 @@ comparisons, seeds needed, and two-sample tests of per-document values.
 
 Every number here is what scipy or statsmodels compute (named in each function); this module
 only chooses what is tested and how the answers are combined. No torch, no files: the
-report and ``lmcollapse compare`` call the same functions, so a README claim and a report
+report and ``lmcollapse compare`` call the same functions, so a claim in the docs and a report
 mark cannot disagree.
 
 The rules, in one place:
@@ -33,7 +33,7 @@ import math
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from scipy import stats
@@ -186,3 +186,25 @@ def bootstrap_interval(values: Sequence[float], statistic: Callable[..., Any], s
                           method="percentile", random_state=np.random.default_rng(seed),
                           vectorized=True)
     return float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
+class Stat(NamedTuple):
+    """Mean, sample standard deviation (n - 1; NaN when n < 2) and count over seeds."""
+
+    mean: float
+    std: float
+    n: int
+
+    @property
+    def interval(self) -> tuple[float, float]:
+        """95% t-based confidence interval of the mean over seeds (NaN when n < 2)."""
+        return t_interval(self.mean, self.std, self.n)
+
+
+def stat(values: Any) -> Stat:
+    """``Stat`` of the finite-or-inf values; NaN and None are dropped."""
+    vals = [float(v) for v in values if v is not None and not math.isnan(v)]
+    if not vals:
+        return Stat(NAN, NAN, 0)
+    return Stat(statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else NAN,
+                len(vals))

@@ -13,9 +13,9 @@ B − A with its 95% t-interval, the per-seed relative change B / A − 1 (mean,
 seeds: how published collapse studies state a change; only for values positive in every
 seed, not for ``--change`` nor for distances to human), on how many seeds B is below A, and
 the two-sided paired
-t-test p over seeds (:func:`lmcollapse.stats.paired_test`, the leaderboard's test; seeds
+t-test p over seeds (:func:`lmcollapse.report.stats.paired_test`, the leaderboard's test; seeds
 pair because generation 0 is shared), corrected over every test of the invocation (one
-family, :func:`lmcollapse.stats.adjust`). A metric ranked by closeness to human (≈) is
+family, :func:`lmcollapse.report.stats.adjust`). A metric ranked by closeness to human (≈) is
 compared, as the report compares it, by each seed's distance to its human value; ``--raw``
 compares the values themselves. ``--change`` compares each side's change since generation
 0. ``plan-seeds`` prints, for every pair, the seeds a paired test needs to detect the
@@ -33,8 +33,8 @@ import sys
 from dataclasses import dataclass
 
 from lmcollapse.errors import ReportError
-from lmcollapse.results import RunResults, check_name, load_runs, measured
-from lmcollapse.stats import (
+from lmcollapse.report.load import RunResults, check_name, load_runs, measured
+from lmcollapse.report.stats import (
     ALPHA,
     CORRECTION_NAMES,
     CORRECTIONS,
