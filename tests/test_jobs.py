@@ -103,9 +103,14 @@ def _children(pid: int) -> list[int]:
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc")
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_ctrl_c_stops_every_worker_and_the_command_resumes(tmp_path, one_process, sig):
-    """Ctrl-C, or SIGTERM (a cluster's time limit), stops the workers with the parent."""
+    """Ctrl-C, or SIGTERM (a cluster's time limit), stops the workers with the parent.
+
+    The command starts with SIGINT at its default, as a terminal's foreground process has
+    it: a test runner started in the background by a shell without job control inherits
+    SIGINT ignored, and so would the command (Python keeps an ignored SIGINT ignored)."""
     args = [sys.executable, "-m", "lmcollapse.cli", *_command(tmp_path, "--jobs", "2")]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     run = tmp_path / "quickstart"
     deadline = time.monotonic() + 300
     while not list(run.rglob("train.done")) and time.monotonic() < deadline:
