@@ -69,7 +69,6 @@ class CollapseLoop:
         self.cfg = cfg
         #: the cells, who shares generation 0, each generation's settings, the schedule
         self.grid = Grid.of(cfg)
-        self.cells: dict[str, Cell] = self.grid.cells
         #: the (seed, cell key) units this job runs (all of them unless a selection is given)
         self.selection = selection
         self.units: list[Unit] = self.grid.units(selection)
@@ -121,7 +120,7 @@ class CollapseLoop:
         """Seed by seed: the shared part (waiting while another job builds it), then this
         job's cells, generations outermost (a stopped run has comparable rows)."""
         seeds = list(dict.fromkeys(seed for seed, _ in self.units))
-        mine = {seed: [self.cells[k] for s, k in self.units if s == seed] for seed in seeds}
+        mine = {seed: [self.grid.cells[k] for s, k in self.units if s == seed] for seed in seeds}
         self.steps = Steps(self.acc, sum(self.grid.step_count(c) for c in mine.values()))
         for seed in seeds:
             self._run_seed(seed, mine[seed])
@@ -137,7 +136,7 @@ class CollapseLoop:
         told to ``listener``."""
         if self.steps is None or self.steps.listener is not listener:
             self.steps = Steps(self.acc, 0, listener)
-        self._run_seed(seed, [self.cells[key]])
+        self._run_seed(seed, [self.grid.cells[key]])
 
     def _run_seed(self, seed: int, cells: list[Cell]) -> None:
         if self._corpora_seed != seed:  # corpora of other seeds are never read again
@@ -184,7 +183,7 @@ class CollapseLoop:
         corpora.update({j: self._corpus(self.layout.gen_dir(Generation(gen.seed, j, gen.policy)))
                         for j in range(1, gen.k)})
         rng = np.random.default_rng(derive_seed(gen.seed, gen.policy, gen.k, "mix"))
-        policy = make_policy(self.cells[gen.policy].policy,
+        policy = make_policy(self.grid.cells[gen.policy].policy,
                              shard_seed=derive_seed(gen.seed, gen.policy, "shards"))
         fresh = None  # new documents of the source, written with a seed of this generation
         if self.setup.fresh:
@@ -217,7 +216,7 @@ class CollapseLoop:
     def generate(self, gen: Generation, d: Path) -> None:
         """Corpus k: one continuation per human training block, or, for a curating cell,
         the curated pick of several candidates per block."""
-        cell = self.cells.get(gen.policy)
+        cell = self.grid.cells.get(gen.policy)
         if cell is not None and cell.policy.curate.active:
             corpus = self._curated(gen, d, cell.policy.curate)
         else:

@@ -270,7 +270,7 @@ class Scheduler:
         self.loop, self.pool = loop, pool
         self.pending = list(loop.units)
         seeds = list(dict.fromkeys(seed for seed, _ in loop.units))
-        total = sum(loop.grid.step_count([loop.cells[k] for s, k in loop.units if s == seed])
+        total = sum(loop.grid.step_count([loop.grid.cells[k] for s, k in loop.units if s == seed])
                     for seed in seeds)
         self.seen: set[tuple[str, str]] = set()
         self.bar = tqdm(total=total, desc=f"steps ({pool.plan.jobs} workers)", unit="step",
@@ -342,7 +342,7 @@ class Scheduler:
             return
         self.pending.remove(unit)
         w.unit = unit
-        cell = self.loop.cells[unit[1]]
+        cell = self.loop.grid.cells[unit[1]]
         w.bar.reset(total=self.loop.grid.step_count([cell]))
         w.bar.set_description_str(f"worker {w.index}: seed {unit[0]}, {unit[1]}", refresh=True)
         self.pool.send(w, {"unit": list(unit)})
