@@ -748,21 +748,30 @@ def from_dict(data: dict[str, Any]) -> ExperimentConfig:
 def _check_reserve(cfg: ExperimentConfig) -> None:
     """``pool: reserve`` needs a reserve (its size is checked at set-up, once the text is
     tokenised); :func:`_check_reserve_used` checks the converse over every cell."""
-    users = [i for i, p in enumerate(cfg.policies)
-             if getattr(p.settings, "pool", None) == "reserve"]
+    users = [i for i, p in enumerate(cfg.policies) if _uses_reserve(p, cfg.generations)]
     if users and not cfg.data.fresh_reserve:
-        raise ConfigError(f"policies[{users[0]}].pool: 'reserve' draws never-seen human text "
-                          "from data.fresh_reserve, which is 0; set data.fresh_reserve (a share "
-                          "of the training records, e.g. 0.3) or use pool: shards")
+        spec = cfg.policies[users[0]]
+        field_name = "pool" if hasattr(spec.settings, "pool") else "human_source"
+        raise ConfigError(f"policies[{users[0]}].{field_name}: 'reserve' draws never-seen "
+                          "human text from data.fresh_reserve, which is 0; set "
+                          "data.fresh_reserve (a share of the training records, e.g. 0.3) or "
+                          + ("use pool: shards" if field_name == "pool" else
+                             "use human_source: source (a source that writes new text)"))
+
+
+def _uses_reserve(spec: PolicySpec, generations: int) -> bool:
+    """Whether the policy draws from ``data.fresh_reserve`` (as its reserve_needed says)."""
+    return POLICIES.get(spec.name).reserve_needed(spec.settings, 1000, max(generations, 1)) > 0
 
 
 def _check_reserve_used(cfg: ExperimentConfig, grid: list[Cell]) -> None:
     """A reserve no cell draws from would only shrink every cell's human data."""
-    if cfg.data.fresh_reserve and not any(
-            getattr(c.policy.settings, "pool", None) == "reserve" for c in grid):
+    if cfg.data.fresh_reserve and not any(_uses_reserve(c.policy, cfg.generations)
+                                          for c in grid):
         raise ConfigError(f"data.fresh_reserve: {cfg.data.fresh_reserve} holds back training "
-                          "records that no policy would use (only fresh with pool: reserve "
-                          "draws from it); remove it or give a fresh policy pool: reserve")
+                          "records that no policy would use (fresh with pool: reserve and "
+                          "internet with human_source: reserve draw from it); remove it or "
+                          "give a fresh policy pool: reserve")
 
 
 def validate(cfg: ExperimentConfig) -> None:
@@ -882,13 +891,20 @@ class Cell:
     #: which generation-0 model the cell starts from: "" for the seed's shared one, else
     #: the values of the axes that change how generation 0 is trained
     zero_group: str = ""
+    #: a population (a policy with ``participants``): one cell per participant, each with
+    #: its own resolved config, keyed ``<population>.<participant>`` (the population's
+    #: key is this cell's)
+    members: list[Cell] = field(default_factory=list)
+    #: a member: its population's key (else "")
+    population: str = ""
 
 
 def zero_signature(cfg: ExperimentConfig) -> str:
     """What decides generation 0's model: the training settings and whether the model
     starts from random weights (``model.init: scratch``); decoding does not (it decides
     corpus 0, not model 0)."""
-    return json.dumps([plain(cfg.train), cfg.model.init == "scratch"], sort_keys=True)
+    return json.dumps([plain(cfg.train), cfg.model.init == "scratch", plain(cfg.model.scratch)],
+                      sort_keys=True)
 
 
 def _short(value: Any) -> str:
@@ -929,16 +945,50 @@ def cells(cfg: ExperimentConfig) -> list[Cell]:
         group = "" if zero_signature(resolved) == zero_signature(cfg) else ",".join(
             f"{cfg.grid[i].label}={_short(v)}" for i, _, v in point
             if cfg.grid[i].key.startswith(("train.", "model.")))
-        for spec in resolved.policies:
-            out.append(Cell(f"{spec.key}@{suffix}" if suffix else spec.key, spec, resolved,
-                            axes, group))
-    keys = [c.key for c in out]
+        for i, spec in enumerate(resolved.policies):
+            key = f"{spec.key}@{suffix}" if suffix else spec.key
+            cell = Cell(key, spec, resolved, axes, group)
+            if hasattr(spec.settings, "participants"):
+                cell.members = [_member(cell, data, i, j, suffix, where)
+                                for j in range(len(spec.participants))]
+            out.append(cell)
+    keys = [c.key for c in out] + [m.key for c in out for m in c.members]
     for cell in out:
         safe_name(cell.key, f"grid: the cell name {cell.key!r} (policy label @ axis name=value)")
     if len(set(keys)) != len(keys):
         raise ConfigError(f"grid: two cells would share a name ({keys}); give the axes "
                           "distinct values or `name`s")
     return out
+
+
+def _member(population: Cell, data: dict[str, Any], i: int, j: int, suffix: str,
+            where: str) -> Cell:
+    """Participant ``j`` of the population ``population`` (policy entry ``i`` at one grid
+    point, whose plain data is ``data``): the shared config with the participant's own
+    settings, and the generation-0 model it starts from."""
+    spec = population.policy
+    p = spec.participants[j]
+    at = f"policies[{i}].participants[{j}]"
+    member = copy.deepcopy(data)
+    for key, value in p.overrides().items():
+        _set(member, key.split("."), value)
+    entry = {**plain(spec), "label": f"{spec.key}.{p.label}", "curate": {
+        **plain(spec.curate), **p.curate}}
+    member["policies"] = [entry]
+    try:
+        resolved = build(ExperimentConfig, member)
+        validate(resolved)
+    except ConfigError as err:
+        raise ConfigError(f"{where + ': ' if where else ''}{at}: {err}") from None
+    parts = [population.zero_group] if population.zero_group else []
+    if zero_signature(resolved) != zero_signature(population.cfg):
+        parts += [f"{k.rsplit('.', 1)[-1]}={_short(v)}" for k, v in sorted(
+            p.overrides().items()) if k.startswith(("train.", "model."))]
+    if p.seed_offset:
+        parts.append(f"seed{p.seed_offset:+d}")
+    key = f"{spec.key}.{p.label}" + (f"@{suffix}" if suffix else "")
+    return Cell(key, resolved.policies[0], resolved, population.axes, ",".join(parts),
+                population=population.key)
 
 
 def _check_axis(axis: GridAxis, i: int) -> None:

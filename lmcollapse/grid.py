@@ -24,9 +24,19 @@ class Grid:
     cfg: ExperimentConfig
     cells: dict[str, Cell]
 
+    #: every cell that owns generations, by key: the cells, a population's participants in
+    #: place of the population (a population runs as one unit; its participants train)
+    members: dict[str, Cell]
+
     @classmethod
     def of(cls, cfg: ExperimentConfig) -> Grid:
-        return cls(cfg, {c.key: c for c in cells(cfg)})
+        found = cells(cfg)
+        return cls(cfg, {c.key: c for c in found},
+                   {m.key: m for c in found for m in (c.members or [c])})
+
+    def cell(self, key: str) -> Cell:
+        """A cell or a participant, by key."""
+        return self.members[key] if key in self.members else self.cells[key]
 
     def units(self, selection: Selection | None = None) -> list[Unit]:
         """The (seed, cell key) units ``selection`` picks, in run order (all of them by
@@ -44,15 +54,15 @@ class Grid:
 
     def zero_of(self, gen: Generation) -> Generation:
         """Generation 0 as ``gen``'s cell sees it: its own corpus 0 or the shared one."""
-        cell = self.cells[gen.policy]
+        cell = self.members[gen.policy]
         return Generation(gen.seed, 0, cell.key, cell.zero_group) if self.own_zero(cell) \
             else gen.shared_zero
 
     @staticmethod
     def zero_groups(cells: list[Cell]) -> list[str]:
         """The generation-0 models ``cells`` need: the seed's shared one (the human row's
-        reference) and one per other training setting."""
-        return ["", *sorted({c.zero_group for c in cells} - {""})]
+        reference) and one per other training setting (a population's: its participants')."""
+        return ["", *sorted({m.zero_group for c in cells for m in (c.members or [c])} - {""})]
 
     # --- the settings of a generation ---------------------------------------------------
 
@@ -62,16 +72,16 @@ class Grid:
         the base decoding); for another training setting's generation 0 (trained only)
         those of a cell with that setting."""
         if gen.policy is not None:
-            return self.cells[gen.policy].cfg
+            return self.cell(gen.policy).cfg
         if not gen.group:
             return self.cfg
-        return next(c.cfg for c in self.cells.values() if c.zero_group == gen.group)
+        return next(c.cfg for c in self.members.values() if c.zero_group == gen.group)
 
     def train_settings(self, gen: Generation) -> TrainConfig:
         """The training settings of ``gen``: its cell's, with the policy's own ``epochs``
         where it sets them."""
         tcfg = self.settings(gen).train
-        cell = self.cells.get(gen.policy)
+        cell = self.members.get(gen.policy)
         if cell is not None and cell.policy.epochs is not None:
             tcfg = dataclasses.replace(tcfg, epochs=cell.policy.epochs)
         return tcfg
@@ -83,4 +93,8 @@ class Grid:
         (train, generate, measure), the human row, the other training settings' models 0,
         then each cell's own corpus 0 (generate, measure) and its generations."""
         zero = 3 + 1 + (len(self.zero_groups(cells)) - 1)
-        return zero + sum(2 * self.own_zero(c) + 3 * self.cfg.generations for c in cells)
+        own = sum(2 * self.own_zero(m) + 3 * self.cfg.generations
+                  for c in cells for m in (c.members or [c]))
+        # a population: the pool before each generation, the population row of each
+        pools = sum(2 * self.cfg.generations + 1 for c in cells if c.members)
+        return zero + own + pools

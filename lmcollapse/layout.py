@@ -17,6 +17,9 @@
       seed_<s>/<policy>/gen_<k>/          mix.parquet, model/, corpus.parquet, metrics.json
                                           (LoRA: adapter/; keep_models may prune model/)
                                           (curating cells: candidates.parquet, curation.json)
+      seed_<s>/<population>/gen_<k>/      (a population) pool.parquet, pool.json (k >= 1),
+                                          metrics.json: the population's row
+      seed_<s>/<population>.<participant>/gen_<k>/   a participant, as a policy's
 
 A step (``train``, ``generate``, ``measure``) of a generation is finished when its
 ``<step>.done`` marker exists in the generation's directory.
@@ -49,6 +52,9 @@ MIX, MODEL, CORPUS, METRICS, TRAIN_LOG = (
 #: (LoRA) the generation's adapter: the model is what it started from plus this adapter
 ADAPTER = "adapter"
 CANDIDATES, CURATION = "candidates.parquet", "curation.json"
+#: (a population's directory ``seed_<s>/<population>/gen_<k>/``) the pool generation k
+#: crawls, every block with its provenance, and its composition
+POOL, POOL_SUMMARY = "pool.parquet", "pool.json"
 #: (reference metric) each scored sample's perplexity under generation 0
 REFERENCE_SCORES = "reference_scores.parquet"
 #: the tag generation 0 carries in place of a policy (it is shared by every policy)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import functools
 import logging
 import time
 from collections.abc import Callable
@@ -32,7 +31,7 @@ from accelerate.utils import broadcast_object_list, set_seed
 from lmcollapse import curation, files
 from lmcollapse.config import Cell, CurationConfig, ExperimentConfig
 from lmcollapse.curation import candidates_per_prompt
-from lmcollapse.data.blocks import PROVENANCE, Sample, fresh_blocks
+from lmcollapse.data.blocks import PROVENANCE, Sample, fresh_writer
 from lmcollapse.errors import ConfigError
 from lmcollapse.faults import kill_point
 from lmcollapse.generate import generate_corpus
@@ -41,6 +40,7 @@ from lmcollapse.layout import CANDIDATES, CORPUS, CURATION, MIX, TRAIN_LOG, Gene
 from lmcollapse.layout import METRICS as METRICS_FILE
 from lmcollapse.metrics.base import MeasureContext, Measurement, Metric, scoring_precision
 from lmcollapse.policies import MixContext, make_policy
+from lmcollapse.population import POOL_COLUMNS, Population
 from lmcollapse.preflight import Setup, make_accelerator, metric_context, prepare, start_trackers
 from lmcollapse.sampling import derive_seed
 from lmcollapse.scorers.base import ScoreContext, make_scorer
@@ -82,6 +82,8 @@ class CollapseLoop:
         self.steps: Steps | None = None
         #: which weights a generation starts from and where they go (made by prepare)
         self.weights: Weights | None = None
+        #: the pools and rows of the populations (made by prepare)
+        self.population: Population | None = None
         #: corpora of the current seed, by generation directory
         self._corpora: dict[Path, list[Sample]] = {}
         self._corpora_seed: int | None = None
@@ -100,6 +102,7 @@ class CollapseLoop:
         self.setup = prepare(self.cfg, self.acc, self.layout, self.grid, self.units,
                              self.selection.describe(), claim=claim, invocation=self.invocation)
         self.weights = Weights(self.grid, self.acc, self.layout, self.setup)
+        self.population = Population(self)
         return self.setup
 
     # --- the cells ----------------------------------------------------------------------
@@ -150,12 +153,12 @@ class CollapseLoop:
             self.steps.run(self.layout.human(seed), "measure",
                            f"seed {seed}, human reference",
                            lambda s=seed: self.measure_human(s))
-        for cell in cells:  # a shared model 0 writes the cell its own corpus 0
-            if self.grid.own_zero(cell):
-                self.generation(Generation(seed, 0, cell.key, cell.zero_group))
-        for k in range(1, self.cfg.generations + 1):
-            for cell in cells:
-                self.generation(Generation(seed, k, cell.key, cell.zero_group))
+        for k in range(self.cfg.generations + 1):  # generations outermost
+            for cell in cells:  # k = 0: a cell's own corpus 0, if it writes one
+                if cell.members:  # a population: its pool, participants, row (population.py)
+                    self.population.generation(seed, k, cell)
+                elif k or self.grid.own_zero(cell):
+                    self.generation(Generation(seed, k, cell.key, cell.zero_group))
 
     def generation(self, gen: Generation) -> None:
         """The steps of one generation: train on the mix, write corpus k, measure. A cell's
@@ -176,30 +179,28 @@ class CollapseLoop:
     def mix(self, gen: Generation) -> list[Sample]:
         """The training mix: human train at generation 0, else what the policy builds from
         human train and the corpora of generations 0..k-1 of this cell."""
-        human = self.setup.human.train
+        human, cell = self.setup.human.train, self.grid.members.get(gen.policy)
         if gen.k == 0:
             return list(human)
-        corpora = {0: self._corpus(self.layout.gen_dir(self.grid.zero_of(gen)))}
-        corpora.update({j: self._corpus(self.layout.gen_dir(Generation(gen.seed, j, gen.policy)))
-                        for j in range(1, gen.k)})
+        pool = self.population.pool(gen.seed, cell.population, gen.k) if cell.population \
+            else None  # a participant crawls its population's pool, not its own lineage
+        corpora = {j: self.corpus(self.layout.gen_dir(
+            Generation(gen.seed, j, gen.policy) if j else self.grid.zero_of(gen)))
+            for j in range(gen.k if pool is None else 0)}
         rng = np.random.default_rng(derive_seed(gen.seed, gen.policy, gen.k, "mix"))
-        policy = make_policy(self.grid.cells[gen.policy].policy,
+        policy = make_policy(cell.policy,
                              shard_seed=derive_seed(gen.seed, gen.policy, "shards"))
-        fresh = None  # new documents of the source, written with a seed of this generation
-        if self.setup.fresh:
-            fresh = functools.partial(
-                fresh_blocks, self.setup.fresh, self.setup.tokenizer,
-                block_tokens=self.cfg.data.block_tokens, split=f"fresh{gen.k}",
-                blocks_per_doc=len(human) / max(1, len(self.setup.human.texts["train"])),
-                seed=derive_seed(gen.seed, gen.policy, gen.k, "fresh"))
+        fresh = fresh_writer(self.setup.fresh, self.setup.tokenizer, self.setup.human,
+                             self.cfg.data.block_tokens, gen.k,
+                             derive_seed(gen.seed, gen.policy, gen.k, "fresh"))
         return policy.build(MixContext(gen.k, human, corpora, rng, self.cfg.generations, fresh,
-                                       reserve=self.setup.human.reserve))
+                                       reserve=self.setup.human.reserve, pool=pool))
 
     def train(self, gen: Generation, d: Path) -> None:
         set_seed(derive_seed(gen.seed, gen.tag, gen.k, "train"))
         mix = self.mix(gen)
-        if self.acc.is_main_process:
-            files.write_rows(d / MIX, mix, PROVENANCE)
+        if self.acc.is_main_process:  # a crawl also says who wrote each block, and when
+            files.write_rows(d / MIX, mix, POOL_COLUMNS if "writer" in mix[0] else PROVENANCE)
         tcfg = self.grid.train_settings(gen)
         start = self.weights.starting(gen)
         with self.steps.work():
@@ -216,7 +217,7 @@ class CollapseLoop:
     def generate(self, gen: Generation, d: Path) -> None:
         """Corpus k: one continuation per human training block, or, for a curating cell,
         the curated pick of several candidates per block."""
-        cell = self.grid.cells.get(gen.policy)
+        cell = self.grid.members.get(gen.policy)
         if cell is not None and cell.policy.curate.active:
             corpus = self._curated(gen, d, cell.policy.curate)
         else:
@@ -269,33 +270,33 @@ class CollapseLoop:
                             truth=self.setup.truth)
 
     def measure(self, gen: Generation, d: Path) -> None:
-        ctx = self._context(gen.seed, d, gen.group, generation=gen.k, model=self.weights.load(gen),
-                            corpus=self._corpus(d))
-        with self.steps.work(), scoring_precision(self.cfg.metrics.precision, self.acc.device):
-            result = _collect(self.setup.metrics, lambda m: m.compute(ctx))
-        if self.acc.is_main_process:
-            files.write_json(d / METRICS_FILE, {"seed": gen.seed, "policy": gen.policy,
-                                                "generation": gen.k, **result})
+        ctx = self.context(gen.seed, d, gen.group, generation=gen.k, model=self.weights.load(gen),
+                           corpus=self.corpus(d))
+        self._row(d, gen.seed, gen.policy, gen.k, lambda m: m.compute(ctx))
         self.weights.forget()  # the next step trains a new one
 
     def measure_human(self, seed: int) -> None:
-        d = self.layout.human(seed)
-        ctx = self._context(seed, d, "")
+        ctx = self.context(seed, self.layout.human(seed), "")
+        self._row(self.layout.human(seed), seed, "human", None, lambda m: m.human_reference(ctx))
+
+    def _row(self, d: Path, seed: int, policy: str | None, k: int | None,
+             fn: Callable[[Metric], Measurement | None]) -> None:
+        """Every metric of one row (``fn`` of each), into ``d``'s metrics.json."""
         with self.steps.work(), scoring_precision(self.cfg.metrics.precision, self.acc.device):
-            result = _collect(self.setup.metrics, lambda m: m.human_reference(ctx))
+            result = _collect(self.setup.metrics, fn)
         if self.acc.is_main_process:
-            files.write_json(d / METRICS_FILE, {"seed": seed, "policy": "human",
-                                                "generation": None, **result})
+            files.write_json(d / METRICS_FILE, {"seed": seed, "policy": policy,
+                                                "generation": k, **result})
 
     # --- corpora ---------------------------------------------------------------------------
 
-    def _corpus(self, d: Path) -> list[Sample]:
+    def corpus(self, d: Path) -> list[Sample]:
         if d not in self._corpora:
             files.verify(d / CORPUS)
             self._corpora[d] = _as_arrays(files.read_rows(d / CORPUS))
         return self._corpora[d]
 
-    def _context(self, seed: int, out_dir: Path, group: str, **row: Any) -> MeasureContext:
+    def context(self, seed: int, out_dir: Path, group: str, **row: Any) -> MeasureContext:
         return metric_context(self.setup, self.cfg, self.acc, self.layout.seed_dir(seed),
                               out_dir, lambda: self.weights.reference(seed, group),
                               reference_group=group, seed=seed, **row)

@@ -239,21 +239,22 @@ def _shared_tokenizer(cfg: ExperimentConfig, acc: Accelerator, layout: RunLayout
 
 
 def check_reserve(cfg: ExperimentConfig, grid: dict[str, Cell], n: int, reserve: int) -> None:
-    """Every ``fresh`` cell drawing from the reserve needs ``generations`` disjoint shards
-    of round(r*N) blocks; refuse a reserve too small before any work."""
+    """Every cell drawing from the reserve (``fresh`` with ``pool: reserve``: ``generations``
+    disjoint shards of round(r*N) blocks; ``internet`` with ``human_source: reserve``: the
+    human part of every new batch) must find enough in it; refuse a reserve too small
+    before any work."""
     for cell in grid.values():
         need = reserve_needed(cell.policy, n, cfg.generations)
         if need > reserve:
-            r = cell.policy.settings.fraction
             share = cfg.data.fresh_reserve
             raise ConfigError(
-                f"data.fresh_reserve: {cell.key} (fresh, fraction {r}, pool: reserve) draws "
-                f"{cfg.generations} generations x round({r} x {n}) = {need} blocks of "
-                f"never-seen human text, but the reserve ({share} of the training records) "
+                f"data.fresh_reserve: {cell.key} ({cell.policy.name}) draws {need} blocks of "
+                f"never-seen human text over {cfg.generations} generations from a training "
+                f"pool of N = {n} blocks, but the reserve ({share} of the training records) "
                 f"holds {reserve} blocks; " + (
                     f"raise data.fresh_reserve (about {share * need / reserve:.2f} would do), "
                     if reserve and share * need / reserve < 0.9 else "")
-                + "lower the fraction, or run fewer generations")
+                + "draw less human text per generation, or run fewer generations")
 
 
 def metric_context(setup: Setup, cfg: ExperimentConfig, acc: Accelerator, seed_dir: Path,
@@ -326,8 +327,9 @@ def _prepare(cfg: ExperimentConfig, acc: Accelerator, layout: RunLayout,
         raise ConfigError("train.lora: LoRA is not run under FSDP (its few trainable weights "
                           "need no sharding); launch with configs/accelerate/multi_gpu.yaml")
     for i, spec in enumerate(cfg.policies):
-        if getattr(spec.settings, "pool", None) == "source" and setup.fresh is None:
-            raise ConfigError(f"policies[{i}].pool: 'source' needs a data source that writes "
+        wants = [k for k in ("pool", "human_source") if getattr(spec.settings, k, "") == "source"]
+        if wants and setup.fresh is None:
+            raise ConfigError(f"policies[{i}].{wants[0]}: 'source' needs a data source that writes "
                               f"new text (data.source: synthetic); {cfg.data.source!r} cannot")
     ctx = metric_context(setup, cfg, acc, layout.root, layout.root, _no_model)
     for metric in metrics:

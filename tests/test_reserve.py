@@ -76,16 +76,16 @@ def test_a_reserve_too_small_is_refused_before_any_work(tmp_path):
     with pytest.raises(ConfigError) as err:
         CollapseLoop(cfg).run()
     msg = str(err.value)
-    assert msg.startswith("data.fresh_reserve: fresh (fresh, fraction 0.1, pool: reserve) "
-                          "draws 3 generations x round(0.1 x ")
+    assert msg.startswith("data.fresh_reserve: fresh (fresh) draws ")
+    assert "blocks of never-seen human text over 3 generations from a training pool" in msg
     assert "raise data.fresh_reserve (about 0." in msg
     assert not cfg.run_dir.exists()  # nothing written
     # no share under 1 would do: the message says only what would
     cfg = tiny_config(tmp_path, *text_source(tmp_path), "generations=3",
                       "metrics.names=[perplexity]", "data.fresh_reserve=0.05",
                       "policies=[{name: fresh, fraction: 0.3, pool: reserve}]")
-    with pytest.raises(ConfigError, match=r"holds \d+ blocks; lower the fraction, or run "
-                       "fewer generations$"):
+    with pytest.raises(ConfigError, match=r"holds \d+ blocks; draw less human text per "
+                       "generation, or run fewer generations$"):
         CollapseLoop(cfg).run()
     assert not cfg.run_dir.exists()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -85,6 +86,18 @@ def fresh_blocks(write: Callable[[int, int], list[str]], tokenizer: Any, count: 
         if len(rows) >= count or count == 0:
             return rows[:count]
         docs *= 2
+
+
+def fresh_writer(write: Callable[[int, int], list[str]] | None, tokenizer: Any,
+                 human: HumanData, block_tokens: int, k: int, seed: int
+                 ) -> Callable[[int], list[Sample]] | None:
+    """``count`` -> that many new human blocks for generation ``k``: documents the source
+    ``write``s with ``seed``, cut like human train; None where the source cannot write."""
+    if write is None:
+        return None
+    return functools.partial(fresh_blocks, write, tokenizer, block_tokens=block_tokens,
+                             split=f"fresh{k}", seed=seed, blocks_per_doc=len(human.train)
+                             / max(1, len(human.texts["train"])))
 
 
 def prepare_human_data(tokenizer: Any, texts: dict[str, list[str]], cfg: DataConfig,

@@ -41,6 +41,9 @@ class MixContext:
     #: the reserve: human blocks held back from generation 0 and every mix
     #: (``data.fresh_reserve``), for ``fresh`` with ``pool: reserve``
     reserve: list[Sample] = field(default_factory=list)
+    #: (a population's participant) the shared pool generation k may crawl: every batch
+    #: so far, each block with its ``writer`` and ``batch`` (lmcollapse.population)
+    pool: list[Sample] | None = None
 
     @property
     def n(self) -> int:
