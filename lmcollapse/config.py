@@ -970,6 +970,11 @@ def _member(population: Cell, data: dict[str, Any], i: int, j: int, suffix: str,
     p = spec.participants[j]
     at = f"policies[{i}].participants[{j}]"
     member = copy.deepcopy(data)
+    sized = sorted(k for k in p.overrides() if k.startswith("model.scratch."))
+    if sized and population.cfg.model.source != "scratch":
+        raise ConfigError(f"{at}.{sized[0]}: only a model built from scratch (model.source: "
+                          f"scratch) takes a size of its own; this one is "
+                          f"{population.cfg.model.source}")
     for key, value in p.overrides().items():
         _set(member, key.split("."), value)
     entry = {**plain(spec), "label": f"{spec.key}.{p.label}", "curate": {

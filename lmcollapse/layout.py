@@ -162,9 +162,10 @@ class RunLayout:
     def seed_dir(self, seed: int) -> Path:
         return self.root / f"seed_{seed}"
 
-    def scratch_base(self, seed: int) -> Path:
-        """A scratch model's initial weights for ``seed``."""
-        return self.seed_dir(seed) / "base"
+    def scratch_base(self, seed: int, group: str = "") -> Path:
+        """A scratch model's initial weights for ``seed`` (``base@<group>``: of a training
+        setting that builds another size)."""
+        return self.seed_dir(seed) / ("base@" + group if group else "base")
 
     def human(self, seed: int) -> Path:
         return self.seed_dir(seed) / HUMAN

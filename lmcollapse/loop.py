@@ -147,7 +147,7 @@ class CollapseLoop:
             self._corpora_seed = seed
         with waiting_lock(self.acc, self.layout.seed_lock(seed),
                           f"seed {seed}, generation 0 and the human row"):
-            self.weights.ensure_base(seed)
+            self.weights.ensure_base(seed, self.grid.zero_groups(cells))
             for group in self.grid.zero_groups(cells):  # one model 0 per training setting
                 self.generation(Generation(seed, 0, None, group))
             self.steps.run(self.layout.human(seed), "measure",

@@ -40,6 +40,7 @@ from scipy.spatial.distance import jensenshannon
 from lmcollapse import files
 from lmcollapse.config import Cell
 from lmcollapse.data.blocks import PROVENANCE, Sample, fresh_writer
+from lmcollapse.faults import kill_point
 from lmcollapse.layout import METRICS as METRICS_FILE
 from lmcollapse.layout import MIX, POOL, POOL_SUMMARY, Generation
 from lmcollapse.metrics.diversity import ngram_counts
@@ -170,6 +171,7 @@ class Population:
         if loop.acc.is_main_process:
             files.write_rows(d / POOL, [{**r, "input_ids": np.asarray(r["input_ids"]).tolist()}
                                         for r in rows], [*POOL_COLUMNS, "input_ids"])
+            kill_point("pool_written")  # (resume tests) the step half done
             files.write_json(d / POOL_SUMMARY, summary)
         self._pools = {(seed, cell.key, k): rows}
 

@@ -36,7 +36,7 @@ from tokenizers import Tokenizer
 from transformers import PretrainedConfig, PreTrainedTokenizerBase
 
 from lmcollapse import files
-from lmcollapse.config import Cell, ExperimentConfig, build, config_diff
+from lmcollapse.config import Cell, ExperimentConfig, build, config_diff, plain
 from lmcollapse.data.base import ExactDistribution, Source, hold_back, make_source
 from lmcollapse.data.blocks import HumanData, prepare_human_data
 from lmcollapse.disk import check_disk, estimate
@@ -54,7 +54,7 @@ from lmcollapse.models import (
     wrap_tokenizer,
 )
 from lmcollapse.policies import reserve_needed
-from lmcollapse.registry import METRICS
+from lmcollapse.registry import METRICS, POLICIES
 from lmcollapse.scorers.base import ScoreContext, make_scorer
 
 log = logging.getLogger(__name__)
@@ -239,11 +239,16 @@ def _shared_tokenizer(cfg: ExperimentConfig, acc: Accelerator, layout: RunLayout
 
 
 def check_reserve(cfg: ExperimentConfig, grid: dict[str, Cell], n: int, reserve: int) -> None:
-    """Every cell drawing from the reserve (``fresh`` with ``pool: reserve``: ``generations``
+    """Each cell's settings against the human pool in blocks (``Policy.check_blocks``), and
+    every cell drawing from the reserve (``fresh`` with ``pool: reserve``: ``generations``
     disjoint shards of round(r*N) blocks; ``internet`` with ``human_source: reserve``: the
     human part of every new batch) must find enough in it; refuse a reserve too small
     before any work."""
+    labels = [p.key for p in cfg.policies]
     for cell in grid.values():
+        POLICIES.get(cell.policy.name).check_blocks(
+            cell.policy.settings, f"policies[{labels.index(cell.policy.key)}]", n,
+            cfg.generations)
         need = reserve_needed(cell.policy, n, cfg.generations)
         if need > reserve:
             share = cfg.data.fresh_reserve
@@ -318,6 +323,10 @@ def _prepare(cfg: ExperimentConfig, acc: Accelerator, layout: RunLayout,
     arch = model_config(cfg.model, tokenizer)
     if cfg.model.source == "scratch":  # built from its config alone: can it run?
         check_architecture(arch)
+        for m in (m for c in grid.values() for m in c.members):  # a participant's own size
+            if plain(m.cfg.model.scratch) != plain(cfg.model.scratch):
+                check_architecture(model_config(m.cfg.model, tokenizer),
+                                   f"{m.key}: model.scratch")
     metrics = [METRICS.get(name)(cfg.metrics.of(name)) for name in cfg.metrics.names]
     setup = Setup(tokenizer=tokenizer, human=human, model_config=arch,
                   trained_length=check_lengths(cfg, arch), truth=source.truth(),
@@ -462,6 +471,8 @@ def write_provenance(cfg: ExperimentConfig, acc: Accelerator, layout: RunLayout,
                         record.get(key))
     truth = source.truth()
     record.update(config=cfg.to_dict(), seeds=cfg.seeds, policies=[c.key for c in grid],
+                  populations={c.key: [m.key for m in c.members] for c in grid
+                               if c.members},
                   cells={c.key: {"policy": c.policy.key, "axes": c.axes,
                                  "zero_group": c.zero_group} for c in grid},
                   data=source.describe(), source=truth.describe() if truth is not None else None)

@@ -22,10 +22,16 @@ from accelerate import Accelerator
 from peft import PeftModel
 
 from lmcollapse import files
-from lmcollapse.config import TrainConfig
+from lmcollapse.config import TrainConfig, plain
 from lmcollapse.grid import Grid
 from lmcollapse.layout import ADAPTER, MODEL, SAVED_CONFIG, Generation, RunLayout
-from lmcollapse.models import load_model, load_pretrained, random_model, starting_model
+from lmcollapse.models import (
+    load_model,
+    load_pretrained,
+    model_config,
+    random_model,
+    starting_model,
+)
 from lmcollapse.preflight import Setup
 from lmcollapse.sampling import derive_seed
 from lmcollapse.steps import waiting_lock
@@ -56,44 +62,58 @@ class Weights:
 
     # --- where a generation starts --------------------------------------------------------
 
-    def base_dir(self, seed: int) -> Path | None:
+    def arch(self, group: str = "") -> Any:
+        """The architecture of generation 0 of training setting ``group`` (a participant of
+        a population may be built from scratch at a size of its own): the run's, or its."""
+        scratch = plain(self.grid.settings(Generation(0, 0, None, group)).model.scratch)
+        if self.cfg.model.source != "scratch" or scratch == plain(self.cfg.model.scratch):
+            return self.setup.model_config
+        return model_config(self.grid.settings(Generation(0, 0, None, group)).model,
+                            self.setup.tokenizer)
+
+    def base_dir(self, seed: int, group: str = "") -> Path | None:
         """Where the run keeps the weights ``init: base`` starts from: a scratch model's
-        initial weights, or a GGUF checkpoint dequantized once for all seeds; None for other
-        pretrained models, loaded as named."""
+        initial weights (of the training setting ``group`` when its size differs), or a
+        GGUF checkpoint dequantized once for all seeds; None for other pretrained models,
+        loaded as named."""
         if self.cfg.model.source == "scratch":
-            return self.layout.scratch_base(seed)
+            own = self.arch(group) is not self.setup.model_config
+            return self.layout.scratch_base(seed, group if own else "")
         if self.cfg.model.gguf_file:
             return self.layout.base_model
         return None
 
-    def ensure_base(self, seed: int) -> None:
+    def ensure_base(self, seed: int, groups: list[str] = ("",)) -> None:
         """Save the ``base`` weights once, on the main process, atomically (a resumed run
-        reuses them): a scratch model's initial weights for ``seed``, or the GGUF checkpoint
-        as plain float32 weights with its tokenizer, so every generation reloads ordinary
-        weights and every saved model is serializable."""
-        base_dir = self.base_dir(seed)
-        if base_dir is None:
-            return
+        reuses them): a scratch model's initial weights for ``seed`` (one per size the
+        training settings ``groups`` build), or the GGUF checkpoint as plain float32 weights
+        with its tokenizer, so every generation reloads ordinary weights and every saved
+        model is serializable."""
         shared = self.cfg.model.source != "scratch"  # the GGUF copy serves every seed
-        with (waiting_lock(self.acc, self.layout.base_lock, "the dequantized GGUF model")
-              if shared else contextlib.nullcontext()):
-            if self.acc.is_main_process and not (base_dir / SAVED_CONFIG).exists():
-                model = (load_pretrained(self.cfg.model) if shared else
-                         random_model(self.setup.model_config, derive_seed(seed, "base")))
-                self.save(model, base_dir)
-            self.acc.wait_for_everyone()
+        for group in dict.fromkeys(g if self.arch(g) is not self.setup.model_config else ""
+                                   for g in groups):
+            base_dir = self.base_dir(seed, group)
+            if base_dir is None:
+                return
+            with (waiting_lock(self.acc, self.layout.base_lock, "the dequantized GGUF model")
+                  if shared else contextlib.nullcontext()):
+                if self.acc.is_main_process and not (base_dir / SAVED_CONFIG).exists():
+                    model = (load_pretrained(self.cfg.model) if shared else random_model(
+                        self.arch(group), derive_seed(seed, "base", *([group] if group else []))))
+                    self.save(model, base_dir)
+                self.acc.wait_for_everyone()
 
     def starting(self, gen: Generation) -> torch.nn.Module:
         """The weights generation ``gen`` trains from (``model.init``): the base weights,
         fresh random ones, or generation k-1's model (:meth:`trained`)."""
         init_seed = derive_seed(gen.seed, gen.tag, gen.k, "init")
         model_cfg = self.grid.settings(gen).model
-        base = self.base_dir(gen.seed)
+        base = self.base_dir(gen.seed, gen.group)
         if base is not None and base.exists():  # the weights it may start from, as written
             files.verify(base)
         if gen.k == 0:
             if model_cfg.init == "scratch":
-                return random_model(self.setup.model_config, init_seed)
+                return random_model(self.arch(gen.group), init_seed)
             return starting_model(model_cfg, self.setup.tokenizer, "base", init_seed, base, None)
         if model_cfg.init == "previous":
             return self.trained(gen.previous)

@@ -88,7 +88,8 @@ def test_no_import_cycles_among_lmcollapse_modules():
 
 #: the phases of a report, in the one order its modules may import each other
 REPORT_PHASES = {"stats": 0, "load": 1, "compute": 2, "documents": 2, "lineages": 2,
-                 "formats": 3, "plots": 3, "documents_formats": 3, "lineages_formats": 3,
+                 "populations": 2, "formats": 3, "plots": 3, "documents_formats": 3,
+                 "lineages_formats": 3, "populations_formats": 3,
                  "write": 4, "compare": 4}
 
 

@@ -101,6 +101,11 @@ class Policy:
         human pool of ``n`` blocks: none unless it declares otherwise."""
         return 0
 
+    @classmethod
+    def check_blocks(cls, settings: Any, where: str, n: int, generations: int) -> None:
+        """Raise ConfigError where the settings cannot run on a human pool of exactly ``n``
+        blocks (checked at set-up, once the text is tokenised): nothing by default."""
+
     def build(self, ctx: MixContext) -> list[Sample]:
         raise NotImplementedError
 

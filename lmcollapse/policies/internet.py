@@ -28,10 +28,10 @@ from lmcollapse.registry import POLICIES
 
 #: what a participant may set for itself; everything else is shared by the population
 PARTICIPANT_SECTIONS = ("generate", "train", "model")
-#: model keys a participant may set: how generation k starts (the architecture, the
-#: tokenizer, the trained length and the source stay shared: participants of different
-#: sizes are not supported yet)
-PARTICIPANT_MODEL_KEYS = ("init",)
+#: model keys a participant may set: how generation k starts, and the size of a model
+#: built from scratch (the source, the tokenizer and the trained length stay shared)
+PARTICIPANT_MODEL_KEYS = ("init", "scratch.hidden_size", "scratch.num_layers",
+                          "scratch.num_heads", "scratch.intermediate_size")
 
 
 @dataclass
@@ -39,7 +39,7 @@ class ParticipantSpec:
     """One participant: its ``label`` and what it sets for itself.
 
     ``generate``, ``train`` and ``model`` hold overrides of those sections (decoding, training,
-    ``model.init``); ``curate`` filters what it
+    ``model.init`` and the size of a model built from scratch); ``curate`` filters what it
     feeds back (as a policy's ``curate``); ``weight`` is its share of the synthetic part of
     each new batch (relative to the others'); ``seed_offset`` != 0 gives it a generation-0
     model of its own, trained with other draws."""
@@ -51,6 +51,10 @@ class ParticipantSpec:
     train: dict[str, Any] = field(default_factory=dict)
     model: dict[str, Any] = field(default_factory=dict)
     curate: dict[str, Any] = field(default_factory=dict)
+    #: never a participant's own (refused with the reason): the population's human data
+    #: and its measurements
+    data: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
 
     def overrides(self) -> dict[str, Any]:
         """The dotted config keys this participant sets (``generate.temperature``)."""
@@ -105,6 +109,9 @@ class InternetSettings:
             if not p.weight > 0:
                 raise ConfigError(f"{at}.weight: must be > 0 (its share of the synthetic "
                                   f"part, relative to the others'), got {p.weight}")
+            for section in ("data", "metrics"):
+                if getattr(p, section):
+                    _check_override(section, at)
             for key in p.overrides():
                 _check_override(key, at)
         dup = sorted({x for x in labels if labels.count(x) > 1})
@@ -158,11 +165,11 @@ def _check_override(key: str, where: str) -> None:
     model; data, the tokenizer and the trained length are the population's."""
     section, _, rest = key.partition(".")
     bad = (key in NOT_SWEEPABLE or section == "model" and rest not in PARTICIPANT_MODEL_KEYS
-           or not rest)
+           or section not in PARTICIPANT_SECTIONS or not rest)
     if bad:
         raise ConfigError(
-            f"{where}.{key}: must be shared by every participant (data, the model's source, "
-            "architecture and tokenizer, the trained length and what a sample is: "
+            f"{where}.{key}: must be shared by every participant (data, metrics, the "
+            "model's source, architecture and tokenizer, the trained length and what a sample is: "
             f"{', '.join(NOT_SWEEPABLE)}); a "
             "participant may set generate.*, train.*, "
             + ", ".join(f"model.{m}" for m in PARTICIPANT_MODEL_KEYS)
@@ -195,6 +202,19 @@ class Internet(Policy):
                    f"the last {settings.window} batches, new_content {settings.new_content} N "
                    "each, the human pool N counting as batch 0")
                 + "); lower crawl_size or widen the window")
+
+    @classmethod
+    def check_blocks(cls, settings: Any, where: str, n: int, generations: int) -> None:
+        """The crawl against the pool in blocks (rounding may leave it a block short)."""
+        crawl = settings.crawl_blocks(n)
+        sizes = [n] + [sum(b) for b in settings.batch_sizes(n, generations)]
+        for k in range(1, generations + 1):
+            pool = sum(sizes[j] for j in settings.crawled_batches(k))
+            if crawl > pool:
+                raise ConfigError(
+                    f"{where}.crawl_size: a crawl of {crawl} blocks (crawl_size "
+                    f"{settings.crawl_size} x N = {n}) is larger than the pool generation {k} "
+                    f"crawls ({pool} blocks); lower crawl_size or widen the window")
 
     @classmethod
     def reserve_needed(cls, settings: Any, n: int, generations: int) -> int:

@@ -71,11 +71,12 @@ class Test:
 
 
 def parse_side(text: str, exp: RunResults, default_generation: int) -> Side:
-    """``policy`` or ``policy/gen_K``; the policy must be one of the run's."""
+    """``policy`` or ``policy/gen_K``; the policy must be one of the run's (a population:
+    its row's values)."""
     match = re.fullmatch(r"(.+)/gen_(\d+)", text)
     policy, gen = (match.group(1), int(match.group(2))) if match else (text,
                                                                         default_generation)
-    check_name("policy", policy, exp.policies)
+    check_name("policy", policy, [*exp.policies, *exp.populations])
     if gen > exp.generations:
         raise ReportError(f"{text}: generation {gen} is past the run's {exp.generations}")
     return Side(text, policy, gen)
@@ -84,7 +85,7 @@ def parse_side(text: str, exp: RunResults, default_generation: int) -> Side:
 def run_tests(exp: RunResults, pairs: list[tuple[Side, Side]], metrics: list[str],
               change: bool = False, raw: bool = False, correction: str = "holm") -> list[Test]:
     """Every (metric, pair) test, the invocation one family."""
-    meta = measured([exp])
+    meta = measured([exp], populations=True)
     tests = []
     for metric in metrics:
         check_name("metric", metric, list(meta))

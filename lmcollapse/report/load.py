@@ -48,6 +48,11 @@ class RunResults:
     key: str = ""
     #: files that could not be read (path: what is wrong); the report shows them and the rest
     problems: list[str] = field(default_factory=list)
+    #: populations: key -> its participants' cell keys (each a policy row of its own)
+    populations: dict[str, list[str]] = field(default_factory=dict)
+    #: (population, seed, generation) -> the population's row (its pool, homogenization)
+    population_records: dict[tuple[str, int, int], dict[str, Any]] = field(
+        default_factory=dict)
     #: parquet files read so far (None: unreadable), so each is checked and warned about once
     _tables: dict[tuple[Path, tuple[str, ...] | None], list[dict[str, Any]] | None] = field(
         default_factory=dict, repr=False)
@@ -67,8 +72,9 @@ class RunResults:
         out = {}
         for seed in self.seeds:
             # generation 0: the cell's own (a curating cell's corpus 0), else the shared one
-            rec = self.records.get((pol, seed, generation)) or (
-                self.records.get((None, seed, 0), {}) if generation == 0 else {})
+            rec = (self.records.get((pol, seed, generation))
+                   or self.population_records.get((pol, seed, generation))
+                   or (self.records.get((None, seed, 0), {}) if generation == 0 else {}))
             v = rec.get("values", {}).get(metric)
             if isinstance(v, int | float) and not isinstance(v, bool) and not math.isnan(v):
                 out[seed] = float(v)
@@ -219,9 +225,15 @@ def load_runs(run_dirs: list[str | Path]) -> list[RunResults]:
         exp.dirs.append(run)
         seeds = info.get("seeds", info.get("config", {}).get("seeds", []))
         exp.seeds += [s for s in seeds if s not in exp.seeds]
-        exp.policies += [p for p in info.get("policies", []) if p not in exp.policies]
+        exp.populations.update(info.get("populations", {}))
+        for p in info.get("policies", []):  # a population: its participants in its place
+            exp.policies += [m for m in exp.populations.get(p, [p]) if m not in exp.policies]
         for rec in load_records([run], exp.problems):
             key = (rec["policy"], int(rec["seed"]), rec["generation"])
+            if rec.get("population"):
+                exp.population_records.setdefault(key, rec)
+                exp.populations.setdefault(rec["policy"], [])
+                continue
             if key in exp.records:  # shards in separate directories share generation 0
                 if exp.records[key]["values"] != rec["values"]:
                     log.warning("%s: seed %s %s gen %s measured twice with different values; "
@@ -235,16 +247,19 @@ def load_runs(run_dirs: list[str | Path]) -> list[RunResults]:
     exps = list(groups.values())
     for exp in exps:
         exp.seeds.sort()
+        exp.policies = [p for p in exp.policies if p not in exp.populations]
         twins = sum(e.name == exp.name for e in exps) > 1
         exp.key = f"{exp.name} ({', '.join(map(str, exp.dirs))})" if twins else exp.name
     return exps
 
 
-def measured(exps: list[RunResults]) -> dict[str, dict[str, Any]]:
-    """``{value key: meta}`` of every value any record holds, sorted by key."""
+def measured(exps: list[RunResults], populations: bool = False) -> dict[str, dict[str, Any]]:
+    """``{value key: meta}`` of every value any record holds (``populations``: a
+    population's row's too), sorted by key."""
     meta: dict[str, dict[str, Any]] = {}
     for exp in exps:
-        for rec in exp.records.values():
+        recs = [*exp.records.values(), *(exp.population_records.values() if populations else [])]
+        for rec in recs:
             for k in rec.get("values", {}):
                 meta.setdefault(k, rec.get("meta", {}).get(k, {}))
     return {k: {"higher_is_better": None, "display_name": k, **meta[k]} for k in sorted(meta)}

@@ -3,6 +3,7 @@
 - :func:`metric_plot`: one metric against generation, a line per policy (the mean over
   seeds) with a band of mean ± sample std where at least 2 seeds were measured (the x label
   says so; with one seed there is no band), the human reference dashed.
+- :func:`composition_plot`: a population's pool per generation, stacked by writer.
 - :func:`histogram_plot`: Shumailov et al. (2023) Fig. 1 style histograms of the
   generation-0 perplexity of each generation's corpus, log x axis.
 """
@@ -160,3 +161,27 @@ def histogram_plot(scores: list[tuple[str, np.ndarray]], title: str, stem: Path)
     if clean:
         ax.legend(fontsize="small", frameon=False)
     return _save(fig, stem)
+
+
+def composition_plot(shares: dict[int, dict[str, float]], title: str, stem: Path) -> list[Path]:
+    """The pool each generation crawled, as stacked bars of each writer's share (human
+    text grey, then one colour per participant).
+
+    Args:
+        shares: ``{generation: {writer: share}}`` (the shares of one generation sum to 1).
+        title: figure title.
+        stem: output path without suffix.
+    """
+    fig, ax = _figure()
+    gens = sorted(shares)
+    writers = list(dict.fromkeys(w for k in gens for w in shares[k]))
+    bottom = np.zeros(len(gens))
+    for i, w in enumerate(writers):
+        height = np.array([shares[k].get(w, 0.0) for k in gens])
+        ax.bar(gens, height, bottom=bottom, width=0.7, label=w,
+               color="0.75" if w == "human" else f"C{i % 10}")
+        bottom += height
+    ax.set_ylim(0, 1)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    return _finish(ax, fig, "generation (mean over seeds)", "share of the crawled pool", title,
+                   stem)

@@ -27,7 +27,7 @@ from typing import Any
 from lmcollapse.errors import ReportError
 from lmcollapse.files import write_text
 from lmcollapse.layout import ReportLayout, RunLayout
-from lmcollapse.report import documents, documents_formats
+from lmcollapse.report import documents, documents_formats, populations, populations_formats
 from lmcollapse.report import plots as plotting
 from lmcollapse.report.compute import (
     ARROWS,
@@ -110,6 +110,15 @@ def write_report(run_dirs: list[str | Path], out: str | Path | None = None,
     images = {p.stem: p.read_bytes() for p in made if p.suffix == ".png"}
     links = [p.relative_to(out).as_posix() for p in made if p.suffix == ".png"]
     texts, sections = _texts(exps, shown, lineage_prompts, lineage_seed, files_out)
+    pops = populations.summarize(exps)
+    if pops:  # the pools and homogenization of the populations, before the text itself
+        sections.insert(0, populations_formats.render_html(pops))
+        if plots:
+            made_pop, caps = _population_figures(pops, files_out)
+            made += made_pop
+            captions.update(caps)
+            images.update({p.stem: p.read_bytes() for p in made_pop if p.suffix == ".png"})
+            links += [p.relative_to(out).as_posix() for p in made_pop if p.suffix == ".png"]
     if c.warnings:
         texts.append((files_out.early_warning, documents_formats.render_csv(c.warnings)))
         sections.insert(0, documents_formats.render_html(c.warnings))
@@ -121,6 +130,10 @@ def write_report(run_dirs: list[str | Path], out: str | Path | None = None,
              *(os.path.relpath(RunLayout(d).experiment_json, out)
                for e in exps for d in e.dirs)]
     full_md = render_markdown(c.lb, links, c.tables)
+    if pops:  # before the figures
+        at = full_md.find("\nFigures:")
+        at = len(full_md) if at < 0 else at
+        full_md = full_md[:at] + "\n" + populations_formats.render_markdown(pops) + full_md[at:]
     if c.warnings:  # before the figures, after the per-generation tables
         at = full_md.find("\nFigures:")
         at = len(full_md) if at < 0 else at
@@ -222,6 +235,34 @@ def _figures(exps: list[RunResults], c: _Computed, shown: list[str],
                 files_out.plot(stem))
             captions[stem] = (f"{pol}: perplexity of each generation's corpus under "
                               "generation 0, sample by sample (Shumailov et al., Fig. 1)")
+    return made, captions
+
+
+def _population_figures(pops: list[populations.PopulationSummary], files_out: ReportLayout
+                        ) -> tuple[list[Path], dict[str, str]]:
+    """Each population's pool, stacked by writer; the homogenization of every population
+    per generation, the divergence between two human samples dashed."""
+    made: list[Path] = []
+    captions: dict[str, str] = {}
+    several = len({p.experiment for p in pops}) > 1
+    for p in pops:
+        name = f"{p.experiment}_{p.key}" if several else p.key
+        stem = _slug(f"pool_{name}")
+        made += plotting.composition_plot(p.composition, f"Pool crawled: {name}",
+                                          files_out.plot(stem))
+        captions[stem] = (f"{name}: who wrote the pool each generation crawled (human text "
+                          "grey), mean over seeds")
+    series = {(f"{p.experiment}/{p.key}" if several else p.key): {
+        k: tuple(s) for k, s in p.values["jsd_between"].items() if s.n}
+        for p in pops if any(s.n for s in p.values["jsd_between"].values())}
+    if series:
+        pairs = [s.mean for p in pops for s in p.values["jsd_human_pair"].values() if s.n]
+        refs = {"two human samples": sum(pairs) / len(pairs)} if pairs else {}
+        made += plotting.metric_plot(series, refs, "JSD between participants ≈",
+                                     "jsd_between", files_out.plot("homogenization"))
+        captions["homogenization"] = ("Homogenization: Jensen-Shannon divergence between "
+                                      "participants' corpora per generation (falls as they "
+                                      "grow alike)")
     return made, captions
 
 

@@ -1,0 +1,286 @@
+"""Populations (the ``internet`` policy): several participants writing one shared pool.
+
+The pool's composition is checked against every block's provenance (and against the
+participants' own corpora), the crawl against the window, the population's row against a
+recomputation by hand, bad settings are refused before any work, and a run killed in the
+middle of a population resumes to the same numbers."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from conftest import QUICKSTART, TINY, tiny_config
+
+from lmcollapse.config import load_config
+from lmcollapse.errors import ConfigError
+from lmcollapse.grid import Grid
+from lmcollapse.loop import CollapseLoop
+from lmcollapse.policies.internet import InternetSettings, ParticipantSpec
+from lmcollapse.population import composition, jsd, new_batch
+
+SCHEDULE = [0.3, 0.6]
+SHARED = ("synthetic_share: [0.3, 0.6], new_content: 0.5, human_source: HS, crawl: CRAWL, "
+          "window: 2, crawl_size: 0.9")
+POPULATION = ("{name: internet, label: web, " + SHARED + ", participants: [{label: a}, "
+              "{label: b, generate: {temperature: 0.8}}]}")
+SINGLE = "{name: internet, label: single, " + SHARED + ", participants: [{label: a}]}"
+
+
+def population_overrides(human_source: str = "reserve", crawl: str = "all") -> list[str]:
+    cells = ", ".join(x.replace("HS", human_source).replace("CRAWL", crawl)
+                      for x in (POPULATION, SINGLE))
+    extra = ["data.fresh_reserve=0.45"] if human_source == "reserve" else []
+    return [f"policies=[{cells}]", "metrics.names=[perplexity,diversity]", *extra]
+
+
+def population(**changes) -> str:
+    entry = {"name": "internet", "synthetic_share": [0.3, 0.6], "human_source": "source",
+             "participants": [{"label": "a"}, {"label": "b"}], **changes}
+    return "policies=[" + json.dumps(entry) + "]"
+
+
+# --- bad input: one line naming the field, before any work ------------------------------------
+
+@pytest.mark.parametrize("override, field, allowed", [
+    (population(synthetic_share=[0.1, 0.2, 0.3]), r"policies\[0\]\.synthetic_share",
+     "one share per generation 1..2"),
+    (population(synthetic_share=[0.1]), None, None),  # one number for all: fine
+    (population(synthetic_share=[0.5, 1.2]), r"policies\[0\]\.synthetic_share\[1\]",
+     r"in \[0, 1\]"),
+    (population(participants=[{"label": "a"}, {"label": "a"}]), r"policies\[0\]\.participants",
+     "labels must be unique"),
+    (population(participants=[{"label": "a", "data": {"block_tokens": 32}}]),
+     r"policies\[0\]\.participants\[0\]\.data", "must be shared"),
+    (population(participants=[{"label": "a", "generate": {"new_tokens": 8}}]),
+     r"policies\[0\]\.participants\[0\]\.generate\.new_tokens", "must be shared"),
+    (population(participants=[{"label": "a", "model": {"scratch": {"vocab_size": 300}}}]),
+     r"policies\[0\]\.participants\[0\]\.model\.scratch\.vocab_size", "must be shared"),
+    (population(participants=[{"label": "a", "model": {"scratch": {"hidden_size": 30}}}]),
+     r"policies\[0\]\.participants\[0\]: model\.scratch", "num_heads"),
+    (population(crawl_size=2.0), r"policies\[0\]\.crawl_size", "larger than the pool"),
+    (population(crawl="window", window=1, new_content=0.5), r"policies\[0\]\.crawl_size",
+     "last 1 batches"),
+    (population(participants=[{"label": "a", "weight": 0}]),
+     r"policies\[0\]\.participants\[0\]\.weight", "> 0"),
+    (population(human_source="reserve"), r"policies\[0\]\.human_source", "fresh_reserve"),
+])
+def test_bad_population_settings_are_refused_naming_the_field(override, field, allowed):
+    args = ["generations=2", override]
+    if field is None:
+        load_config(QUICKSTART, args)
+        return
+    with pytest.raises(ConfigError, match=f"^{field}.*({allowed})"):
+        load_config(QUICKSTART, args)
+
+
+def test_a_refused_population_exits_2_and_writes_nothing(tmp_path):
+    run = subprocess.run([sys.executable, "-m", "lmcollapse.cli", "run", "--config",
+                          str(QUICKSTART), f"output_dir={tmp_path}", "generations=2",
+                          population(synthetic_share=[0.1, 0.2, 0.3])],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 2
+    assert "policies[0].synthetic_share" in run.stderr.strip().splitlines()[-1]
+    assert not any(tmp_path.iterdir())
+
+
+def test_a_crawl_a_block_larger_than_its_pool_is_refused_at_set_up(tmp_path):
+    """The config allows a crawl of N from the last two batches of N/2 each; with an odd
+    N the batches round to a block fewer, which only the set-up can see."""
+    cfg = tiny_config(tmp_path, population(crawl="window", window=2, new_content=0.5),
+                      "data.max_train_blocks=201")
+    with pytest.raises(ConfigError, match=r"^policies\[0\]\.crawl_size: a crawl of (\d+) "
+                       r"blocks .* larger than the pool generation 2 crawls"):
+        CollapseLoop(cfg).run()
+    assert not cfg.run_dir.exists()
+
+
+# --- the grid: one unit per population, one cell per participant -------------------------------
+
+def test_participants_are_cells_and_a_grid_sweeps_the_schedule(tmp_path):
+    cfg = tiny_config(tmp_path, population(participants=[
+        {"label": "a"}, {"label": "b", "generate": {"temperature": 0.8}},
+        {"label": "c", "train": {"lr": 0.001}}, {"label": "d", "seed_offset": 1}]),
+        "grid=[{key: policy.synthetic_share, values: [[0.5], [0.0]], name: share}]")
+    grid = Grid.of(cfg)
+    assert list(grid.cells) == ["internet@share=0.5", "internet@share=0.0"]
+    members = grid.cells["internet@share=0.5"].members
+    assert [m.key for m in members] == [f"internet.{x}@share=0.5" for x in "abcd"]
+    assert [m.cfg.generate.temperature for m in members] == [1.0, 0.8, 1.0, 1.0]
+    assert [m.cfg.train.lr for m in members] == [cfg.train.lr, cfg.train.lr, 0.001,
+                                                 cfg.train.lr]
+    # decoding shares model 0 (own corpus 0); training and a seed offset train their own
+    assert [m.zero_group for m in members] == ["", "", "lr=0.001", "seed+1"]
+    assert [grid.own_zero(m) for m in members] == [False, True, True, True]
+    assert grid.cells["internet@share=0.0"].policy.synthetic_share == [0.0]
+    assert grid.units() == [(0, "internet@share=0.5"), (0, "internet@share=0.0")]
+
+
+# --- the pieces, by hand -----------------------------------------------------------------------
+
+def test_jsd_matches_a_hand_computation():
+    a, b = Counter({"x": 3, "y": 1}), Counter({"y": 2, "z": 2})
+    p, q = {"x": 0.75, "y": 0.25, "z": 0.0}, {"x": 0.0, "y": 0.5, "z": 0.5}
+    m = {k: (p[k] + q[k]) / 2 for k in p}
+
+    def kl(u):
+        return sum(u[k] * math.log2(u[k] / m[k]) for k in u if u[k] > 0)
+
+    assert jsd(a, b) == pytest.approx((kl(p) + kl(q)) / 2, abs=1e-12)
+    assert jsd(a, a) == pytest.approx(0.0, abs=1e-12)
+    assert jsd(Counter({"x": 1}), Counter({"y": 5})) == pytest.approx(1.0)
+
+
+def test_a_new_batch_follows_the_schedule_and_the_weights():
+    s = InternetSettings(participants=[ParticipantSpec("a", weight=2.0), ParticipantSpec("b")],
+                         synthetic_share=[0.3, 0.6], new_content=0.5)
+    n = 101
+    assert s.batch_sizes(n, 2) == [(15, 35), (30, 20)]  # round(0.5*101) = 50 per batch
+    assert s.synthetic_split(30) == [20, 10] and s.synthetic_split(15) == [10, 5]
+    corpora = {w: [{"sample_id": f"gen_1:{i}", "origin": "gen_1", "generation": 1,
+                    "prompt_id": i, "input_ids": [i]} for i in range(n)] for w in "ab"}
+    human = [{"sample_id": f"human:fresh2:{i}", "origin": "human", "generation": -1,
+              "prompt_id": -1, "input_ids": [0]} for i in range(20)]
+    batch = new_batch(s, 2, n, 2, corpora, human, np.random.default_rng(0))
+    assert Counter(r["writer"] for r in batch) == {"a": 20, "b": 10, "human": 20}
+    assert {r["batch"] for r in batch} == {2}
+    assert len({r["sample_id"] for r in batch}) == 50  # unique: prefixed with the writer
+    comp = composition(batch + [{**h, "batch": 0, "writer": "human"} for h in human],
+                       range(1, 3))
+    assert comp["by_batch"] == {"0": {"human": 20}, "2": {"a": 20, "b": 10, "human": 20}}
+    assert comp["crawled_blocks"] == 50 and comp["crawled_synthetic_share"] == 0.6
+    assert comp["synthetic_share"] == pytest.approx(30 / 70)
+
+
+# --- through the loop ---------------------------------------------------------------------------
+
+def _rows(path: Path) -> list[dict]:
+    return pq.read_table(path).to_pylist()
+
+
+@pytest.fixture(scope="module")
+def population_run(tmp_path_factory):
+    cfg = tiny_config(tmp_path_factory.mktemp("population"),
+                      *population_overrides("reserve", "window"))
+    loop = CollapseLoop(cfg)
+    loop.run()
+    return cfg, loop
+
+
+@pytest.mark.slow
+def test_the_pool_is_what_its_provenance_says(population_run):
+    cfg, loop = population_run
+    seed, d = cfg.run_dir / "seed_0", cfg.run_dir / "seed_0" / "web"
+    n = len(loop.setup.human.train)
+    reserve = {r["sample_id"] for r in loop.setup.human.reserve}
+    train = {r["sample_id"] for r in loop.setup.human.train}
+    corpus = {(w, k): {r["sample_id"]: r["input_ids"] for r in _rows(
+        seed / f"web.{w}" / f"gen_{k:02d}" / "corpus.parquet")}
+        for w in "ab" for k in (1,)}
+    corpus[("a", 0)] = {r["sample_id"]: r["input_ids"] for r in _rows(
+        seed / "gen_00" / "corpus.parquet")}  # a decodes as the base: the shared corpus 0
+    corpus[("b", 0)] = {r["sample_id"]: r["input_ids"] for r in _rows(
+        seed / "web.b" / "gen_00" / "corpus.parquet")}
+    seen_human: set[str] = set()
+    for k in (1, 2):
+        pool = _rows(d / f"gen_{k:02d}" / "pool.parquet")
+        summary = json.loads((d / f"gen_{k:02d}" / "pool.json").read_text())
+        counted: dict[str, Counter] = {}
+        for r in pool:
+            counted.setdefault(str(r["batch"]), Counter())[r["writer"]] += 1
+        assert summary["by_batch"] == {b: dict(c) for b, c in counted.items()}
+        assert summary["blocks"] == len(pool) == n + k * round(0.5 * n)
+        new = [r for r in pool if r["batch"] == k]
+        synthetic = round(SCHEDULE[k - 1] * round(0.5 * n))
+        assert sum(r["writer"] != "human" for r in new) == synthetic
+        assert summary["batch_synthetic_share"][str(k)] == synthetic / len(new)
+        for r in new:  # every block is what its writer wrote (or human text never seen)
+            if r["writer"] == "human":
+                assert r["sample_id"] in reserve and r["sample_id"] not in seen_human
+                seen_human.add(r["sample_id"])
+            else:
+                assert r["generation"] == k - 1
+                writer, _, sid = r["sample_id"].partition("/")
+                assert writer == r["writer"]
+                assert r["input_ids"] == corpus[(writer, k - 1)][sid]
+        assert {r["sample_id"] for r in pool if r["batch"] == 0} == train
+        # the crawl: N blocks of the batches in the window, and nothing else
+        for w in "ab":
+            mix = _rows(seed / f"web.{w}" / f"gen_{k:02d}" / "mix.parquet")
+            assert len(mix) == round(0.9 * n)
+            assert {r["batch"] for r in mix} <= set(range(max(0, k - 1), k + 1))
+            assert {r["sample_id"] for r in mix} <= {r["sample_id"] for r in pool}
+    assert not seen_human & train
+
+
+@pytest.mark.slow
+def test_the_population_row_matches_a_recomputation(population_run):
+    cfg, loop = population_run
+    seed = cfg.run_dir / "seed_0"
+    for k in (0, 1, 2):
+        row = json.loads((seed / "web" / f"gen_{k:02d}" / "metrics.json").read_text())
+        size = row["sizes"]["population"]["sample_size"]
+        dirs = {"a": seed / ("gen_00" if k == 0 else f"web.a/gen_{k:02d}"),
+                "b": seed / f"web.b/gen_{k:02d}"}
+        samples = {}
+        for w, g in dirs.items():
+            ids = [r["input_ids"] for r in _rows(g / "corpus.parquet")]
+            draw = np.sort(np.random.default_rng(
+                _seed(0, "web", k, "similarity")).choice(len(ids), size, replace=False))
+            samples[w] = Counter(tuple(ids[i][j:j + 2]) for i in draw
+                                 for j in range(len(ids[i]) - 1))
+        assert row["values"]["jsd_between"] == pytest.approx(jsd(samples["a"], samples["b"]))
+        assert row["details"]["population"]["pairs"]["a~b"] == row["values"]["jsd_between"]
+        assert 0 < row["values"]["jsd_human_pair"] < 1
+        if k:
+            mixes = [_rows(seed / f"web.{w}" / f"gen_{k:02d}" / "mix.parquet") for w in "ab"]
+            share = np.mean([sum(r["writer"] != "human" for r in m) / len(m) for m in mixes])
+            assert row["values"]["crawl_synthetic"] == pytest.approx(share)
+            pool = json.loads((seed / "web" / f"gen_{k:02d}" / "pool.json").read_text())
+            assert row["values"]["pool_synthetic"] == pool["crawled_synthetic_share"] > 0
+        else:
+            assert row["values"]["pool_synthetic"] == 0.0
+    single = json.loads((seed / "single" / "gen_02" / "metrics.json").read_text())["values"]
+    assert "jsd_between" not in single  # one participant: no pair
+
+
+def _seed(*parts) -> int:
+    import zlib
+    return zlib.crc32("/".join(map(str, parts)).encode()) & 0x7FFFFFFF
+
+
+# --- killed in the middle of a population, resumed -----------------------------------------------
+
+def _state(run_dir: Path) -> dict[str, str]:
+    out = {str(p.relative_to(run_dir)): json.dumps(json.loads(p.read_text())["values"])
+           for p in sorted(run_dir.rglob("metrics.json"))}
+    out.update({str(p.relative_to(run_dir)): hashlib.sha256(p.read_bytes()).hexdigest()
+                for p in sorted(run_dir.rglob("*.parquet"))})
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point", ["pool_written:2", "train_step:40"])
+def test_a_population_killed_anywhere_resumes_to_the_same_numbers(tmp_path, point):
+    overrides = [*TINY, *population_overrides("source", "window")]
+    reference = load_config(QUICKSTART, [*overrides, f"output_dir={tmp_path / 'ref'}"])
+    CollapseLoop(reference).run()
+    args = [sys.executable, "-m", "lmcollapse.cli", "run", "--config", str(QUICKSTART),
+            *overrides, f"output_dir={tmp_path / 'run'}"]
+    killed = subprocess.run(args, env={**os.environ, "LMCOLLAPSE_KILL_AT": point},
+                            capture_output=True, text=True, timeout=600)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    run_dir = tmp_path / "run" / "quickstart"
+    assert _state(run_dir) != _state(reference.run_dir)  # it really stopped before the end
+    CollapseLoop(load_config(QUICKSTART, [*overrides, f"output_dir={tmp_path / 'run'}"])).run()
+    assert _state(run_dir) == _state(reference.run_dir)
