@@ -84,8 +84,12 @@ def parameter_count(model_config: Any, lora: Any | None = None) -> int:
 def estimate(cfg: ExperimentConfig, cells: dict[str, Cell], units: list[tuple[int, str]],
              model_config: Any, train_rows: int, hidden_size: int | None = None) -> DiskEstimate:
     """The disk this job's ``units`` need with the config's ``keep_models``."""
-    per_seed = Counter(seed for seed, _ in units)
+    # a population's participants each train, write and keep models like a cell
+    per_seed = Counter()
+    for seed, k in units:
+        per_seed[seed] += len(cells[k].members) or 1
     widest = max(per_seed.values())
+    owners = sum(per_seed.values())
     gens = cfg.generations
     lora = any(cells[k].cfg.train.lora.enabled for _, k in units)
     shared = sum(1 + len({cells[k].zero_group for s, k in units if s == seed} - {""})
@@ -93,19 +97,24 @@ def estimate(cfg: ExperimentConfig, cells: dict[str, Cell], units: list[tuple[in
     shared += bool(cfg.model.gguf_file)  # the dequantized GGUF checkpoint
     keep = cfg.keep_models
     if keep == "all":
-        cell_models = len(units) * gens
+        cell_models = owners * gens
     elif keep == "last":  # each finished cell its last model; the seed in progress k-1 and k
-        cell_models = len(units) + widest
+        cell_models = owners + widest
     else:  # none: only the seed in progress (LoRA: its adapters rebuild every model)
         cell_models = 0 if lora else 2 * widest
     model_bytes = 4 * parameter_count(model_config)
     adapter_bytes = 4 * parameter_count(model_config, cfg.train.lora) if lora else 0
-    adapters = (len(units) * gens + len(per_seed)) if lora else 0
+    adapters = (owners * gens + len(per_seed)) if lora else 0
     tokens = cfg.generate.sample_tokens
     features = 3 * 4 * 1000 * (hidden_size or 1024)  # human/corpus/train samples, float32
     per_gen = train_rows * tokens * CORPUS_BYTES_PER_TOKEN + features
-    mixes = sum(train_rows * (k + 1) * ROW_BYTES for k in range(1, gens + 1)) * len(units)
-    other = per_gen * (len(units) * gens + len(per_seed)) + mixes
+    mixes = sum(train_rows * (k + 1) * ROW_BYTES for k in range(1, gens + 1)) * owners
+    # a population's pool, rewritten whole each generation: at most N + k x N blocks (the
+    # tokens with their provenance), taking new content of N per generation (default N/2)
+    pools = sum(train_rows * (k + 1) * (cfg.data.block_tokens * CORPUS_BYTES_PER_TOKEN
+                                        + ROW_BYTES) for k in range(1, gens + 1)) * sum(
+        bool(cells[k].members) for _, k in units)
+    other = per_gen * (owners * gens + len(per_seed)) + mixes + pools
     return DiskEstimate(model_bytes, shared + cell_models, adapter_bytes, adapters, other)
 
 

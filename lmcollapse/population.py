@@ -114,6 +114,12 @@ def jsd(a: Counter, b: Counter) -> float:
     return float(jensenshannon(p / p.sum(), q / q.sum(), base=2) ** 2)
 
 
+def population_size(cell: Cell, ctx: Any, where: str) -> int:
+    """The samples of each corpus (and of human text) the population's row draws: its
+    ``sample_size``, refused (naming ``where``) beyond what every row allows."""
+    return ctx.disjoint_size(cell.policy.settings.sample_size, where, "population")
+
+
 class Population:
     """The pool and population steps of a loop's populations (the loop passes itself: its
     grid, layout, set-up, steps, corpora and metric contexts)."""
@@ -202,7 +208,7 @@ class Population:
         loop, s = self.loop, cell.policy.settings
         start = time.time()
         ctx = loop.context(seed, d, "", generation=k)
-        size = ctx.disjoint_size(s.sample_size, f"{cell.key}: sample_size", "population")
+        size = population_size(cell, ctx, f"{cell.key}.sample_size")
         labels = [p.label for p in s.participants]
         draw = derive_seed(seed, cell.key, k, "similarity")
         dist = {label: ngram_counts(fixed_sample(ctx.content(

@@ -54,6 +54,7 @@ from lmcollapse.models import (
     wrap_tokenizer,
 )
 from lmcollapse.policies import reserve_needed
+from lmcollapse.population import population_size
 from lmcollapse.registry import METRICS, POLICIES
 from lmcollapse.scorers.base import ScoreContext, make_scorer
 
@@ -343,6 +344,9 @@ def _prepare(cfg: ExperimentConfig, acc: Accelerator, layout: RunLayout,
     ctx = metric_context(setup, cfg, acc, layout.root, layout.root, _no_model)
     for metric in metrics:
         metric.preflight(ctx)
+    labels = [p.key for p in cfg.policies]
+    for cell in (c for c in grid.values() if c.members):  # a population's own row
+        population_size(cell, ctx, f"policies[{labels.index(cell.policy.key)}].sample_size")
     scoring = ScoreContext(accelerator=acc, tokenizer=tokenizer, prompts=human.train,
                            prompt_tokens=cfg.generate.prompt_tokens, generator=_no_model,
                            reference_model=_no_model, truth=setup.truth)

@@ -47,6 +47,7 @@ from lmcollapse.layout import MARKER_SUFFIX, METRICS, TRAIN_LOG, Generation, Run
 from lmcollapse.loop import CollapseLoop
 from lmcollapse.parallel import Failure, make_plan, run_parallel, set_threads
 from lmcollapse.policies import MixContext, make_policy
+from lmcollapse.registry import POLICIES
 from lmcollapse.train import evaluations, schedule
 
 log = logging.getLogger(__name__)
@@ -87,6 +88,7 @@ def smoke_config(cfg: ExperimentConfig, out_dir: Path) -> ExperimentConfig:
     for policy in d["policies"]:
         if policy.get("epochs") is not None:
             policy["epochs"] = 1
+        POLICIES.get(policy["name"]).rehearsal(policy, d["generations"])
     window = cfg.data.block_tokens if cfg.model.source == "scratch" else 1024
     for settings in d["metrics"].values():  # every metric's section
         if not isinstance(settings, dict):
@@ -108,7 +110,8 @@ def mix_rows(cell: Cell, n: int, k: int, generations: int) -> int:
     row: dict[str, Any] = {"sample_id": "", "input_ids": []}
     ctx = MixContext(k, [row] * n, {j: [row] * n for j in range(k)},
                      np.random.default_rng(0), generations, lambda count: [row] * count,
-                     reserve=[row] * (n * generations))
+                     reserve=[row] * (n * generations),  # a population's pool: ample batches
+                     pool=[{**row, "batch": j} for j in range(k + 1) for _ in range(10 * n)])
     return len(make_policy(cell.policy, shard_seed=0).build(ctx))
 
 
@@ -219,15 +222,27 @@ def forecast(grid: Grid, scfg: ExperimentConfig, smoke_dir: Path, plan: Any,
         shared.append({"measure": _measure_cost(layout.human(seed), human, cfg, scfg, sizes,
                                                 n_full, n_smoke)})
     per_cell: dict[str, list[dict[str, float]]] = {}
+    #: a cell's last generation (a population's: every participant's, its pool and row)
+    last: dict[str, dict[str, float]] = {}
     for key, cell in cells.items():
-        gens = []
-        own_zero = layout.gen_dir(Generation(seed, 0, key, cell.zero_group))
-        if RunLayout.marker(own_zero, "generate").exists():
-            gens.append(gen_cost(Generation(seed, 0, key, cell.zero_group), cell, 0))
-        one = Generation(seed, 1, key, cell.zero_group)
-        for k in range(1, cfg.generations + 1):
-            gens.append(gen_cost(one, cell, k))
+        gens, final = [], []
+        for m in cell.members or [cell]:  # a population: each participant's generations
+            own_zero = layout.gen_dir(Generation(seed, 0, m.key, m.zero_group))
+            if RunLayout.marker(own_zero, "generate").exists():
+                gens.append(gen_cost(Generation(seed, 0, m.key, m.zero_group), m, 0))
+            one = Generation(seed, 1, m.key, m.zero_group)
+            for k in range(1, cfg.generations + 1):
+                gens.append(gen_cost(one, m, k))
+            final += gens[-1:]
+        for k in range(cfg.generations + 1) if cell.members else ():  # its pool and row
+            rel = str(layout.gen_dir(Generation(seed, min(k, 1), key)).relative_to(smoke_dir))
+            gens.append({"measure": sum(measured[f"{rel}/{step}"]["elapsed_s"]
+                                        for step in ("pool", "measure") if f"{rel}/{step}"
+                                        in measured) * ratio["prompts"]})
+            final += gens[-1:] if k == cfg.generations else []
         per_cell[key] = gens
+        last[key] = {p: sum(c.get(p, 0.0) for c in final)
+                     for p in ("train", "generate", "measure")}
     shared_s = sum(_total(c) for c in shared)
     units = [(s, key, sum(_total(c) for c in per_cell[key])) for s, key in full_units]
     started = min(s["started"] for s in steps)
@@ -245,7 +260,7 @@ def forecast(grid: Grid, scfg: ExperimentConfig, smoke_dir: Path, plan: Any,
     return {"wall_s": wall, "setup_s": setup_s, "work_s": sum(u[2] for u in units)
             + shared_s * seeds, "phases_s": phases, "shared_per_seed_s": shared_s,
             "unit_s": {key: sum(_total(c) for c in per_cell[key]) for key in cells},
-            "per_generation_s": {key: per_cell[key][-1] for key in cells},
+            "per_generation_s": last,
             "units": len(units), "jobs": plan.jobs, "threads": plan.threads,
             "train_blocks": n_full, "tokens": tokens, "peak_memory_gb": _peak_memory_gb(),
             "disk_bytes": _disk(cfg, cells, full_units, setup, n_full)}

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The paired tests behind the study claims of docs/studies.md (p-values, "in every seed"), from the
 # committed runs' metrics.json files: run each study's config first (see docs/studies.md).
-#   bash scripts/readme_claims.sh [wikitext-laptop|quickstart|curation|sampling-bias|fresh-threshold|blue-cats]
+#   bash scripts/readme_claims.sh [wikitext-laptop|quickstart|curation|sampling-bias|fresh-threshold|blue-cats|internet]
 # Each `lmcollapse compare` call is one family: its p-values are Holm-corrected together.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -64,4 +64,23 @@ if [[ $want == all || $want == blue-cats ]]; then
     --pair replace mix-0.1)
   cmp runs/blue-cats "${pairs[@]}" --metrics minority_form_share
   cmp runs/blue-cats "${pairs[@]}" --metrics minority_share,precision,recall,density,coverage,frechet_distance
+fi
+
+if [[ $want == all || $want == internet ]]; then
+  # several models or one, at the same synthetic share; each participant against the same
+  # population with only human text added (generation 4)
+  cmp runs/internet --pair single.sample web.sample --pair human-only.sample web.sample \
+    --pair human-only.cold web.cold --pair human-only.nucleus web.nucleus \
+    --metrics perplexity,excess_nats_per_word
+  # a small synthetic share: generation 1 (5% of the new batch, 2.5% of the crawl)
+  cmp runs/internet --pair human-only.sample/gen_1 web.sample/gen_1 \
+    --pair human-only.cold/gen_1 web.cold/gen_1 --pair human-only.nucleus/gen_1 web.nucleus/gen_1 \
+    --metrics perplexity,excess_nats_per_word
+  # homogenization: do participants grow alike (generation 4 against 0, and with or without
+  # synthetic content), and their distance to human text (values, not distances)
+  cmp runs/internet --pair web/gen_0 web --pair human-only/gen_0 human-only \
+    --pair human-only web --raw --metrics jsd_between,jsd_to_human
+  # which participant loses most: the change since generation 0, participants against each other
+  cmp runs/internet --pair web.sample web.cold --pair web.sample web.nucleus \
+    --pair web.nucleus web.cold --change --metrics perplexity,excess_nats_per_word,kl_human_corpus
 fi

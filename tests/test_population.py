@@ -28,12 +28,14 @@ from lmcollapse.grid import Grid
 from lmcollapse.loop import CollapseLoop
 from lmcollapse.policies.internet import InternetSettings, ParticipantSpec
 from lmcollapse.population import composition, jsd, new_batch
+from lmcollapse.sampling import derive_seed
 
 SCHEDULE = [0.3, 0.6]
 SHARED = ("synthetic_share: [0.3, 0.6], new_content: 0.5, human_source: HS, crawl: CRAWL, "
           "window: 2, crawl_size: 0.9")
 POPULATION = ("{name: internet, label: web, " + SHARED + ", participants: [{label: a}, "
-              "{label: b, generate: {temperature: 0.8}}]}")
+              "{label: b, generate: {temperature: 0.8}, "
+              "model: {scratch: {hidden_size: 16, intermediate_size: 32}}}]}")
 SINGLE = "{name: internet, label: single, " + SHARED + ", participants: [{label: a}]}"
 
 
@@ -101,6 +103,13 @@ def test_a_crawl_a_block_larger_than_its_pool_is_refused_at_set_up(tmp_path):
                       "data.max_train_blocks=201")
     with pytest.raises(ConfigError, match=r"^policies\[0\]\.crawl_size: a crawl of (\d+) "
                        r"blocks .* larger than the pool generation 2 crawls"):
+        CollapseLoop(cfg).run()
+    assert not cfg.run_dir.exists()
+
+
+def test_a_sample_size_the_test_text_cannot_give_is_refused_at_set_up(tmp_path):
+    cfg = tiny_config(tmp_path, population(sample_size=100000))
+    with pytest.raises(ConfigError, match=r"^policies\[0\]\.sample_size: .*allowed: 2\.\."):
         CollapseLoop(cfg).run()
     assert not cfg.run_dir.exists()
 
@@ -236,7 +245,7 @@ def test_the_population_row_matches_a_recomputation(population_run):
         for w, g in dirs.items():
             ids = [r["input_ids"] for r in _rows(g / "corpus.parquet")]
             draw = np.sort(np.random.default_rng(
-                _seed(0, "web", k, "similarity")).choice(len(ids), size, replace=False))
+                derive_seed(0, "web", k, "similarity")).choice(len(ids), size, replace=False))
             samples[w] = Counter(tuple(ids[i][j:j + 2]) for i in draw
                                  for j in range(len(ids[i]) - 1))
         assert row["values"]["jsd_between"] == pytest.approx(jsd(samples["a"], samples["b"]))
@@ -254,9 +263,22 @@ def test_the_population_row_matches_a_recomputation(population_run):
     assert "jsd_between" not in single  # one participant: no pair
 
 
-def _seed(*parts) -> int:
-    import zlib
-    return zlib.crc32("/".join(map(str, parts)).encode()) & 0x7FFFFFFF
+@pytest.mark.slow
+def test_a_participant_of_its_own_size(population_run):
+    """b is built smaller: its own initial weights and generation-0 model, and every
+    generation of it at that size; a keeps the run's size and the shared generation 0."""
+    cfg, _ = population_run
+    seed = cfg.run_dir / "seed_0"
+
+    def hidden(d: Path) -> int:
+        return json.loads((d / "config.json").read_text())["hidden_size"]
+
+    group = "hidden_size=16,intermediate_size=32"
+    assert hidden(seed / f"base@{group}") == 16 and hidden(seed / "base") == 32
+    assert hidden(seed / f"gen_00@{group}" / "model") == 16
+    assert [hidden(seed / f"web.b/gen_{k:02d}/model") for k in (1, 2)] == [16, 16]
+    assert [hidden(seed / f"web.a/gen_{k:02d}/model") for k in (1, 2)] == [32, 32]
+    assert not (seed / "web.a" / "gen_00").exists()  # a writes the shared corpus 0
 
 
 # --- killed in the middle of a population, resumed -----------------------------------------------
@@ -271,16 +293,54 @@ def _state(run_dir: Path) -> dict[str, str]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("point", ["pool_written:2", "train_step:40"])
-def test_a_population_killed_anywhere_resumes_to_the_same_numbers(tmp_path, point):
-    overrides = [*TINY, *population_overrides("source", "window")]
-    reference = load_config(QUICKSTART, [*overrides, f"output_dir={tmp_path / 'ref'}"])
-    CollapseLoop(reference).run()
+def test_a_population_killed_anywhere_resumes_to_the_same_numbers(tmp_path, point,
+                                                                  population_run):
+    reference, _ = population_run
+    overrides = [*TINY, *population_overrides("reserve", "window"), f"output_dir={tmp_path}"]
     args = [sys.executable, "-m", "lmcollapse.cli", "run", "--config", str(QUICKSTART),
-            *overrides, f"output_dir={tmp_path / 'run'}"]
+            *overrides]
     killed = subprocess.run(args, env={**os.environ, "LMCOLLAPSE_KILL_AT": point},
                             capture_output=True, text=True, timeout=600)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
-    run_dir = tmp_path / "run" / "quickstart"
+    run_dir = tmp_path / "quickstart"
     assert _state(run_dir) != _state(reference.run_dir)  # it really stopped before the end
-    CollapseLoop(load_config(QUICKSTART, [*overrides, f"output_dir={tmp_path / 'run'}"])).run()
+    CollapseLoop(load_config(QUICKSTART, overrides)).run()
     assert _state(run_dir) == _state(reference.run_dir)
+
+
+@pytest.mark.slow
+def test_the_report_shows_the_populations(population_run, tmp_path):
+    from lmcollapse.report.write import write_report
+
+    cfg, _ = population_run
+    out = write_report([cfg.run_dir], out=tmp_path, lineage_prompts=0)
+    names = {p.relative_to(tmp_path).as_posix() for p in out["files"]}
+    assert {"plots/pool_web.png", "plots/pool_single.png", "plots/homogenization.png"} <= names
+    # the participants are leaderboard rows; the populations are not
+    assert {r.policy for r in out["leaderboard"].rows} - {"human"} == {"web.a", "web.b",
+                                                                  "single.a"}
+    md = (tmp_path / "leaderboard.md").read_text()
+    section = md[md.index("## Populations"):]
+    assert "### web: participants a, b" in section and "### single: participants a" in section
+    pool = json.loads((cfg.run_dir / "seed_0/web/gen_02/pool.json").read_text())
+    row = next(line for line in section[section.index("### web"):].splitlines()
+               if line.startswith("| 2 |"))
+    shown = float(row.split("|")[2])  # one seed: the value itself, to the digits shown
+    assert shown == pytest.approx(pool["crawled_synthetic_share"], abs=5e-4)
+    html = (tmp_path / "leaderboard.html").read_text()
+    assert "<h2>Populations</h2>" in html and "JSD between participants" in html
+
+
+@pytest.mark.slow
+def test_the_rehearsal_runs_a_population_and_forecasts_it(tmp_path, capsys):
+    from lmcollapse.cli import main
+
+    code = main(["run", "--config", str(QUICKSTART), *TINY, f"output_dir={tmp_path}",
+                 *population_overrides("source", "all"), "--smoke"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    for where in ("web.a, generation 1: train", "web.b, generation 1: train",
+                  "web, pool 1: pool", "web, generation 1: measure", "single.a, generation 1"):
+        assert where in out, out
+    web = next(line for line in out.splitlines() if line.strip().startswith("web:"))
+    assert "train" in web and "the cell" in web  # the population costed as one unit

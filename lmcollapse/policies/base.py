@@ -102,6 +102,11 @@ class Policy:
         return 0
 
     @classmethod
+    def rehearsal(cls, entry: dict[str, Any], generations: int) -> None:
+        """Fit a config entry of this policy (plain data, changed in place) to a rehearsal
+        of only ``generations`` generations (``--smoke``): nothing to change by default."""
+
+    @classmethod
     def check_blocks(cls, settings: Any, where: str, n: int, generations: int) -> None:
         """Raise ConfigError where the settings cannot run on a human pool of exactly ``n``
         blocks (checked at set-up, once the text is tokenised): nothing by default."""

@@ -204,6 +204,13 @@ class Internet(Policy):
                 + "); lower crawl_size or widen the window")
 
     @classmethod
+    def rehearsal(cls, entry: dict[str, Any], generations: int) -> None:
+        """The schedule's first ``generations`` shares."""
+        share = entry.get("synthetic_share")
+        if isinstance(share, list) and len(share) > 1:
+            entry["synthetic_share"] = share[:max(generations, 1)]
+
+    @classmethod
     def check_blocks(cls, settings: Any, where: str, n: int, generations: int) -> None:
         """The crawl against the pool in blocks (rounding may leave it a block short)."""
         crawl = settings.crawl_blocks(n)

@@ -82,11 +82,12 @@ def _references(ax: Any, references: dict[str, float]) -> None:
                        label=label)
 
 
-def _finish(ax: Any, fig: Figure, xlabel: str, ylabel: str, title: str, stem: Path) -> list[Path]:
+def _finish(ax: Any, fig: Figure, xlabel: str, ylabel: str, title: str, stem: Path,
+            **legend: Any) -> list[Path]:
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize="small", frameon=False)
+        ax.legend(fontsize="small", frameon=False, **legend)
     return _save(fig, stem)
 
 
@@ -181,7 +182,8 @@ def composition_plot(shares: dict[int, dict[str, float]], title: str, stem: Path
         ax.bar(gens, height, bottom=bottom, width=0.7, label=w,
                color="0.75" if w == "human" else f"C{i % 10}")
         bottom += height
-    ax.set_ylim(0, 1)
+    ax.set_ylim(0, 1.18)  # room above the bars for the legend
+    ax.set_yticks(np.linspace(0, 1, 6))
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     return _finish(ax, fig, "generation (mean over seeds)", "share of the crawled pool", title,
-                   stem)
+                   stem, loc="upper center", ncols=len(writers))
