@@ -123,7 +123,8 @@ def run_main(argv: list[str] | None = None) -> int:
         selection = (Selection.parse(args.policies, args.seeds, args.cells, args.shard)
                      if args.command in ("run", "cells") else None)
         if args.command == "cells":
-            units = Grid.of(cfg).units(selection)
+            grid = Grid.of(cfg)
+            units = grid.units(selection)
     except ConfigError as err:
         print(f"lmcollapse: config error: {err}", file=sys.stderr)
         return 2
@@ -135,7 +136,9 @@ def run_main(argv: list[str] | None = None) -> int:
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         return 0
     if args.command == "cells":
-        print("\n".join(f"seed {seed}\t{key}" for seed, key in units))
+        print("\n".join(f"seed {seed}\t{key}" + (  # a population: its participants run in it
+            f"\t({', '.join(m.key for m in grid.cells[key].members)})"
+            if grid.cells[key].members else "") for seed, key in units))
         return 0
     if args.command == "submit":
         try:
