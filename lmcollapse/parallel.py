@@ -21,9 +21,9 @@ idle), while the units of a run are independent once their seed's generation 0 e
   change the last bits of some kernels: decoding's fused attention (so the loop decodes
   with eager attention: :func:`~lmcollapse.generate.thread_invariant_attention`) and,
   measured with a tiny OPT, LayerNorm's backward. Llama-style models (RMSNorm; the
-  quickstart's and the laptop study's) gave the same bits on 1 and 2 threads, so there
-  ``--jobs`` changes nothing at all; elsewhere set ``cpu_threads`` to fix the threads
-  per cell, and the results no longer depend on ``--jobs``.
+  quickstart's and the laptop study's) gave the same bits on 1 and 2 threads, but not
+  in every later check (docs/scaling-out.md); set ``cpu_threads`` to fix the threads per
+  cell, and the results no longer depend on ``--jobs``.
 
 Progress: one bar for the run (steps) and one per worker (its unit's steps, what it is
 doing); the workers' log lines appear prefixed ``[worker i]``, and anything else they print

@@ -34,8 +34,12 @@ def make_corpus(j: int, n: int = N) -> list[dict]:
 
 
 def make_ctx(k: int, seed: int = 0, n: int = N, generations: int = 5) -> MixContext:
-    return MixContext(k=k, human=make_human(n), corpora={j: make_corpus(j, n) for j in range(k)},
-                      rng=np.random.default_rng(seed), generations=generations)
+    corpora = {j: make_corpus(j, n) for j in range(k)}
+    # a population's pool (the internet policy crawls it): human train, then each corpus
+    pool = [{**r, "writer": "human", "batch": 0} for r in make_human(n)] + [
+        {**r, "writer": "a", "batch": j + 1} for j in range(k) for r in corpora[j]]
+    return MixContext(k=k, human=make_human(n), corpora=corpora,
+                      rng=np.random.default_rng(seed), generations=generations, pool=pool)
 
 
 def ids(rows: list[dict]) -> list[str]:
