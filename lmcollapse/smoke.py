@@ -110,8 +110,9 @@ def mix_rows(cell: Cell, n: int, k: int, generations: int) -> int:
     row: dict[str, Any] = {"sample_id": "", "input_ids": []}
     ctx = MixContext(k, [row] * n, {j: [row] * n for j in range(k)},
                      np.random.default_rng(0), generations, lambda count: [row] * count,
-                     reserve=[row] * (n * generations),  # a population's pool: ample batches
-                     pool=[{**row, "batch": j} for j in range(k + 1) for _ in range(10 * n)])
+                     reserve=[row] * (n * generations),  # a participant's pool: ample batches
+                     pool=[{**row, "batch": j} for j in range(k + 1) for _ in range(10 * n)]
+                     if cell.population else None)
     return len(make_policy(cell.policy, shard_seed=0).build(ctx))
 
 
