@@ -1,4 +1,4 @@
-"""Command line: ``lmcollapse run|validate|cells|report|compare|plan-seeds|bench``.
+"""Command line: ``lmcollapse run|validate|cells|report|compare|plan-seeds|claims|bench``.
 
     lmcollapse run --config configs/quickstart.yaml [key.sub=value ...] [--new-run]
     lmcollapse run --config configs/shumailov2023.yaml --shard 3/8   # one job of eight
@@ -8,6 +8,7 @@
     lmcollapse report runs/quickstart --metric perplexity
     lmcollapse compare runs/quickstart --pair mix-0.1 replace --metrics perplexity
     lmcollapse plan-seeds runs/quickstart --pair mix-0.1 replace --metrics perplexity
+    lmcollapse claims runs/wikitext-controls     # configs/wikitext-controls.claims.yaml
     lmcollapse bench --config configs/quickstart.yaml
 """
 
@@ -53,6 +54,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                          "report's tests and correction): the numbers behind a claim")
     pln = sub.add_parser("plan-seeds", help="the seeds a paired test needs to call the "
                          "observed gap between chosen cells")
+    clm = sub.add_parser("claims", help="test the claims a study declared "
+                         "(configs/<experiment>.claims.yaml): one verdict per claim")
     ben = sub.add_parser("bench", help="one JSON record: generation and training "
                          "throughput against naive baselines, where a generation's time goes, "
                          "peak memory")
@@ -88,6 +91,10 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
         compare.add_arguments(cmp)
         compare.add_arguments(pln, plan=True)
+    if command in (None, "claims"):
+        from lmcollapse.report import claims
+
+        claims.add_arguments(clm)
     if command in (None, "bench"):
         from lmcollapse import bench
 
@@ -109,6 +116,10 @@ def run_main(argv: list[str] | None = None) -> int:
         from lmcollapse.report import compare
 
         return compare.command(args, plan=args.command == "plan-seeds")
+    if args.command == "claims":
+        from lmcollapse.report import claims
+
+        return claims.command(args)
     from lmcollapse.models import check_pretrained
     from lmcollapse.preflight import make_accelerator
 

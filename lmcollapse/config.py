@@ -287,6 +287,11 @@ class TrainConfig:
     eval_batch_size: int = 16
     mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"
     lora: LoraConfig = field(default_factory=LoraConfig)
+    #: train on rows of data.block_tokens tokens: the mix's shorter rows (continuations)
+    #: concatenated with an end-of-text separator and cut, as run_clm's group_texts does
+    #: (lmcollapse.data.blocks.pack_rows); full-length rows (human blocks) stay as they
+    #: are, so generation 0 is the same packed or not
+    pack: bool = False
 
     def check(self, where: str) -> None:
         for name in ("epochs", "batch_size", "grad_accum", "eval_batch_size"):
@@ -457,6 +462,10 @@ class PolicySpec(NamedPart):
     label: str | None = None
     epochs: int | None = None
     curate: CurationConfig = field(default_factory=CurationConfig)
+    #: what the policy reads as corpus j: ``model`` (what generation j wrote) or ``human``
+    #: (for each of its prompts the true human continuation, in the same format: the
+    #: human-continuation control of the format and the amount of text, docs/policies.md)
+    continuations: Literal["model", "human"] = "model"
     settings: Any = None
 
     @property
@@ -811,6 +820,7 @@ def validate(cfg: ExperimentConfig) -> None:
         POLICIES.get(spec.name).check(spec.settings, f"policies[{i}]", cfg.generations)
         positive(spec.epochs, f"policies[{i}].epochs", allow_none=True)
         spec.curate.check(f"policies[{i}].curate")
+        _check_continuations(spec, f"policies[{i}]", cfg)
     for name in ("data", "model", "train", "generate", "metrics"):
         _check_tree(getattr(cfg, name), name)
     _check_reserve(cfg)
@@ -827,6 +837,27 @@ def validate(cfg: ExperimentConfig) -> None:
         raise ConfigError(
             f"generate.prompt_tokens ({cfg.generate.prompt_tokens}) must be <= data.block_tokens "
             f"({cfg.data.block_tokens}): prompts are the first tokens of human training blocks")
+
+
+def _check_continuations(spec: PolicySpec, where: str, cfg: ExperimentConfig) -> None:
+    """``continuations: human`` stands the true continuation of each prompt in for what a
+    model wrote: the human block must hold prompt and continuation, and there must be one
+    continuation per prompt to stand in for (no curation, no population's pool)."""
+    if spec.continuations == "model":
+        return
+    g, block = cfg.generate, cfg.data.block_tokens
+    if hasattr(spec.settings, "participants"):
+        raise ConfigError(f"{where}.continuations: a population's participants crawl its "
+                          "shared pool, not a lineage of corpora; allowed here: model")
+    if spec.curate.active:
+        raise ConfigError(f"{where}.continuations: human stands the true continuation in for "
+                          "each prompt, so curation has nothing to choose among; drop "
+                          f"{where}.curate or set continuations: model")
+    if g.prompt_tokens + g.new_tokens > block:
+        raise ConfigError(
+            f"{where}.continuations: human takes each prompt's continuation from the rest of "
+            f"its human block, so generate.prompt_tokens + generate.new_tokens "
+            f"({g.prompt_tokens} + {g.new_tokens}) must be <= data.block_tokens ({block})")
 
 
 def _check_tree(section: Any, where: str) -> None:
@@ -897,13 +928,18 @@ class Cell:
     members: list[Cell] = field(default_factory=list)
     #: a member: its population's key (else "")
     population: str = ""
+    #: a member: its participant's ``seed_offset`` (!= 0: initial weights and a
+    #: generation-0 model of its own, drawn as if from another seed)
+    seed_offset: int = 0
 
 
 def zero_signature(cfg: ExperimentConfig) -> str:
     """What decides generation 0's model: the training settings and whether the model
     starts from random weights (``model.init: scratch``); decoding does not (it decides
     corpus 0, not model 0)."""
-    return json.dumps([plain(cfg.train), cfg.model.init == "scratch", plain(cfg.model.scratch)],
+    train = {k: v for k, v in plain(cfg.train).items() if k != "pack"}  # (generation 0
+    # trains on full-length human blocks, which packing leaves as they are)
+    return json.dumps([train, cfg.model.init == "scratch", plain(cfg.model.scratch)],
                       sort_keys=True)
 
 
@@ -993,7 +1029,7 @@ def _member(population: Cell, data: dict[str, Any], i: int, j: int, suffix: str,
         parts.append(f"seed{p.seed_offset:+d}")
     key = f"{spec.key}.{p.label}" + (f"@{suffix}" if suffix else "")
     return Cell(key, resolved.policies[0], resolved, population.axes, ",".join(parts),
-                population=population.key)
+                population=population.key, seed_offset=p.seed_offset)
 
 
 def _check_axis(axis: GridAxis, i: int) -> None:

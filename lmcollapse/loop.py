@@ -31,7 +31,7 @@ from accelerate.utils import broadcast_object_list, set_seed
 from lmcollapse import curation, files
 from lmcollapse.config import Cell, CurationConfig, ExperimentConfig
 from lmcollapse.curation import candidates_per_prompt
-from lmcollapse.data.blocks import PROVENANCE, Sample, fresh_writer
+from lmcollapse.data.blocks import PROVENANCE, Sample, fresh_writer, human_continuations, pack_rows
 from lmcollapse.errors import ConfigError
 from lmcollapse.faults import kill_point
 from lmcollapse.generate import generate_corpus
@@ -187,6 +187,7 @@ class CollapseLoop:
         corpora = {j: self.corpus(self.layout.gen_dir(
             Generation(gen.seed, j, gen.policy) if j else self.grid.zero_of(gen)))
             for j in range(gen.k if pool is None else 0)}
+        corpora = _perfect(corpora, human, self.grid.settings(gen), cell.policy.continuations)
         rng = np.random.default_rng(derive_seed(gen.seed, gen.policy, gen.k, "mix"))
         policy = make_policy(cell.policy,
                              shard_seed=derive_seed(gen.seed, gen.policy, "shards"))
@@ -205,7 +206,7 @@ class CollapseLoop:
         start = self.weights.starting(gen)
         with self.steps.work():
             model, records = train_generation(
-                self.acc, start, self.setup.tokenizer.pad_token_id, mix,
+                self.acc, start, self.setup.tokenizer.pad_token_id, _rows(mix, tcfg, self.setup),
                 self.setup.human.validation, tcfg,
                 seed=derive_seed(gen.seed, gen.tag, gen.k, "order"), desc=f"train gen {gen.k}",
                 log_tag=str(self.layout.gen_dir(gen).relative_to(self.run_dir)),
@@ -314,6 +315,31 @@ def _new_run(cfg: ExperimentConfig, selection: Selection) -> ExperimentConfig:
     stamp = [dt.datetime.now().strftime("%Y%m%d-%H%M%S")]
     broadcast_object_list(stamp)
     return dataclasses.replace(cfg, experiment=f"{cfg.experiment}-{stamp[0]}")
+
+
+def _perfect(corpora: dict[int, list[Sample]], human: list[Sample], cfg: ExperimentConfig,
+             continuations: str) -> dict[int, list[Sample]]:
+    """The corpora a policy reads: as written, or with ``continuations: human`` (the
+    control) the true continuation of every prompt in place of the model's
+    (:func:`~lmcollapse.data.blocks.human_continuations`)."""
+    if continuations == "model":
+        return corpora
+    g = cfg.generate
+    return {j: human_continuations(c, human, g.prompt_tokens, g.keep_prompt)
+            for j, c in corpora.items()}
+
+
+def _rows(mix: list[Sample], tcfg: Any, setup: Setup) -> list[Sample]:
+    """The rows a generation trains on: the mix, or with ``train.pack`` rows of
+    ``data.block_tokens`` tokens (:func:`~lmcollapse.data.blocks.pack_rows`; mix.parquet
+    keeps the samples unpacked)."""
+    if not tcfg.pack:
+        return mix
+    length = len(setup.human.train[0]["input_ids"])  # a human block: data.block_tokens
+    rows = pack_rows([m["input_ids"] for m in mix], length, setup.tokenizer.eos_token_id)
+    log.info("train.pack: %d samples (%d tokens) packed into %d rows of up to %d tokens",
+             len(mix), sum(len(m["input_ids"]) for m in mix), len(rows), length)
+    return [{"input_ids": r} for r in rows]
 
 
 def _collect(metrics: list[Metric], fn: Callable[[Metric], Measurement | None]) -> dict[str, Any]:

@@ -40,6 +40,7 @@ from scipy.spatial.distance import jensenshannon
 from lmcollapse import files
 from lmcollapse.config import Cell
 from lmcollapse.data.blocks import PROVENANCE, Sample, fresh_writer
+from lmcollapse.errors import ConfigError
 from lmcollapse.faults import kill_point
 from lmcollapse.layout import METRICS as METRICS_FILE
 from lmcollapse.layout import MIX, POOL, POOL_SUMMARY, Generation
@@ -54,10 +55,14 @@ POOL_COLUMNS = [*PROVENANCE, "writer", "batch"]
 #: the population row's values: direction (None: compare with jsd_human_pair) and name
 VALUES = {
     "jsd_between": (None, "JSD between participants"),
+    "jsd_within": (None, "JSD within a participant"),
+    "jsd_between_excess": (None, "JSD between − within"),
     "jsd_human_pair": (None, "JSD between two human samples"),
     "jsd_to_human": (False, "JSD to human text"),
-    "pool_synthetic": (False, "synthetic share of the pool"),
-    "crawl_synthetic": (False, "synthetic share of the crawls"),
+    "pool_synthetic": (False, "synthetic share of the pool (blocks)"),
+    "pool_synthetic_tokens": (False, "synthetic share of the pool (tokens)"),
+    "crawl_synthetic": (False, "synthetic share of the crawls (blocks)"),
+    "crawl_synthetic_tokens": (False, "synthetic share of the crawls (tokens)"),
 }
 
 
@@ -84,15 +89,18 @@ def new_batch(settings: Any, k: int, n: int, generations: int,
 
 
 def composition(pool: list[Sample], crawled: range) -> dict[str, Any]:
-    """Blocks by batch and writer; the synthetic share of the whole pool, of the part a
-    generation crawls (the batches ``crawled``) and of each batch."""
+    """Blocks and tokens by batch and writer; the synthetic share of the whole pool, of the
+    part a generation crawls (the batches ``crawled``) and of each batch, by blocks and by
+    tokens (a model-written block is a continuation, shorter than a human block)."""
     by_batch: dict[int, Counter] = {}
+    tokens: dict[int, Counter] = {}
     for r in pool:
         by_batch.setdefault(int(r["batch"]), Counter())[r["writer"]] += 1
+        tokens.setdefault(int(r["batch"]), Counter())[r["writer"]] += len(r["input_ids"])
 
-    def share(batches: list[int]) -> float:
-        total = sum(sum(by_batch[b].values()) for b in batches)
-        human = sum(by_batch[b][HUMAN] for b in batches)
+    def share(batches: list[int], counts: dict[int, Counter] = by_batch) -> float:
+        total = sum(sum(counts[b].values()) for b in batches)
+        human = sum(counts[b][HUMAN] for b in batches)
         return (total - human) / total if total else 0.0
 
     batches = sorted(by_batch)
@@ -103,7 +111,12 @@ def composition(pool: list[Sample], crawled: range) -> dict[str, Any]:
             "synthetic_share": share(batches),
             "crawled_batches": reach,
             "crawled_blocks": sum(sum(by_batch[b].values()) for b in reach),
-            "crawled_synthetic_share": share(reach)}
+            "crawled_synthetic_share": share(reach),
+            "tokens": sum(sum(c.values()) for c in tokens.values()),
+            "tokens_by_batch": {str(b): dict(sorted(tokens[b].items())) for b in batches},
+            "batch_synthetic_token_share": {str(b): share([b], tokens) for b in batches},
+            "synthetic_token_share": share(batches, tokens),
+            "crawled_synthetic_token_share": share(reach, tokens)}
 
 
 def jsd(a: Counter, b: Counter) -> float:
@@ -116,8 +129,20 @@ def jsd(a: Counter, b: Counter) -> float:
 
 def population_size(cell: Cell, ctx: Any, where: str) -> int:
     """The samples of each corpus (and of human text) the population's row draws: its
-    ``sample_size``, refused (naming ``where``) beyond what every row allows."""
-    return ctx.disjoint_size(cell.policy.settings.sample_size, where, "population")
+    ``sample_size``, refused (naming ``where``) beyond what every row allows. The
+    within-participant floor draws two disjoint samples of one corpus, so at most half a
+    corpus (N // 2; ``null`` takes the largest size every draw allows)."""
+    configured = cell.policy.settings.sample_size
+    size = ctx.disjoint_size(configured, where, "population")
+    half = len(ctx.human.train) // 2
+    if configured is None:
+        return min(size, half)
+    if size > half:
+        raise ConfigError(
+            f"{where}: {size} samples requested, but the within-participant floor compares two "
+            f"disjoint samples of one corpus of {len(ctx.human.train)} samples, so at most "
+            f"{half} each; allowed: 2..{half}, or null for the largest size")
+    return size
 
 
 class Population:
@@ -219,15 +244,25 @@ class Population:
         human_a, human_b = ngram_counts(first, s.ngram), ngram_counts(second, s.ngram)
         pairs = {f"{a}~{b}": jsd(dist[a], dist[b]) for a, b in itertools.combinations(labels, 2)}
         to_human = {label: jsd(dist[label], human_a) for label in labels}
+        within = {label: jsd(*(ngram_counts(half, s.ngram) for half in _halves(ctx.content(
+                      [r["input_ids"] for r in loop.corpus(loop.layout.gen_dir(g))]), size,
+                      derive_seed(seed, cell.key, k, "within", label))))
+                  for label, g in zip(labels, self.members(seed, cell, k), strict=True)}
         values = {"jsd_human_pair": jsd(human_a, human_b),
                   "jsd_to_human": float(np.mean(list(to_human.values()))),
-                  **({"jsd_between": float(np.mean(list(pairs.values())))} if pairs else {})}
+                  "jsd_within": float(np.mean(list(within.values())))}
+        if pairs:
+            values["jsd_between"] = float(np.mean(list(pairs.values())))
+            values["jsd_between_excess"] = values["jsd_between"] - values["jsd_within"]
         comp = files.read_json(d / POOL_SUMMARY) if k else None
         values["pool_synthetic"] = comp["crawled_synthetic_share"] if comp else 0.0
-        values["crawl_synthetic"] = float(np.mean([_synthetic_share(loop.layout.gen_dir(g) / MIX)
-                                                   for g in self.members(seed, cell, k)])) \
-            if k else 0.0
-        details = {"ngram": s.ngram, "pairs": pairs, "to_human": to_human,
+        values["pool_synthetic_tokens"] = comp["crawled_synthetic_token_share"] if comp else 0.0
+        crawls = [_synthetic_share(loop.layout.gen_dir(g) / MIX, loop.cfg.data.block_tokens,
+                                   ctx.sample_tokens) for g in self.members(seed, cell, k)] \
+            if k else [(0.0, 0.0)]
+        values["crawl_synthetic"] = float(np.mean([b for b, _ in crawls]))
+        values["crawl_synthetic_tokens"] = float(np.mean([t for _, t in crawls]))
+        details = {"ngram": s.ngram, "pairs": pairs, "to_human": to_human, "within": within,
                    "composition": comp or composition(starting_pool(ctx.human.train), range(1)),
                    "participants": labels}
         sizes = {"sample_size": size, "sample_tokens": ctx.sample_tokens}
@@ -242,13 +277,25 @@ class Population:
                 "elapsed_s": {"population": time.time() - start}})
 
 
-def _synthetic_share(mix: Path) -> float:
+def _synthetic_share(mix: Path, block_tokens: int, sample_tokens: int) -> tuple[float, float]:
+    """The share of a crawl's blocks, and of its tokens, that models wrote (mix.parquet
+    holds provenance only: a human block is ``block_tokens`` long, a model's sample
+    ``sample_tokens``, its length forced at generation)."""
     files.verify(mix)
     writers = [r["writer"] for r in files.read_rows(mix)]
-    return sum(w != HUMAN for w in writers) / len(writers)
+    synthetic = sum(w != HUMAN for w in writers)
+    human = len(writers) - synthetic
+    return (synthetic / len(writers),
+            synthetic * sample_tokens / (synthetic * sample_tokens + human * block_tokens))
+
+
+def _halves(samples: list[Any], size: int, seed: int) -> tuple[list[Any], list[Any]]:
+    """Two disjoint samples of ``size`` from ``samples`` (the within-participant floor)."""
+    order = np.random.default_rng(seed).permutation(len(samples))[:2 * size]
+    return [samples[i] for i in sorted(order[:size])], [samples[i] for i in sorted(order[size:])]
 
 
 def _meta(key: str) -> dict[str, Any]:
     direction, name = VALUES[key]
     return {"metric": "population", "display_name": name, "higher_is_better": direction,
-            "column": key in ("jsd_between", "jsd_human_pair", "pool_synthetic")}
+            "column": key in ("jsd_between", "jsd_within", "jsd_human_pair", "pool_synthetic")}

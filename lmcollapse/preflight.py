@@ -299,6 +299,11 @@ def prepare(cfg: ExperimentConfig, acc: Accelerator, layout: RunLayout, grid: Gr
                           f"{str(err)[:500]}") from err
 
 
+def grid_members(grid: dict[str, Cell]) -> list[Cell]:
+    """Every cell that trains: the cells, a population's participants in its place."""
+    return [m for c in grid.values() for m in (c.members or [c])]
+
+
 def _check_output_dir(layout: RunLayout) -> None:
     """The run directory and its parents must be folders (or not exist yet)."""
     for path in [layout.root, *layout.root.parents]:
@@ -336,6 +341,11 @@ def _prepare(cfg: ExperimentConfig, acc: Accelerator, layout: RunLayout,
             c.cfg.train.lora.enabled for c in grid.values()):
         raise ConfigError("train.lora: LoRA is not run under FSDP (its few trainable weights "
                           "need no sharding); launch with configs/accelerate/multi_gpu.yaml")
+    packed = [m.key for m in grid_members(grid) if m.cfg.train.pack]
+    if packed and tokenizer.eos_token_id is None:
+        raise ConfigError(f"train.pack (cell {packed[0]}): packing separates rows with the "
+                          "tokenizer's end-of-text token, and this tokenizer has none; set "
+                          "train.pack: false")
     for i, spec in enumerate(cfg.policies):
         wants = [k for k in ("pool", "human_source") if getattr(spec.settings, k, "") == "source"]
         if wants and setup.fresh is None:

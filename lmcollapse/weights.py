@@ -71,14 +71,20 @@ class Weights:
         return model_config(self.grid.settings(Generation(0, 0, None, group)).model,
                             self.setup.tokenizer)
 
+    def own_base(self, group: str) -> bool:
+        """Whether training setting ``group`` builds its scratch model from initial weights
+        of its own: a participant of another size, or with a ``seed_offset`` (drawn from
+        the group's name, so as if from another seed)."""
+        return bool(group) and (self.arch(group) is not self.setup.model_config or any(
+            m.seed_offset for m in self.grid.members.values() if m.zero_group == group))
+
     def base_dir(self, seed: int, group: str = "") -> Path | None:
         """Where the run keeps the weights ``init: base`` starts from: a scratch model's
         initial weights (of the training setting ``group`` when its size differs), or a
         GGUF checkpoint dequantized once for all seeds; None for other pretrained models,
         loaded as named."""
         if self.cfg.model.source == "scratch":
-            own = self.arch(group) is not self.setup.model_config
-            return self.layout.scratch_base(seed, group if own else "")
+            return self.layout.scratch_base(seed, group if self.own_base(group) else "")
         if self.cfg.model.gguf_file:
             return self.layout.base_model
         return None
@@ -90,8 +96,7 @@ class Weights:
         with its tokenizer, so every generation reloads ordinary weights and every saved
         model is serializable."""
         shared = self.cfg.model.source != "scratch"  # the GGUF copy serves every seed
-        for group in dict.fromkeys(g if self.arch(g) is not self.setup.model_config else ""
-                                   for g in groups):
+        for group in dict.fromkeys(g if self.own_base(g) else "" for g in groups):
             base_dir = self.base_dir(seed, group)
             if base_dir is None:
                 return

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The paired tests behind the study claims of docs/studies.md (p-values, "in every seed"), from the
 # committed runs' metrics.json files: run each study's config first (see docs/studies.md).
-#   bash scripts/readme_claims.sh [wikitext-laptop|quickstart|curation|sampling-bias|fresh-threshold|blue-cats|internet]
+#   bash scripts/readme_claims.sh [wikitext-laptop|wikitext-controls|quickstart|curation|sampling-bias|fresh-threshold|blue-cats|internet|internet-matched]
 # Each `lmcollapse compare` call is one family: its p-values are Holm-corrected together.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,6 +17,30 @@ if [[ $want == all || $want == wikitext-laptop ]]; then
   # what replace and accumulate write, generation 4 against generation 0 (values)
   cmp runs/wikitext-laptop --pair replace/gen_0 replace --pair accumulate/gen_0 accumulate \
     --raw --metrics ref_ppl_p50,word_types,word_types_known,word_types_1,word_types_2,word_types_3,word_types_4,word_usage_1,word_usage_4,mauve
+fi
+
+if [[ $want == all || $want == wikitext-controls ]]; then
+  # each policy and control against generation 0 (shared), packed and not
+  zero=()
+  for c in replace replace-human accumulate accumulate-human; do
+    for pk in false true; do zero+=(--pair "$c@pack=$pk/gen_0" "$c@pack=$pk"); done
+  done
+  cmp runs/wikitext-controls "${zero[@]}" --metrics perplexity
+  # how much of each policy's change since generation 0 its control shows (B/A - 1 of the
+  # changes; the p of the difference in differences), packed and not
+  ctl=()
+  for pk in false true; do
+    ctl+=(--pair "replace@pack=$pk" "replace-human@pack=$pk"
+          --pair "accumulate@pack=$pk" "accumulate-human@pack=$pk")
+  done
+  cmp runs/wikitext-controls "${ctl[@]}" --change --metrics perplexity
+  # what packing changes: each cell packed against the same cell unpacked (generation 4)
+  pk=()
+  for c in replace replace-human accumulate accumulate-human; do pk+=(--pair "$c@pack=false" "$c@pack=true"); done
+  cmp runs/wikitext-controls "${pk[@]}" --metrics perplexity
+  # the ordering, unpacked and packed
+  cmp runs/wikitext-controls --pair accumulate@pack=false replace@pack=false \
+    --pair accumulate@pack=true replace@pack=true --metrics perplexity
 fi
 
 if [[ $want == all || $want == quickstart ]]; then
@@ -83,4 +107,16 @@ if [[ $want == all || $want == internet ]]; then
   # which participant loses most: the change since generation 0, participants against each other
   cmp runs/internet --pair web.sample web.cold --pair web.sample web.nucleus \
     --pair web.nucleus web.cold --change --metrics perplexity,excess_nats_per_word,kl_human_corpus
+fi
+
+if [[ $want == all || $want == internet-matched ]]; then
+  # decoding-matched participants, each with its own generation-0 model: does the divergence
+  # between them, over the floor within one, trend from generation 1 to 4 (after the
+  # structural break of generation 0 -> 1), with synthetic content and without
+  cmp runs/internet-matched --pair matched-web/gen_1 matched-web \
+    --pair matched-human-only/gen_1 matched-human-only --raw \
+    --metrics jsd_between_excess,jsd_between,jsd_within
+  # the difference in differences: web's change from generation 1 against human-only's
+  cmp runs/internet-matched --pair matched-human-only matched-web --change --since 1 --raw \
+    --metrics jsd_between_excess,jsd_to_human
 fi

@@ -16,7 +16,10 @@ from lmcollapse.config import (
 )
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
-CONFIG_FILES = sorted(CONFIG_DIR.glob("*.yaml")) + sorted(CONFIG_DIR.glob("*.yml"))
+CONFIG_FILES = [p for p in sorted(CONFIG_DIR.glob("*.yaml")) + sorted(CONFIG_DIR.glob("*.yml"))
+                if not p.name.endswith(".claims.yaml")]
+#: a study's declared claims (lmcollapse claims), beside its config
+CLAIMS_FILES = sorted(CONFIG_DIR.glob("*.claims.yaml"))
 
 
 def config_error(overrides: list[str] | None = None, path: Path | str | None = None) -> str:
@@ -58,6 +61,24 @@ def test_shipped_config_loads_and_validates(path: Path) -> None:
 def test_shipped_config_opens_with_launch_comment(path: Path) -> None:
     first = path.read_text().lstrip().splitlines()[0]
     assert first.startswith("#"), f"{path.name} should open with a comment giving its command"
+
+
+@pytest.mark.parametrize("path", CLAIMS_FILES, ids=lambda p: p.name)
+def test_shipped_claims_name_cells_of_their_config(path: Path) -> None:
+    """Every claims file loads, sits beside its config and names that config's cells (or
+    populations) and generations."""
+    from lmcollapse.grid import Grid
+    from lmcollapse.report.claims import load_claims
+
+    config = CONFIG_DIR / path.name.replace(".claims.yaml", ".yaml")
+    cfg = load_config(config)
+    assert path.read_text().startswith("#")
+    cells = set(Grid.of(cfg).cells)
+    for claim in load_claims(path):
+        for side in (claim.a, claim.b):
+            cell, _, gen = side.partition("/gen_")
+            assert cell in cells, (claim.id, side, sorted(cells))
+            assert not gen or 0 <= int(gen) <= cfg.generations
 
 
 def _roundtrip(cfg: ExperimentConfig) -> ExperimentConfig:

@@ -114,6 +114,70 @@ def test_a_sample_size_the_test_text_cannot_give_is_refused_at_set_up(tmp_path):
     assert not cfg.run_dir.exists()
 
 
+def test_the_within_participant_floor_needs_two_disjoint_halves_of_a_corpus():
+    """The population's sample size: at most half a corpus (N // 2), as the floor draws two
+    disjoint samples of one participant's corpus; null takes the largest that fits."""
+    from types import SimpleNamespace
+
+    from lmcollapse.population import population_size
+
+    def cell(size):
+        return SimpleNamespace(policy=SimpleNamespace(settings=SimpleNamespace(sample_size=size)))
+
+    ctx = SimpleNamespace(human=SimpleNamespace(train=[{}] * 21),
+                          disjoint_size=lambda configured, where, metric: configured or 40)
+    assert population_size(cell(None), ctx, "policies[0].sample_size") == 10
+    assert population_size(cell(10), ctx, "policies[0].sample_size") == 10
+    with pytest.raises(ConfigError, match=r"^policies\[0\]\.sample_size: 11 samples .*"
+                       r"at most 10 each; allowed: 2\.\.10"):
+        population_size(cell(11), ctx, "policies[0].sample_size")
+
+
+def test_composition_counts_blocks_and_tokens():
+    pool = ([{"batch": 0, "writer": "human", "input_ids": [0] * 48}] * 4
+            + [{"batch": 1, "writer": "a", "input_ids": [0] * 32}] * 3
+            + [{"batch": 1, "writer": "human", "input_ids": [0] * 48}])
+    comp = composition(pool, range(1, 2))
+    assert comp["crawled_synthetic_share"] == 3 / 4
+    assert comp["crawled_synthetic_token_share"] == 96 / (96 + 48)
+    assert comp["synthetic_token_share"] == 96 / (96 + 5 * 48)
+    assert comp["tokens_by_batch"] == {"0": {"human": 192}, "1": {"a": 96, "human": 48}}
+
+
+def test_a_seed_offset_gives_a_participant_initial_weights_of_its_own(tmp_path, tokenizer,
+                                                                     accelerator):
+    """Participants that decode and train alike but have a seed offset start from initial
+    weights of their own (and train a generation-0 model of their own); one without an
+    offset shares the run's."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from lmcollapse.config import ScratchModelConfig
+    from lmcollapse.layout import RunLayout
+    from lmcollapse.models import load_model, scratch_config
+    from lmcollapse.weights import Weights
+
+    cfg = tiny_config(tmp_path, population(participants=[{"label": "a"}, {
+        "label": "b", "seed_offset": 1}, {"label": "c", "seed_offset": 2}]))
+    grid = Grid.of(cfg)
+    groups = grid.zero_groups(list(grid.cells.values()))
+    assert groups == ["", "seed+1", "seed+2"]
+    arch = scratch_config(ScratchModelConfig(hidden_size=32, num_layers=1, num_heads=4,
+                                             intermediate_size=64), tokenizer)
+    weights = Weights(grid, accelerator, RunLayout(tmp_path / "run"),
+                      SimpleNamespace(model_config=arch, tokenizer=tokenizer))
+    weights.ensure_base(0, groups)
+    seed = tmp_path / "run" / "seed_0"
+    assert sorted(p.name for p in seed.iterdir() if p.is_dir()) == ["base", "base@seed+1",
+                                                                    "base@seed+2"]
+    first = [next(iter(load_model(seed / d).state_dict().values()))
+             for d in ("base", "base@seed+1", "base@seed+2")]
+    assert not torch.equal(first[0], first[1]) and not torch.equal(first[1], first[2])
+    assert weights.base_dir(0, "seed+1") == seed / "base@seed+1"
+    assert weights.base_dir(0, "") == seed / "base"
+
+
 # --- the grid: one unit per population, one cell per participant -------------------------------
 
 def test_participants_are_cells_and_a_grid_sweeps_the_schedule(tmp_path):
@@ -208,6 +272,15 @@ def test_the_pool_is_what_its_provenance_says(population_run):
         for r in pool:
             counted.setdefault(str(r["batch"]), Counter())[r["writer"]] += 1
         assert summary["by_batch"] == {b: dict(c) for b, c in counted.items()}
+        tokens: dict[str, Counter] = {}  # and by tokens: a continuation is shorter
+        for r in pool:
+            tokens.setdefault(str(r["batch"]), Counter())[r["writer"]] += len(r["input_ids"])
+        assert summary["tokens_by_batch"] == {b: dict(c) for b, c in tokens.items()}
+        reach = [str(b) for b in summary["crawled_batches"]]
+        crawled = sum(sum(tokens[b].values()) for b in reach)
+        assert summary["crawled_synthetic_token_share"] == pytest.approx(
+            sum(v for b in reach for w, v in tokens[b].items() if w != "human") / crawled)
+        assert summary["crawled_synthetic_token_share"] < summary["crawled_synthetic_share"]
         assert summary["blocks"] == len(pool) == n + k * round(0.5 * n)
         new = [r for r in pool if r["batch"] == k]
         synthetic = round(SCHEDULE[k - 1] * round(0.5 * n))
@@ -249,14 +322,34 @@ def test_the_population_row_matches_a_recomputation(population_run):
             samples[w] = Counter(tuple(ids[i][j:j + 2]) for i in draw
                                  for j in range(len(ids[i]) - 1))
         assert row["values"]["jsd_between"] == pytest.approx(jsd(samples["a"], samples["b"]))
+        within = {}  # the floor: two disjoint halves of one participant's own corpus
+        for w, g in dirs.items():
+            ids = [r["input_ids"] for r in _rows(g / "corpus.parquet")]
+            order = np.random.default_rng(derive_seed(0, "web", k, "within", w)).permutation(
+                len(ids))
+            halves = [sorted(order[:size]), sorted(order[size:2 * size])]
+            assert not set(halves[0]) & set(halves[1])
+            within[w] = jsd(*(Counter(tuple(ids[i][j:j + 2]) for i in half
+                                      for j in range(len(ids[i]) - 1)) for half in halves))
+        assert row["details"]["population"]["within"] == pytest.approx(within)
+        assert row["values"]["jsd_within"] == pytest.approx(np.mean(list(within.values())))
+        assert row["values"]["jsd_between_excess"] == pytest.approx(
+            row["values"]["jsd_between"] - row["values"]["jsd_within"])
         assert row["details"]["population"]["pairs"]["a~b"] == row["values"]["jsd_between"]
         assert 0 < row["values"]["jsd_human_pair"] < 1
         if k:
             mixes = [_rows(seed / f"web.{w}" / f"gen_{k:02d}" / "mix.parquet") for w in "ab"]
             share = np.mean([sum(r["writer"] != "human" for r in m) / len(m) for m in mixes])
             assert row["values"]["crawl_synthetic"] == pytest.approx(share)
+            lengths = {r["sample_id"]: len(r["input_ids"]) for r in _rows(
+                seed / "web" / f"gen_{k:02d}" / "pool.parquet")}
+            share = np.mean([sum(lengths[r["sample_id"]] for r in m if r["writer"] != "human")
+                             / sum(lengths[r["sample_id"]] for r in m) for m in mixes])
+            assert row["values"]["crawl_synthetic_tokens"] == pytest.approx(share)
             pool = json.loads((seed / "web" / f"gen_{k:02d}" / "pool.json").read_text())
             assert row["values"]["pool_synthetic"] == pool["crawled_synthetic_share"] > 0
+            assert row["values"]["pool_synthetic_tokens"] == \
+                pool["crawled_synthetic_token_share"] > 0
         else:
             assert row["values"]["pool_synthetic"] == 0.0
     single = json.loads((seed / "single" / "gen_02" / "metrics.json").read_text())["values"]

@@ -235,11 +235,25 @@ def test_compare_command_is_the_reports_test(tmp_path, capsys):
     # the relative change, per seed B / A - 1: mean [min, max], in whole percent
     rel = np.divide(full, zero) - 1
     assert row[7] == f"{rel.mean():+.0%} [{rel.min():+.0%}, {rel.max():+.0%}]"
-    # no ratio of changes since generation 0 (they may be 0 or negative)
-    assert run_main(["compare", str(run), "--pair", "replace", "accumulate", "--change",
-                     "--metrics", "perplexity"]) == 0
-    line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| perp"))
-    assert line.split("|")[7].strip() == "–"
+    # changes (--change, --since K): the paired test of the per-seed difference in
+    # differences; B's change over A's only where A's change is positive in every seed
+    for since in (0, 1):
+        args = ["--since", str(since)] if since else []
+        assert run_main(["compare", str(run), "--pair", "replace", "accumulate", "--change",
+                         *args, "--metrics", "perplexity"]) == 0
+        line = next(ln for ln in capsys.readouterr().out.splitlines()
+                    if ln.startswith("| perp")).split("|")
+        base = {name: [value("perplexity", name if since else None, s, since) for s in (0, 1)]
+                for name in ("replace", "accumulate")}
+        ch_rep, ch_acc = np.subtract(rep, base["replace"]), np.subtract(acc, base["accumulate"])
+        assert float(line[6].split(" [")[0]) == pytest.approx(np.mean(ch_acc - ch_rep), rel=1e-3)
+        assert float(line[9]) == pytest.approx(stats.ttest_rel(ch_acc, ch_rep).pvalue, rel=1e-3)
+        ratio = ch_acc / ch_rep - 1
+        assert line[7].strip() == (f"{ratio.mean():+.0%} [{ratio.min():+.0%}, {ratio.max():+.0%}]"
+                                   if (ch_rep > 0).all() else "–")
+    assert run_main(["compare", str(run), "--pair", "replace", "accumulate", "--since", "1",
+                     "--metrics", "perplexity"]) == 2
+    assert "--since: counts a change from generation K; add --change" in capsys.readouterr().err
     assert "Holm over the 2 tests of this command" in out
     # the same pair in the report's leaderboard (accumulate ranks first) gets the same p
     lb = compute.leaderboard(load_runs([run]))

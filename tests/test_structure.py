@@ -90,7 +90,7 @@ def test_no_import_cycles_among_lmcollapse_modules():
 REPORT_PHASES = {"stats": 0, "load": 1, "compute": 2, "documents": 2, "lineages": 2,
                  "populations": 2, "formats": 3, "plots": 3, "documents_formats": 3,
                  "lineages_formats": 3, "populations_formats": 3,
-                 "write": 4, "compare": 4}
+                 "write": 4, "compare": 4, "claims": 4}
 
 
 def test_the_report_goes_one_way_and_never_reaches_torch():
@@ -122,7 +122,8 @@ def test_the_report_goes_one_way_and_never_reaches_torch():
 #: command and checks), and `run` never loads the report's statistics and plotting
 CLI_LATE = {"tqdm.contrib.logging", "lmcollapse.loop", "lmcollapse.models",
             "lmcollapse.preflight", "lmcollapse.bench", "lmcollapse.parallel",
-            "lmcollapse.smoke", "lmcollapse.report.write", "lmcollapse.report.compare"}
+            "lmcollapse.smoke", "lmcollapse.report.write", "lmcollapse.report.compare",
+            "lmcollapse.report.claims"}
 
 
 def _calls(path: Path) -> set[str]:

@@ -7,6 +7,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from lmcollapse.config import DataConfig
 from lmcollapse.errors import ConfigError
 
@@ -71,6 +73,48 @@ def human_rows(ids: list[int], block_tokens: int, split: str,
     return [{"sample_id": f"human:{split}:{i}", "origin": "human", "generation": -1,
              "prompt_id": -1, "input_ids": ids[i * block_tokens:(i + 1) * block_tokens]}
             for i in range(n)]
+
+
+def human_continuations(corpus: list[Sample], human: list[Sample], prompt_tokens: int,
+                         keep_prompt: bool) -> list[Sample]:
+    """The human-continuation control of ``corpus``: for each of its samples, the true
+    continuation of the same prompt in the same format (docs/policies.md, "Controls").
+
+    A sample continues the first ``prompt_tokens`` tokens of human block ``prompt_id``; its
+    stand-in is what that block holds after the prompt (from the block's start where the
+    prompt is kept), as many tokens as the sample has. The rows, their number, lengths and
+    prompt handling are the corpus's; only the writer changes: a perfect generator, so any
+    change it shows comes from the format and the amount of text, not from a model's errors.
+    """
+    start = 0 if keep_prompt else prompt_tokens
+    out = []
+    for r in corpus:
+        block = human[int(r["prompt_id"])]["input_ids"]
+        length = len(r["input_ids"])
+        if start + length > len(block):
+            raise ValueError(
+                f"the human continuation of prompt {r['prompt_id']} needs tokens "
+                f"{start}..{start + length} of a {len(block)}-token block: human blocks must "
+                "hold the prompt and the continuation (generate.prompt_tokens + "
+                "generate.new_tokens <= data.block_tokens)")
+        out.append({"sample_id": f"human-continuation:{r['sample_id']}", "origin": "human",
+                    "generation": -1, "prompt_id": int(r["prompt_id"]),
+                    "input_ids": np.asarray(block[start:start + length], dtype=np.int32)})
+    return out
+
+
+def pack_rows(rows: list[Any], length: int, separator: int) -> list[list[int]]:
+    """Training rows of ``length`` tokens (``train.pack``): rows already that long stay as
+    they are (human blocks are cuts of the concatenated human text); the shorter ones are
+    concatenated in order, each followed by ``separator`` (the end-of-text token), and cut
+    into rows of ``length`` tokens, as run_clm's ``group_texts`` does. Unlike group_texts the
+    remainder is kept as one last, shorter row, so no token of the mix is dropped."""
+    full = [list(map(int, r)) for r in rows if len(r) >= length]
+    stream: list[int] = []
+    for r in rows:
+        if len(r) < length:
+            stream += [*map(int, r), separator]
+    return full + [stream[i:i + length] for i in range(0, len(stream), length)]
 
 
 def fresh_blocks(write: Callable[[int, int], list[str]], tokenizer: Any, count: int,

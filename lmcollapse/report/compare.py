@@ -3,24 +3,27 @@ of one run, the numbers behind a claim, with the report's own tests.
 
     lmcollapse compare runs/curation --pair replace replace-gen0-bestof4 \
         --pair replace/gen_0 replace --metrics perplexity,tail_mass_ratio \
-        [--generation 3] [--change] [--raw] [--correction holm|bh|none]
+        [--generation 3] [--change [--since 1]] [--raw] [--correction holm|bh|none]
     lmcollapse plan-seeds runs/quickstart --pair mix-0.1 replace --metrics perplexity \
         [--power 0.8] [--comparisons 1]
 
 For each ``--pair A B`` and metric: the mean of A and of B over seeds at the generation
 (default: the final one; ``A/gen_K`` is A at generation K), the mean per-seed difference
 B − A with its 95% t-interval, the per-seed relative change B / A − 1 (mean, min, max over
-seeds: how published collapse studies state a change; only for values positive in every
-seed, not for ``--change`` nor for distances to human), on how many seeds B is below A, and
+seeds: how published collapse studies state a change; only where A is positive in every
+seed, and not for distances to human; with ``--change`` it is B's change over A's less 1,
+so a control B that shows 30% of policy A's change reads −70%), on how many seeds B is
+below A, and
 the two-sided paired
 t-test p over seeds (:func:`lmcollapse.report.stats.paired_test`, the leaderboard's test; seeds
 pair because generation 0 is shared), corrected over every test of the invocation (one
 family, :func:`lmcollapse.report.stats.adjust`). A metric ranked by closeness to human (≈) is
 compared, as the report compares it, by each seed's distance to its human value; ``--raw``
 compares the values themselves. ``--change`` compares each side's change since generation
-0. ``plan-seeds`` prints, for every pair, the seeds a paired test needs to detect the
-observed difference at the observed spread (80% power by default, alpha / comparisons).
-Reads metrics.json only, like the report.
+0 (``--since K``: since generation K): B's change against A's, a paired test of the
+per-seed difference in differences. ``plan-seeds`` prints, for every pair, the seeds a
+paired test needs to detect the observed difference at the observed spread (80% power by
+default, alpha / comparisons). Reads metrics.json only, like the report.
 """
 
 from __future__ import annotations
@@ -83,8 +86,10 @@ def parse_side(text: str, exp: RunResults, default_generation: int) -> Side:
 
 
 def run_tests(exp: RunResults, pairs: list[tuple[Side, Side]], metrics: list[str],
-              change: bool = False, raw: bool = False, correction: str = "holm") -> list[Test]:
-    """Every (metric, pair) test, the invocation one family."""
+              change: bool = False, raw: bool = False, correction: str = "holm",
+              since: int = 0) -> list[Test]:
+    """Every (metric, pair) test, the invocation one family; ``change``: of each side's
+    change since generation ``since``."""
     meta = measured([exp], populations=True)
     tests = []
     for metric in metrics:
@@ -94,17 +99,16 @@ def run_tests(exp: RunResults, pairs: list[tuple[Side, Side]], metrics: list[str
         for a, b in pairs:
             va, vb = (exp.scored(s.policy, metric, s.generation, direction) for s in (a, b))
             if change:
-                za, zb = (exp.scored(s.policy, metric, 0, direction) for s in (a, b))
+                za, zb = (exp.scored(s.policy, metric, since, direction) for s in (a, b))
                 va = {k: v - za[k] for k, v in va.items() if k in za}
                 vb = {k: v - zb[k] for k, v in vb.items() if k in zb}
             if not va or not vb:
                 raise ReportError(f"no {metric!r} for {a.name} or {b.name}")
             both = va.keys() & vb.keys()
-            # a relative change of positive values only: not of changes since generation 0
-            # (--change) nor of distances to human (≈ without --raw), which may be 0 or < 0
+            # a ratio over A positive in every seed only (with --change: A's change), never
+            # of distances to human (≈ without --raw), which may be 0 or < 0
             ratios = [vb[s] / va[s] - 1 for s in both] if (
-                not change and direction is not None and both
-                and all(va[s] > 0 for s in both)) else []
+                direction is not None and both and all(va[s] > 0 for s in both)) else []
             relative = ((statistics.fmean(ratios), min(ratios), max(ratios)) if ratios
                         else (math.nan,) * 3)
             tests.append(Test(metric, a, b, statistics.fmean(va.values()),
@@ -132,7 +136,10 @@ def add_arguments(p: argparse.ArgumentParser, plan: bool = False) -> None:
     p.add_argument("--metrics", required=True, help="comma-separated value keys")
     p.add_argument("--generation", type=int, default=None, help="default: the final one")
     p.add_argument("--change", action="store_true",
-                   help="compare the change since generation 0 instead of the values")
+                   help="compare the change since generation 0 (--since K: K) instead of "
+                   "the values")
+    p.add_argument("--since", type=int, default=0, metavar="K",
+                   help="with --change: the generation the change is counted from")
     p.add_argument("--raw", action="store_true",
                    help="compare the values of a ≈ metric, not their distance to human")
     p.add_argument("--correction", default="holm", choices=list(CORRECTIONS),
@@ -152,13 +159,18 @@ def command(args: argparse.Namespace, plan: bool = False) -> int:
         gen = exp.generations if args.generation is None else args.generation
         pairs = [(parse_side(a, exp, gen), parse_side(b, exp, gen)) for a, b in args.pair]
         metrics = [m for m in args.metrics.split(",") if m]
-        tests = run_tests(exp, pairs, metrics, args.change, args.raw, args.correction)
+        if args.since and not args.change:
+            raise ReportError("--since: counts a change from generation K; add --change")
+        if not 0 <= args.since <= exp.generations:
+            raise ReportError(f"--since: a generation in 0..{exp.generations}, got {args.since}")
+        tests = run_tests(exp, pairs, metrics, args.change, args.raw, args.correction,
+                          args.since)
         if plan and not 0 < args.power < 1:
             raise ReportError(f"--power: a probability in (0, 1), got {args.power}")
     except ReportError as err:
         print(f"lmcollapse {name}: {err}", file=sys.stderr)
         return 2
-    what = "change since generation 0" if args.change else "values"
+    what = f"change since generation {args.since}" if args.change else "values"
     how = "values" if args.raw else "as the report compares them (≈ metrics: distance to human)"
     family = sum(math.isfinite(t.paired.p) for t in tests)
     print(f"{exp.key}, {what} at generation {gen} (/gen_K: at K), {how}, paired over seeds "

@@ -1,8 +1,9 @@
 """Compute: the populations of an experiment (:mod:`lmcollapse.population`), over seeds.
 
 Per population and generation: its row's values (the synthetic share of the pool and of
-the crawls, the Jensen-Shannon divergence between participants and between two human
-samples, the divergence to human text), each participant's divergence to human text, and
+the crawls, by blocks and by tokens; the Jensen-Shannon divergence between participants,
+within one participant (two halves of its corpus: the floor) and between two human
+samples; the divergence to human text), each participant's divergence to human text, and
 the composition of the pool the generation crawled (the mean share of each writer).
 """
 
@@ -17,7 +18,8 @@ from lmcollapse.report.load import RunResults
 from lmcollapse.report.stats import Stat, stat
 
 #: the population row's values, in the order tables show them
-VALUES = ("pool_synthetic", "crawl_synthetic", "jsd_between", "jsd_human_pair", "jsd_to_human")
+VALUES = ("pool_synthetic", "pool_synthetic_tokens", "crawl_synthetic", "crawl_synthetic_tokens",
+          "jsd_between", "jsd_within", "jsd_between_excess", "jsd_human_pair", "jsd_to_human")
 #: the writer of human blocks
 HUMAN = "human"
 

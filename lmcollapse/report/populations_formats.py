@@ -10,11 +10,14 @@ from lmcollapse.report.formats import fmt_stat, md_table
 from lmcollapse.report.populations import VALUES, PopulationSummary
 
 INTRO = ("Each population's row per generation: the synthetic share of the pool the "
-         "generation crawled and of its crawls, the Jensen-Shannon divergence (base 2, "
-         "0..1) of n-gram distributions between participants' corpora (homogenization: it "
-         "falls as they grow alike) beside the same number between two human samples of "
-         "equal size, and each participant's divergence to human text. Mean ± sample std "
-         "over seeds.")
+         "generation crawled and of its crawls, by blocks and by tokens (a model-written "
+         "block is a continuation, shorter than a human block); the Jensen-Shannon "
+         "divergence (base 2, 0..1) of n-gram distributions between participants' corpora, "
+         "beside its floor, the same number between two disjoint halves of one "
+         "participant's corpus (mean over participants), and their difference "
+         "(homogenization: it falls toward 0 as participants grow alike), and between two "
+         "human samples, all at equal size; and each participant's divergence to human "
+         "text. Mean ± sample std over seeds.")
 
 
 def _table(p: PopulationSummary) -> tuple[list[str], list[list[str]]]:

@@ -252,17 +252,25 @@ def _population_figures(pops: list[populations.PopulationSummary], files_out: Re
                                           files_out.plot(stem))
         captions[stem] = (f"{name}: who wrote the pool each generation crawled (human text "
                           "grey), mean over seeds")
+    # over the within-participant floor where the rows have it (older runs: the raw JSD
+    # beside two human samples)
+    excess = any(s.n for p in pops for s in p.values["jsd_between_excess"].values())
+    value = "jsd_between_excess" if excess else "jsd_between"
     series = {(f"{p.experiment}/{p.key}" if several else p.key): {
-        k: tuple(s) for k, s in p.values["jsd_between"].items() if s.n}
-        for p in pops if any(s.n for s in p.values["jsd_between"].values())}
+        k: tuple(s) for k, s in p.values[value].items() if s.n}
+        for p in pops if any(s.n for s in p.values[value].values())}
     if series:
         pairs = [s.mean for p in pops for s in p.values["jsd_human_pair"].values() if s.n]
-        refs = {"two human samples": sum(pairs) / len(pairs)} if pairs else {}
-        made += plotting.metric_plot(series, refs, "JSD between participants ≈",
-                                     "jsd_between", files_out.plot("homogenization"))
-        captions["homogenization"] = ("Homogenization: Jensen-Shannon divergence between "
-                                      "participants' corpora per generation (falls as they "
-                                      "grow alike)")
+        refs = {"as alike as two halves of one participant": 0.0} if excess else (
+            {"two human samples": sum(pairs) / len(pairs)} if pairs else {})
+        made += plotting.metric_plot(
+            series, refs, "JSD between participants − within one ≈" if excess else
+            "JSD between participants ≈", value, files_out.plot("homogenization"))
+        captions["homogenization"] = (
+            "Homogenization: Jensen-Shannon divergence between participants' corpora per "
+            "generation" + (", less the same divergence between two halves of one "
+                            "participant's corpus (0: as alike as one participant with "
+                            "itself)" if excess else " (falls as they grow alike)"))
     return made, captions
 
 
