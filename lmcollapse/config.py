@@ -51,9 +51,26 @@ MIN_TEMPERATURE = 0.01
 MIN_SCRATCH_VOCAB = 258
 
 
+class DuplicateKey(yaml.YAMLError):
+    """A mapping that names one key twice (the last would silently win)."""
+
+
 class _Loader(yaml.SafeLoader):
     """PyYAML's safe loader with YAML 1.2 numbers: ``1:30`` is a string, not 90 (YAML 1.1
-    reads colon-separated digits as base 60)."""
+    reads colon-separated digits as base 60); a key given twice in one mapping is refused
+    with both lines, not silently overwritten by the last."""
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise DuplicateKey(f"line {line}: the key {key!r} is given twice in one "
+                                   f"mapping (first on line {seen[key]}); keep one")
+            if isinstance(key, (str, int, float, bool)):
+                seen[key] = line
+        return super().construct_mapping(node, deep=deep)
 
 
 _INT_TAG, _FLOAT_TAG = "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"
@@ -570,7 +587,13 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
                 return _coerce(value, arg, where)
             except ConfigError as err:
                 errors.append(str(err))
-        raise ConfigError(errors[0] if len(errors) == 1 else f"{where}: invalid value {value!r}")
+        if len(errors) == 1:
+            raise ConfigError(errors[0])
+        words = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true/false"}
+        kinds = " or ".join(words.get(_type_name(a), _type_name(a)) for a in args
+                            if a is not type(None))
+        raise ConfigError(f"{where}: invalid value {value!r}; allowed: {kinds}"
+                          + (" or null" if type(None) in args else ""))
     if origin is Literal:
         allowed = typing.get_args(tp)
         if isinstance(value, bool):  # YAML 1.1 reads no/off/false and yes/on/true as booleans
@@ -638,6 +661,10 @@ def _coerce_scalar(value: Any, tp: Any, where: str) -> Any:
     if tp is str:
         if isinstance(value, str | int | float) and not isinstance(value, bool):
             return str(value)
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: expected a string, got {value!r}: YAML reads yes, no, "
+                              "on, off, true and false unquoted as booleans; quote it "
+                              f"(\"{'yes' if value else 'no'}\")")
         raise bad
     return value
 
@@ -906,6 +933,9 @@ def config_diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> l
 SWEEPABLE = ("generate.", "train.", "model.init", "policy.")
 #: keys that would change what a corpus sample is, so the human row could not match it
 NOT_SWEEPABLE = ("generate.new_tokens", "generate.prompt_tokens", "generate.keep_prompt")
+#: keys of the run's one Accelerator (gradient accumulation, precision): a cell of a grid or
+#: a population's participant cannot set them apart from the run
+RUN_WIDE = ("train.mixed_precision", "train.grad_accum")
 
 
 @dataclass
@@ -1012,7 +1042,7 @@ def _member(population: Cell, data: dict[str, Any], i: int, j: int, suffix: str,
                           f"scratch) takes a size of its own; this one is "
                           f"{population.cfg.model.source}")
     for key, value in p.overrides().items():
-        _set(member, key.split("."), value)
+        _set(member, key.split("."), value, at)
     entry = {**plain(spec), "label": f"{spec.key}.{p.label}", "curate": {
         **plain(spec.curate), **p.curate}}
     member["policies"] = [entry]
@@ -1034,6 +1064,10 @@ def _member(population: Cell, data: dict[str, Any], i: int, j: int, suffix: str,
 
 def _check_axis(axis: GridAxis, i: int) -> None:
     where = f"grid[{i}]"
+    if axis.key in RUN_WIDE:
+        raise ConfigError(f"{where}.key: {axis.key!r} cannot be swept: the run's one "
+                          "Accelerator applies it to every cell; set it for the run (or run "
+                          "an experiment per value)")
     if not axis.key.startswith(SWEEPABLE) or axis.key in NOT_SWEEPABLE:
         raise ConfigError(
             f"{where}.key: {axis.key!r} cannot be swept; allowed: keys of generate and "
@@ -1045,9 +1079,9 @@ def _check_axis(axis: GridAxis, i: int) -> None:
         raise ConfigError(f"{where}.values: give distinct values, got {axis.values!r}")
 
 
-def _set(node: dict[str, Any], parts: list[str], value: Any) -> None:
+def _set(node: dict[str, Any], parts: list[str], value: Any, where: str = "grid") -> None:
     for part in parts[:-1]:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
-            raise ConfigError(f"grid: {'.'.join(parts)} is not a config key")
+            raise ConfigError(f"{where}: {'.'.join(parts)} is not a config key")
     node[parts[-1]] = copy.deepcopy(value)

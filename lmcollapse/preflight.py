@@ -249,7 +249,7 @@ def check_reserve(cfg: ExperimentConfig, grid: dict[str, Cell], n: int, reserve:
     for cell in grid.values():
         POLICIES.get(cell.policy.name).check_blocks(
             cell.policy.settings, f"policies[{labels.index(cell.policy.key)}]", n,
-            cfg.generations)
+            cfg.generations, max(2, *(m.cfg.train.batch_size for m in cell.members or [cell])))
         need = reserve_needed(cell.policy, n, cfg.generations)
         if need > reserve:
             share = cfg.data.fresh_reserve

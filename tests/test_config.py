@@ -408,3 +408,41 @@ def test_malformed_override_value_is_config_error() -> None:
 @pytest.mark.parametrize("value", ["nan", ".inf"])
 def test_non_finite_lr_refused(value: str) -> None:
     assert "train.lr" in config_error([f"train.lr={value}"])
+
+
+def test_a_key_given_twice_is_refused_naming_it_and_both_lines(tmp_path: Path) -> None:
+    """PyYAML keeps the last of two equal keys; a config that says a thing twice is refused,
+    wherever the mapping is (a participant's label here), before any work."""
+    text = (CONFIG_DIR / "quickstart.yaml").read_text()
+    text += ("grid:\n  - key: train.lr\n    values: [0.001]\n    name: lr\n"
+             "    name: rate\n")
+    path = tmp_path / "twice.yaml"
+    path.write_text(text)
+    line = len(text.splitlines())
+    with pytest.raises(ConfigError, match=rf"line {line}: the key 'name' is given twice in one "
+                       rf"mapping \(first on line {line - 1}\)"):
+        load_config(path)
+    from lmcollapse.cli import run_main
+
+    assert run_main(["validate", "--config", str(path)]) == 2
+
+
+@pytest.mark.parametrize(("override", "needle"), [
+    ("jobs=AUTO", "jobs: invalid value 'AUTO'; allowed: an integer or 'auto'"),
+    ("policies=[{name: replace, label: yes}]",
+     "policies[0].label: expected a string, got True: YAML reads yes"),
+])
+def test_a_refusal_says_what_is_allowed(override: str, needle: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(CONFIG_DIR / "quickstart.yaml", [override])
+    assert needle in str(err.value)
+
+
+def test_a_window_is_only_checked_where_a_crawl_uses_one() -> None:
+    """``window: 0`` means nothing with ``crawl: all``; with ``crawl: window`` it is refused."""
+    entry = ("policies=[{name: internet, synthetic_share: [0.5], human_source: source, "
+             "participants: [{label: a}], crawl: CRAWL, window: 0}]")
+    cfg = load_config(CONFIG_DIR / "quickstart.yaml", [entry.replace("CRAWL", "all")])
+    assert cfg.policies[0].settings.window == 0
+    with pytest.raises(ConfigError, match=r"policies\[0\]\.window: must be > 0"):
+        load_config(CONFIG_DIR / "quickstart.yaml", [entry.replace("CRAWL", "window")])

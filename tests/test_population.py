@@ -76,6 +76,27 @@ def population(**changes) -> str:
     (population(participants=[{"label": "a", "weight": 0}]),
      r"policies\[0\]\.participants\[0\]\.weight", "> 0"),
     (population(human_source="reserve"), r"policies\[0\]\.human_source", "fresh_reserve"),
+    # weights near the largest float: their sum overflows, the split would be NaN
+    (population(participants=[{"label": "a", "weight": 1.0e308}, {"label": "b",
+                                                                  "weight": 1.0e308}]),
+     r"policies\[0\]\.participants", "the weights sum past the largest number"),
+    # what the run's one Accelerator applies cannot be one participant's
+    *[(population(participants=[{"label": "a", "train": {key: value}}]),
+       rf"policies\[0\]\.participants\[0\]\.train\.{key}", "the run's one Accelerator")
+      for key, value in (("mixed_precision", "fp16"), ("mixed_precision", "bf16"),
+                         ("grad_accum", 2))],
+    # a section that is not a mapping: named as what it is, not as a shared key
+    *[(population(participants=[{"label": "a", "curate": bad}]),
+       r"policies\[0\]\.participants\[0\]\.curate", "a mapping of the participant's own curate")
+      for bad in (None, 3, [1], "best")],
+    (population(participants=[{"label": "a", "model": {"scratch": {"hiden_size": 16}}}]),
+     r"policies\[0\]\.participants\[0\]\.model\.scratch\.hiden_size",
+     "did you mean 'scratch.hidden_size'"),
+    (population(participants=[{"label": "a", "generate": {"temperature.x": 1}}]),
+     r"policies\[0\]\.participants\[0\]: generate\.temperature\.x", "is not a config key"),
+    *[(population(participants=[{"label": "a", section: None}]),
+       rf"policies\[0\]\.participants\[0\]\.{section}", f"own {section} settings")
+      for section in ("generate", "train", "model")],
 ])
 def test_bad_population_settings_are_refused_naming_the_field(override, field, allowed):
     args = ["generations=2", override]
@@ -105,6 +126,33 @@ def test_a_crawl_a_block_larger_than_its_pool_is_refused_at_set_up(tmp_path):
                        r"blocks .* larger than the pool generation 2 crawls"):
         CollapseLoop(cfg).run()
     assert not cfg.run_dir.exists()
+
+
+@pytest.mark.parametrize("change, field, message", [
+    ({"crawl_size": 1.0e-9}, "crawl_size", r"a crawl of 0 blocks .* smaller than the least a "
+     r"training mix may be \(16 blocks"),
+    ({"crawl_size": 0.01}, "crawl_size", r"a crawl of \d blocks .* smaller than the least"),
+    ({"new_content": 1.0e-9}, "new_content", r"round\(1e-09 x N = \d+\) = 0 blocks would be "
+     "added before each generation"),
+    ({"new_content": 0.005, "synthetic_share": [0.1, 0.5]}, "synthetic_share",
+     r"generation 1's share 0\.1 of a batch of \d blocks rounds to no model-written block"),
+])
+def test_a_schedule_that_rounds_to_nothing_is_refused_at_set_up(tmp_path, change, field,
+                                                                 message):
+    """Shares of N that round to no block (a crawl smaller than a batch, no new content, a
+    scheduled synthetic share of no block) are refused once the text is tokenised, before
+    any work, instead of failing in training or running something else."""
+    cfg = tiny_config(tmp_path, population(**change))
+    with pytest.raises(ConfigError, match=rf"^policies\[0\]\.{field}: {message}"):
+        CollapseLoop(cfg).run()
+    assert not cfg.run_dir.exists()
+
+
+def test_a_grid_cannot_sweep_what_the_accelerator_applies(tmp_path):
+    for key, values in (("train.grad_accum", "[1, 2]"), ("train.mixed_precision", "[no, bf16]")):
+        with pytest.raises(ConfigError, match=rf"grid\[0\]\.key: '{key}' cannot be swept: "
+                           "the run's one Accelerator"):
+            tiny_config(tmp_path, f"grid=[{{key: {key}, values: {values}}}]")
 
 
 def test_a_sample_size_the_test_text_cannot_give_is_refused_at_set_up(tmp_path):

@@ -90,6 +90,20 @@ def test_a_reserve_too_small_is_refused_before_any_work(tmp_path):
     assert not cfg.run_dir.exists()
 
 
+def test_a_reserve_that_leaves_too_little_train_is_named(tmp_path):
+    """A reserve of nearly every record leaves too few train blocks: the refusal names the
+    reserve as a way out, not only the text and the block size."""
+    cfg = tiny_config(tmp_path, *text_source(tmp_path), "metrics.names=[perplexity]",
+                      "data.fresh_reserve=0.999",
+                      "policies=[{name: fresh, fraction: 0.1, pool: reserve}]")
+    with pytest.raises(ConfigError, match=r"^data: the train split gives \d+ blocks .*"
+                       r"data\.fresh_reserve=0\.999 having held back \d+ of its \d+ records "
+                       r"for the reserve\); need at least 16\. Use more text or a smaller "
+                       r"data\.block_tokens or data\.fresh_reserve\.$"):
+        CollapseLoop(cfg).run()
+    assert not cfg.run_dir.exists()
+
+
 @pytest.mark.slow
 def test_the_reserve_through_the_loop(tmp_path):
     """Generation 0 and the other policies never see the reserve; fresh's human blocks

@@ -277,3 +277,28 @@ def test_plan_seeds_command(tmp_path, capsys):
              for k in (n - 1, n)]
     assert power[0] < 0.8 <= power[1]
     assert "alpha 0.0167 (0.05 / 3 comparisons)" in out
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (["compare", "--pair", "replace", "accumulate", "--metrics", "perplexity,perplexity"],
+     "--metrics: perplexity named twice"),
+    (["compare", "--pair", "replace", "accumulate", "--metrics", ","],
+     "--metrics: name at least one value key"),
+    (["compare", "--pair", "replace", "replace", "--metrics", "perplexity"],
+     "--pair replace replace: both sides are replace at generation"),
+    (["compare", "--pair", "replace", "accumulate", "--metrics", "perplexity",
+      "--generation", "-1"], "--generation: a generation in 0..3, got -1"),
+    (["plan-seeds", "--pair", "replace", "accumulate", "--metrics", "perplexity",
+      "--comparisons", "-3"], "--comparisons: the comparisons of the family, >= 1, got -3"),
+    (["report", "--lineages", "-1"], "--lineages: a number of prompts >= 0"),
+])
+def test_bad_compare_and_report_arguments_are_refused(tmp_path, capsys, args, needle):
+    """Each was accepted before: a doubled family, an empty table, a pair with itself, a
+    negative generation, a negative number of comparisons, lineages skipped silently."""
+    run = make_run(tmp_path)
+    command, rest = args[0], args[1:]
+    out = tmp_path / "out"
+    extra = ["--out", str(out)] if command == "report" else []
+    assert run_main([command, str(run), *rest, *extra]) == 2
+    assert needle in capsys.readouterr().err
+    assert not out.exists()

@@ -156,10 +156,14 @@ def prepare_human_data(tokenizer: Any, texts: dict[str, list[str]], cfg: DataCon
     validation = human_rows(streams["validation"], cfg.block_tokens, "validation",
                             cfg.max_validation_blocks)
     if len(train) < min_train_blocks:
+        held = (f", data.fresh_reserve={cfg.fresh_reserve} having held back "
+                f"{len(texts['reserve'])} of its {len(texts['reserve']) + len(texts['train'])} "
+                "records for the reserve" if "reserve" in texts else "")
         raise ConfigError(
             f"data: the train split gives {len(train)} blocks of data.block_tokens="
-            f"{cfg.block_tokens} tokens ({len(streams['train'])} tokens); need at least "
-            f"{min_train_blocks}. Use more text or a smaller data.block_tokens.")
+            f"{cfg.block_tokens} tokens ({len(streams['train'])} tokens{held}); need at least "
+            f"{min_train_blocks}. Use more text or a smaller data.block_tokens"
+            + (" or data.fresh_reserve." if held else "."))
     if not validation:
         raise ConfigError(f"data: the validation split has {len(streams['validation'])} tokens, "
                           f"fewer than one block of data.block_tokens={cfg.block_tokens}")

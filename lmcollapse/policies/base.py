@@ -107,9 +107,12 @@ class Policy:
         of only ``generations`` generations (``--smoke``): nothing to change by default."""
 
     @classmethod
-    def check_blocks(cls, settings: Any, where: str, n: int, generations: int) -> None:
+    def check_blocks(cls, settings: Any, where: str, n: int, generations: int,
+                     least: int = 2) -> None:
         """Raise ConfigError where the settings cannot run on a human pool of exactly ``n``
-        blocks (checked at set-up, once the text is tokenised): nothing by default."""
+        blocks (checked at set-up, once the text is tokenised), or would build a training
+        mix of fewer than ``least`` blocks (the rule the human pool is held to: a batch):
+        nothing by default."""
 
     def build(self, ctx: MixContext) -> list[Sample]:
         raise NotImplementedError

@@ -15,16 +15,24 @@ the pool: every batch (``crawl: all``) or the last ``window`` batches (``crawl: 
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 
-from lmcollapse.config import NOT_SWEEPABLE, positive, safe_name
+from lmcollapse.config import (
+    NOT_SWEEPABLE,
+    RUN_WIDE,
+    ScratchModelConfig,
+    positive,
+    safe_name,
+)
 from lmcollapse.data.blocks import Sample
 from lmcollapse.errors import ConfigError
 from lmcollapse.policies.base import MixContext, Policy
-from lmcollapse.registry import POLICIES
+from lmcollapse.registry import POLICIES, unknown_name_message
 
 #: what a participant may set for itself; everything else is shared by the population
 PARTICIPANT_SECTIONS = ("generate", "train", "model")
@@ -106,14 +114,25 @@ class InternetSettings:
         for i, p in enumerate(self.participants):
             at = f"{where}.participants[{i}]"
             safe_name(p.label, f"{at}.label")
-            if not p.weight > 0:
-                raise ConfigError(f"{at}.weight: must be > 0 (its share of the synthetic "
-                                  f"part, relative to the others'), got {p.weight}")
+            for section in (*PARTICIPANT_SECTIONS, "curate"):  # (data, metrics: refused below)
+                value = getattr(p, section)
+                if not isinstance(value, dict):
+                    raise ConfigError(
+                        f"{at}.{section}: a mapping of the participant's own {section} "
+                        f"settings (e.g. {EXAMPLES[section]}), or leave it out; got {value!r}")
+            if not p.weight > 0 or not math.isfinite(p.weight):
+                raise ConfigError(f"{at}.weight: must be a finite number > 0 (its share of "
+                                  f"the synthetic part, relative to the others'), got "
+                                  f"{p.weight}")
             for section in ("data", "metrics"):
                 if getattr(p, section):
                     _check_override(section, at)
             for key in p.overrides():
                 _check_override(key, at)
+        if not math.isfinite(sum(p.weight for p in self.participants)):
+            raise ConfigError(f"{where}.participants: the weights sum past the largest number "
+                              f"({[p.weight for p in self.participants]}); they are relative "
+                              "shares: use small ones such as 1, 2, 3")
         dup = sorted({x for x in labels if labels.count(x) > 1})
         if dup:
             raise ConfigError(f"{where}.participants: labels must be unique, got {labels} "
@@ -124,7 +143,8 @@ class InternetSettings:
         if not 0.0 < self.new_content <= 10.0:
             raise ConfigError(f"{where}.new_content: blocks added per generation as a share "
                               f"of N, in (0, 10], got {self.new_content}")
-        positive(self.window, f"{where}.window")
+        if self.crawl == "window":  # (crawl: all reads no window)
+            positive(self.window, f"{where}.window")
         if not 0.0 < self.crawl_size <= 10.0:
             raise ConfigError(f"{where}.crawl_size: the crawl as a share of N, in (0, 10], "
                               f"got {self.crawl_size}")
@@ -160,10 +180,23 @@ class InternetSettings:
         return out.tolist()
 
 
+#: what each of a participant's sections may hold, for the message that refuses another type
+EXAMPLES = {"generate": "{temperature: 0.7}", "train": "{lr: 0.001}",
+            "model": "{init: previous}", "curate": "{rule: best, fraction: 0.5}"}
+
+
 def _check_override(key: str, where: str) -> None:
     """A participant may set decoding, training, ``model.init`` and the size of a scratch
     model; data, the tokenizer and the trained length are the population's."""
     section, _, rest = key.partition(".")
+    if key in RUN_WIDE:
+        raise ConfigError(f"{where}.{key}: the run's one Accelerator applies it to every "
+                          "participant; set it for the run, not for one participant")
+    if section == "model" and rest.startswith("scratch."):
+        known = [f"scratch.{f.name}" for f in dataclasses.fields(ScratchModelConfig)]
+        if rest not in known:
+            raise ConfigError(f"{where}.model.{rest}: " + unknown_name_message(
+                "model key", rest, known))
     bad = (key in NOT_SWEEPABLE or section == "model" and rest not in PARTICIPANT_MODEL_KEYS
            or section not in PARTICIPANT_SECTIONS or not rest)
     if bad:
@@ -211,10 +244,33 @@ class Internet(Policy):
             entry["synthetic_share"] = share[:max(generations, 1)]
 
     @classmethod
-    def check_blocks(cls, settings: Any, where: str, n: int, generations: int) -> None:
-        """The crawl against the pool in blocks (rounding may leave it a block short)."""
+    def check_blocks(cls, settings: Any, where: str, n: int, generations: int,
+                     least: int = 2) -> None:
+        """The crawl against the pool in blocks (rounding may leave it a block short, or
+        at nothing), and the new batches against their schedule: a batch of no blocks, or a
+        scheduled synthetic share that rounds to no block, is refused, not run as
+        something else."""
         crawl = settings.crawl_blocks(n)
-        sizes = [n] + [sum(b) for b in settings.batch_sizes(n, generations)]
+        if crawl < least:
+            raise ConfigError(
+                f"{where}.crawl_size: a crawl of {crawl} blocks (crawl_size "
+                f"{settings.crawl_size} x N = {n}) is smaller than the least a training mix "
+                f"may be ({least} blocks: a batch, as for the human pool); raise crawl_size "
+                f"to at least {least / n:.3g}")
+        batches = settings.batch_sizes(n, generations)
+        if sum(batches[0]) == 0:
+            raise ConfigError(
+                f"{where}.new_content: round({settings.new_content} x N = {n}) = 0 blocks "
+                f"would be added before each generation, so nothing new ever enters the pool; "
+                f"raise new_content to at least {0.5 / n:.3g}")
+        for k, ((synthetic, _), share) in enumerate(
+                zip(batches, settings.shares(generations), strict=True), start=1):
+            if share > 0 and synthetic == 0:
+                raise ConfigError(
+                    f"{where}.synthetic_share: generation {k}'s share {share} of a batch of "
+                    f"{sum(batches[k - 1])} blocks rounds to no model-written block; raise "
+                    "the share or new_content, or schedule 0")
+        sizes = [n] + [sum(b) for b in batches]
         for k in range(1, generations + 1):
             pool = sum(sizes[j] for j in settings.crawled_batches(k))
             if crawl > pool:

@@ -55,11 +55,10 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import yaml
 from statsmodels.stats.weightstats import ttost_paired
 
 from lmcollapse import files
-from lmcollapse.config import build
+from lmcollapse.config import build, parse_yaml
 from lmcollapse.errors import ConfigError, ReportError
 from lmcollapse.report.compare import Side, parse_side
 from lmcollapse.report.load import RunResults, check_name, load_runs, measured
@@ -137,11 +136,11 @@ def load_claims(path: Path) -> list[Claim]:
         raise ReportError(f"claims file {path} not found (declare the study's claims there, "
                           "or name the file with --claims)")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = parse_yaml(path.read_text(), str(path))
         claims = build(ClaimsFile, data, str(path)).claims
         for i, claim in enumerate(claims):
             claim.check(f"{path}: claims[{i}]")
-    except (yaml.YAMLError, ConfigError) as err:
+    except ConfigError as err:
         raise ReportError(str(err)) from None
     ids = [c.id for c in claims]
     if not claims or len(set(ids)) != len(ids):

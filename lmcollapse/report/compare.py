@@ -156,9 +156,26 @@ def command(args: argparse.Namespace, plan: bool = False) -> int:
     name = "plan-seeds" if plan else "compare"
     try:
         exp = load_runs([args.run])[0]
+        if args.generation is not None and not 0 <= args.generation <= exp.generations:
+            raise ReportError(f"--generation: a generation in 0..{exp.generations}, got "
+                              f"{args.generation}")
         gen = exp.generations if args.generation is None else args.generation
         pairs = [(parse_side(a, exp, gen), parse_side(b, exp, gen)) for a, b in args.pair]
-        metrics = [m for m in args.metrics.split(",") if m]
+        for (a, b), (ta, tb) in zip(pairs, args.pair, strict=True):
+            if (a.policy, a.generation) == (b.policy, b.generation):
+                raise ReportError(f"--pair {ta} {tb}: both sides are {a.policy} at generation "
+                                  f"{a.generation}; name two cells, or one at two generations "
+                                  "(A/gen_K)")
+        metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+        if not metrics:
+            raise ReportError(f"--metrics: name at least one value key, got {args.metrics!r}")
+        twice = sorted({m for m in metrics if metrics.count(m) > 1})
+        if twice:
+            raise ReportError(f"--metrics: {', '.join(twice)} named twice (each test counts "
+                              "once in the family)")
+        if plan and args.comparisons is not None and args.comparisons < 1:
+            raise ReportError(f"--comparisons: the comparisons of the family, >= 1, got "
+                              f"{args.comparisons}")
         if args.since and not args.change:
             raise ReportError("--since: counts a change from generation K; add --change")
         if not 0 <= args.since <= exp.generations:

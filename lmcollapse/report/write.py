@@ -336,6 +336,9 @@ def report_command(args: argparse.Namespace) -> int:
     per-generation table; returns an exit code."""
     cols = [c.strip() for c in args.columns.split(",") if c.strip()] if args.columns else None
     try:
+        if args.lineages < 0:
+            raise ReportError(f"--lineages: a number of prompts >= 0 (0: none), got "
+                              f"{args.lineages}")
         res = write_report(args.runs, args.out, args.rank_by, args.metric, cols,
                            args.onset_threshold, args.histogram_policy, not args.no_plots,
                            args.lineages, args.lineage_seed,
