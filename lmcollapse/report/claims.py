@@ -60,7 +60,7 @@ from statsmodels.stats.weightstats import ttost_paired
 from lmcollapse import files
 from lmcollapse.config import build, parse_yaml
 from lmcollapse.errors import ConfigError, ReportError
-from lmcollapse.report.compare import Side, parse_side
+from lmcollapse.report.compare import Side, parse_side, per_seed
 from lmcollapse.report.load import RunResults, check_name, load_runs, measured
 from lmcollapse.report.stats import ALPHA, Paired, adjust, paired_test, planning_alpha, seeds_needed
 
@@ -148,15 +148,6 @@ def load_claims(path: Path) -> list[Claim]:
     return claims
 
 
-def _per_seed(exp: RunResults, side: Side, metric: str, claim: Claim) -> dict[int, float]:
-    direction = None if claim.distance_to_human else False
-    values = exp.scored(side.policy, metric, side.generation, direction)
-    if claim.since is None:
-        return values
-    base = exp.scored(side.policy, metric, claim.since, direction)
-    return {s: v - base[s] for s, v in values.items() if s in base}
-
-
 def evaluate(exp: RunResults, claims: list[Claim]) -> list[Result]:
     """Every claim tested on ``exp``; Holm within each family."""
     known = measured([exp], populations=True)
@@ -167,7 +158,8 @@ def evaluate(exp: RunResults, claims: list[Claim]) -> list[Result]:
         if claim.since is not None and claim.since > min(a.generation, b.generation):
             raise ReportError(f"claim {claim.id}: since: {claim.since} is after a side's "
                               "generation")
-        va, vb = _per_seed(exp, a, claim.metric, claim), _per_seed(exp, b, claim.metric, claim)
+        direction = None if claim.distance_to_human else False
+        va, vb = (per_seed(exp, side, claim.metric, direction, claim.since) for side in (a, b))
         seeds = sorted(va.keys() & vb.keys())
         if len(seeds) < 2:
             raise ReportError(f"claim {claim.id}: {claim.metric} of {a.name} and {b.name} "

@@ -85,6 +85,17 @@ def parse_side(text: str, exp: RunResults, default_generation: int) -> Side:
     return Side(text, policy, gen)
 
 
+def per_seed(exp: RunResults, side: Side, metric: str, direction: bool | None,
+             since: int | None = None) -> dict[int, float]:
+    """``{seed: value}`` of one side as compared (``direction`` None: distance to human),
+    or with ``since`` its change from generation ``since``."""
+    values = exp.scored(side.policy, metric, side.generation, direction)
+    if since is None:
+        return values
+    base = exp.scored(side.policy, metric, since, direction)
+    return {s: v - base[s] for s, v in values.items() if s in base}
+
+
 def run_tests(exp: RunResults, pairs: list[tuple[Side, Side]], metrics: list[str],
               change: bool = False, raw: bool = False, correction: str = "holm",
               since: int = 0) -> list[Test]:
@@ -97,11 +108,8 @@ def run_tests(exp: RunResults, pairs: list[tuple[Side, Side]], metrics: list[str
         # scored(): a ≈ metric (direction None) as each seed's distance to its human value
         direction = False if raw else meta[metric]["higher_is_better"]
         for a, b in pairs:
-            va, vb = (exp.scored(s.policy, metric, s.generation, direction) for s in (a, b))
-            if change:
-                za, zb = (exp.scored(s.policy, metric, since, direction) for s in (a, b))
-                va = {k: v - za[k] for k, v in va.items() if k in za}
-                vb = {k: v - zb[k] for k, v in vb.items() if k in zb}
+            va, vb = (per_seed(exp, s, metric, direction, since if change else None)
+                      for s in (a, b))
             if not va or not vb:
                 raise ReportError(f"no {metric!r} for {a.name} or {b.name}")
             both = va.keys() & vb.keys()
