@@ -182,6 +182,8 @@ def run_main(argv: list[str] | None = None) -> int:
             jobs = 1 if accelerator.num_processes > 1 and cfg.jobs == "auto" else cfg.jobs
             plan = make_plan(jobs, len(loop.units), cpu_cores(), visible_gpus(),
                              cfg.cpu_threads)
+            if plan.capped and jobs != "auto":
+                logging.getLogger("lmcollapse").warning("%s", plan.capped)
             if args.smoke:
                 from lmcollapse.smoke import rehearse
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import functools
 import json
 import math
 import re
@@ -40,6 +41,7 @@ CONFIG_VERSION = 1
 MAX_INT = 2**53
 #: a run directory, policy label, axis name or cell name: one safe path component
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@=+,-]{0,119}")
+DERIVED_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@=+,-]*")
 #: names the run directory uses itself (a cell may not take them)
 RESERVED_NAMES = ("human", "base", "tokenizer", "all")
 RESERVED_PATTERN = re.compile(r"(gen|seed)_\d+")
@@ -119,11 +121,13 @@ def fraction(value: Any, where: str) -> None:
         raise ConfigError(f"{where}: must be a number in [0, 1], got {value!r}")
 
 
-def safe_name(value: str, where: str) -> None:
+def safe_name(value: str, where: str, derived: bool = False) -> None:
     """A name that becomes a folder of the run directory: one path component of letters,
     digits and ``._@=+,-`` (starting with a letter or digit, so never ``..``), not one the
-    run directory uses itself."""
-    if not SAFE_NAME.fullmatch(value or ""):
+    run directory uses itself. A name typed by hand has at most 120 characters; one
+    ``derived`` from settings (a grid's cell key) any length: its folder is a prefix and a
+    digest past :data:`~lmcollapse.layout.MAX_NAME`."""
+    if not (DERIVED_NAME if derived else SAFE_NAME).fullmatch(value or ""):
         raise ConfigError(f"{where}: {value!r} is not a safe folder name; use 1-120 letters, "
                           "digits and ._@=+,- starting with a letter or digit")
     if value in RESERVED_NAMES or RESERVED_PATTERN.fullmatch(value):
@@ -669,6 +673,13 @@ def _coerce_scalar(value: Any, tp: Any, where: str) -> Any:
     return value
 
 
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    """A dataclass's field types, resolved once (a population builds its config per
+    participant: typing.get_type_hints each time took most of a large one's load)."""
+    return typing.get_type_hints(cls)
+
+
 def build(cls: type, data: Any, where: str = "") -> Any:
     """Build dataclass ``cls`` from a mapping, refusing unknown keys with the valid ones.
 
@@ -681,7 +692,7 @@ def build(cls: type, data: Any, where: str = "") -> Any:
         raise ConfigError(f"{where or 'config'}: expected a mapping, got {data!r}")
     if issubclass(cls, NamedPart):
         return _build_named(cls, data, where)
-    hints = typing.get_type_hints(cls)
+    hints = _hints(cls)
     names = [f.name for f in dataclasses.fields(cls) if f.name != "sections"]
     owners = cls.owners() if issubclass(cls, Sections) else {}
     kwargs: dict[str, Any] = {}
@@ -726,7 +737,7 @@ def _build_named(cls: type[NamedPart], data: dict[str, Any], where: str) -> Name
                 f"{where}.{key}: {kind} {name!r} takes no setting {key!r}{hint}; its own "
                 f"settings: {', '.join(allowed) or 'none'}; every {kind} takes "
                 f"{', '.join(keys)}")
-    hints = typing.get_type_hints(cls)
+    hints = _hints(cls)
     common = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()
               if k in keys and k != "name"}
     return cls(name=name, settings=build(settings_cls, own, where), **common)
@@ -1020,7 +1031,8 @@ def cells(cfg: ExperimentConfig) -> list[Cell]:
             out.append(cell)
     keys = [c.key for c in out] + [m.key for c in out for m in c.members]
     for cell in out:
-        safe_name(cell.key, f"grid: the cell name {cell.key!r} (policy label @ axis name=value)")
+        safe_name(cell.key, f"grid: the cell name {cell.key!r} (policy label @ axis name=value)",
+                  derived=True)
     if len(set(keys)) != len(keys):
         raise ConfigError(f"grid: two cells would share a name ({keys}); give the axes "
                           "distinct values or `name`s")

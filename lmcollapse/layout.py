@@ -13,6 +13,7 @@
       seed_<s>/base/                      (scratch models) the seed's initial weights
       seed_<s>/gen_00/                    shared by every policy: mix, model, corpus, metrics
       seed_<s>/gen_00@<values>/           (grids over training keys) one per training setting
+                                          (a name past MAX_NAME: its prefix and a digest)
       seed_<s>/<policy>/gen_00/           (curating cells) corpus 0 curated, its metrics
       seed_<s>/<policy>/gen_<k>/          mix.parquet, model/, corpus.parquet, metrics.json
                                           (LoRA: adapter/; keep_models may prune model/)
@@ -34,6 +35,8 @@ A report writes into the first run directory (or ``--out``, :class:`ReportLayout
 
 from __future__ import annotations
 
+import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,6 +64,33 @@ REFERENCE_SCORES = "reference_scores.parquet"
 SHARED = "shared"
 #: the row label of held-out human text
 HUMAN = "human"
+
+
+#: the longest name a folder or file takes from settings (a grid's cell key, a training
+#: setting's ``gen_00@<values>``): file systems stop at 255 bytes, and a cell's lock file adds
+#: ``seed_<s>.`` and ``.lock`` to its key
+MAX_NAME = 200
+
+
+def bounded(name: str) -> str:
+    """``name`` when it fits in :data:`MAX_NAME` bytes; else a readable prefix of it, ``-``
+    and 16 hex digits of its SHA-256 (two names differ in the digest where their prefixes
+    agree)."""
+    if len(name.encode()) <= MAX_NAME:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:16]
+    prefix = name.encode()[:MAX_NAME - 17].decode(errors="ignore")
+    return f"{prefix}-{digest}"
+
+
+def _component(parent: Path, name: str) -> Path:
+    """``parent / bounded(name)``, unless a run made before the bound holds ``name`` itself
+    (a name of 201-243 bytes worked then): that folder keeps being used, so the run
+    resumes."""
+    short = bounded(name)
+    if short != name and os.path.isdir(parent / name):  # (False for a name too long)
+        return parent / name
+    return parent / short
 
 
 @dataclass(frozen=True)
@@ -142,7 +172,7 @@ class RunLayout:
 
     def cell_lock(self, seed: int, cell: str) -> Path:
         """Held for the whole job by the job that runs ``cell`` of ``seed``."""
-        return self.root / ".locks" / f"seed_{seed}.{cell}.lock"
+        return self.root / ".locks" / f"seed_{seed}.{bounded(cell)}.lock"
 
     @property
     def base_lock(self) -> Path:
@@ -165,16 +195,17 @@ class RunLayout:
     def scratch_base(self, seed: int, group: str = "") -> Path:
         """A scratch model's initial weights for ``seed`` (``base@<group>``: of a training
         setting that builds another size)."""
-        return self.seed_dir(seed) / ("base@" + group if group else "base")
+        return _component(self.seed_dir(seed), "base@" + group) if group else \
+            self.seed_dir(seed) / "base"
 
     def human(self, seed: int) -> Path:
         return self.seed_dir(seed) / HUMAN
 
     def gen_dir(self, gen: Generation) -> Path:
         if gen.policy is None:
-            return self.seed_dir(gen.seed) / (gen_name(0) + (f"@{gen.group}" if gen.group
-                                                              else ""))
-        return self.seed_dir(gen.seed) / gen.policy / gen_name(gen.k)
+            return _component(self.seed_dir(gen.seed), gen_name(0) + (
+                f"@{gen.group}" if gen.group else ""))
+        return _component(self.seed_dir(gen.seed), gen.policy) / gen_name(gen.k)
 
     def model_dir(self, gen: Generation) -> Path:
         """Where generation ``gen``'s weights are (generation 0: the shared model)."""

@@ -79,6 +79,8 @@ class Plan:
     jobs: int
     threads: int
     devices: tuple[str | None, ...]
+    #: what the plan did not give as asked (more workers than cores or units), in words
+    capped: str = ""
 
     def describe(self) -> str:
         where = ("CPU" if self.devices[0] is None else
@@ -112,11 +114,19 @@ def set_threads(threads: int) -> None:
 def make_plan(jobs: int | str, units: int, cores: int, gpus: list[str],
               cpu_threads: int | None = None) -> Plan:
     """``jobs`` (a number, or auto: one per GPU, else one per core), never more workers
-    than units; ``cpu_threads`` each, by default the cores divided evenly (at least one)."""
-    n = (len(gpus) or cores) if jobs == "auto" else int(jobs)
-    n = max(1, min(n, units))
+    than units, nor on CPUs alone than cores (a worker past the cores only shares one; on
+    GPUs a worker computes on its GPU): :attr:`Plan.capped` says what was cut;
+    ``cpu_threads`` each, by default the cores divided evenly (at least one)."""
+    asked = (len(gpus) or cores) if jobs == "auto" else int(jobs)
+    n = max(1, min(asked, units, units if gpus else cores))
+    capped = "" if n == asked else (
+        f"jobs: {asked} asked, {n} started: " + ", ".join(
+            why for why, limit in ((f"{units} unit(s) of (seed, cell) to run", units),
+                                   (f"{cores} CPU core(s) here", cores)) if limit == n)
+        + " (a worker past them would only wait)")
     devices = tuple(gpus[i % len(gpus)] for i in range(n)) if gpus else (None,) * n
-    return Plan(jobs=n, threads=cpu_threads or max(1, cores // n), devices=devices)
+    return Plan(jobs=n, threads=cpu_threads or max(1, cores // n), devices=devices,
+                capped=capped)
 
 
 # --- the parent ---------------------------------------------------------------------------------

@@ -146,3 +146,21 @@ def test_fresh_from_a_source_that_cannot_write_is_refused(tmp_path):
     with pytest.raises(ConfigError, match=r"policies\[0\]\.pool: 'source' needs a data source"):
         CollapseLoop(cfg).run()
     assert not (tmp_path / "quickstart").exists()
+
+
+def test_a_cell_whose_values_make_a_long_name_gets_a_bounded_folder(tmp_path):
+    """A grid value as long as a list of module names makes a cell key past a file name's
+    255 bytes: the key stays the cell's name, its folders are a prefix and a digest."""
+    from lmcollapse.layout import MAX_NAME, Generation, RunLayout
+
+    modules = [f"model.layers.{i}.self_attn.{m}_proj" for i in range(4) for m in "qkv"]
+    grid = cells(tiny_config(tmp_path, "grid=[{key: train.lora.target_modules, values: "
+                             f"[null, {json.dumps(modules)}]}}]"))
+    key = grid[-1].key
+    assert len(key) > 255 and "@target_modules=model.layers.0" in key
+    layout = RunLayout(tmp_path / "run")
+    for path in (layout.gen_dir(Generation(0, 1, key)).parent,
+                 layout.gen_dir(Generation(0, 0, None, grid[-1].zero_group)),
+                 layout.cell_lock(0, key)):
+        assert len(path.name.encode()) <= MAX_NAME + len("seed_0..lock")
+        path.mkdir(parents=True)  # the file system takes it

@@ -153,6 +153,19 @@ def test_the_plan_divides_cores_and_gpus():
     assert "2 GPU(s), 4 per GPU" in plan.describe()
     assert make_plan(4, units=1, cores=8, gpus=[]).jobs == 1  # one unit: one process
     assert make_plan(2, units=9, cores=16, gpus=[], cpu_threads=3).threads == 3  # fixed
+    assert not make_plan(3, units=9, cores=16, gpus=[]).capped
+
+
+def test_more_workers_than_cores_are_capped_and_said():
+    """``--jobs 999`` on 2 cores: two workers, and a line saying why (not 9 processes sharing
+    2 cores)."""
+    plan = make_plan(999, units=9, cores=2, gpus=[])
+    assert (plan.jobs, plan.threads) == (2, 1)
+    assert plan.capped == ("jobs: 999 asked, 2 started: 2 CPU core(s) here (a worker past "
+                           "them would only wait)")
+    plan = make_plan(8, units=3, cores=16, gpus=["0"])
+    assert plan.jobs == 3 and "3 unit(s) of (seed, cell) to run" in plan.capped
+    assert make_plan(4, units=9, cores=2, gpus=["0", "1"]).jobs == 4  # GPUs compute
 
 
 @pytest.mark.parametrize(("value", "message"), [

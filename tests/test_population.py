@@ -486,3 +486,52 @@ def test_the_rehearsal_runs_a_population_and_forecasts_it(tmp_path, capsys):
         assert where in out, out
     web = next(line for line in out.splitlines() if line.strip().startswith("web:"))
     assert "train" in web and "the cell" in web  # the population costed as one unit
+
+
+# --- names from settings: bounded, and old runs keep theirs --------------------------------
+
+LONG_TRAIN = {"lr": 0.00123456789, "batch_size": 17, "weight_decay": 0.0123456789,
+              "lora": {"enabled": True, "target_modules": [
+                  f"model.layers.{i}.{m}" for i in (0, 1)
+                  for m in ("self_attn.q_proj", "self_attn.v_proj", "mlp.gate_proj",
+                            "mlp.up_proj")]}}
+
+
+@pytest.mark.slow
+def test_settings_that_make_a_long_name_run_and_resume(tmp_path):
+    """A participant whose training settings make a generation-0 folder name past what a file
+    system takes (255 bytes) runs: the folder is a readable prefix and a digest; a second
+    run resumes it (nothing is trained again)."""
+    args = ["generations=1", "metrics.names=[perplexity]", population(
+        synthetic_share=0.3, participants=[{"label": "a"}, {"label": "b", "train": LONG_TRAIN}])]
+    cfg = tiny_config(tmp_path, *args)
+    group = next(m.zero_group for m in Grid.of(cfg).members.values() if m.zero_group)
+    assert len(f"gen_00@{group}") > 255
+    CollapseLoop(cfg).run()
+    seed = cfg.run_dir / "seed_0"
+    names = sorted(p.name for p in seed.iterdir())
+    long = [n for n in names if n.startswith("gen_00@")]
+    assert len(long) == 1 and len(long[0]) <= 200
+    assert long[0].startswith(f"gen_00@{group}"[:100])
+    assert (seed / long[0] / "train.done").exists()
+    assert (seed / "internet.b" / "gen_01" / "measure.done").exists()
+    before = {p: p.stat().st_mtime_ns for p in seed.rglob("*.done")}
+    CollapseLoop(tiny_config(tmp_path, *args)).run()
+    assert {p: p.stat().st_mtime_ns for p in seed.rglob("*.done")} == before
+
+
+def test_a_name_past_the_bound_is_a_prefix_and_a_digest_and_an_old_folder_is_kept(tmp_path):
+    from lmcollapse.layout import MAX_NAME, Generation, RunLayout, bounded
+
+    short = "replace@temperature=0.7"
+    assert bounded(short) == short
+    a, b = "x" * 300 + "a", "x" * 300 + "b"
+    assert len(bounded(a).encode()) == MAX_NAME and bounded(a) != bounded(b)
+    assert bounded(a).startswith("x" * 150) and bounded("é" * 200).encode().decode()
+    layout = RunLayout(tmp_path)
+    key = "mix@" + "lr=0.001," * 25  # 229 characters: a folder name a run could make before
+    gen = Generation(0, 1, key)
+    assert layout.gen_dir(gen).parent.name == bounded(key) != key
+    (tmp_path / "seed_0" / key).mkdir(parents=True)  # a run made before the bound
+    assert layout.gen_dir(gen).parent.name == key
+    assert len(layout.cell_lock(0, key).name.encode()) <= 255

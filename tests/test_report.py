@@ -759,3 +759,45 @@ def test_plot_band_over_seeds(tmp_path, monkeypatch):
     band = three["bands"][0]
     for lo_hi in (ys.mean(1) - ys.std(1, ddof=1), ys.mean(1) + ys.std(1, ddof=1)):
         assert all(np.isclose(band[:, 1], y).any() for y in lo_hi)
+
+
+@pytest.mark.parametrize("damage", ["delete", "empty", "malformed"])
+def test_a_lost_record_is_named_and_left_out_of_every_pair(tmp_path, capsys, damage):
+    """A metrics.json deleted, emptied or malformed: the report and compare say which seed
+    each value leaves out and why, and pair (and average) only the seeds present."""
+    run = make_run(tmp_path)
+    for d in (run / "seed_2" / "gen_00", run / "seed_1" / "replace" / "gen_03"):
+        path = d / "metrics.json"
+        {"delete": path.unlink, "empty": lambda p=path: p.write_text(""),
+         "malformed": lambda p=path: p.write_text('{"seed": 1, "values": ')}[damage]()
+    lb = compute.leaderboard(load_runs([run]))
+    acc, rep = _row(lb, "accumulate"), _row(lb, "replace")
+    # accumulate: seed 2's value stands, its change (no generation 0) is over seeds 0 and 1
+    ppl = acc.cells["perplexity"]
+    assert ppl.stat.n == 3 and ppl.delta.n == 2
+    assert ppl.delta.mean == pytest.approx(statistics.fmean(
+        value("perplexity", "accumulate", s, GENS) - value("perplexity", None, s, 0)
+        for s in (0, 1)))
+    why = "is missing (measured: measure.done is there)" if damage == "delete" else \
+        "not readable JSON"
+    note = next(n for n in acc.notes if n.startswith("accumulate seed 2: left out of the change"))
+    assert "(every column)" in note and "generation 0: " in note and why in note
+    # replace: seed 1's final generation is gone: the row is partial and says why
+    assert rep.n_final == 2 and rep.partial
+    note = next(n for n in rep.notes if n.startswith("replace seed 1:"))
+    assert "finished gen 2; generation 3: " in note and why in note
+    md = report_formats.render_markdown(lb)
+    assert "accumulate seed 2: left out of the change" in md and "replace seed 1:" in md
+    # compare: each test pairs the seeds both sides have, and names the others
+    assert run_main(["compare", str(run), "--pair", "replace", "accumulate", "--metrics",
+                     "perplexity", "--change"]) == 0
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.startswith("| perplexity"))
+    both = [0]  # replace lacks seed 1 (final), both sides lack seed 2 (generation 0)
+    mean_a = statistics.fmean(value("perplexity", "replace", s, GENS)
+                              - value("perplexity", None, s, 0) for s in both)
+    assert f"| {mean_a:.4g} |" in row and "| 1/1 |" in row  # B < A on 1 of 1 pair
+    assert f"perplexity, replace vs accumulate: seed 1 left out; replace generation 3: " \
+           f"{run}/seed_1/replace/gen_03/metrics.json" in out
+    assert "seed 2 left out; replace's base generation 0: " in out and \
+        "accumulate's base generation 0: " in out

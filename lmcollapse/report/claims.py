@@ -50,7 +50,7 @@ import io
 import math
 import statistics
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -60,7 +60,7 @@ from statsmodels.stats.weightstats import ttost_paired
 from lmcollapse import files
 from lmcollapse.config import build, parse_yaml
 from lmcollapse.errors import ConfigError, ReportError
-from lmcollapse.report.compare import Side, parse_side, per_seed
+from lmcollapse.report.compare import Side, left_out, parse_side, per_seed
 from lmcollapse.report.load import RunResults, check_name, load_runs, measured
 from lmcollapse.report.stats import ALPHA, Paired, adjust, paired_test, planning_alpha, seeds_needed
 
@@ -128,6 +128,8 @@ class Result:
     bound: float = math.nan
     verdict: str = INCONCLUSIVE
     needed: int | None = None
+    #: a line per seed of the run the test leaves out (compare.left_out)
+    left_out: list[str] = field(default_factory=list)
 
 
 def load_claims(path: Path) -> list[Claim]:
@@ -172,7 +174,8 @@ def evaluate(exp: RunResults, claims: list[Claim]) -> list[Result]:
         relative = (statistics.fmean(ratios), min(ratios), max(ratios)) if ratios else \
             (math.nan,) * 3
         result = Result(claim, a, b, mean_a, statistics.fmean(vb[s] for s in seeds), paired,
-                        0, relative, paired.p)
+                        0, relative, paired.p, left_out=left_out(
+                            exp, (a, va), (b, vb), claim.metric, direction, claim.since))
         if claim.expect == "equivalent":
             bound = claim.margin if claim.margin is not None else \
                 claim.relative_margin * abs(mean_a)
@@ -257,12 +260,15 @@ def rows(results: list[Result]) -> list[list[str]]:
 
 
 def markdown(results: list[Result], exp: RunResults) -> str:
-    head = (f"Claims of {exp.key}, paired over seeds {exp.seeds}: Holm within each family, "
-            f"alpha {ALPHA:g}.\n\n")
+    head = (f"Claims of {exp.key}, each paired over the seeds both its sides have (of "
+            f"{exp.seeds}): Holm within each family, alpha {ALPHA:g}.\n\n")
     table = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     table += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |"
               for row in rows(results)]
-    return head + "\n".join(table) + "\n"
+    lost = [f"- {r.claim.id}: {line}" for r in results for line in r.left_out]
+    tail = ["", "Left out (a claim pairs only the seeds both its sides have):", "", *lost] \
+        if lost else []
+    return head + "\n".join(table + tail) + "\n"
 
 
 def to_csv(results: list[Result]) -> str:

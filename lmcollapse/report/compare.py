@@ -33,7 +33,7 @@ import math
 import re
 import statistics
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from lmcollapse.errors import ReportError
 from lmcollapse.report.load import RunResults, check_name, load_runs, measured
@@ -71,6 +71,8 @@ class Test:
     p_adj: float = math.nan
     #: per-seed B / A − 1 (the published studies' "relative change"): mean, min, max
     relative: tuple[float, float, float] = (math.nan, math.nan, math.nan)
+    #: a line per seed of the run the test leaves out, saying which side lacks it and why
+    left_out: list[str] = field(default_factory=list)
 
 
 def parse_side(text: str, exp: RunResults, default_generation: int) -> Side:
@@ -113,18 +115,43 @@ def run_tests(exp: RunResults, pairs: list[tuple[Side, Side]], metrics: list[str
             if not va or not vb:
                 raise ReportError(f"no {metric!r} for {a.name} or {b.name}")
             both = va.keys() & vb.keys()
+            if not both:
+                raise ReportError(f"{metric!r}: no seed has both {a.name} and {b.name}")
             # a ratio over A positive in every seed only (with --change: A's change), never
             # of distances to human (≈ without --raw), which may be 0 or < 0
             ratios = [vb[s] / va[s] - 1 for s in both] if (
                 direction is not None and both and all(va[s] > 0 for s in both)) else []
             relative = ((statistics.fmean(ratios), min(ratios), max(ratios)) if ratios
                         else (math.nan,) * 3)
-            tests.append(Test(metric, a, b, statistics.fmean(va.values()),
-                              statistics.fmean(vb.values()), sum(vb[s] < va[s] for s in both),
-                              paired_test(vb, va), relative=relative))
+            tests.append(Test(metric, a, b, statistics.fmean(va[s] for s in both),
+                              statistics.fmean(vb[s] for s in both),
+                              sum(vb[s] < va[s] for s in both), paired_test(vb, va),
+                              relative=relative, left_out=left_out(
+                                  exp, (a, va), (b, vb), metric, direction,
+                                  since if change else None)))
     for t, p in zip(tests, adjust([t.paired.p for t in tests], correction), strict=True):
         t.p_adj = p
     return tests
+
+
+def left_out(exp: RunResults, a: tuple[Side, dict[int, float]], b: tuple[Side, dict[int, float]],
+             metric: str, direction: bool | None, since: int | None) -> list[str]:
+    """A line per seed of the run that a paired test of ``a`` and ``b`` (each a side and its
+    :func:`per_seed` values) leaves out: which side lacks it, and why."""
+    return [f"{metric}, {a[0].name} vs {b[0].name}: seed {s} left out; " + "; ".join(
+        _absent(exp, side, metric, direction, s, since) for side, v in (a, b) if s not in v)
+        for s in exp.seeds if s not in a[1] or s not in b[1]]
+
+
+def _absent(exp: RunResults, side: Side, metric: str, direction: bool | None, seed: int,
+            since: int | None) -> str:
+    """Why one seed of one side has no value as compared: its generation's row, its
+    change's base row, or (a ≈ metric) its human row."""
+    if seed not in exp.values(side.policy, metric, side.generation):
+        return f"{side.name} {exp.why_absent(side.policy, seed, side.generation, metric)}"
+    if since is not None and seed not in exp.scored(side.policy, metric, since, direction):
+        return f"{side.name}'s base {exp.why_absent(side.policy, seed, since, metric)}"
+    return f"{side.name}: the human row {exp.why_absent('human', seed, None, metric)}"
 
 
 def _g(x: float) -> str:
@@ -198,9 +225,9 @@ def command(args: argparse.Namespace, plan: bool = False) -> int:
     what = f"change since generation {args.since}" if args.change else "values"
     how = "values" if args.raw else "as the report compares them (≈ metrics: distance to human)"
     family = sum(math.isfinite(t.paired.p) for t in tests)
-    print(f"{exp.key}, {what} at generation {gen} (/gen_K: at K), {how}, paired over seeds "
-          f"{exp.seeds}; {CORRECTION_NAMES[args.correction]} over the {family} tests of this "
-          "command\n")
+    print(f"{exp.key}, {what} at generation {gen} (/gen_K: at K), {how}, paired over the "
+          f"seeds both sides have (of {exp.seeds}; means over those seeds); "
+          f"{CORRECTION_NAMES[args.correction]} over the {family} tests of this command\n")
     if plan:
         comparisons = args.comparisons or (1 if args.correction == "none" else family)
         alpha = planning_alpha("holm" if comparisons > 1 else "none", comparisons)
@@ -215,6 +242,7 @@ def command(args: argparse.Namespace, plan: bool = False) -> int:
             effect = abs(d.diff) / d.sd if d.sd and math.isfinite(d.sd) else math.nan
             print(f"| {t.metric} | {t.a.name} | {t.b.name} | {d.diff:+.4g} | {_g(d.sd)} | "
                   f"{_g(effect)} | {d.n} | {'–' if need is None else need} |")
+        _print_left_out(tests)
         return 0
     alpha = planning_alpha(args.correction, family)
     print("| metric | A | B | mean A | mean B | mean(B − A) [95% CI] | B/A − 1 [min, max] | "
@@ -228,4 +256,12 @@ def command(args: argparse.Namespace, plan: bool = False) -> int:
               f"{d.diff:+.4g} [{_g(lo)}, {_g(hi)}] | {_pct(t.relative)} | {t.below}/{d.n} | "
               f"{_g(d.p)} | "
               f"{_g(t.p_adj)} | {'' if not open_gap else need or '–'} |")
+    _print_left_out(tests)
     return 0
+
+
+def _print_left_out(tests: list[Test]) -> None:
+    lines = [line for t in tests for line in t.left_out]
+    if lines:
+        print("\nLeft out (a test pairs only the seeds both its sides have):\n")
+        print("\n".join(f"- {line}" for line in lines))

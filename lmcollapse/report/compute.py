@@ -263,7 +263,31 @@ def _policy_row(exp: RunResults, policy: str, metrics: list[str], rule: Onset,
     for s, done in row.finished.items():
         if done != top:
             row.notes.append(f"{label} seed {s}: {_progress(exp, policy, s, done)}")
+    row.notes += _left_out(exp, policy, label, cells, row.finished)
     return row
+
+
+def _left_out(exp: RunResults, policy: str, label: str, cells: dict[str, Cell],
+              finished: dict[int, int | None]) -> list[str]:
+    """One note per seed a finished row's value or change leaves out, and why (a missing or
+    unreadable metrics.json, a metric not measured): the columns' n are then below the
+    row's."""
+    out = []
+    for s in exp.seeds:
+        lost: dict[tuple[str, int], list[str]] = {}
+        for m, c in cells.items():
+            if c.generation is None:
+                continue
+            if s not in exp.values(policy, m, c.generation):
+                if finished.get(s) == exp.generations:  # (else: the progress note says)
+                    lost.setdefault(("value and change", c.generation), []).append(m)
+            elif c.generation and s not in exp.values(policy, m, 0):
+                lost.setdefault(("change", 0), []).append(m)
+        for (what, g), ms in lost.items():
+            which = "every column" if len(ms) == len(cells) else ", ".join(ms)
+            out.append(f"{label} seed {s}: left out of the {what} ({which}); "
+                       f"{exp.why_absent(policy, s, g, ms[0])}")
+    return out
 
 
 def _progress(exp: RunResults, policy: str, seed: int, done: int | None) -> str:
@@ -275,6 +299,8 @@ def _progress(exp: RunResults, policy: str, seed: int, done: int | None) -> str:
         return f"{head}; gen {nxt} not started"
     have = [s for s in STEPS if any(RunLayout.marker(d, s).exists() for d in dirs)]
     todo = [s for s in STEPS if s not in have]
+    if not todo:  # measured, but its record is gone or unreadable
+        return f"{head}; {exp.why_absent(policy, seed, nxt)}"
     return (f"{head}; gen {nxt}: " + (f"{', '.join(have)} done, " if have else "")
             + f"{' and '.join(todo)} pending")
 

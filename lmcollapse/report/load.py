@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 from lmcollapse import files
 from lmcollapse.config import CONFIG_VERSION
 from lmcollapse.errors import ReportError
-from lmcollapse.layout import EXPERIMENT_JSON, RunLayout
+from lmcollapse.layout import EXPERIMENT_JSON, METRICS, STEPS, RunLayout
 from lmcollapse.registry import unknown_name_message
 from lmcollapse.report.stats import Stat, stat
 
@@ -53,6 +53,8 @@ class RunResults:
     #: (population, seed, generation) -> the population's row (its pool, homogenization)
     population_records: dict[tuple[str, int, int], dict[str, Any]] = field(
         default_factory=dict)
+    #: metrics.json files that could not be read -> what is wrong with them
+    unreadable: dict[Path, str] = field(default_factory=dict)
     #: parquet files read so far (None: unreadable), so each is checked and warned about once
     _tables: dict[tuple[Path, tuple[str, ...] | None], list[dict[str, Any]] | None] = field(
         default_factory=dict, repr=False)
@@ -79,6 +81,24 @@ class RunResults:
             if isinstance(v, int | float) and not isinstance(v, bool) and not math.isnan(v):
                 out[seed] = float(v)
         return out
+
+    def why_absent(self, policy: str, seed: int, generation: int | None,
+                   metric: str | None = None) -> str:
+        """Why one seed has no value of ``policy`` at ``generation`` (None: the human row):
+        its metrics.json unreadable or missing though measured, the generation not
+        measured yet, or the metric not in a readable record."""
+        dirs = self.gen_dirs("human" if generation is None else policy, seed, generation)
+        where = "the human row" if generation is None else f"generation {generation}"
+        for d in dirs:
+            path = d / METRICS
+            if path in self.unreadable:
+                return f"{where}: {path} {self.unreadable[path]}"
+            if not path.exists() and RunLayout.marker(d, STEPS[-1]).exists():
+                return f"{where}: {path} is missing (measured: {STEPS[-1]}.done is there)"
+        if not any((d / METRICS).exists() for d in dirs):
+            return f"{where}: not measured yet"
+        return f"{where}: no {metric!r} in its metrics.json" if metric else \
+            f"{where}: no value"
 
     def human(self, metric: str) -> Stat:
         """The human reference of one metric over seeds."""
@@ -178,10 +198,11 @@ def _read_record(path: Path) -> tuple[dict[str, Any] | None, str]:
     return rec, ""
 
 
-def load_records(run_dirs: list[str | Path],
-                 problems: list[str] | None = None) -> list[dict[str, Any]]:
+def load_records(run_dirs: list[str | Path], problems: list[str] | None = None,
+                 unreadable: dict[Path, str] | None = None) -> list[dict[str, Any]]:
     """Every readable ``metrics.json`` below the given run directories, each with ``run``
-    added; one that cannot be read is skipped with a warning (and added to ``problems``)."""
+    added; one that cannot be read is skipped with a warning (and added to ``problems``,
+    and to ``unreadable`` with what is wrong)."""
     records = []
     for run in map(Path, run_dirs):
         name = _read_experiment(run).get("experiment", run.name)
@@ -191,6 +212,8 @@ def load_records(run_dirs: list[str | Path],
                 log.warning("skipped %s: %s", path, problem)
                 if problems is not None:
                     problems.append(f"{path}: {problem}")
+                if unreadable is not None:
+                    unreadable[path] = problem
                 continue
             rec.update(run=str(run), experiment=name)
             records.append(rec)
@@ -228,7 +251,7 @@ def load_runs(run_dirs: list[str | Path]) -> list[RunResults]:
         exp.populations.update(info.get("populations", {}))
         for p in info.get("policies", []):  # a population: its participants in its place
             exp.policies += [m for m in exp.populations.get(p, [p]) if m not in exp.policies]
-        for rec in load_records([run], exp.problems):
+        for rec in load_records([run], exp.problems, exp.unreadable):
             key = (rec["policy"], int(rec["seed"]), rec["generation"])
             if rec.get("population"):
                 exp.population_records.setdefault(key, rec)

@@ -87,7 +87,9 @@ def _finish(ax: Any, fig: Figure, xlabel: str, ylabel: str, title: str, stem: Pa
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize="small", frameon=False, **legend)
+        # a light box: a line through the legend (a reference at 0) must not cross its text
+        ax.legend(fontsize="small", frameon=True, framealpha=0.85, edgecolor="none",
+                  **legend)
     return _save(fig, stem)
 
 

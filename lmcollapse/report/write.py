@@ -26,7 +26,7 @@ from typing import Any
 
 from lmcollapse.errors import ReportError
 from lmcollapse.files import write_text
-from lmcollapse.layout import ReportLayout, RunLayout
+from lmcollapse.layout import ReportLayout, RunLayout, bounded
 from lmcollapse.report import documents, documents_formats, populations, populations_formats
 from lmcollapse.report import plots as plotting
 from lmcollapse.report.compute import (
@@ -67,7 +67,8 @@ def _has_generations(table: dict[str, dict[int | str, Any]]) -> bool:
 
 
 def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_")
+    """A file name's stem from a label (a cell key may be long: layout.bounded)."""
+    return bounded(re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_"))
 
 
 def write_report(run_dirs: list[str | Path], out: str | Path | None = None,
