@@ -73,7 +73,8 @@ def test_shipped_claims_name_cells_of_their_config(path: Path) -> None:
     config = CONFIG_DIR / path.name.replace(".claims.yaml", ".yaml")
     cfg = load_config(config)
     assert path.read_text().startswith("#")
-    cells = set(Grid.of(cfg).cells)
+    grid = Grid.of(cfg)
+    cells = set(grid.cells) | set(grid.members)  # a population, or one of its participants
     for claim in load_claims(path):
         for side in (claim.a, claim.b):
             cell, _, gen = side.partition("/gen_")
