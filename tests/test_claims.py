@@ -230,3 +230,42 @@ def test_tost_without_spread() -> None:
     assert claims_mod.tost({s: v + 0.5 for s, v in a.items()}, a, 1.0) == 0.0
     assert claims_mod.tost({s: v + 1.5 for s, v in a.items()}, a, 1.0) == 1.0
     assert math.isfinite(claims_mod.tost({0: 1.0, 1: 2.5, 2: 3.1}, a, 1.0))
+
+
+def test_the_docs_check_finds_a_quote_that_differs_from_the_run(run, tmp_path, capsys) -> None:
+    """scripts/check_claims.py on a small run: a page quoting exactly what `lmcollapse
+    claims --quote` prints is ok; one changed digit (or verdict) is found; --write puts the
+    fresh table back; a block whose run is absent is skipped, not passed off as checked."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "check_claims", Path(__file__).resolve().parents[1] / "scripts" / "check_claims.py")
+    check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(check)
+    claims_file = write(tmp_path / "c.yaml", CLAIMS)
+    assert run_main(["claims", str(run), "--claims", str(claims_file), "--out",
+                     str(tmp_path), "--quote"]) == 0
+    out = capsys.readouterr().out
+    block = out[out.index("<!-- claims: "):].rstrip("\n") + "\n"
+    rel = run.relative_to(tmp_path.parent)
+    block = block.replace(f"<!-- claims: {run} -->", f"<!-- claims: {rel} c.yaml -->")
+    (tmp_path.parent / "c.yaml").write_text(CLAIMS)
+    page = tmp_path / "page.md"
+    page.write_text(f"# A study\n\nText.\n\n{block}\nMore text.\n"
+                    "<!-- claims: runs/absent -->\n| old |\n<!-- /claims -->\n")
+    args = ["--root", str(tmp_path.parent), str(page)]
+    assert check.main(args) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == [f"{page}: ok {rel}", f"{page}: skipped runs/absent: no run directory here"]
+    # the verdicts and numbers in the block are those of the run
+    assert "| replace degrades | supported |" in block
+    assert "| accumulate ends above replace (declared the wrong way) | contradicted |" in block
+    good = page.read_text()
+    for wrong in (good.replace("| supported |", "| inconclusive |", 1),
+                  good.replace("6/6", "5/6", 1)):
+        assert wrong != good
+        page.write_text(wrong)
+        assert check.main(args) == 1
+        assert f"{page}: differs {rel}" in capsys.readouterr().out
+    assert check.main(["--write", *args]) == 0
+    assert page.read_text() == good

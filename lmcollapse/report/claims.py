@@ -48,6 +48,7 @@ import argparse
 import csv
 import io
 import math
+import re
 import statistics
 import sys
 from dataclasses import dataclass, field
@@ -60,6 +61,7 @@ from statsmodels.stats.weightstats import ttost_paired
 from lmcollapse import files
 from lmcollapse.config import build, parse_yaml
 from lmcollapse.errors import ConfigError, ReportError
+from lmcollapse.layout import EXPERIMENT_JSON
 from lmcollapse.report.compare import Side, left_out, parse_side, per_seed
 from lmcollapse.report.load import RunResults, check_name, load_runs, measured
 from lmcollapse.report.stats import ALPHA, Paired, adjust, paired_test, planning_alpha, seeds_needed
@@ -259,6 +261,61 @@ def rows(results: list[Result]) -> list[list[str]]:
     return out
 
 
+QUOTE_COLUMNS = ["claim", "verdict", "mean(B − A) [95% CI]", "B/A − 1 [min, max]",
+                 "seeds agreeing", "p corrected"]
+
+
+def quote(results: list[Result]) -> str:
+    """The claims as the docs quote them: one row per claim, its sentence and verdict, the
+    effect and its corrected p (``lmcollapse claims RUN --quote``;
+    ``scripts/check_claims.py`` checks every quoted block against it)."""
+    lines = ["| " + " | ".join(QUOTE_COLUMNS) + " |",
+             "|---|---|---:|---:|---:|---:|"]
+    for r in results:
+        lo, hi = r.paired.interval
+        rel = r.relative
+        verdict = r.verdict + (f" ({r.needed} seeds needed)" if r.needed else "")
+        cells = [r.claim.text, verdict, f"{_q(r.paired.diff)} [{_q(lo)}, {_q(hi)}]",
+                 "–" if not math.isfinite(rel[0]) else
+                 f"{rel[0]:+.1%} [{rel[1]:+.1%}, {rel[2]:+.1%}]",
+                 f"{r.agreeing}/{r.paired.n}",
+                 f"{r.p_adj:.2g}" + (" (TOST)" if r.claim.expect == "equivalent" else "")]
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _q(x: float) -> str:
+    """A signed effect with 3 significant digits, whole numbers from 100 on (no 1e+03)."""
+    return "–" if not math.isfinite(x) else f"{x:+.0f}" if abs(x) >= 100 else f"{x:+.3g}"
+
+
+#: a block of a Markdown page that quotes a run's claims: ``<!-- claims: RUN [FILE] -->``,
+#: the table :func:`quote` prints, then ``<!-- /claims -->``
+QUOTE_BLOCK = re.compile(r"(<!-- claims: (\S+)(?: (\S+))? -->\n)(.*?)(<!-- /claims -->)",
+                         re.DOTALL)
+
+
+def check_quotes(text: str, root: Path, write: bool = False) -> tuple[str, list[str]]:
+    """Every quoted block of a page against what ``lmcollapse claims`` gives for its run
+    (a path relative to ``root``). Returns the page (with ``write``: every block
+    regenerated) and one line per block: ``ok``, ``differs`` (then the page is wrong) or
+    ``skipped`` (its run is not here)."""
+    report = []
+
+    def check(m: re.Match[str]) -> str:
+        run, claims_file = m.group(2), m.group(3)
+        if not (root / run / EXPERIMENT_JSON).is_file():
+            report.append(f"skipped {run}: no run directory here")
+            return m.group(0)
+        exp = load_runs([root / run])[0]
+        path = root / (claims_file or f"configs/{exp.name}.claims.yaml")
+        fresh = quote(evaluate(exp, load_claims(path)))
+        report.append(f"{'ok' if fresh == m.group(4) else 'differs'} {run}")
+        return m.group(1) + fresh + m.group(5) if write else m.group(0)
+
+    return QUOTE_BLOCK.sub(check, text), report
+
+
 def markdown(results: list[Result], exp: RunResults) -> str:
     head = (f"Claims of {exp.key}, each paired over the seeds both its sides have (of "
             f"{exp.seeds}): Holm within each family, alpha {ALPHA:g}.\n\n")
@@ -287,6 +344,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="the claims file (default: configs/<experiment>.claims.yaml)")
     p.add_argument("--out", type=Path, default=None,
                    help="where claims.md and claims.csv go (default: the run directory)")
+    p.add_argument("--quote", action="store_true",
+                   help="also print the table as the docs quote it, in its markers "
+                   "(scripts/check_claims.py checks the docs against it)")
 
 
 def command(args: argparse.Namespace) -> int:
@@ -303,4 +363,6 @@ def command(args: argparse.Namespace) -> int:
     files.write_text(out / "claims.md", text)
     files.write_text(out / "claims.csv", to_csv(results))
     print(text)
+    if args.quote:
+        print(f"<!-- claims: {args.run} -->\n{quote(results)}<!-- /claims -->")
     return 0
