@@ -166,6 +166,7 @@ def run_main(argv: list[str] | None = None) -> int:
     from lmcollapse.loop import CollapseLoop
     from lmcollapse.parallel import (
         Failure,
+        cpu_budget,
         cpu_cores,
         make_plan,
         run_parallel,
@@ -200,7 +201,8 @@ def run_main(argv: list[str] | None = None) -> int:
             else:
                 loop.invocation = {"jobs": plan.jobs, "threads_per_job": plan.threads,
                                    "devices": list(plan.devices)}
-                log.info("running %d units on %s", len(loop.units), plan.describe())
+                log.info("running %d units on %s (cores: %d, from %s)", len(loop.units),
+                         plan.describe(), *cpu_budget())
                 run_parallel(loop, plan)
     except ConfigError as err:  # the message on stderr whatever the log settings
         print(f"lmcollapse: config error: {err}", file=sys.stderr)

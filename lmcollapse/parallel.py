@@ -90,11 +90,22 @@ class Plan:
 
 
 def cpu_cores() -> int:
-    """The CPU cores this process may use (its affinity, e.g. a Slurm allocation)."""
+    """The CPU cores this process may use: its affinity, or inside a Slurm task its
+    allocation (``SLURM_CPUS_PER_TASK``) where that is fewer (a node without task affinity
+    shows a task every core)."""
+    return cpu_budget()[0]
+
+
+def cpu_budget() -> tuple[int, str]:
+    """(cores, where the count came from), for the run's log."""
     try:
-        return len(os.sched_getaffinity(0))
+        cores, where = len(os.sched_getaffinity(0)), "CPU affinity"
     except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+        cores, where = os.cpu_count() or 1, "os.cpu_count"
+    slurm = os.environ.get("SLURM_CPUS_PER_TASK", "")
+    if slurm.isdigit() and 0 < int(slurm) < cores:
+        cores, where = int(slurm), "SLURM_CPUS_PER_TASK"
+    return cores, where
 
 
 def visible_gpus() -> list[str]:

@@ -178,3 +178,19 @@ def test_a_bad_jobs_value_is_refused_naming_the_key(tmp_path, capsys, value, mes
     assert not (tmp_path / "quickstart").exists()
     with pytest.raises(ConfigError, match="jobs"):
         tiny_config(tmp_path, f"jobs={value}")
+
+
+def test_inside_a_slurm_task_the_allocation_is_the_core_budget(monkeypatch):
+    """A 1-CPU Slurm task on a node without task affinity sees every core; `jobs: auto`
+    must count the allocation (issue 36: it started 2 workers per 1-CPU task)."""
+    from lmcollapse.parallel import cpu_budget
+
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    monkeypatch.delenv("SLURM_CPUS_PER_TASK", raising=False)
+    assert cpu_budget() == (4, "CPU affinity")
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "1")
+    assert cpu_budget() == (1, "SLURM_CPUS_PER_TASK") and cpu_cores() == 1
+    assert make_plan("auto", units=6, cores=cpu_cores(), gpus=[]).jobs == 1
+    for junk in ("", "x", "0", "8"):  # unset, unreadable, or more than the affinity gives
+        monkeypatch.setenv("SLURM_CPUS_PER_TASK", junk)
+        assert cpu_budget() == (4, "CPU affinity")
