@@ -16,6 +16,7 @@ same array is a plain sbatch script: see ``scripts/slurm_array.sh``.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import subprocess
 import sys
@@ -72,6 +73,81 @@ def run_shard(config: str, overrides: list[str], index: int, count: int) -> int:
     return code
 
 
+class SacctOnce(logging.Filter):
+    """Without Slurm accounting, submitit warns "Bypassing sacct error" on every poll while
+    it waits: say once what it means, then keep quiet about it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.said = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "Bypassing sacct error" not in record.getMessage():
+            return True
+        if self.said:
+            return False
+        self.said = True
+        record.msg, record.args = ("sacct (Slurm accounting) answers nothing here, so the "
+                                   "tasks' states are read from their result files as they "
+                                   "finish; submitit's repeats of this are not shown"), ()
+        return True
+
+
+def partition_limits(partition: str | None,
+                     sinfo: Any = None) -> tuple[str, int, int, int] | None:
+    """What the largest node of ``partition`` (None: the default partition) offers, as
+    ``sinfo`` reports it: (partition, CPUs, memory in MB, GPUs); None where ``sinfo`` is
+    not here or says nothing. ``sinfo``: the command's runner (tests pass a fake)."""
+    run = sinfo or (lambda cmd: subprocess.run(cmd, capture_output=True, text=True,
+                                               check=False, timeout=30).stdout)
+    cmd = ["sinfo", "-h", "-o", "%P|%c|%m|%G", *(["-p", partition] if partition else [])]
+    try:
+        out = run(cmd)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    rows = [line.split("|") for line in out.splitlines() if line.count("|") == 3]
+    if not partition:  # the default partition is the one sinfo marks with *
+        rows = [r for r in rows if r[0].endswith("*")] or rows
+    if not rows:
+        return None
+    name = rows[0][0].rstrip("*")
+
+    def number(text: str) -> int:
+        digits = "".join(ch for ch in text.rstrip("+") if ch.isdigit())
+        return int(digits) if digits else 0
+
+    def gpus(gres: str) -> int:  # "gpu:a100:4(S:0-1),shard:8" -> 4; "(null)" -> 0
+        total = 0
+        for item in gres.split(","):
+            fields = item.split("(")[0].split(":")
+            if fields[0] == "gpu":
+                total += number(fields[-1]) if len(fields) > 1 else 1
+        return total
+
+    return (name, max(number(r[1]) for r in rows), max(number(r[2]) for r in rows),
+            max(gpus(r[3]) for r in rows))
+
+
+def check_request(args: argparse.Namespace, limits: tuple[str, int, int, int] | None) -> None:
+    """Refuse, before submitting, a request no node of the partition can meet (Slurm would
+    keep such an array pending forever, or refuse GPUs with a traceback)."""
+    if limits is None:
+        return
+    name, cpus, mem_mb, gpus = limits
+    if args.gpus_per_job > gpus:
+        raise ConfigError(f"--gpus-per-job {args.gpus_per_job}: partition {name!r} has "
+                          + (f"at most {gpus} GPU(s) per node" if gpus else "no GPUs")
+                          + f" (sinfo); use --gpus-per-job {min(gpus, args.gpus_per_job)}"
+                          + ("" if gpus else " for CPU nodes"))
+    if cpus and args.cpus_per_job > cpus:
+        raise ConfigError(f"--cpus-per-job {args.cpus_per_job}: partition {name!r} has at most "
+                          f"{cpus} CPUs per node (sinfo); use at most {cpus}")
+    if mem_mb and args.mem_gb * 1024 > mem_mb:
+        raise ConfigError(f"--mem-gb {args.mem_gb}: partition {name!r} has at most "
+                          f"{mem_mb // 1024} GB per node (sinfo: {mem_mb} MB); use at most "
+                          f"{mem_mb // 1024}")
+
+
 def submit(args: argparse.Namespace, cfg: Any) -> int:
     """Check everything, then submit the array; print the job ids (and, with ``--wait``,
     wait for them)."""
@@ -89,6 +165,8 @@ def submit(args: argparse.Namespace, cfg: Any) -> int:
         extra[key.replace("-", "_")] = value
     folder = cfg.run_dir / "jobs"
     executor = submitit.AutoExecutor(folder=folder / "%j", cluster=args.cluster)
+    if executor.cluster == "slurm":
+        check_request(args, partition_limits(args.partition))
     params: dict[str, Any] = dict(
         name=f"lmcollapse-{cfg.experiment}", timeout_min=args.timeout_min,
         gpus_per_node=args.gpus_per_job, tasks_per_node=max(1, args.gpus_per_job),
@@ -105,15 +183,26 @@ def submit(args: argparse.Namespace, cfg: Any) -> int:
     executor.update_parameters(**{k: v for k, v in params.items() if v is not None})
     n = args.shards
     # absolute paths: a task may start in another working directory than this command
-    overrides = [*args.overrides, f"output_dir={Path(cfg.output_dir).resolve()}"]
+    overrides = [o for o in args.overrides if not o.startswith("output_dir=")]
+    overrides.append(f"output_dir={Path(cfg.output_dir).resolve()}")  # (once)
     config = str(Path(args.config).resolve())
-    jobs = executor.map_array(run_shard, [config] * n, [overrides] * n, list(range(n)),
-                              [n] * n)
+    before = set(folder.iterdir()) if folder.is_dir() else set()
+    try:
+        jobs = executor.map_array(run_shard, [config] * n, [overrides] * n, list(range(n)),
+                                  [n] * n)
+    except submitit.core.utils.FailedJobError as err:
+        for made in (set(folder.iterdir()) if folder.is_dir() else set()) - before:
+            if made.is_dir() and not any(made.rglob("*")):
+                made.rmdir()  # the folder of an array sbatch refused: empty
+        sbatch = " ".join(str(err).split())
+        raise ConfigError(f"sbatch refused the array: {sbatch[-400:]} (see --partition, "
+                          "--gpus-per-job, --cpus-per-job, --mem-gb, --slurm)") from None
     print(f"submitted {n} {executor.cluster} jobs for {cfg.experiment} "
           f"({len(units)} units): {', '.join(j.job_id for j in jobs)}\n"
           f"logs: {folder}/<job id>/; report when done: lmcollapse report {cfg.run_dir}")
     if not args.wait:
         return 0
+    logging.getLogger("submitit").addFilter(SacctOnce())
     failed = 0
     for i, job in enumerate(jobs):
         try:

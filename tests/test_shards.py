@@ -166,3 +166,66 @@ def test_submit_refuses_more_shards_than_units(tmp_path, capsys):
                      "--shards", "10", "--cluster", "local"])
     assert code == 2 and "--shards: between 1 and the experiment's 9 units" in \
         capsys.readouterr().err
+
+
+def test_partition_limits_are_read_from_sinfo():
+    """What sinfo says a partition offers: the largest node's CPUs, memory and GPUs (the
+    default partition is the one marked *); no sinfo: nothing known, nothing refused."""
+    out = ("debug*|2|23000|(null)\n"
+           "gpu|64|515000|gpu:a100:4(S:0-1),shard:8\n"
+           "gpu|128+|1030000|gpu:h100:8\n")
+    calls = []
+
+    def sinfo(cmd):
+        calls.append(cmd)
+        rows = out.splitlines()
+        if "-p" in cmd:
+            rows = [r for r in rows if r.split("|")[0].rstrip("*") == cmd[-1]]
+        return "\n".join(rows)
+
+    assert submit_module.partition_limits(None, sinfo) == ("debug", 2, 23000, 0)
+    assert submit_module.partition_limits("gpu", sinfo) == ("gpu", 128, 1030000, 8)
+    assert calls[-1] == ["sinfo", "-h", "-o", "%P|%c|%m|%G", "-p", "gpu"]
+    assert submit_module.partition_limits("none", sinfo) is None
+
+    def missing(cmd):
+        raise FileNotFoundError("sinfo")
+
+    assert submit_module.partition_limits("gpu", missing) is None
+
+
+@pytest.mark.parametrize(("request_", "limits", "message"), [
+    ({"gpus_per_job": 1}, ("debug", 2, 23000, 0),
+     "--gpus-per-job 1: partition 'debug' has no GPUs (sinfo); use --gpus-per-job 0"),
+    ({"gpus_per_job": 0, "cpus_per_job": 8}, ("debug", 2, 23000, 0),
+     "--cpus-per-job 8: partition 'debug' has at most 2 CPUs per node (sinfo); use at most 2"),
+    ({"gpus_per_job": 0, "cpus_per_job": 2, "mem_gb": 64}, ("debug", 2, 23000, 0),
+     "--mem-gb 64: partition 'debug' has at most 22 GB per node (sinfo: 23000 MB)"),
+    ({"gpus_per_job": 8}, ("gpu", 64, 515000, 4),
+     "--gpus-per-job 8: partition 'gpu' has at most 4 GPU(s) per node"),
+    ({"gpus_per_job": 0, "cpus_per_job": 2, "mem_gb": 16}, ("debug", 2, 23000, 0), None),
+])
+def test_a_request_no_node_can_meet_is_refused_before_submitting(request_, limits, message):
+    """Slurm keeps such an array pending forever (PartitionConfig) or refuses GPUs with a
+    traceback: one line naming the option and the partition's limit instead."""
+    import argparse
+
+    args = argparse.Namespace(**{"gpus_per_job": 1, "cpus_per_job": 8, "mem_gb": 64,
+                                 **request_})
+    if message is None:
+        submit_module.check_request(args, limits)
+        return
+    with pytest.raises(ConfigError) as err:
+        submit_module.check_request(args, limits)
+    assert str(err.value).startswith(message)
+
+
+def test_without_accounting_the_sacct_warning_is_said_once(caplog):
+    log = logging.getLogger("submitit")
+    log.addFilter(submit_module.SacctOnce())
+    with caplog.at_level(logging.WARNING, logger="submitit"):
+        for i in range(5):
+            log.warning(f"Call #{i} - Bypassing sacct error boom, status may be inaccurate.")
+        log.warning("something else")
+    assert [r.getMessage()[:40] for r in caplog.records] == [
+        "sacct (Slurm accounting) answers nothing", "something else"]
