@@ -229,3 +229,45 @@ def test_without_accounting_the_sacct_warning_is_said_once(caplog):
         log.warning("something else")
     assert [r.getMessage()[:40] for r in caplog.records] == [
         "sacct (Slurm accounting) answers nothing", "something else"]
+
+
+class _FakeExecutor:
+    """submitit.AutoExecutor's surface that submit uses, recording the array it is given
+    (or, with ``refuse``, failing as sbatch does after creating the job folder)."""
+
+    refuse = False
+    calls: list = []
+
+    def __init__(self, folder, cluster=None):
+        self.folder, self.cluster = Path(str(folder).replace("%j", "4242")), "local"
+
+    def update_parameters(self, **kw):
+        pass
+
+    def map_array(self, fn, *args):
+        _FakeExecutor.calls.append(args)
+        self.folder.mkdir(parents=True)
+        if self.refuse:
+            raise submit_module.submitit.core.utils.FailedJobError(
+                "sbatch: error: Invalid generic resource (gres) specification\n")
+        return []
+
+
+def test_output_dir_reaches_a_task_once_and_a_refused_array_leaves_no_folder(
+        tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(submit_module.submitit, "AutoExecutor", _FakeExecutor)
+    _FakeExecutor.calls = []
+    assert run_main(["submit", "--config", str(QUICKSTART), f"output_dir={tmp_path}",
+                     "--shards", "2"]) == 0
+    overrides = _FakeExecutor.calls[0][1][0]
+    assert [o for o in overrides if o.startswith("output_dir=")] == [
+        f"output_dir={tmp_path.resolve()}"]
+    monkeypatch.setattr(_FakeExecutor, "refuse", True)
+    out = tmp_path / "second"
+    assert run_main(["submit", "--config", str(QUICKSTART), f"output_dir={out}",
+                     "--shards", "2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("lmcollapse: config error: sbatch refused the array: sbatch: "
+                              "error: Invalid generic resource (gres) specification (see "
+                              "--partition")
+    assert not (out / "quickstart" / "jobs" / "4242").exists()
