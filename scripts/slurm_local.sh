@@ -34,9 +34,10 @@ trap 'stop' ERR
 # munge: its key (written by the package), its socket directory, the daemon as munge
 [ -f /etc/munge/munge.key ] || mungekey --create
 install -d -o munge -g munge -m 0755 /run/munge
-runuser -u munge -- /usr/sbin/munged --pid-file="$state/munged.pid.tmp" --force
-sleep 0.5
-cp "$state/munged.pid.tmp" "$state/munged.pid" 2>/dev/null || pgrep -u munge munged | head -1 > "$state/munged.pid"
+rm -f /run/munge/munged.pid
+runuser -u munge -- /usr/sbin/munged --pid-file=/run/munge/munged.pid --force
+for _ in $(seq 50); do [ -s /run/munge/munged.pid ] && break; sleep 0.1; done
+cp /run/munge/munged.pid "$state/munged.pid"
 
 # Slurm's directories and config
 for d in /var/spool/slurmctld /var/spool/slurmd /var/log/slurm /run/slurm; do
