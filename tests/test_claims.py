@@ -269,3 +269,23 @@ def test_the_docs_check_finds_a_quote_that_differs_from_the_run(run, tmp_path, c
         assert f"{page}: differs {rel}" in capsys.readouterr().out
     assert check.main(["--write", *args]) == 0
     assert page.read_text() == good
+
+
+def test_every_quoted_block_in_the_docs_quotes_its_declared_claims() -> None:
+    """Without the runs (CI has none), each block of README.md and docs/ still names a study
+    whose claims file exists, and lists exactly that file's claims, in its order, with a
+    verdict the tool can give."""
+    root = Path(__file__).resolve().parents[1]
+    pages = [root / "README.md", *sorted((root / "docs").glob("*.md"))]
+    blocks = [(page, m) for page in pages
+              for m in claims_mod.QUOTE_BLOCK.finditer(page.read_text())]
+    assert len(blocks) >= 3  # the controls, the Internet, the decoding-matched population
+    verdicts = {claims_mod.SUPPORTED, claims_mod.CONTRADICTED, claims_mod.EQUIVALENT,
+                claims_mod.INCONCLUSIVE}
+    for page, m in blocks:
+        run, claims_file = m.group(2), m.group(3)
+        path = root / (claims_file or f"configs/{Path(run).name}.claims.yaml")
+        declared = claims_mod.load_claims(path)
+        rows = [line.split(" | ") for line in m.group(4).splitlines()[2:]]
+        assert [r[0].lstrip("| ") for r in rows] == [c.text for c in declared], (page, run)
+        assert all(r[1].split(" (")[0] in verdicts for r in rows), (page, run)
