@@ -236,13 +236,16 @@ class _FakeExecutor:
     (or, with ``refuse``, failing as sbatch does after creating the job folder)."""
 
     refuse = False
+    kind = "local"
     calls: list = []
+    params: dict = {}
 
     def __init__(self, folder, cluster=None):
-        self.folder, self.cluster = Path(str(folder).replace("%j", "4242")), "local"
+        self.folder = Path(str(folder).replace("%j", "4242"))
+        self.cluster = self.kind
 
     def update_parameters(self, **kw):
-        pass
+        _FakeExecutor.params = kw
 
     def map_array(self, fn, *args):
         _FakeExecutor.calls.append(args)
@@ -271,3 +274,23 @@ def test_output_dir_reaches_a_task_once_and_a_refused_array_leaves_no_folder(
                               "error: Invalid generic resource (gres) specification (see "
                               "--partition")
     assert not (out / "quickstart" / "jobs" / "4242").exists()
+
+
+@pytest.mark.parametrize(("gpus", "tasks", "cpus"), [(1, 1, 8), (4, 4, 2)])
+def test_the_gpu_partition_example_asks_slurm_for_what_it_says(tmp_path, monkeypatch, gpus,
+                                                                 tasks, cpus):
+    """docs/scaling-out.md's GPU example, against a partition sinfo describes with 4 GPUs
+    per node: the array's request (no GPU is lent to CI to run it)."""
+    monkeypatch.setattr(submit_module.submitit, "AutoExecutor", _FakeExecutor)
+    monkeypatch.setattr(_FakeExecutor, "kind", "slurm")
+    sinfo = "gpu|64|515000|gpu:a100:4(S:0-1)\n"
+    real = submit_module.partition_limits
+    monkeypatch.setattr(submit_module, "partition_limits",
+                        lambda partition: real(partition, lambda cmd: sinfo))
+    assert run_main(["submit", "--config", str(QUICKSTART), f"output_dir={tmp_path}",
+                     "--shards", "6", "--partition", "gpu", "--gpus-per-job", str(gpus),
+                     "--timeout-min", "720", "--slurm", "account=myproject"]) == 0
+    assert _FakeExecutor.params == {
+        "name": "lmcollapse-quickstart", "timeout_min": 720, "gpus_per_node": gpus,
+        "tasks_per_node": tasks, "cpus_per_task": cpus, "mem_gb": 64,
+        "slurm_partition": "gpu", "slurm_additional_parameters": {"account": "myproject"}}
