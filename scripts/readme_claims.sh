@@ -3,8 +3,8 @@
 # committed runs' metrics.json files: run each study's config first (see docs/studies.md).
 #   bash scripts/readme_claims.sh [wikitext-laptop|wikitext-controls|quickstart|curation|sampling-bias|fresh-threshold|blue-cats|internet|internet-matched]
 # Each `lmcollapse compare` call is one family: its p-values are Holm-corrected together.
-# Studies with a claims file (configs/<experiment>.claims.yaml: quickstart, wikitext-controls, curation, sampling-bias, fresh-threshold, internet,
-# internet-matched) state their claims through `lmcollapse claims RUN --quote` (checked by
+# Studies with a claims file (configs/<experiment>.claims.yaml: every one but wikitext-laptop)
+# state their claims through `lmcollapse claims RUN --quote` (checked by
 # scripts/check_claims.py); the calls here for them are the measurements quoted beside.
 set -euo pipefail
 cd "$(dirname "$0")/.."
