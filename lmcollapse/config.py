@@ -128,7 +128,8 @@ def safe_name(value: str, where: str, derived: bool = False) -> None:
     ``derived`` from settings (a grid's cell key) any length: its folder is a prefix and a
     digest past :data:`~lmcollapse.layout.MAX_NAME`."""
     if not (DERIVED_NAME if derived else SAFE_NAME).fullmatch(value or ""):
-        raise ConfigError(f"{where}: {value!r} is not a safe folder name; use 1-120 letters, "
+        size = "" if derived else "1-120 "
+        raise ConfigError(f"{where}: {value!r} is not a safe folder name; use {size}letters, "
                           "digits and ._@=+,- starting with a letter or digit")
     if value in RESERVED_NAMES or RESERVED_PATTERN.fullmatch(value):
         raise ConfigError(f"{where}: {value!r} is a name the run directory uses itself "
