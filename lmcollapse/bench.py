@@ -60,7 +60,7 @@ from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
 
 from lmcollapse import files
-from lmcollapse.config import ExperimentConfig, GenerateConfig, load_config
+from lmcollapse.config import load_config
 from lmcollapse.data.base import load_human_text
 from lmcollapse.data.blocks import HumanData, Sample, prepare_human_data
 from lmcollapse.generate import eos_token_ids, generate_corpus, generation_config
@@ -70,6 +70,7 @@ from lmcollapse.loop import CollapseLoop
 from lmcollapse.models import load_tokenizer, model_config, random_model, starting_model
 from lmcollapse.parallel import cpu_cores, make_plan, run_parallel, set_threads, visible_gpus
 from lmcollapse.preflight import make_accelerator
+from lmcollapse.settings import ExperimentConfig, GenerateConfig
 from lmcollapse.train import Collate, train_generation, with_lora
 
 #: what ``--small`` adds to the loop's config (before the command line's own overrides):
@@ -448,7 +449,7 @@ def loop_breakdown(grid: Grid) -> dict[str, Any]:
     parts: list[dict[str, float]] = []
     metric_seconds: dict[str, list[float]] = {}
     for seed in cfg.seeds:
-        for cell in grid.cells.values():
+        for cell in grid.lineages.values():  # a population: its participants' generations
             for k in range(1, cfg.generations + 1):
                 d = layout.gen_dir(Generation(seed, k, cell.key, cell.zero_group))
                 marks = {step: files.read_json(layout.marker(d, step)) for step in STEPS}

@@ -1,8 +1,9 @@
-"""Command line: ``lmcollapse run|validate|cells|report|compare|plan-seeds|claims|bench``.
+"""Command line: ``lmcollapse run|validate|cells|plan|report|compare|plan-seeds|claims|bench``.
 
     lmcollapse run --config configs/quickstart.yaml [key.sub=value ...] [--new-run]
     lmcollapse run --config configs/shumailov2023.yaml --shard 3/8   # one job of eight
     lmcollapse cells --config configs/shumailov2023.yaml --shard 3/8 # what that job runs
+    lmcollapse plan --config configs/shumailov2023.yaml --shard 3/8  # every step it takes
     lmcollapse submit --config configs/shumailov2023.yaml --shards 8 --partition gpu
     lmcollapse validate --config configs/shumailov2023.yaml
     lmcollapse report runs/quickstart --metric perplexity
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections import Counter
 
 import yaml
 
@@ -24,6 +26,8 @@ from lmcollapse import submit
 from lmcollapse.config import load_config
 from lmcollapse.errors import ConfigError, StepError
 from lmcollapse.grid import Grid
+from lmcollapse.layout import STEP_KINDS
+from lmcollapse.plan import Step, build_plan
 from lmcollapse.shards import Selection
 
 # torch, transformers and the loop are imported by the commands that use them, so that
@@ -46,6 +50,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     val = sub.add_parser("validate", help="load and validate a config, print it resolved")
     cel = sub.add_parser("cells", help="list the (seed, cell) units a selection picks, one "
                          "per line (what `run` with the same options runs)")
+    stp = sub.add_parser("plan", help="list every step a run (or a selection of it) takes, "
+                         "in order, without running anything")
     sbm = sub.add_parser("submit", help="run the experiment as a job array on a cluster "
                          "(submitit: Slurm, or local processes)")
     rep = sub.add_parser("report", help="leaderboard, per-generation tables and plots from "
@@ -59,10 +65,10 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     ben = sub.add_parser("bench", help="one JSON record: generation and training "
                          "throughput against naive baselines, where a generation's time goes, "
                          "peak memory")
-    for q in (run, val, cel, sbm, ben):
+    for q in (run, val, cel, stp, sbm, ben):
         q.add_argument("--config", required=True, help="experiment YAML file")
         q.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=1e-4")
-    for q in (run, cel):
+    for q in (run, cel, stp):
         g = q.add_argument_group("selecting cells (every job of an experiment: same config, "
                                  "same run directory)")
         g.add_argument("--policies", help="comma-separated policy labels")
@@ -132,8 +138,8 @@ def run_main(argv: list[str] | None = None) -> int:
             check_pretrained(cfg.model)  # a missing optional extra, named before any work
         accelerator = make_accelerator(cfg) if args.command == "run" else None
         selection = (Selection.parse(args.policies, args.seeds, args.cells, args.shard)
-                     if args.command in ("run", "cells") else None)
-        if args.command == "cells":
+                     if args.command in ("run", "cells", "plan") else None)
+        if args.command in ("cells", "plan"):
             grid = Grid.of(cfg)
             units = grid.units(selection)
     except ConfigError as err:
@@ -150,6 +156,9 @@ def run_main(argv: list[str] | None = None) -> int:
         print("\n".join(f"seed {seed}\t{key}" + (  # a population: its participants run in it
             f"\t({', '.join(m.key for m in grid.cells[key].members)})"
             if grid.cells[key].members else "") for seed, key in units))
+        return 0
+    if args.command == "plan":
+        print(_plan_table(build_plan(grid, units)))
         return 0
     if args.command == "submit":
         try:
@@ -220,6 +229,18 @@ def run_main(argv: list[str] | None = None) -> int:
               "again to resume", file=sys.stderr)
         return 130
     return 0
+
+
+def _plan_table(plan: list[Step]) -> str:
+    """``lmcollapse plan``: one line per step (seed, unit, generation, kind, where), then
+    the count by kind."""
+    lines = ["seed\tunit\tgeneration\tkind\twhere"]
+    lines += ["\t".join(str(v) for v in (r["seed"], r["unit"], r["generation"], r["kind"],
+                                           r["where"])) for r in (s.row() for s in plan)]
+    kinds = Counter(s.kind for s in plan)
+    lines.append(f"{len(plan)} steps: " + ", ".join(f"{kinds[k]} {k}" for k in STEP_KINDS
+                                                      if kinds[k]))
+    return "\n".join(lines)
 
 
 def main() -> None:

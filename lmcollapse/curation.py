@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from lmcollapse.config import CurationConfig
 from lmcollapse.sampling import draw_indices
+from lmcollapse.settings import CurationConfig
 
 
 def candidates_per_prompt(rule: str, fraction: float, candidates: int, best_of: int) -> int:

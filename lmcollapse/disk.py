@@ -2,18 +2,17 @@
 
 Weights dominate: a float32 checkpoint of ``P`` parameters takes ``4 P`` bytes (OPT-125m:
 ~500 MB), written once per generation of every cell unless ``keep_models`` prunes them
-(:meth:`lmcollapse.loop.CollapseLoop._prune`). The estimate counts the models that exist at
-the fullest moment of this job's units (seed by seed, generations outermost), the LoRA
-adapters, and per generation a corpus (``~8`` bytes per token with its text), a mix
-(provenance rows) and the metrics' feature caches. What the run directory already holds
-(a resumed run) is subtracted.
+(:meth:`lmcollapse.weights.Weights.prune`). The estimate reads this job's plan
+(:mod:`lmcollapse.plan`): it counts the models that exist at the fullest moment (seed by
+seed, generations outermost), the LoRA adapters, and per step a corpus (``~8`` bytes per
+token with its text) with the metrics' feature caches, a mix (provenance rows) or a pool.
+What the run directory already holds (a resumed run) is subtracted.
 """
 
 from __future__ import annotations
 
 import logging
 import shutil
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,9 +21,10 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
-from lmcollapse.config import Cell, ExperimentConfig
 from lmcollapse.errors import ConfigError
 from lmcollapse.files import tree_size
+from lmcollapse.grid import Grid
+from lmcollapse.plan import Step
 
 log = logging.getLogger(__name__)
 #: bytes per corpus token on disk (int32 id, its share of the decoded text, parquet overhead)
@@ -81,41 +81,45 @@ def parameter_count(model_config: Any, lora: Any | None = None) -> int:
         return peft.get_nb_trainable_parameters()[0]
 
 
-def estimate(cfg: ExperimentConfig, cells: dict[str, Cell], units: list[tuple[int, str]],
-             model_config: Any, train_rows: int, hidden_size: int | None = None) -> DiskEstimate:
-    """The disk this job's ``units`` need with the config's ``keep_models``."""
-    # a population's participants each train, write and keep models like a cell
-    per_seed = Counter()
-    for seed, k in units:
-        per_seed[seed] += len(cells[k].members) or 1
-    widest = max(per_seed.values())
-    owners = sum(per_seed.values())
-    gens = cfg.generations
-    lora = any(cells[k].cfg.train.lora.enabled for _, k in units)
-    shared = sum(1 + len({cells[k].zero_group for s, k in units if s == seed} - {""})
-                 + (cfg.model.source == "scratch") for seed in per_seed)
+def estimate(grid: Grid, plan: list[Step], model_config: Any, train_rows: int,
+             hidden_size: int | None = None) -> DiskEstimate:
+    """The disk the steps of ``plan`` (this job's, lmcollapse.plan) need with the config's
+    ``keep_models``: a model per ``train`` step, a corpus per ``generate`` step, a mix per
+    generation trained after 0 and a pool per ``pool`` step."""
+    cfg = grid.cfg
+    trains = [s for s in plan if s.kind == "train"]
+    # the lineages of each seed (a population's participants each train and keep models)
+    per_seed: dict[int, set[str]] = {}
+    for s in trains:
+        if s.unit is not None:
+            per_seed.setdefault(s.seed, set()).add(s.gen.cell_key)
+    seeds = {s.seed for s in plan}
+    widest = max((len(v) for v in per_seed.values()), default=0)
+    owners = sum(len(v) for v in per_seed.values())
+    lora = any(grid.cell(s.gen.cell_key).cfg.train.lora.enabled for s in trains if s.unit)
+    # generation 0 of each training setting, and the scratch initial weights, per seed
+    shared = sum(s.unit is None for s in trains) + (cfg.model.source == "scratch") * len(seeds)
     shared += bool(cfg.model.gguf_file)  # the dequantized GGUF checkpoint
     keep = cfg.keep_models
     if keep == "all":
-        cell_models = owners * gens
+        cell_models = sum(s.unit is not None for s in trains)
     elif keep == "last":  # each finished cell its last model; the seed in progress k-1 and k
         cell_models = owners + widest
     else:  # none: only the seed in progress (LoRA: its adapters rebuild every model)
         cell_models = 0 if lora else 2 * widest
     model_bytes = 4 * parameter_count(model_config)
     adapter_bytes = 4 * parameter_count(model_config, cfg.train.lora) if lora else 0
-    adapters = (owners * gens + len(per_seed)) if lora else 0
-    tokens = cfg.generate.sample_tokens
+    adapters = len(trains) if lora else 0
     features = 3 * 4 * 1000 * (hidden_size or 1024)  # human/corpus/train samples, float32
-    per_gen = train_rows * tokens * CORPUS_BYTES_PER_TOKEN + features
-    mixes = sum(train_rows * (k + 1) * ROW_BYTES for k in range(1, gens + 1)) * owners
+    corpus = train_rows * cfg.generate.sample_tokens * CORPUS_BYTES_PER_TOKEN + features
+    corpora = corpus * sum(s.kind == "generate" for s in plan)
+    mixes = sum(train_rows * (s.gen.k + 1) * ROW_BYTES for s in trains if s.gen.k)
     # a population's pool, rewritten whole each generation: at most N + k x N blocks (the
     # tokens with their provenance), taking new content of N per generation (default N/2)
-    pools = sum(train_rows * (k + 1) * (cfg.data.block_tokens * CORPUS_BYTES_PER_TOKEN
-                                        + ROW_BYTES) for k in range(1, gens + 1)) * sum(
-        bool(cells[k].members) for _, k in units)
-    other = per_gen * (owners * gens + len(per_seed)) + mixes + pools
-    return DiskEstimate(model_bytes, shared + cell_models, adapter_bytes, adapters, other)
+    pools = sum(train_rows * (s.gen.k + 1) * (cfg.data.block_tokens * CORPUS_BYTES_PER_TOKEN
+                                              + ROW_BYTES) for s in plan if s.kind == "pool")
+    return DiskEstimate(model_bytes, shared + cell_models, adapter_bytes, adapters,
+                        corpora + mixes + pools)
 
 
 def free_bytes(path: Path) -> int:

@@ -25,10 +25,10 @@ from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 from transformers import GenerationConfig
 
-from lmcollapse.config import GenerateConfig
 from lmcollapse.data.blocks import Sample
 from lmcollapse.faults import kill_point
 from lmcollapse.progress import bars_disabled
+from lmcollapse.settings import GenerateConfig
 
 
 def eos_token_ids(model: Any, tokenizer: Any) -> int | list[int] | None:

@@ -1,9 +1,9 @@
-"""The grid of an experiment: its cells, which of them share generation 0 and corpus 0, the
-settings each generation runs with and the schedule of steps.
+"""The grid of an experiment: its cells (:mod:`lmcollapse.cells`) by key, which of them
+share generation 0 and corpus 0, and the settings each generation runs with.
 
-Built once from the config (:meth:`Grid.of`) and handed to whoever needs it: the loop, the
-set-up, the selection of a job's units, the workers of ``--jobs``, the rehearsal's
-forecast, the disk estimate and the benchmark.
+Built once from the config (:meth:`Grid.of`) and handed to whoever needs it: the plan of
+steps (:mod:`lmcollapse.plan`), the loop, the set-up, the selection of a job's units, the
+workers of ``--jobs``, the rehearsal's forecast, the disk estimate and the benchmark.
 """
 
 from __future__ import annotations
@@ -11,8 +11,9 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from lmcollapse.config import Cell, ExperimentConfig, TrainConfig, cells, plain
+from lmcollapse.cells import Cell, cells
 from lmcollapse.layout import Generation
+from lmcollapse.settings import ExperimentConfig, TrainConfig, plain
 from lmcollapse.shards import Selection, Unit, select_units
 
 
@@ -24,9 +25,10 @@ class Grid:
     cfg: ExperimentConfig
     cells: dict[str, Cell]
 
-    #: every cell that owns generations, by key: the cells, a population's participants in
-    #: place of the population (a population runs as one unit; its participants train)
-    members: dict[str, Cell]
+    #: every lineage (a cell that owns generations), by key: the cells, a population's
+    #: participants in place of the population (a population runs as one unit; its
+    #: participants train)
+    lineages: dict[str, Cell]
 
     @classmethod
     def of(cls, cfg: ExperimentConfig) -> Grid:
@@ -36,7 +38,7 @@ class Grid:
 
     def cell(self, key: str) -> Cell:
         """A cell or a participant, by key."""
-        return self.members[key] if key in self.members else self.cells[key]
+        return self.lineages[key] if key in self.lineages else self.cells[key]
 
     def units(self, selection: Selection | None = None) -> list[Unit]:
         """The (seed, cell key) units ``selection`` picks, in run order (all of them by
@@ -54,7 +56,7 @@ class Grid:
 
     def zero_of(self, gen: Generation) -> Generation:
         """Generation 0 as ``gen``'s cell sees it: its own corpus 0 or the shared one."""
-        cell = self.members[gen.policy]
+        cell = self.lineages[gen.cell_key]
         return Generation(gen.seed, 0, cell.key, cell.zero_group) if self.own_zero(cell) \
             else gen.shared_zero
 
@@ -71,30 +73,17 @@ class Grid:
         seed's shared generation 0 the base config (it writes the corpus 0 of every cell at
         the base decoding); for another training setting's generation 0 (trained only)
         those of a cell with that setting."""
-        if gen.policy is not None:
-            return self.cell(gen.policy).cfg
+        if gen.cell_key is not None:
+            return self.cell(gen.cell_key).cfg
         if not gen.group:
             return self.cfg
-        return next(c.cfg for c in self.members.values() if c.zero_group == gen.group)
+        return next(c.cfg for c in self.lineages.values() if c.zero_group == gen.group)
 
     def train_settings(self, gen: Generation) -> TrainConfig:
         """The training settings of ``gen``: its cell's, with the policy's own ``epochs``
         where it sets them."""
         tcfg = self.settings(gen).train
-        cell = self.members.get(gen.policy)
+        cell = self.lineages.get(gen.cell_key)
         if cell is not None and cell.policy.epochs is not None:
             tcfg = dataclasses.replace(tcfg, epochs=cell.policy.epochs)
         return tcfg
-
-    # --- the schedule -------------------------------------------------------------------
-
-    def step_count(self, cells: list[Cell]) -> int:
-        """Steps of one seed's shared part and ``cells`` (for the progress bars): model 0
-        (train, generate, measure), the human row, the other training settings' models 0,
-        then each cell's own corpus 0 (generate, measure) and its generations."""
-        zero = 3 + 1 + (len(self.zero_groups(cells)) - 1)
-        own = sum(2 * self.own_zero(m) + 3 * self.cfg.generations
-                  for c in cells for m in (c.members or [c]))
-        # a population: the pool before each generation, the population row of each
-        pools = sum(2 * self.cfg.generations + 1 for c in cells if c.members)
-        return zero + own + pools

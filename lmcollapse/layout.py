@@ -42,6 +42,11 @@ from pathlib import Path
 
 #: the steps of one generation, in order (the human row has only ``measure``)
 STEPS = ("train", "generate", "measure")
+#: the steps of a population's generation k, in its own folder: the pool it crawls (k >= 1),
+#: its row once every participant has written (lmcollapse.plan)
+POPULATION_STEPS = ("pool", "measure")
+#: every kind of step a run takes
+STEP_KINDS = ("pool", *STEPS)
 #: a step's marker is ``<step>`` + this, in the generation's directory
 MARKER_SUFFIX = ".done"
 #: the run's record: resolved config, versions, seeds, cells, one entry per invocation
@@ -97,28 +102,29 @@ def _component(parent: Path, name: str) -> Path:
 class Generation:
     """Generation ``k`` of one cell.
 
-    Generation 0 trains on human data only and is shared by every policy of its seed: its
-    ``policy`` is None (and its ``tag`` ``"shared"``). A cell that curates what it feeds
-    back also has a generation 0 of its own (``policy`` set, ``k == 0``): the shared model,
-    the cell's own curated corpus 0.
+    Generation 0 trains on human data only and is shared by every cell of its seed: its
+    ``cell_key`` is None (and its ``tag`` ``"shared"``). A cell that curates what it feeds
+    back, or decodes otherwise, also has a generation 0 of its own (``cell_key`` set,
+    ``k == 0``): the shared model, the cell's own corpus 0.
     """
 
     seed: int
     k: int
-    #: the cell (a policy label, plus grid values in a grid); None: the shared generation 0
-    policy: str | None = None
+    #: the key of its cell (a policy label, plus grid values in a grid); None: the shared
+    #: generation 0
+    cell_key: str | None = None
     #: which shared generation 0 the cell starts from ("" unless a grid changes training)
     group: str = ""
 
     def __post_init__(self) -> None:
-        if self.k > 0 and self.policy is None:
-            raise ValueError("every generation after 0 belongs to a policy")
+        if self.k > 0 and self.cell_key is None:
+            raise ValueError("every generation after 0 belongs to a cell")
 
     @property
     def tag(self) -> str:
         """The cell key, or ``shared`` for the shared generation 0 (in derived seeds)."""
-        if self.policy is not None:
-            return self.policy
+        if self.cell_key is not None:
+            return self.cell_key
         return f"{SHARED}@{self.group}" if self.group else SHARED
 
     @property
@@ -131,13 +137,13 @@ class Generation:
         """The generation whose model generation k continues from: k-1 of the same cell,
         the shared generation 0 for k = 1."""
         if self.k > 1:
-            return Generation(self.seed, self.k - 1, self.policy, self.group)
+            return Generation(self.seed, self.k - 1, self.cell_key, self.group)
         return self.shared_zero
 
     def __str__(self) -> str:
-        policy = self.policy if self.policy is not None else (
+        policy = self.cell_key if self.cell_key is not None else (
             f"all at {self.group} (shared)" if self.group else "all (shared)")
-        own = " (own corpus)" if self.k == 0 and self.policy is not None else ""
+        own = " (own corpus)" if self.k == 0 and self.cell_key is not None else ""
         return f"seed {self.seed}, policy {policy}, generation {self.k}{own}"
 
 
@@ -202,10 +208,10 @@ class RunLayout:
         return self.seed_dir(seed) / HUMAN
 
     def gen_dir(self, gen: Generation) -> Path:
-        if gen.policy is None:
+        if gen.cell_key is None:
             return _component(self.seed_dir(gen.seed), gen_name(0) + (
                 f"@{gen.group}" if gen.group else ""))
-        return _component(self.seed_dir(gen.seed), gen.policy) / gen_name(gen.k)
+        return _component(self.seed_dir(gen.seed), gen.cell_key) / gen_name(gen.k)
 
     def model_dir(self, gen: Generation) -> Path:
         """Where generation ``gen``'s weights are (generation 0: the shared model)."""

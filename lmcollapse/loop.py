@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import itertools
 import logging
 import time
 from collections.abc import Callable
@@ -29,7 +30,6 @@ from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list, set_seed
 
 from lmcollapse import curation, files
-from lmcollapse.config import Cell, CurationConfig, ExperimentConfig
 from lmcollapse.curation import candidates_per_prompt
 from lmcollapse.data.blocks import PROVENANCE, Sample, fresh_writer, human_continuations, pack_rows
 from lmcollapse.errors import ConfigError
@@ -39,11 +39,14 @@ from lmcollapse.grid import Grid
 from lmcollapse.layout import CANDIDATES, CORPUS, CURATION, MIX, TRAIN_LOG, Generation, RunLayout
 from lmcollapse.layout import METRICS as METRICS_FILE
 from lmcollapse.metrics.base import MeasureContext, Measurement, Metric, scoring_precision
+from lmcollapse.plan import HUMAN, POPULATION, Step, build_plan
 from lmcollapse.policies import MixContext, make_policy
-from lmcollapse.population import POOL_COLUMNS, Population
-from lmcollapse.preflight import Setup, make_accelerator, metric_context, prepare, start_trackers
+from lmcollapse.population import POOL_COLUMNS, Host, Population
+from lmcollapse.preflight import make_accelerator, metric_context, prepare, start_trackers
+from lmcollapse.prepared import Setup
 from lmcollapse.sampling import derive_seed
 from lmcollapse.scorers.base import ScoreContext, make_scorer
+from lmcollapse.settings import CurationConfig, ExperimentConfig
 from lmcollapse.shards import Selection, Unit
 from lmcollapse.steps import Steps, waiting_lock
 from lmcollapse.train import train_generation
@@ -67,7 +70,7 @@ class CollapseLoop:
         if new_run:
             cfg = _new_run(cfg, selection)
         self.cfg = cfg
-        #: the cells, who shares generation 0, each generation's settings, the schedule
+        #: the cells, who shares generation 0, each generation's settings
         self.grid = Grid.of(cfg)
         #: the (seed, cell key) units this job runs (all of them unless a selection is given)
         self.selection = selection
@@ -102,7 +105,9 @@ class CollapseLoop:
         self.setup = prepare(self.cfg, self.acc, self.layout, self.grid, self.units,
                              self.selection.describe(), claim=claim, invocation=self.invocation)
         self.weights = Weights(self.grid, self.acc, self.layout, self.setup)
-        self.population = Population(self)
+        self.population = Population(Host(
+            self.grid, self.layout, self.setup, self.acc.is_main_process,
+            lambda *step: self.steps.run(*step), self.corpus, self.context))
         return self.setup
 
     # --- the cells ----------------------------------------------------------------------
@@ -120,13 +125,12 @@ class CollapseLoop:
             self.acc.trackers = []
 
     def _run_cells(self) -> None:
-        """Seed by seed: the shared part (waiting while another job builds it), then this
-        job's cells, generations outermost (a stopped run has comparable rows)."""
-        seeds = list(dict.fromkeys(seed for seed, _ in self.units))
-        mine = {seed: [self.grid.cells[k] for s, k in self.units if s == seed] for seed in seeds}
-        self.steps = Steps(self.acc, sum(self.grid.step_count(c) for c in mine.values()))
-        for seed in seeds:
-            self._run_seed(seed, mine[seed])
+        """This job's plan (lmcollapse.plan): seed by seed, the shared part (waiting while
+        another job builds it), then this job's cells, generations outermost (a stopped run
+        has comparable rows)."""
+        plan = build_plan(self.grid, self.units)
+        self.steps = Steps(self.acc, len(plan))
+        self.execute(plan)
         self.steps.close()
         self.weights.forget()
         log.info("run finished: %s (%s)", self.run_dir, self.selection.describe())
@@ -139,61 +143,60 @@ class CollapseLoop:
         told to ``listener``."""
         if self.steps is None or self.steps.listener is not listener:
             self.steps = Steps(self.acc, 0, listener)
-        self._run_seed(seed, [self.grid.cells[key]])
+        self.execute(build_plan(self.grid, [(seed, key)]))
 
-    def _run_seed(self, seed: int, cells: list[Cell]) -> None:
-        if self._corpora_seed != seed:  # corpora of other seeds are never read again
-            self._corpora.clear()
-            self._corpora_seed = seed
-        with waiting_lock(self.acc, self.layout.seed_lock(seed),
-                          f"seed {seed}, generation 0 and the human row"):
-            self.weights.ensure_base(seed, self.grid.zero_groups(cells))
-            for group in self.grid.zero_groups(cells):  # one model 0 per training setting
-                self.generation(Generation(seed, 0, None, group))
-            self.steps.run(self.layout.human(seed), "measure",
-                           f"seed {seed}, human reference",
-                           lambda s=seed: self.measure_human(s))
-        for k in range(self.cfg.generations + 1):  # generations outermost
-            for cell in cells:  # k = 0: a cell's own corpus 0, if it writes one
-                if cell.members:  # a population: its pool, participants, row (population.py)
-                    self.population.generation(seed, k, cell)
-                elif k or self.grid.own_zero(cell):
-                    self.generation(Generation(seed, k, cell.key, cell.zero_group))
+    def execute(self, plan: list[Step]) -> None:
+        """Take every step of ``plan`` in order (each at most once: its marker); a seed's
+        shared part under the seed's lock."""
+        for (seed, shared), group in itertools.groupby(plan, lambda s: (s.seed, s.unit is None)):
+            if self._corpora_seed != seed:  # corpora of other seeds are never read again
+                self._corpora.clear()
+                self._corpora_seed = seed
+            if not shared:
+                for step in group:
+                    self.take(step)
+                continue
+            steps = list(group)
+            with waiting_lock(self.acc, self.layout.seed_lock(seed),
+                              f"seed {seed}, generation 0 and the human row"):
+                self.weights.ensure_base(seed, [s.gen.group for s in steps
+                                                if s.kind == "train"])
+                for step in steps:
+                    self.take(step)
 
-    def generation(self, gen: Generation) -> None:
-        """The steps of one generation: train on the mix, write corpus k, measure. A cell's
-        own generation 0 only writes and measures (its model is shared); the generation-0
-        model of a grid's other training setting is only trained (its cells write their own
-        corpus 0)."""
-        d = self.layout.gen_dir(gen)
-        if gen.k > 0 or gen.policy is None:
-            self.steps.run(d, "train", str(gen), lambda: self.train(gen, d))
-        if gen.policy is None and gen.group:
+    def take(self, step: Step) -> None:
+        """One step: its work, unless its marker says it is done."""
+        d = step.directory(self.layout)
+        if step.target == POPULATION:
+            self.population.take(step, self.grid.cells[step.unit], d)
             return
-        self.steps.run(d, "generate", str(gen), lambda: self.generate(gen, d))
-        self.steps.run(d, "measure", str(gen), lambda: self.measure(gen, d))
-        self.weights.prune(gen)
+        work = {"train": self.train, "generate": self.generate, "measure": self.measure}
+        fn = (lambda: self.measure_human(step.seed)) if step.target == HUMAN else (
+            lambda: work[step.kind](step.gen, d))
+        self.steps.run(d, step.kind, step.where, fn)
+        if step.kind == "measure" and step.gen is not None:
+            self.weights.prune(step.gen)
 
     # --- the steps of one generation ------------------------------------------------------
 
     def mix(self, gen: Generation) -> list[Sample]:
         """The training mix: human train at generation 0, else what the policy builds from
         human train and the corpora of generations 0..k-1 of this cell."""
-        human, cell = self.setup.human.train, self.grid.members.get(gen.policy)
+        human, cell = self.setup.human.train, self.grid.lineages.get(gen.cell_key)
         if gen.k == 0:
             return list(human)
         pool = self.population.pool(gen.seed, cell.population, gen.k) if cell.population \
             else None  # a participant crawls its population's pool, not its own lineage
         corpora = {j: self.corpus(self.layout.gen_dir(
-            Generation(gen.seed, j, gen.policy) if j else self.grid.zero_of(gen)))
+            Generation(gen.seed, j, gen.cell_key) if j else self.grid.zero_of(gen)))
             for j in range(gen.k if pool is None else 0)}
         corpora = _perfect(corpora, human, self.grid.settings(gen), cell.policy.continuations)
-        rng = np.random.default_rng(derive_seed(gen.seed, gen.policy, gen.k, "mix"))
+        rng = np.random.default_rng(derive_seed(gen.seed, gen.cell_key, gen.k, "mix"))
         policy = make_policy(cell.policy,
-                             shard_seed=derive_seed(gen.seed, gen.policy, "shards"))
+                             shard_seed=derive_seed(gen.seed, gen.cell_key, "shards"))
         fresh = fresh_writer(self.setup.fresh, self.setup.tokenizer, self.setup.human,
                              self.cfg.data.block_tokens, gen.k,
-                             derive_seed(gen.seed, gen.policy, gen.k, "fresh"))
+                             derive_seed(gen.seed, gen.cell_key, gen.k, "fresh"))
         return policy.build(MixContext(gen.k, human, corpora, rng, self.cfg.generations, fresh,
                                        reserve=self.setup.human.reserve, pool=pool))
 
@@ -218,7 +221,7 @@ class CollapseLoop:
     def generate(self, gen: Generation, d: Path) -> None:
         """Corpus k: one continuation per human training block, or, for a curating cell,
         the curated pick of several candidates per block."""
-        cell = self.grid.members.get(gen.policy)
+        cell = self.grid.lineages.get(gen.cell_key)
         if cell is not None and cell.policy.curate.active:
             corpus = self._curated(gen, d, cell.policy.curate)
         else:
@@ -273,7 +276,7 @@ class CollapseLoop:
     def measure(self, gen: Generation, d: Path) -> None:
         ctx = self.context(gen.seed, d, gen.group, generation=gen.k, model=self.weights.load(gen),
                            corpus=self.corpus(d))
-        self._row(d, gen.seed, gen.policy, gen.k, lambda m: m.compute(ctx))
+        self._row(d, gen.seed, gen.cell_key, gen.k, lambda m: m.compute(ctx))
         self.weights.forget()  # the next step trains a new one
 
     def measure_human(self, seed: int) -> None:

@@ -42,9 +42,9 @@ try:  # transformers >= 5
 except ImportError:  # transformers 4 dequantizes GGUF weights by itself
     GgufConfig = None
 
-from lmcollapse.config import ModelConfig, ScratchModelConfig
 from lmcollapse.errors import ConfigError
 from lmcollapse.layout import SAVED_CONFIG, SAVED_TOKENIZER
+from lmcollapse.settings import ModelConfig, ScratchModelConfig
 
 log = logging.getLogger(__name__)
 EOS, PAD = "<|endoftext|>", "<pad>"

@@ -57,11 +57,12 @@ import torch
 from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
-from lmcollapse.config import ExperimentConfig, build
 from lmcollapse.errors import ConfigError, StepError
 from lmcollapse.loop import CollapseLoop
+from lmcollapse.plan import build_plan
 from lmcollapse.preflight import make_accelerator, setup_logging, start_trackers
 from lmcollapse.progress import EVENTS_FD
+from lmcollapse.settings import ExperimentConfig, build
 
 log = logging.getLogger(__name__)
 #: seconds the parent waits for workers to stop before it kills them
@@ -290,9 +291,7 @@ class Scheduler:
     def __init__(self, loop: Any, pool: Pool) -> None:
         self.loop, self.pool = loop, pool
         self.pending = list(loop.units)
-        seeds = list(dict.fromkeys(seed for seed, _ in loop.units))
-        total = sum(loop.grid.step_count([loop.grid.cells[k] for s, k in loop.units if s == seed])
-                    for seed in seeds)
+        total = len(build_plan(loop.grid, loop.units))
         self.seen: set[tuple[str, str]] = set()
         self.bar = tqdm(total=total, desc=f"steps ({pool.plan.jobs} workers)", unit="step",
                         position=0)
@@ -363,8 +362,7 @@ class Scheduler:
             return
         self.pending.remove(unit)
         w.unit = unit
-        cell = self.loop.grid.cells[unit[1]]
-        w.bar.reset(total=self.loop.grid.step_count([cell]))
+        w.bar.reset(total=len(build_plan(self.loop.grid, [unit])))
         w.bar.set_description_str(f"worker {w.index}: seed {unit[0]}, {unit[1]}", refresh=True)
         self.pool.send(w, {"unit": list(unit)})
 

@@ -31,6 +31,8 @@ from __future__ import annotations
 import itertools
 import time
 from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,14 +40,18 @@ import numpy as np
 from scipy.spatial.distance import jensenshannon
 
 from lmcollapse import files
-from lmcollapse.config import Cell
+from lmcollapse.cells import Cell
 from lmcollapse.data.blocks import PROVENANCE, Sample, fresh_writer
 from lmcollapse.errors import ConfigError
 from lmcollapse.faults import kill_point
+from lmcollapse.grid import Grid
 from lmcollapse.layout import METRICS as METRICS_FILE
-from lmcollapse.layout import MIX, POOL, POOL_SUMMARY, Generation
+from lmcollapse.layout import MIX, POOL, POOL_SUMMARY, Generation, RunLayout
 from lmcollapse.metrics.diversity import ngram_counts
+from lmcollapse.plan import Step
+from lmcollapse.prepared import Setup
 from lmcollapse.sampling import derive_seed, draw_indices, fixed_sample
+from lmcollapse.settings import ExperimentConfig
 
 #: the writer of human blocks (a participant's label otherwise)
 HUMAN = "human"
@@ -145,30 +151,50 @@ def population_size(cell: Cell, ctx: Any, where: str) -> int:
     return size
 
 
-class Population:
-    """The pool and population steps of a loop's populations (the loop passes itself: its
-    grid, layout, set-up, steps, corpora and metric contexts)."""
+@dataclass(frozen=True)
+class Host:
+    """What a population may use of the run that holds it, and nothing else (the loop makes
+    it): the grid, the file layout, the set-up's data and tokenizer, whether this is the
+    main process, a step runner (marker, timing, progress), the corpora by folder and the
+    metrics' context."""
 
-    def __init__(self, loop: Any) -> None:
-        self.loop = loop
+    grid: Grid
+    layout: RunLayout
+    setup: Setup
+    is_main: bool
+    #: (folder, step kind, where, work): the work once, unless the step's marker exists
+    run_step: Callable[[Path, str, str, Callable[[], None]], None]
+    #: a generation folder -> its corpus (read once)
+    corpus: Callable[[Path], list[Sample]]
+    #: (seed, folder, generation-0 group, **row) -> a MeasureContext
+    context: Callable[..., Any]
+
+    @property
+    def cfg(self) -> ExperimentConfig:
+        return self.grid.cfg
+
+
+class Population:
+    """The pool and row steps of a run's populations."""
+
+    def __init__(self, host: Host) -> None:
+        self.host = host
         #: the pool generation k crawls, by (seed, population, k)
         self._pools: dict[tuple[int, str, int], list[Sample]] = {}
 
-    def members(self, seed: int, cell: Cell, k: int) -> list[Generation]:
+    def participant_gens(self, seed: int, cell: Cell, k: int) -> list[Generation]:
         """Generation k of every participant (generation 0: as it sees it)."""
-        grid = self.loop.grid
+        grid = self.host.grid
         gens = [Generation(seed, k, m.key, m.zero_group) for m in cell.members]
         return [grid.zero_of(g) for g in gens] if k == 0 else gens
 
-    def generation(self, seed: int, k: int, cell: Cell) -> None:
-        """Generation k of the population ``cell``: the pool it crawls (k >= 1), each
-        participant's steps (k = 0: those that write a corpus 0 of their own), its row."""
-        if k:
-            self.pool_step(seed, cell, k)
-        for m in cell.members:
-            if k or self.loop.grid.own_zero(m):
-                self.loop.generation(Generation(seed, k, m.key, m.zero_group))
-        self.measure_step(seed, cell, k)
+    def take(self, step: Step, cell: Cell, d: Path) -> None:
+        """A step of the population ``cell`` (lmcollapse.plan): its ``pool`` before
+        generation k, or its row (``measure``) once every participant has written."""
+        seed, k = step.seed, step.gen.k
+        fn = (lambda: self._build_pool(seed, cell, k, d)) if step.kind == "pool" else (
+            lambda: self._measure(seed, cell, k, d))
+        self.host.run_step(d, step.kind, step.where, fn)
 
     # --- the pool -------------------------------------------------------------------------
 
@@ -176,30 +202,25 @@ class Population:
         """The pool generation k of ``population`` crawls (read back once)."""
         key = (seed, population, k)
         if key not in self._pools:
-            path = self.loop.layout.gen_dir(Generation(seed, k, population)) / POOL
+            path = self.host.layout.gen_dir(Generation(seed, k, population)) / POOL
             files.verify(path)
             self._pools.clear()  # one pool in memory: the next one is built from it
             self._pools[key] = [{**r, "input_ids": np.asarray(r["input_ids"], np.int32)}
                                 for r in files.read_rows(path)]
         return self._pools[key]
 
-    def pool_step(self, seed: int, cell: Cell, k: int) -> None:
-        d = self.loop.layout.gen_dir(Generation(seed, k, cell.key))
-        self.loop.steps.run(d, "pool", f"seed {seed}, population {cell.key}, pool {k}",
-                            lambda: self._build_pool(seed, cell, k, d))
-
     def _build_pool(self, seed: int, cell: Cell, k: int, d: Path) -> None:
-        loop, s = self.loop, cell.policy.settings
-        human = loop.setup.human
-        n, generations = len(human.train), loop.cfg.generations
+        host, s = self.host, cell.policy.settings
+        human = host.setup.human
+        n, generations = len(human.train), host.cfg.generations
         previous = starting_pool(human.train) if k == 1 else self.pool(seed, cell.key, k - 1)
-        corpora = {p.label: loop.corpus(loop.layout.gen_dir(g)) for p, g in zip(
-            s.participants, self.members(seed, cell, k - 1), strict=True)}
+        corpora = {p.label: host.corpus(host.layout.gen_dir(g)) for p, g in zip(
+            s.participants, self.participant_gens(seed, cell, k - 1), strict=True)}
         rows = previous + new_batch(s, k, n, generations, corpora, self._human(seed, cell, k),
                                     np.random.default_rng(derive_seed(seed, cell.key, k, "pool")))
         summary = {"seed": seed, "population": cell.key, "generation": k,
                    **composition(rows, s.crawled_batches(k))}
-        if loop.acc.is_main_process:
+        if host.is_main:
             files.write_rows(d / POOL, [{**r, "input_ids": np.asarray(r["input_ids"]).tolist()}
                                         for r in rows], [*POOL_COLUMNS, "input_ids"])
             kill_point("pool_written")  # (resume tests) the step half done
@@ -209,13 +230,13 @@ class Population:
     def _human(self, seed: int, cell: Cell, k: int) -> list[Sample]:
         """The new human blocks of batch k: the next disjoint shard of the reserve (one
         permutation per seed and population), or new documents of the source."""
-        loop, s = self.loop, cell.policy.settings
-        human = loop.setup.human
-        sizes = s.batch_sizes(len(human.train), loop.cfg.generations)
+        host, s = self.host, cell.policy.settings
+        human = host.setup.human
+        sizes = s.batch_sizes(len(human.train), host.cfg.generations)
         count = sizes[k - 1][1]
         if s.human_source == "source":
-            return fresh_writer(loop.setup.fresh, loop.setup.tokenizer, human,
-                                loop.cfg.data.block_tokens, k,
+            return fresh_writer(host.setup.fresh, host.setup.tokenizer, human,
+                                host.cfg.data.block_tokens, k,
                                 derive_seed(seed, cell.key, k, "fresh"))(count)
         start = sum(h for _, h in sizes[:k - 1])
         order = np.random.default_rng(derive_seed(seed, cell.key, "reserve")).permutation(
@@ -224,30 +245,25 @@ class Population:
 
     # --- the population's row -------------------------------------------------------------
 
-    def measure_step(self, seed: int, cell: Cell, k: int) -> None:
-        d = self.loop.layout.gen_dir(Generation(seed, k, cell.key))
-        self.loop.steps.run(d, "measure", f"seed {seed}, population {cell.key}, generation {k}",
-                            lambda: self._measure(seed, cell, k, d))
-
     def _measure(self, seed: int, cell: Cell, k: int, d: Path) -> None:
-        loop, s = self.loop, cell.policy.settings
+        host, s = self.host, cell.policy.settings
         start = time.time()
-        ctx = loop.context(seed, d, "", generation=k)
+        ctx = host.context(seed, d, "", generation=k)
         size = population_size(cell, ctx, f"{cell.key}.sample_size")
         labels = [p.label for p in s.participants]
         draw = derive_seed(seed, cell.key, k, "similarity")
         dist = {label: ngram_counts(fixed_sample(ctx.content(
-                    [r["input_ids"] for r in loop.corpus(loop.layout.gen_dir(g))]), size, draw),
+                    [r["input_ids"] for r in host.corpus(host.layout.gen_dir(g))]), size, draw),
                     s.ngram)
-                for label, g in zip(labels, self.members(seed, cell, k), strict=True)}
+                for label, g in zip(labels, self.participant_gens(seed, cell, k), strict=True)}
         first, second = ctx.disjoint_human_pairs(size, derive_seed(cell.key, k), 1)[0]
         human_a, human_b = ngram_counts(first, s.ngram), ngram_counts(second, s.ngram)
         pairs = {f"{a}~{b}": jsd(dist[a], dist[b]) for a, b in itertools.combinations(labels, 2)}
         to_human = {label: jsd(dist[label], human_a) for label in labels}
         within = {label: jsd(*(ngram_counts(half, s.ngram) for half in _halves(ctx.content(
-                      [r["input_ids"] for r in loop.corpus(loop.layout.gen_dir(g))]), size,
+                      [r["input_ids"] for r in host.corpus(host.layout.gen_dir(g))]), size,
                       derive_seed(seed, cell.key, k, "within", label))))
-                  for label, g in zip(labels, self.members(seed, cell, k), strict=True)}
+                  for label, g in zip(labels, self.participant_gens(seed, cell, k), strict=True)}
         values = {"jsd_human_pair": jsd(human_a, human_b),
                   "jsd_to_human": float(np.mean(list(to_human.values()))),
                   "jsd_within": float(np.mean(list(within.values())))}
@@ -257,16 +273,16 @@ class Population:
         comp = files.read_json(d / POOL_SUMMARY) if k else None
         values["pool_synthetic"] = comp["crawled_synthetic_share"] if comp else 0.0
         values["pool_synthetic_tokens"] = comp["crawled_synthetic_token_share"] if comp else 0.0
-        crawls = [_synthetic_share(loop.layout.gen_dir(g) / MIX, loop.cfg.data.block_tokens,
-                                   ctx.sample_tokens) for g in self.members(seed, cell, k)] \
-            if k else [(0.0, 0.0)]
+        crawls = [_synthetic_share(host.layout.gen_dir(g) / MIX, host.cfg.data.block_tokens,
+                                   ctx.sample_tokens)
+                  for g in self.participant_gens(seed, cell, k)] if k else [(0.0, 0.0)]
         values["crawl_synthetic"] = float(np.mean([b for b, _ in crawls]))
         values["crawl_synthetic_tokens"] = float(np.mean([t for _, t in crawls]))
         details = {"ngram": s.ngram, "pairs": pairs, "to_human": to_human, "within": within,
                    "composition": comp or composition(starting_pool(ctx.human.train), range(1)),
                    "participants": labels}
         sizes = {"sample_size": size, "sample_tokens": ctx.sample_tokens}
-        if loop.acc.is_main_process:
+        if host.is_main:
             files.write_json(d / METRICS_FILE, {
                 "seed": seed, "policy": cell.key, "generation": k, "population": True,
                 "values": values,

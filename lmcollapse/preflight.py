@@ -3,7 +3,7 @@
 :func:`prepare` loads the human data, the tokenizer and the model's architecture, applies
 the trained-length rule, builds the metrics and runs their preflight checks, and only then
 claims the run directory (``experiment.json``, the shared tokenizer). What it returns,
-:class:`Setup`, is everything the loop reads.
+:class:`~lmcollapse.prepared.Setup`, is everything the loop reads.
 """
 
 from __future__ import annotations
@@ -16,8 +16,6 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,17 +31,17 @@ from accelerate.utils import (
     is_wandb_available,
 )
 from tokenizers import Tokenizer
-from transformers import PretrainedConfig, PreTrainedTokenizerBase
 
 from lmcollapse import files
-from lmcollapse.config import Cell, ExperimentConfig, build, config_diff, plain
-from lmcollapse.data.base import ExactDistribution, Source, hold_back, make_source
-from lmcollapse.data.blocks import HumanData, prepare_human_data
+from lmcollapse.cells import Cell
+from lmcollapse.config import config_diff
+from lmcollapse.data.base import Source, hold_back, make_source
+from lmcollapse.data.blocks import prepare_human_data
 from lmcollapse.disk import check_disk, estimate
 from lmcollapse.errors import ConfigError
 from lmcollapse.grid import Grid
 from lmcollapse.layout import SAVED_TOKENIZER, RunLayout
-from lmcollapse.metrics.base import MeasureContext, Metric
+from lmcollapse.metrics.base import MeasureContext
 from lmcollapse.models import (
     check_architecture,
     check_pretrained,
@@ -53,10 +51,13 @@ from lmcollapse.models import (
     model_config,
     wrap_tokenizer,
 )
+from lmcollapse.plan import build_plan
 from lmcollapse.policies import reserve_needed
 from lmcollapse.population import population_size
+from lmcollapse.prepared import Setup
 from lmcollapse.registry import METRICS, POLICIES
 from lmcollapse.scorers.base import ScoreContext, make_scorer
+from lmcollapse.settings import ExperimentConfig, build, plain
 
 log = logging.getLogger(__name__)
 #: how long a job waits for another's claim of the run directory (it takes seconds)
@@ -66,29 +67,6 @@ GRID_KEYS = ("seeds", "policies", "grid", "log_level", "log_with", "keep_models"
              "cpu_threads")
 #: where the run directory is does not change what it holds: it can be moved and resumed
 LOCATION_KEYS = ("output_dir", "experiment")
-
-
-@dataclass
-class Setup:
-    """What the loop works with, fixed before the first step."""
-
-    tokenizer: PreTrainedTokenizerBase
-    human: HumanData
-    model_config: PretrainedConfig
-    #: the longest sequence any model of the run is trained on (see :func:`trained_length`)
-    trained_length: int
-    #: the data source's exact distribution, where it knows one (else None)
-    truth: ExactDistribution | None
-    metrics: list[Metric]
-    #: (documents, seed) -> new human documents, where the source can write more
-    fresh: Callable[[int, int], list[str]] | None = None
-    #: the locks of this job's cells, held by the main process until the run ends
-    locks: list[files.RunLock] = field(default_factory=list)
-
-    def release(self) -> None:
-        for lock in self.locks:
-            lock.release()
-        self.locks = []
 
 
 def setup_logging(level: str, main_process: bool) -> None:
@@ -291,7 +269,7 @@ def prepare(cfg: ExperimentConfig, acc: Accelerator, layout: RunLayout, grid: Gr
     ``invocation`` adds keys to this invocation's record in experiment.json."""
     units = units or grid.units()
     try:
-        return _prepare(cfg, acc, layout, grid.cells, units, selection, claim, invocation or {})
+        return _prepare(cfg, acc, layout, grid, units, selection, claim, invocation or {})
     except ConfigError:
         raise
     except Exception as err:  # noqa: BLE001  (anything else at set-up is bad input too)
@@ -312,9 +290,10 @@ def _check_output_dir(layout: RunLayout) -> None:
                               f"would be {layout.root}")
 
 
-def _prepare(cfg: ExperimentConfig, acc: Accelerator, layout: RunLayout,
-             grid: dict[str, Cell], units: list[tuple[int, str]], selection: str,
-             claim: bool, invocation: dict[str, Any]) -> Setup:
+def _prepare(cfg: ExperimentConfig, acc: Accelerator, layout: RunLayout, whole: Grid,
+             units: list[tuple[int, str]], selection: str, claim: bool,
+             invocation: dict[str, Any]) -> Setup:
+    grid = whole.cells
     _check_output_dir(layout)
     check_compatible(cfg, layout)
     source = make_source(cfg.data)
@@ -366,7 +345,7 @@ def _prepare(cfg: ExperimentConfig, acc: Accelerator, layout: RunLayout,
     if not claim:
         return setup
     if acc.is_main_process:
-        check_disk(estimate(cfg, grid, units, arch, len(human.train),
+        check_disk(estimate(whole, build_plan(whole, units), arch, len(human.train),
                             getattr(arch, "hidden_size", None)), layout.root)
     locks = {layout.cell_lock(seed, key): f"seed {seed}, cell {key}" for seed, key in units}
     # nothing was written so far; from here on the run directory is ours

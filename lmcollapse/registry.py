@@ -12,8 +12,9 @@ Each part is a class registered under a name, and each brings its own settings::
         settings = TailSettings
         ...
 
-The config layer (:mod:`lmcollapse.config`) knows no part by name: it asks a registry for
-the settings class of a section and builds it, with did-you-mean errors. A part's module is
+The config layer (:mod:`lmcollapse.settings`, :mod:`lmcollapse.config`) knows no part by
+name: it asks a registry for the settings class of a section and builds it, with
+did-you-mean errors. A part's module is
 found without being listed anywhere: :func:`discover` imports every module of the built-in
 part packages (``lmcollapse.policies``, ``lmcollapse.metrics``, ``lmcollapse.data``,
 ``lmcollapse.scorers``), plus any module a package declares under the ``lmcollapse.parts``
@@ -53,18 +54,31 @@ class Registry(Generic[T]):
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self._entries: dict[str, T] = {}
+        self._default: str | None = None
 
-    def register(self, name: str) -> Callable[[T], T]:
-        """Decorator that stores its target under ``name`` (and sets its ``name``)."""
+    def register(self, name: str, default: bool = False) -> Callable[[T], T]:
+        """Decorator that stores its target under ``name`` (and sets its ``name``);
+        ``default``: the entry a config gets when it names none (:meth:`default`)."""
 
         def deco(obj: T) -> T:
             if name in self._entries:
                 raise ValueError(f"{self.kind} {name!r} is registered twice")
+            if default and self._default is not None:
+                raise ValueError(f"two default {self.kind} entries: {self._default!r}, {name!r}")
             obj.name = name  # type: ignore[attr-defined]
             self._entries[name] = obj
+            self._default = name if default else self._default
             return obj
 
         return deco
+
+    def default(self) -> str:
+        """The name of the entry registered with ``default=True`` (the part declares it:
+        the config layer names none)."""
+        discover()
+        if self._default is None:
+            raise KeyError(f"no default {self.kind} is registered")
+        return self._default
 
     def get(self, name: str) -> T:
         """Return the entry called ``name`` or raise a KeyError that lists what exists."""

@@ -22,8 +22,9 @@ import fnmatch
 import re
 from dataclasses import dataclass
 
-from lmcollapse.config import Cell, ExperimentConfig
+from lmcollapse.cells import Cell
 from lmcollapse.errors import ConfigError
+from lmcollapse.settings import ExperimentConfig
 
 #: one unit of work: a cell (by key) of one seed
 Unit = tuple[int, str]

@@ -25,6 +25,7 @@ The rehearsal's own numbers are not results: its directory is deleted when it pa
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -39,15 +40,18 @@ import numpy as np
 
 import lmcollapse
 from lmcollapse import files
-from lmcollapse.config import Cell, ExperimentConfig, from_dict
+from lmcollapse.cells import Cell
+from lmcollapse.config import from_dict
 from lmcollapse.disk import estimate
 from lmcollapse.errors import ConfigError, StepError
 from lmcollapse.grid import Grid
-from lmcollapse.layout import MARKER_SUFFIX, METRICS, TRAIN_LOG, Generation, RunLayout
+from lmcollapse.layout import MARKER_SUFFIX, METRICS, TRAIN_LOG, RunLayout
 from lmcollapse.loop import CollapseLoop
 from lmcollapse.parallel import Failure, make_plan, run_parallel, set_threads
+from lmcollapse.plan import POPULATION, Step, build_plan
 from lmcollapse.policies import MixContext, make_policy
 from lmcollapse.registry import POLICIES
+from lmcollapse.settings import ExperimentConfig
 from lmcollapse.train import evaluations, schedule
 
 log = logging.getLogger(__name__)
@@ -198,52 +202,37 @@ def forecast(grid: Grid, scfg: ExperimentConfig, smoke_dir: Path, plan: Any,
     seed = scfg.seeds[0]
     measured = {str(s["dir"].relative_to(smoke_dir)) + "/" + s["step"]: s for s in steps}
 
-    def gen_cost(smoke_gen: Generation, full_cell: Cell | None, k: int) -> dict[str, float]:
-        d = layout.gen_dir(smoke_gen)
-        rel = str(d.relative_to(smoke_dir))
-        out = {}
-        if f"{rel}/train" in measured:
-            tcfg = grid.train_settings(smoke_gen)  # the full run's settings of that cell
-            rows = mix_rows(full_cell, n_full, k, cfg.generations) if full_cell else n_full
-            out["train"], out["train_tokens"] = _train_cost(
-                d, measured[f"{rel}/train"], tcfg, rows, ratio["validation"])
-        if f"{rel}/generate" in measured:
-            out["generate"] = measured[f"{rel}/generate"]["elapsed_s"] * ratio["prompts"]
-        if f"{rel}/measure" in measured:
-            out["measure"] = _measure_cost(d, measured[f"{rel}/measure"], cfg, scfg, sizes,
-                                           n_full, n_smoke)
-        return out
+    def cost(step: Step) -> dict[str, float]:
+        """A step of the full run, from its rehearsal counterpart (generation k >= 1: the
+        rehearsal's generation 1 of the cell, on the full run's mix and sizes); a
+        population's pool and row count as measuring."""
+        smoke = None if step.gen is None else dataclasses.replace(
+            step.gen, seed=seed, k=min(step.gen.k, 1))
+        d = layout.human(seed) if smoke is None else layout.gen_dir(smoke)
+        marker = measured.get(f"{d.relative_to(smoke_dir)}/{step.kind}")
+        if marker is None:
+            return {}
+        if step.target == POPULATION:
+            return {"measure": marker["elapsed_s"] * ratio["prompts"]}
+        if step.kind == "train":
+            k, cell = step.gen.k, grid.cell(step.gen.cell_key) if step.gen.cell_key else None
+            rows = mix_rows(cell, n_full, k, cfg.generations) if cell else n_full
+            seconds, tokens = _train_cost(d, marker, grid.train_settings(smoke), rows,
+                                          ratio["validation"])
+            return {"train": seconds, "train_tokens": tokens}
+        if step.kind == "generate":
+            return {"generate": marker["elapsed_s"] * ratio["prompts"]}
+        return {"measure": _measure_cost(d, marker, cfg, scfg, sizes, n_full, n_smoke)}
 
-    shared = [gen_cost(Generation(seed, 0, None, ""), None, 0)]
-    for group in sorted({c.zero_group for c in cells.values()} - {""}):
-        shared.append(gen_cost(Generation(seed, 0, None, group),
-                               next(c for c in cells.values() if c.zero_group == group), 0))
-    human = measured.get(str(layout.human(seed).relative_to(smoke_dir)) + "/measure")
-    if human is not None:
-        shared.append({"measure": _measure_cost(layout.human(seed), human, cfg, scfg, sizes,
-                                                n_full, n_smoke)})
-    per_cell: dict[str, list[dict[str, float]]] = {}
+    # every cell's steps, as one seed of the full run takes them (lmcollapse.plan)
+    costed = [(step, cost(step)) for step in build_plan(grid, [(cfg.seeds[0], key)
+                                                               for key in cells])]
+    shared = [c for step, c in costed if step.unit is None]
+    per_cell = {key: [c for step, c in costed if step.unit == key] for key in cells}
     #: a cell's last generation (a population's: every participant's, its pool and row)
-    last: dict[str, dict[str, float]] = {}
-    for key, cell in cells.items():
-        gens, final = [], []
-        for m in cell.members or [cell]:  # a population: each participant's generations
-            own_zero = layout.gen_dir(Generation(seed, 0, m.key, m.zero_group))
-            if RunLayout.marker(own_zero, "generate").exists():
-                gens.append(gen_cost(Generation(seed, 0, m.key, m.zero_group), m, 0))
-            one = Generation(seed, 1, m.key, m.zero_group)
-            for k in range(1, cfg.generations + 1):
-                gens.append(gen_cost(one, m, k))
-            final += gens[-1:]
-        for k in range(cfg.generations + 1) if cell.members else ():  # its pool and row
-            rel = str(layout.gen_dir(Generation(seed, min(k, 1), key)).relative_to(smoke_dir))
-            gens.append({"measure": sum(measured[f"{rel}/{step}"]["elapsed_s"]
-                                        for step in ("pool", "measure") if f"{rel}/{step}"
-                                        in measured) * ratio["prompts"]})
-            final += gens[-1:] if k == cfg.generations else []
-        per_cell[key] = gens
-        last[key] = {p: sum(c.get(p, 0.0) for c in final)
-                     for p in ("train", "generate", "measure")}
+    last = {key: {p: sum(c.get(p, 0.0) for step, c in costed if step.unit == key
+                         and step.gen.k == cfg.generations)
+                  for p in ("train", "generate", "measure")} for key in cells}
     shared_s = sum(_total(c) for c in shared)
     units = [(s, key, sum(_total(c) for c in per_cell[key])) for s, key in full_units]
     started = min(s["started"] for s in steps)
@@ -264,7 +253,7 @@ def forecast(grid: Grid, scfg: ExperimentConfig, smoke_dir: Path, plan: Any,
             "per_generation_s": last,
             "units": len(units), "jobs": plan.jobs, "threads": plan.threads,
             "train_blocks": n_full, "tokens": tokens, "peak_memory_gb": _peak_memory_gb(),
-            "disk_bytes": _disk(cfg, cells, full_units, setup, n_full)}
+            "disk_bytes": _disk(grid, full_units, setup, n_full)}
 
 
 def _blocks(tokens: int, block: int, cap: int | None) -> int:
@@ -354,10 +343,10 @@ def _peak_memory_gb() -> float:
     return rss / 1024 ** 2  # kilobytes on Linux
 
 
-def _disk(cfg: ExperimentConfig, grid: dict[str, Cell], units: list[tuple[int, str]],
-          setup: Any, n_full: int) -> int:
+def _disk(grid: Grid, units: list[tuple[int, str]], setup: Any, n_full: int) -> int:
     arch = setup.model_config
-    return estimate(cfg, grid, units, arch, n_full, getattr(arch, "hidden_size", None)).total
+    return estimate(grid, build_plan(grid, units), arch, n_full,
+                    getattr(arch, "hidden_size", None)).total
 
 
 def describe(fc: dict[str, Any]) -> str:

@@ -16,11 +16,11 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, get_scheduler
 
-from lmcollapse.config import TrainConfig
 from lmcollapse.data.blocks import Sample
 from lmcollapse.faults import kill_point
 from lmcollapse.progress import bars_disabled
 from lmcollapse.scoring import masked_nll, pad_batch
+from lmcollapse.settings import TrainConfig
 
 log = logging.getLogger(__name__)
 

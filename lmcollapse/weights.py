@@ -22,7 +22,6 @@ from accelerate import Accelerator
 from peft import PeftModel
 
 from lmcollapse import files
-from lmcollapse.config import TrainConfig, plain
 from lmcollapse.grid import Grid
 from lmcollapse.layout import ADAPTER, MODEL, SAVED_CONFIG, Generation, RunLayout
 from lmcollapse.models import (
@@ -32,8 +31,9 @@ from lmcollapse.models import (
     random_model,
     starting_model,
 )
-from lmcollapse.preflight import Setup
+from lmcollapse.prepared import Setup
 from lmcollapse.sampling import derive_seed
+from lmcollapse.settings import TrainConfig, plain
 from lmcollapse.steps import waiting_lock
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ class Weights:
         of its own: a participant of another size, or with a ``seed_offset`` (drawn from
         the group's name, so as if from another seed)."""
         return bool(group) and (self.arch(group) is not self.setup.model_config or any(
-            m.seed_offset for m in self.grid.members.values() if m.zero_group == group))
+            m.seed_offset for m in self.grid.lineages.values() if m.zero_group == group))
 
     def base_dir(self, seed: int, group: str = "") -> Path | None:
         """Where the run keeps the weights ``init: base`` starts from: a scratch model's
@@ -172,7 +172,7 @@ class Weights:
         later step needs: model k-1 (``last``, ``none``), and model k when it is the
         cell's final one (``none``). Generation 0 and LoRA adapters always stay."""
         keep = self.cfg.keep_models
-        if keep == "all" or gen.k == 0 or gen.policy is None:
+        if keep == "all" or gen.k == 0 or gen.cell_key is None:
             return
         doomed = [self.layout.model_dir(gen.previous)] if gen.k > 1 else []
         if keep == "none" and gen.k == self.cfg.generations:

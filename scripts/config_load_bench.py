@@ -45,7 +45,7 @@ def main() -> None:
             loads.append(t1 - t0)
         print(f"{k} participants: load_config {statistics.median(loads):.2f} s, Grid.of "
               f"{statistics.median(grids):.2f} s (median of {args.repeats}; "
-              f"{len(grid.members)} cells)")
+              f"{len(grid.lineages)} cells)")
 
 
 if __name__ == "__main__":

@@ -25,9 +25,9 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from lmcollapse.config import ExperimentConfig, build
 from lmcollapse.data.base import make_source
 from lmcollapse.data.blocks import tokenize_records
+from lmcollapse.settings import ExperimentConfig, build
 
 
 def main(argv: list[str] | None = None) -> int:

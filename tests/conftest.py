@@ -11,9 +11,10 @@ import torch
 # every test runs offline: a hub lookup fails at once instead of retrying for half a minute
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from lmcollapse.config import ScratchModelConfig, load_config
+from lmcollapse.config import load_config
 from lmcollapse.data.markov import MarkovSource
 from lmcollapse.models import scratch_config, train_tokenizer
+from lmcollapse.settings import ScratchModelConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "configs" / "quickstart.yaml"
@@ -91,3 +92,27 @@ def text_source(tmp_path: Path) -> list[str]:
     (tmp_path / "test.txt").write_text("\n".join(words[120:]) + "\n")
     return ["data.source=text", f"data.text.train={tmp_path / 'train.txt'}",
             f"data.text.test={tmp_path / 'test.txt'}"]
+
+
+def executed_steps(run_dir: Path) -> list[tuple[str, str]]:
+    """The steps a run took, as (folder relative to the run, kind), in the order they
+    started (each marker records when its step started)."""
+    import json
+
+    marks = []
+    for marker in run_dir.rglob("*.done"):
+        started = json.loads(marker.read_text())["started"]
+        marks.append((started, str(marker.parent.relative_to(run_dir)), marker.name[:-5]))
+    return [(d, kind) for _, d, kind in sorted(marks)]
+
+
+def planned_steps(cfg) -> list[tuple[str, str]]:
+    """The steps lmcollapse.plan lists for every unit of ``cfg``, as (folder relative to
+    the run, kind)."""
+    from lmcollapse.grid import Grid
+    from lmcollapse.layout import RunLayout
+    from lmcollapse.plan import build_plan
+
+    grid, layout = Grid.of(cfg), RunLayout(cfg.run_dir)
+    return [(str(s.directory(layout).relative_to(cfg.run_dir)), s.kind)
+            for s in build_plan(grid, grid.units())]

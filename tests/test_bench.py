@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 
 from lmcollapse import bench
+from lmcollapse.cells import cells
 from lmcollapse.cli import build_parser
-from lmcollapse.config import cells, load_config
+from lmcollapse.config import load_config
 from lmcollapse.grid import Grid
 from lmcollapse.layout import METRICS, Generation, RunLayout
 

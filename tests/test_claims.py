@@ -289,3 +289,13 @@ def test_every_quoted_block_in_the_docs_quotes_its_declared_claims() -> None:
         rows = [line.split(" | ") for line in m.group(4).splitlines()[2:]]
         assert [r[0].lstrip("| ") for r in rows] == [c.text for c in declared], (page, run)
         assert all(r[1].split(" (")[0] in verdicts for r in rows), (page, run)
+
+
+def test_a_corrected_p_is_never_rounded_across_alpha():
+    """The quoted p keeps the side of alpha its verdict was decided on: 0.0496 is not 0.05."""
+    from lmcollapse.report.claims import _p
+    from lmcollapse.report.stats import ALPHA
+
+    assert ALPHA == 0.05
+    assert _p(0.04964) == "0.0496" and _p(0.0504) == "0.05"  # (0.05 is not below alpha)
+    assert _p(0.0073) == "0.0073" and _p(0.71) == "0.71" and _p(0.00022) == "0.00022"

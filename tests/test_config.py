@@ -7,13 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lmcollapse.config import (
-    ConfigError,
-    ExperimentConfig,
-    PolicySpec,
-    config_diff,
-    load_config,
-)
+from lmcollapse.config import config_diff, load_config
+from lmcollapse.errors import ConfigError
+from lmcollapse.settings import ExperimentConfig, PolicySpec
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 CONFIG_FILES = [p for p in sorted(CONFIG_DIR.glob("*.yaml")) + sorted(CONFIG_DIR.glob("*.yml"))
@@ -74,7 +70,7 @@ def test_shipped_claims_name_cells_of_their_config(path: Path) -> None:
     cfg = load_config(config)
     assert path.read_text().startswith("#")
     grid = Grid.of(cfg)
-    cells = set(grid.cells) | set(grid.members)  # a population, or one of its participants
+    cells = set(grid.cells) | set(grid.lineages)  # a population, or one of its participants
     for claim in load_claims(path):
         for side in (claim.a, claim.b):
             cell, _, gen = side.partition("/gen_")

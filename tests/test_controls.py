@@ -9,7 +9,7 @@ import pytest
 from conftest import tiny_config
 
 from lmcollapse import files
-from lmcollapse.config import zero_signature
+from lmcollapse.cells import zero_signature
 from lmcollapse.data.blocks import human_continuations, human_rows, pack_rows
 from lmcollapse.errors import ConfigError
 from lmcollapse.grid import Grid

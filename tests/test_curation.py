@@ -217,9 +217,9 @@ def test_loglik_scorer_with_a_model_directory_matches_gen0(accelerator, tiny_mod
     """An external verifier given as a local directory scores exactly as the same weights
     given as the generation-0 model; per token is the summed score over the continuation's
     token count (its prompt is context only)."""
-    from lmcollapse.config import ScorerSpec, build
     from lmcollapse.data.blocks import human_rows
     from lmcollapse.scorers.base import ScoreContext, make_scorer
+    from lmcollapse.settings import ScorerSpec, build
 
     tiny_model.save_pretrained(tmp_path / "verifier")
     stream = [t for text in texts[:40] for t in tokenizer(text + "\n")["input_ids"]]

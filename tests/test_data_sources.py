@@ -10,12 +10,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from lmcollapse.config import ConfigError, DataConfig, load_config
+from lmcollapse.config import load_config
 from lmcollapse.data.base import HELD_OUT_VALIDATION, load_human_text
 from lmcollapse.data.blocks import prepare_human_data, tokenize_records
 from lmcollapse.data.synthetic import SyntheticSettings
 from lmcollapse.data.text import TextSettings, read_records
+from lmcollapse.errors import ConfigError
 from lmcollapse.models import train_tokenizer
+from lmcollapse.settings import DataConfig
 
 WIKITEXT = Path(__file__).resolve().parents[2] / "shared" / "data" / "wikitext-2"
 WORDS = ("the quick brown fox jumps over a lazy dog while seven wizards quietly hex "

@@ -15,12 +15,12 @@ from conftest import measure_context, metric, tiny_config
 from test_faults import assert_refused, finished  # noqa: F401  (the fixture)
 
 from lmcollapse import models
-from lmcollapse.config import ScratchModelConfig
 from lmcollapse.data.blocks import prepare_human_data
 from lmcollapse.errors import ConfigError, StepError
 from lmcollapse.loop import CollapseLoop
 from lmcollapse.metrics import tail as tail_module
 from lmcollapse.report.write import write_report
+from lmcollapse.settings import ScratchModelConfig
 
 # --- 1. the report reads every file as it reads metrics.json --------------------------------
 

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import text_source, tiny_config
 
-from lmcollapse.config import cells
+from lmcollapse.cells import cells
 from lmcollapse.errors import ConfigError
 from lmcollapse.loop import CollapseLoop
 from lmcollapse.report import compute, load

@@ -91,7 +91,7 @@ def test_failed_step_stops_then_resume_matches(reference_run, tmp_path, monkeypa
     real = CollapseLoop.generate
 
     def failing(self, gen, d):
-        if gen.policy == "mix-0.1" and gen.k == 2:
+        if gen.cell_key == "mix-0.1" and gen.k == 2:
             raise RuntimeError("injected failure")
         return real(self, gen, d)
 

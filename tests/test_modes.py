@@ -10,7 +10,6 @@ import pytest
 import torch
 from conftest import measure_context, metric, tiny_config
 
-from lmcollapse.config import validate
 from lmcollapse.data.base import load_human_text, make_source
 from lmcollapse.data.blocks import prepare_human_data
 from lmcollapse.data.markov import MarkovSource
@@ -20,6 +19,7 @@ from lmcollapse.loop import CollapseLoop
 from lmcollapse.metrics.modes import form_contexts, mode_composition
 from lmcollapse.models import load_tokenizer, model_config, random_model
 from lmcollapse.sampling import fixed_sample
+from lmcollapse.settings import validate
 
 MODES = ["data.synthetic.modes.shares=[0.9,0.1]", "data.synthetic.modes.words=6"]
 

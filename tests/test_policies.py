@@ -7,7 +7,6 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from lmcollapse.config import PolicySpec, build
 from lmcollapse.data.blocks import human_rows
 from lmcollapse.errors import ConfigError
 from lmcollapse.policies import MixContext, Policy, make_policy
@@ -17,6 +16,7 @@ from lmcollapse.policies.fresh import Fresh
 from lmcollapse.policies.mix import Mix
 from lmcollapse.policies.replace import Replace
 from lmcollapse.registry import POLICIES, settings_of
+from lmcollapse.settings import PolicySpec, build
 
 N = 100
 BLOCK = 4

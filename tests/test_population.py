@@ -20,8 +20,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from conftest import QUICKSTART, TINY, tiny_config
+from conftest import QUICKSTART, TINY, executed_steps, planned_steps, tiny_config
 
+from lmcollapse.cli import run_main
 from lmcollapse.config import load_config
 from lmcollapse.errors import ConfigError
 from lmcollapse.grid import Grid
@@ -201,9 +202,9 @@ def test_a_seed_offset_gives_a_participant_initial_weights_of_its_own(tmp_path, 
 
     import torch
 
-    from lmcollapse.config import ScratchModelConfig
     from lmcollapse.layout import RunLayout
     from lmcollapse.models import load_model, scratch_config
+    from lmcollapse.settings import ScratchModelConfig
     from lmcollapse.weights import Weights
 
     cfg = tiny_config(tmp_path, population(participants=[{"label": "a"}, {
@@ -296,6 +297,24 @@ def population_run(tmp_path_factory):
     loop = CollapseLoop(cfg)
     loop.run()
     return cfg, loop
+
+
+@pytest.mark.slow
+def test_the_loop_takes_exactly_the_planned_steps_in_order(population_run, capsys):
+    """The plan (lmcollapse.plan) is the run: the markers a population run leaves, in the
+    order their steps started, are the plan's steps in its order: the shared part (model 0
+    of each training setting, the human row), then by generation the pools, the
+    participants' generations (a participant's own corpus 0) and the population rows; and
+    `lmcollapse plan` prints that many steps."""
+    cfg, _ = population_run
+    planned = planned_steps(cfg)
+    assert executed_steps(cfg.run_dir) == planned
+    kinds = {kind for _, kind in planned}
+    assert kinds == {"pool", "train", "generate", "measure"}
+    assert any(d.endswith("gen_00@hidden_size=16,intermediate_size=32") for d, _ in planned)
+    assert run_main(["plan", "--config", str(QUICKSTART), *TINY, f"output_dir={cfg.output_dir}",
+                     *population_overrides("reserve", "window")]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].startswith(f"{len(planned)} steps: ")
 
 
 @pytest.mark.slow
@@ -505,7 +524,7 @@ def test_settings_that_make_a_long_name_run_and_resume(tmp_path):
     args = ["generations=1", "metrics.names=[perplexity]", population(
         synthetic_share=0.3, participants=[{"label": "a"}, {"label": "b", "train": LONG_TRAIN}])]
     cfg = tiny_config(tmp_path, *args)
-    group = next(m.zero_group for m in Grid.of(cfg).members.values() if m.zero_group)
+    group = next(m.zero_group for m in Grid.of(cfg).lineages.values() if m.zero_group)
     assert len(f"gen_00@{group}") > 255
     CollapseLoop(cfg).run()
     seed = cfg.run_dir / "seed_0"

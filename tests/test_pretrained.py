@@ -205,8 +205,8 @@ def test_gguf_file_runs_the_loop_from_a_dequantized_copy(tmp_path):
 def test_gguf_file_given_as_a_path_of_its_own(tmp_path):
     """``model.gguf_file`` may also be a path; ``name_or_path`` then does not matter."""
     pytest.importorskip("gguf")
-    from lmcollapse.config import ModelConfig
     from lmcollapse.models import check_pretrained, load_pretrained, load_tokenizer
+    from lmcollapse.settings import ModelConfig
 
     tok = _tokenizer(tmp_path, bos=False)
     path = tmp_path / "elsewhere" / "tiny.gguf"
@@ -267,8 +267,8 @@ def test_tokenizer_larger_than_the_embeddings_is_refused(tmp_path):
 
 
 def test_pad_falls_back_to_eos(tmp_path):
-    from lmcollapse.config import ModelConfig
     from lmcollapse.models import load_tokenizer
+    from lmcollapse.settings import ModelConfig
 
     tok = wrap_tokenizer(_tokenizer(tmp_path, bos=False).backend_tokenizer.to_str())
     tok.pad_token = None
@@ -283,9 +283,9 @@ def test_generation_decodes_as_configured_but_honours_every_eos(accelerator, tin
     is the experiment's), except that all its end-of-sequence ids are held back."""
     from collections import Counter
 
-    from lmcollapse.config import GenerateConfig
     from lmcollapse.data.blocks import human_rows
     from lmcollapse.generate import generate_corpus
+    from lmcollapse.settings import GenerateConfig
 
     stream = [t for text in texts for t in tokenizer(text + "\n")["input_ids"]]
     prompts = human_rows(stream, 24, "train")[:16]

@@ -11,7 +11,8 @@ import pytest
 from conftest import text_source, tiny_config
 from transformers import AutoTokenizer
 
-from lmcollapse.config import cells, load_config
+from lmcollapse.cells import cells
+from lmcollapse.config import load_config
 from lmcollapse.data.base import hold_back, hold_out
 from lmcollapse.data.blocks import human_rows, tokenize_records
 from lmcollapse.data.text import read_records

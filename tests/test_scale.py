@@ -11,12 +11,13 @@ import torch
 from conftest import tiny_config
 
 from lmcollapse import disk
-from lmcollapse.config import cells
 from lmcollapse.errors import ConfigError
 from lmcollapse.files import recorded, tree_size
+from lmcollapse.grid import Grid
 from lmcollapse.layout import Generation
 from lmcollapse.loop import CollapseLoop
 from lmcollapse.models import load_model, scratch_config, train_tokenizer
+from lmcollapse.plan import build_plan
 
 ONE = ["policies=[replace]", "metrics.names=[perplexity]", "train.budget_steps=6"]
 
@@ -44,17 +45,17 @@ def test_keep_models_prunes_what_no_later_step_needs(tmp_path):
 
 def test_the_disk_estimate_counts_the_models_each_setting_keeps(tmp_path, texts):
     cfg = tiny_config(tmp_path, "seeds=[0,1]", "generations=4")  # 2 seeds x 3 policies
-    grid = {c.key: c for c in cells(cfg)}
-    units = [(s, k) for s in cfg.seeds for k in grid]
+    grid = Grid.of(cfg)
+    units = grid.units()
     arch = scratch_config(cfg.model.scratch, train_tokenizer(texts, 258))
     shared = 2 * 2  # per seed: generation 0 and the scratch initial weights
     counts = {}
     for keep in ("all", "last", "none"):
         cfg.keep_models = keep
-        counts[keep] = disk.estimate(cfg, grid, units, arch, 100).models - shared
+        counts[keep] = disk.estimate(grid, build_plan(grid, units), arch, 100).models - shared
     assert counts == {"all": 6 * 4, "last": 6 + 3, "none": 2 * 3}
     cfg.keep_models = "all"
-    est = disk.estimate(cfg, grid, units[:2], arch, 100)  # a shard of two units, one seed
+    est = disk.estimate(grid, build_plan(grid, units[:2]), arch, 100)  # two units, one seed
     assert est.models == 2 + 2 * 4
     params = sum(p.numel() for p in torch.nn.Module.parameters(
         __import__("transformers").AutoModelForCausalLM.from_config(arch)))
@@ -70,9 +71,9 @@ def test_the_estimate_matches_what_a_run_writes(tmp_path):
     arch = loop.setup.model_config
     # the checkpoint is the float32 weights and a header of a few KB (tensor names, shapes)
     assert 0 < weights.stat().st_size - 4 * disk.parameter_count(arch) < 4096
-    grid = {c.key: c for c in cells(cfg)}
-    est = disk.estimate(cfg, grid, [(0, "replace")], arch, len(loop.setup.human.train),
-                        arch.hidden_size)
+    grid = Grid.of(cfg)
+    est = disk.estimate(grid, build_plan(grid, [(0, "replace")]), arch,
+                        len(loop.setup.human.train), arch.hidden_size)
     written = tree_size(cfg.run_dir)
     assert 0.5 * written < est.total < 3 * written, (est.describe(), written)
 

@@ -15,8 +15,9 @@ from conftest import QUICKSTART, TINY, tiny_config
 
 from lmcollapse import steps as steps_module
 from lmcollapse import submit as submit_module
+from lmcollapse.cells import cells
 from lmcollapse.cli import run_main
-from lmcollapse.config import cells, load_config
+from lmcollapse.config import load_config
 from lmcollapse.errors import ConfigError
 from lmcollapse.files import recorded
 from lmcollapse.layout import RunLayout

@@ -15,8 +15,9 @@ from test_pretrained import _ids, _tokenizer
 from transformers import OPTConfig, OPTForCausalLM
 
 from lmcollapse import files
+from lmcollapse.cells import cells
 from lmcollapse.cli import run_main
-from lmcollapse.config import cells, load_config
+from lmcollapse.config import load_config
 from lmcollapse.smoke import _train_cost, mix_rows, simulate, smoke_config
 
 ROOT = Path(__file__).resolve().parents[1]

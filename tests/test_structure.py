@@ -81,9 +81,26 @@ def test_no_import_cycles_among_lmcollapse_modules():
             visit(m)
     assert graph["lmcollapse.errors"] == []  # the leaf every part imports
     assert set(graph["lmcollapse.registry"]) <= {"lmcollapse.errors"}
+    assert graph["lmcollapse.checks"] == ["lmcollapse.errors"]  # the parts' range checks
     # the config layer names no part: it reaches them through the registry
-    assert not [t for t in graph["lmcollapse.config"] if t.startswith(
-        ("lmcollapse.metrics", "lmcollapse.policies", "lmcollapse.data"))]
+    config_layer = ["lmcollapse.config", "lmcollapse.cells"] + [
+        m for m in graph if m.startswith("lmcollapse.settings")]
+    assert not [(m, t) for m in config_layer for t in graph[m] if t.startswith(
+        ("lmcollapse.metrics", "lmcollapse.policies", "lmcollapse.data", "lmcollapse.scorers"))]
+
+
+def test_parts_never_import_the_config_loader():
+    """A part checks its settings with lmcollapse.checks and may hold a core section's type
+    (lmcollapse.settings), but never imports the loader or the cells: those find the parts
+    through the registry at run time, and a part importing them would close that cycle."""
+    imports = _imports()
+    parts = [m for m in imports if m.startswith(("lmcollapse.metrics.", "lmcollapse.policies.",
+                                                 "lmcollapse.data.", "lmcollapse.scorers."))]
+    assert len(parts) > 20
+    loader = {"lmcollapse.config", "lmcollapse.cells", "lmcollapse.grid", "lmcollapse.loop",
+              "lmcollapse.preflight"}
+    offenders = [(m, t) for m in parts for t, _, _ in imports[m] if t in loader]
+    assert not offenders, offenders
 
 
 #: the phases of a report, in the one order its modules may import each other
@@ -265,3 +282,35 @@ def test_a_new_policy_source_and_metric_need_no_core_edit(parts, tmp_path):
     lb = compute.leaderboard(load.load_runs([cfg.run_dir]))
     assert lb.columns == ["perplexity", "mean_length"]  # columns the metrics declared
 
+
+
+def _named_strings(path: Path, names: set[str]) -> list[tuple[int, str]]:
+    """String constants of a module equal to one of ``names`` (a codec's ``errors="replace"``,
+    the arguments of ``encode``/``decode``, a derived seed's purpose, ``derive_seed(...,
+    "mix")``, and the text of an f-string are not names of parts)."""
+    tree = ast.parse(path.read_text())
+    codec = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.JoinedStr):  # a piece of an f-string builds another name
+            codec |= {id(v) for v in node.values}
+        if isinstance(node, ast.Call):
+            if isinstance(node.func, ast.Attribute) and node.func.attr in ("encode", "decode"):
+                codec |= {id(a) for a in node.args}
+            codec |= {id(k.value) for k in node.keywords if k.arg == "errors"}
+            if isinstance(node.func, ast.Name) and node.func.id == "derive_seed":
+                codec |= {id(a) for a in node.args}
+    return [(n.lineno, n.value) for n in ast.walk(tree) if isinstance(n, ast.Constant)
+            and n.value in names and id(n) not in codec]
+
+
+def test_only_the_policies_and_the_unit_kinds_name_a_policy():
+    """docs/design.md: the config layer, the loop and the report never name a part. No
+    module outside lmcollapse/policies/ and the unit kinds (lmcollapse/population.py) holds
+    a registered policy's name as a string: a new policy is one module plus its test."""
+    POLICIES.names()  # discovers every built-in part
+    names = set(POLICIES.names())
+    assert {"replace", "internet"} <= names
+    allowed = {PACKAGE / "population.py"} | set((PACKAGE / "policies").rglob("*.py"))
+    offenders = {str(p.relative_to(PACKAGE)): found for p in sorted(PACKAGE.rglob("*.py"))
+                 if p not in allowed and (found := _named_strings(p, names))}
+    assert not offenders, offenders

@@ -8,9 +8,9 @@ import copy
 import pytest
 import torch
 
-from lmcollapse.config import GenerateConfig, TrainConfig
 from lmcollapse.data.blocks import human_rows
 from lmcollapse.generate import generate_corpus
+from lmcollapse.settings import GenerateConfig, TrainConfig
 from lmcollapse.train import evaluate, train_generation
 
 
@@ -91,7 +91,7 @@ def test_keep_prompt_prepends_the_prompt(accelerator, tiny_model, tokenizer, blo
 
 
 def test_lora_trains_only_the_adapted_modules(accelerator, tiny_model, tokenizer, blocks):
-    from lmcollapse.config import LoraConfig
+    from lmcollapse.settings import LoraConfig
 
     train, val = blocks
     from torch.utils.data import DataLoader

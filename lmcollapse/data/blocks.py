@@ -9,8 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from lmcollapse.config import DataConfig
 from lmcollapse.errors import ConfigError
+from lmcollapse.settings import DataConfig
 
 #: one sample: provenance (see :data:`PROVENANCE`) and its ``input_ids``; human blocks,
 #: corpus continuations and mix entries all have this shape

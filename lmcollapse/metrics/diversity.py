@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from nltk.translate.bleu_score import SmoothingFunction
 
-from lmcollapse.config import positive, sample_size
+from lmcollapse.checks import positive, sample_size
 from lmcollapse.metrics.base import MeasureContext, Measurement, Metric
 from lmcollapse.registry import METRICS
 from lmcollapse.sampling import fixed_sample

@@ -21,7 +21,7 @@ import torch
 from transformers import AutoTokenizer
 
 from lmcollapse import files
-from lmcollapse.config import positive, sample_size
+from lmcollapse.checks import positive, sample_size
 from lmcollapse.errors import ConfigError
 from lmcollapse.files import write_npy
 from lmcollapse.layout import features_file

@@ -6,7 +6,7 @@ import math
 from collections import Counter
 from dataclasses import dataclass
 
-from lmcollapse.config import positive
+from lmcollapse.checks import positive
 from lmcollapse.errors import ConfigError
 from lmcollapse.metrics.base import MeasureContext, Measurement, Metric
 from lmcollapse.registry import METRICS

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 from prdc import compute_prdc
 
-from lmcollapse.config import positive
+from lmcollapse.checks import positive
 from lmcollapse.errors import ConfigError
 from lmcollapse.metrics.base import MeasureContext, Measurement, Metric
 from lmcollapse.metrics.features import Features, FeatureSettings

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from lmcollapse import files
-from lmcollapse.config import positive, sample_size
+from lmcollapse.checks import positive, sample_size
 from lmcollapse.layout import REFERENCE_SCORES
 from lmcollapse.metrics.base import MeasureContext, Measurement, Metric
 from lmcollapse.registry import METRICS

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lmcollapse.config import positive, sample_size
+from lmcollapse.checks import positive, sample_size
 from lmcollapse.errors import ConfigError
 from lmcollapse.metrics.base import MeasureContext, Measurement, Metric
 from lmcollapse.registry import METRICS

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from lmcollapse.config import fraction as check_fraction
+from lmcollapse.checks import fraction as check_fraction
 from lmcollapse.data.blocks import Sample
 from lmcollapse.registry import POLICIES
 from lmcollapse.sampling import draw_indices
@@ -129,12 +129,12 @@ class FractionSettings:
 
 
 def make_policy(spec: Any, shard_seed: int = 0) -> Policy:
-    """Instantiate the policy a :class:`~lmcollapse.config.PolicySpec` names, with its
+    """Instantiate the policy a :class:`~lmcollapse.settings.PolicySpec` names, with its
     settings; ``shard_seed`` is fixed per (seed, policy)."""
     return POLICIES.get(spec.name)(spec.settings, shard_seed=shard_seed)
 
 
 def reserve_needed(spec: Any, n: int, generations: int) -> int:
-    """Reserve blocks the policy a :class:`~lmcollapse.config.PolicySpec` names draws over
+    """Reserve blocks the policy a :class:`~lmcollapse.settings.PolicySpec` names draws over
     the run (its :meth:`Policy.reserve_needed`)."""
     return POLICIES.get(spec.name).reserve_needed(spec.settings, n, generations)

@@ -22,17 +22,12 @@ from typing import Any, Literal
 
 import numpy as np
 
-from lmcollapse.config import (
-    NOT_SWEEPABLE,
-    RUN_WIDE,
-    ScratchModelConfig,
-    positive,
-    safe_name,
-)
+from lmcollapse.checks import positive, safe_name
 from lmcollapse.data.blocks import Sample
 from lmcollapse.errors import ConfigError
 from lmcollapse.policies.base import MixContext, Policy
 from lmcollapse.registry import POLICIES, unknown_name_message
+from lmcollapse.settings import NOT_SWEEPABLE, RUN_WIDE, ScratchModelConfig
 
 #: what a participant may set for itself; everything else is shared by the population
 PARTICIPANT_SECTIONS = ("generate", "train", "model")

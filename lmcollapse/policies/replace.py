@@ -7,7 +7,7 @@ from lmcollapse.policies.base import MixContext, Policy
 from lmcollapse.registry import POLICIES
 
 
-@POLICIES.register("replace")
+@POLICIES.register("replace", default=True)  # a config that names no policy gets it
 class Replace(Policy):
     """Corpus k-1 only: no human data is kept (Shumailov et al. 2023, 0%)."""
 

@@ -59,12 +59,12 @@ import numpy as np
 from statsmodels.stats.weightstats import ttost_paired
 
 from lmcollapse import files
-from lmcollapse.config import build, parse_yaml
 from lmcollapse.errors import ConfigError, ReportError
 from lmcollapse.layout import EXPERIMENT_JSON
 from lmcollapse.report.compare import Side, left_out, parse_side, per_seed
 from lmcollapse.report.load import RunResults, check_name, load_runs, measured
 from lmcollapse.report.stats import ALPHA, Paired, adjust, paired_test, planning_alpha, seeds_needed
+from lmcollapse.settings import build, parse_yaml
 
 #: the verdicts, in the words every page uses
 SUPPORTED, CONTRADICTED, EQUIVALENT, INCONCLUSIVE = (
@@ -279,9 +279,16 @@ def quote(results: list[Result]) -> str:
                  "–" if not math.isfinite(rel[0]) else
                  f"{rel[0]:+.1%} [{rel[1]:+.1%}, {rel[2]:+.1%}]",
                  f"{r.agreeing}/{r.paired.n}",
-                 f"{r.p_adj:.2g}" + (" (TOST)" if r.claim.expect == "equivalent" else "")]
+                 _p(r.p_adj) + (" (TOST)" if r.claim.expect == "equivalent" else "")]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _p(p: float) -> str:
+    """A p-value with 2 significant digits, or 3 where 2 would round it across alpha (a
+    corrected p of 0.0496 is quoted 0.0496, not 0.05, beside the verdict it earned)."""
+    text = f"{p:.2g}"
+    return f"{p:.3g}" if math.isfinite(p) and (float(text) < ALPHA) != (p < ALPHA) else text
 
 
 def _q(x: float) -> str:

@@ -22,12 +22,12 @@ from typing import Any
 
 import numpy as np
 
-from lmcollapse.config import build
 from lmcollapse.data.base import ExactContinuations
 from lmcollapse.errors import ConfigError
 from lmcollapse.layout import CORPUS, REFERENCE_SCORES, RunLayout
 from lmcollapse.registry import SOURCES, settings_of
 from lmcollapse.report.load import RunResults
+from lmcollapse.settings import build
 
 log = logging.getLogger("lmcollapse.report")
 

@@ -25,11 +25,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lmcollapse import files
-from lmcollapse.config import CONFIG_VERSION
 from lmcollapse.errors import ReportError
 from lmcollapse.layout import EXPERIMENT_JSON, METRICS, STEPS, RunLayout
 from lmcollapse.registry import unknown_name_message
 from lmcollapse.report.stats import Stat, stat
+from lmcollapse.settings import CONFIG_VERSION
 
 log = logging.getLogger("lmcollapse.report")
 

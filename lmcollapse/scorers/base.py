@@ -68,5 +68,5 @@ class Scorer:
 
 
 def make_scorer(spec: Any) -> Scorer:
-    """The scorer a :class:`~lmcollapse.config.ScorerSpec` names, with its settings."""
+    """The scorer a :class:`~lmcollapse.settings.ScorerSpec` names, with its settings."""
     return SCORERS.get(spec.name)(spec.settings)

@@ -1,0 +1,120 @@
+"""A run's plan: every step it takes, in the order the loop takes them, built once from the
+grid and the units a job runs.
+
+The order is written here and nowhere else: the loop executes the plan
+(:meth:`lmcollapse.loop.CollapseLoop.execute`), the progress bars count it (one job's, and
+each ``--jobs`` worker's), and ``lmcollapse plan --config ...`` prints it without running
+anything. Per seed:
+
+1. the seed's **shared part** (under the seed's lock: every job that needs it waits for the
+   one that builds it): generation 0 of the seed (``train``, ``generate``, ``measure``),
+   the generation-0 model of every other training setting the job's cells (or their
+   participants) use (``train`` only), and the human reference row (``measure``);
+2. then generations outermost (k = 0..N), and within a generation each unit of the job by
+   its kind:
+
+   - a **lineage** (a cell): its generation k (``train`` for k >= 1, ``generate``,
+     ``measure``); at k = 0 only when the cell writes a corpus 0 of its own;
+   - a **population** (a cell with participants): its ``pool`` (k >= 1), each participant's
+     generation k as a lineage's, then the population's row (``measure``).
+
+A step's marker (``<kind>.done``) lives in its directory: the generation's, the seed's
+``human`` folder, or the population's ``gen_k``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from lmcollapse.cells import Cell
+from lmcollapse.grid import Grid
+from lmcollapse.layout import POPULATION_STEPS, STEPS, Generation, RunLayout
+from lmcollapse.shards import Unit
+
+#: what a step acts on: a generation of a lineage (or of the shared part), the seed's human
+#: reference row, or a population (its pool and row)
+GENERATION, HUMAN, POPULATION = "generation", "human", "population"
+
+
+@dataclass(frozen=True)
+class Step:
+    """One resumable step of a run."""
+
+    seed: int
+    #: ``train``, ``generate``, ``measure`` (:data:`~lmcollapse.layout.STEPS`) or ``pool``
+    kind: str
+    #: :data:`GENERATION`, :data:`HUMAN` or :data:`POPULATION`
+    target: str
+    #: the generation (a population's: ``Generation(seed, k, population)``); None: human row
+    gen: Generation | None
+    #: the key of the unit (cell) the step belongs to; None: the seed's shared part
+    unit: str | None
+
+    @property
+    def where(self) -> str:
+        """The step's place, as the progress bar and an error name it."""
+        if self.target == HUMAN:
+            return f"seed {self.seed}, human reference"
+        if self.target == POPULATION:
+            return (f"seed {self.seed}, population {self.gen.cell_key}, "
+                    + (f"pool {self.gen.k}" if self.kind == "pool" else
+                       f"generation {self.gen.k}"))
+        return str(self.gen)
+
+    def directory(self, layout: RunLayout) -> Path:
+        """The folder that holds the step's marker and outputs."""
+        return layout.human(self.seed) if self.gen is None else layout.gen_dir(self.gen)
+
+    def row(self) -> dict[str, object]:
+        """The step as a table row (``lmcollapse plan``)."""
+        return {"seed": self.seed, "unit": self.unit or "(shared)", "generation":
+                "" if self.gen is None else self.gen.k, "kind": self.kind,
+                "target": self.target, "where": self.where}
+
+
+def build_plan(grid: Grid, units: list[Unit]) -> list[Step]:
+    """Every step of ``units`` (seed, cell key), in the order the loop runs them."""
+    seeds = list(dict.fromkeys(seed for seed, _ in units))
+    out: list[Step] = []
+    for seed in seeds:
+        cells = [grid.cells[k] for s, k in units if s == seed]
+        out += shared_part(grid, seed, cells)
+        for k in range(grid.cfg.generations + 1):  # generations outermost
+            for cell in cells:
+                out += unit_steps(grid, seed, cell, k)
+    return out
+
+
+def shared_part(grid: Grid, seed: int, cells: list[Cell]) -> list[Step]:
+    """The seed's generation-0 models (the shared one writes and measures corpus 0; another
+    training setting's is only trained) and the human reference row."""
+    out = []
+    for group in grid.zero_groups(cells):
+        gen = Generation(seed, 0, None, group)
+        kinds = STEPS if not group else STEPS[:1]
+        out += [Step(seed, kind, GENERATION, gen, None) for kind in kinds]
+    return out + [Step(seed, "measure", HUMAN, None, None)]
+
+
+def unit_steps(grid: Grid, seed: int, cell: Cell, k: int) -> list[Step]:
+    """Generation ``k`` of one unit: a lineage's generation, or a population's pool, its
+    participants' generations and its row."""
+    if not cell.members:
+        return _lineage(grid, seed, cell, k, cell.key)
+    gen = Generation(seed, k, cell.key)
+    out = [Step(seed, "pool", POPULATION, gen, cell.key)] if k else []
+    for member in cell.members:
+        out += _lineage(grid, seed, member, k, cell.key)
+    return out + [Step(seed, kind, POPULATION, gen, cell.key)
+                  for kind in POPULATION_STEPS[1:]]
+
+
+def _lineage(grid: Grid, seed: int, cell: Cell, k: int, unit: str) -> list[Step]:
+    """Generation k of one lineage (a cell, or a population's participant): train on the
+    mix (k >= 1), write corpus k, measure; at k = 0 only a cell with a corpus 0 of its own
+    (its model is the shared one)."""
+    if not k and not grid.own_zero(cell):
+        return []
+    gen = Generation(seed, k, cell.key, cell.zero_group)
+    return [Step(seed, kind, GENERATION, gen, unit) for kind in (STEPS if k else STEPS[1:])]
