@@ -1,4 +1,4 @@
-"""The collapse loop: set-up, then the cells, then the steps of one generation.
+"""The collapse loop: set-up, then the steps of the job's plan, each to its work.
 
 Read it in the order of the data flow (docs/design.md)::
 
@@ -6,9 +6,10 @@ Read it in the order of the data flow (docs/design.md)::
          prompts (human blocks) --generate (model k)--> corpus k --> policy for k+1
                 test text, corpus k, human reference --measure--> metrics k
 
-:class:`CollapseLoop` runs generation 0 of each seed (human data only, shared by every
-policy), measures the human reference row, then generations 1..N of every policy. Each
-generation is three steps (``train``, ``generate``, ``measure``); a step is finished when
+:class:`CollapseLoop` takes the steps of its plan (:mod:`lmcollapse.plan`, where their
+order is written): generation 0 of each seed (human data only, shared by every cell), the
+human reference row, then generations 1..N of every cell, each three steps (``train``,
+``generate``, ``measure``; a population adds its ``pool`` and row). A step is finished when
 its marker exists (:mod:`lmcollapse.layout`), and every file is written atomically, so
 re-running the same command continues at the first unfinished step and never redoes a
 finished one.
