@@ -21,7 +21,6 @@ import dataclasses
 import datetime as dt
 import itertools
 import logging
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -34,12 +33,18 @@ from lmcollapse import curation, files
 from lmcollapse.curation import candidates_per_prompt
 from lmcollapse.data.blocks import PROVENANCE, Sample, fresh_writer, human_continuations, pack_rows
 from lmcollapse.errors import ConfigError
-from lmcollapse.faults import kill_point
 from lmcollapse.generate import generate_corpus
 from lmcollapse.grid import Grid
 from lmcollapse.layout import CANDIDATES, CORPUS, CURATION, MIX, TRAIN_LOG, Generation, RunLayout
 from lmcollapse.layout import METRICS as METRICS_FILE
-from lmcollapse.metrics.base import MeasureContext, Measurement, Metric, scoring_precision
+from lmcollapse.metrics.base import (
+    MeasureContext,
+    Measurement,
+    Metric,
+    collect,
+    scoring_precision,
+    write_row,
+)
 from lmcollapse.plan import HUMAN, POPULATION, Step, build_plan
 from lmcollapse.policies import MixContext, make_policy
 from lmcollapse.population import POOL_COLUMNS, Host, Population
@@ -288,10 +293,9 @@ class CollapseLoop:
              fn: Callable[[Metric], Measurement | None]) -> None:
         """Every metric of one row (``fn`` of each), into ``d``'s metrics.json."""
         with self.steps.work(), scoring_precision(self.cfg.metrics.precision, self.acc.device):
-            result = _collect(self.setup.metrics, fn)
+            result = collect(self.setup.metrics, fn)
         if self.acc.is_main_process:
-            files.write_json(d / METRICS_FILE, {"seed": seed, "policy": policy,
-                                                "generation": k, **result})
+            write_row(d / METRICS_FILE, seed, policy, k, result)
 
     # --- corpora ---------------------------------------------------------------------------
 
@@ -344,25 +348,6 @@ def _rows(mix: list[Sample], tcfg: Any, setup: Setup) -> list[Sample]:
     log.info("train.pack: %d samples (%d tokens) packed into %d rows of up to %d tokens",
              len(mix), sum(len(m["input_ids"]) for m in mix), len(rows), length)
     return [{"input_ids": r} for r in rows]
-
-
-def _collect(metrics: list[Metric], fn: Callable[[Metric], Measurement | None]) -> dict[str, Any]:
-    """metrics.json of one row: values, their meta, details, sizes, conditions, timing."""
-    out: dict[str, dict[str, Any]] = {"values": {}, "meta": {}, "details": {}, "sizes": {},
-                                      "conditions": {}, "elapsed_s": {}}
-    for metric in metrics:
-        start = time.time()
-        m = fn(metric)
-        out["elapsed_s"][metric.name] = time.time() - start
-        kill_point("measure_metric")
-        if m is None:
-            continue
-        out["values"].update(m.values)
-        out["meta"].update({k: metric.meta(k) for k in m.values})
-        out["details"][metric.name] = m.details
-        out["sizes"][metric.name] = m.sizes
-        out["conditions"][metric.name] = metric.describe(m)
-    return out
 
 
 def _as_arrays(rows: list[Sample]) -> list[Sample]:

@@ -29,7 +29,6 @@ After the participants of generation k have written their corpora, the populatio
 from __future__ import annotations
 
 import itertools
-import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -47,6 +46,7 @@ from lmcollapse.faults import kill_point
 from lmcollapse.grid import Grid
 from lmcollapse.layout import METRICS as METRICS_FILE
 from lmcollapse.layout import MIX, POOL, POOL_SUMMARY, Generation, RunLayout
+from lmcollapse.metrics.base import Measurement, Metric, collect, write_row
 from lmcollapse.metrics.diversity import ngram_counts
 from lmcollapse.plan import Step
 from lmcollapse.prepared import Setup
@@ -58,18 +58,34 @@ HUMAN = "human"
 #: what a pool block carries besides its tokens
 POOL_COLUMNS = [*PROVENANCE, "writer", "batch"]
 
-#: the population row's values: direction (None: compare with jsd_human_pair) and name
-VALUES = {
-    "jsd_between": (None, "JSD between participants"),
-    "jsd_within": (None, "JSD within a participant"),
-    "jsd_between_excess": (None, "JSD between − within"),
-    "jsd_human_pair": (None, "JSD between two human samples"),
-    "jsd_to_human": (False, "JSD to human text"),
-    "pool_synthetic": (False, "synthetic share of the pool (blocks)"),
-    "pool_synthetic_tokens": (False, "synthetic share of the pool (tokens)"),
-    "crawl_synthetic": (False, "synthetic share of the crawls (blocks)"),
-    "crawl_synthetic_tokens": (False, "synthetic share of the crawls (tokens)"),
-}
+class PopulationRow(Metric):
+    """The population's row, declared as every metric declares its values (its direction,
+    display name and default columns) and written by the same writer
+    (:func:`lmcollapse.metrics.base.collect`, :func:`~lmcollapse.metrics.base.write_row`).
+    Not a registered metric: every population measures it, no config names it."""
+
+    name = display_name = "population"
+    #: None: neither direction is better (the divergences compare with jsd_human_pair)
+    higher_is_better = None
+    directions = {"jsd_to_human": False, "pool_synthetic": False,
+                  "pool_synthetic_tokens": False, "crawl_synthetic": False,
+                  "crawl_synthetic_tokens": False}
+    display_names = {
+        "jsd_between": "JSD between participants",
+        "jsd_within": "JSD within a participant",
+        "jsd_between_excess": "JSD between − within",
+        "jsd_human_pair": "JSD between two human samples",
+        "jsd_to_human": "JSD to human text",
+        "pool_synthetic": "synthetic share of the pool (blocks)",
+        "pool_synthetic_tokens": "synthetic share of the pool (tokens)",
+        "crawl_synthetic": "synthetic share of the crawls (blocks)",
+        "crawl_synthetic_tokens": "synthetic share of the crawls (tokens)",
+    }
+    columns = ("jsd_between", "jsd_within", "jsd_human_pair", "pool_synthetic")
+
+    def describe(self, m: Measurement) -> str:
+        return (f"{m.details['ngram']}-gram JSD, {m.sizes['sample_size']} samples of "
+                f"{m.sizes['sample_tokens']} tokens per corpus")
 
 
 def starting_pool(human: list[Sample]) -> list[Sample]:
@@ -246,8 +262,12 @@ class Population:
     # --- the population's row -------------------------------------------------------------
 
     def _measure(self, seed: int, cell: Cell, k: int, d: Path) -> None:
+        result = collect([PopulationRow()], lambda _: self._row(seed, cell, k, d))
+        if self.host.is_main:
+            write_row(d / METRICS_FILE, seed, cell.key, k, result, population=True)
+
+    def _row(self, seed: int, cell: Cell, k: int, d: Path) -> Measurement:
         host, s = self.host, cell.policy.settings
-        start = time.time()
         ctx = host.context(seed, d, "", generation=k)
         size = population_size(cell, ctx, f"{cell.key}.sample_size")
         labels = [p.label for p in s.participants]
@@ -282,15 +302,7 @@ class Population:
                    "composition": comp or composition(starting_pool(ctx.human.train), range(1)),
                    "participants": labels}
         sizes = {"sample_size": size, "sample_tokens": ctx.sample_tokens}
-        if host.is_main:
-            files.write_json(d / METRICS_FILE, {
-                "seed": seed, "policy": cell.key, "generation": k, "population": True,
-                "values": values,
-                "meta": {key: _meta(key) for key in values},
-                "details": {"population": details}, "sizes": {"population": sizes},
-                "conditions": {"population": f"{s.ngram}-gram JSD, {size} samples of "
-                                             f"{ctx.sample_tokens} tokens per corpus"},
-                "elapsed_s": {"population": time.time() - start}})
+        return Measurement(values, details, sizes)
 
 
 def _synthetic_share(mix: Path, block_tokens: int, sample_tokens: int) -> tuple[float, float]:
@@ -309,9 +321,3 @@ def _halves(samples: list[Any], size: int, seed: int) -> tuple[list[Any], list[A
     """Two disjoint samples of ``size`` from ``samples`` (the within-participant floor)."""
     order = np.random.default_rng(seed).permutation(len(samples))[:2 * size]
     return [samples[i] for i in sorted(order[:size])], [samples[i] for i in sorted(order[size:])]
-
-
-def _meta(key: str) -> dict[str, Any]:
-    direction, name = VALUES[key]
-    return {"metric": "population", "display_name": name, "higher_is_better": direction,
-            "column": key in ("jsd_between", "jsd_within", "jsd_human_pair", "pool_synthetic")}

@@ -23,6 +23,7 @@ reads them from there (it never imports a metric).
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -34,9 +35,11 @@ import torch
 from accelerate import Accelerator
 from transformers import PreTrainedTokenizerBase
 
+from lmcollapse import files
 from lmcollapse.data.base import ExactDistribution
 from lmcollapse.data.blocks import HumanData, Sample
 from lmcollapse.errors import ConfigError
+from lmcollapse.faults import kill_point
 from lmcollapse.sampling import derive_seed, fixed_sample
 
 
@@ -212,6 +215,8 @@ class Metric:
     directions: dict[str, bool | None] = {}
     #: value keys the leaderboard shows unless the user picks columns
     columns: tuple[str, ...] = ()
+    #: a display name of its own for a value key (default: ``display_name (key)``)
+    display_names: dict[str, str] = {}
 
     def __init__(self, settings: Any = None) -> None:
         self.config = settings
@@ -235,10 +240,39 @@ class Metric:
     def meta(self, key: str) -> dict[str, Any]:
         """Which metric made value ``key``, its display name, direction and whether the
         leaderboard shows it by default."""
-        return {"metric": self.name, "display_name": self.display_name
-                if key == (self.headline or self.name) else f"{self.display_name} ({key})",
+        return {"metric": self.name, "display_name": self.display_names.get(key) or (
+                    self.display_name if key == (self.headline or self.name)
+                    else f"{self.display_name} ({key})"),
                 "higher_is_better": self.directions.get(key, self.higher_is_better),
                 "column": key in self.columns}
+
+
+def collect(metrics: list[Metric], fn: Callable[[Metric], Measurement | None]
+            ) -> dict[str, Any]:
+    """A row's measurements: ``fn`` of each metric, as metrics.json holds them (values, their
+    meta, details, sizes, conditions, seconds)."""
+    out: dict[str, dict[str, Any]] = {"values": {}, "meta": {}, "details": {}, "sizes": {},
+                                      "conditions": {}, "elapsed_s": {}}
+    for metric in metrics:
+        start = time.time()
+        m = fn(metric)
+        out["elapsed_s"][metric.name] = time.time() - start
+        kill_point("measure_metric")
+        if m is None:
+            continue
+        out["values"].update(m.values)
+        out["meta"].update({k: metric.meta(k) for k in m.values})
+        out["details"][metric.name] = m.details
+        out["sizes"][metric.name] = m.sizes
+        out["conditions"][metric.name] = metric.describe(m)
+    return out
+
+
+def write_row(path: Path, seed: int, key: str | None, k: int | None,
+              result: dict[str, Any], **flags: Any) -> None:
+    """One row's metrics.json: who it is (seed, the cell key or ``human``, generation), any
+    ``flags`` (a population's ``population: true``), then :func:`collect`'s result."""
+    files.write_json(path, {"seed": seed, "policy": key, "generation": k, **flags, **result})
 
 
 def scoring_precision(precision: str,
