@@ -81,6 +81,8 @@ class CollapseLoop:
         #: the (seed, cell key) units this job runs (all of them unless a selection is given)
         self.selection = selection
         self.units: list[Unit] = self.grid.units(selection)
+        #: every step those units take, in order (lmcollapse.plan; the progress bars count it)
+        self.plan: list[Step] = build_plan(self.grid, self.units)
         #: what this invocation adds to its record in experiment.json (the CLI sets the
         #: worker plan of --jobs here)
         self.invocation: dict[str, Any] = {}
@@ -109,7 +111,7 @@ class CollapseLoop:
         """Set-up: everything that can fail is checked before any work. ``claim=False``: a
         worker process of :mod:`lmcollapse.parallel` (its parent claimed the run)."""
         self.setup = prepare(self.cfg, self.acc, self.layout, self.grid, self.units,
-                             self.selection.describe(), claim=claim, invocation=self.invocation)
+                             self.selection.describe(), claim, self.invocation, self.plan)
         self.weights = Weights(self.grid, self.acc, self.layout, self.setup)
         self.population = Population(Host(
             self.grid, self.layout, self.setup, self.acc.is_main_process,
@@ -134,9 +136,8 @@ class CollapseLoop:
         """This job's plan (lmcollapse.plan): seed by seed, the shared part (waiting while
         another job builds it), then this job's cells, generations outermost (a stopped run
         has comparable rows)."""
-        plan = build_plan(self.grid, self.units)
-        self.steps = Steps(self.acc, len(plan))
-        self.execute(plan)
+        self.steps = Steps(self.acc, len(self.plan))
+        self.execute(self.plan)
         self.steps.close()
         self.weights.forget()
         log.info("run finished: %s (%s)", self.run_dir, self.selection.describe())

@@ -291,7 +291,7 @@ class Scheduler:
     def __init__(self, loop: Any, pool: Pool) -> None:
         self.loop, self.pool = loop, pool
         self.pending = list(loop.units)
-        total = len(build_plan(loop.grid, loop.units))
+        total = len(loop.plan)
         self.seen: set[tuple[str, str]] = set()
         self.bar = tqdm(total=total, desc=f"steps ({pool.plan.jobs} workers)", unit="step",
                         position=0)

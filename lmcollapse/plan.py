@@ -1,10 +1,10 @@
 """A run's plan: every step it takes, in the order the loop takes them, built once from the
 grid and the units a job runs.
 
-The order is written here and nowhere else: the loop executes the plan
-(:meth:`lmcollapse.loop.CollapseLoop.execute`), the progress bars count it (one job's, and
-each ``--jobs`` worker's), and ``lmcollapse plan --config ...`` prints it without running
-anything. Per seed:
+The order is written here and nowhere else: a job's loop builds its plan once
+(``CollapseLoop.plan``) and executes it (:meth:`lmcollapse.loop.CollapseLoop.execute`), the
+progress bars and the disk estimate count it (each ``--jobs`` worker's bar: its unit's
+plan), and ``lmcollapse plan --config ...`` prints it without running anything. Per seed:
 
 1. the seed's **shared part** (under the seed's lock: every job that needs it waits for the
    one that builds it): generation 0 of the seed (``train``, ``generate``, ``measure``),
@@ -69,8 +69,7 @@ class Step:
     def row(self) -> dict[str, object]:
         """The step as a table row (``lmcollapse plan``)."""
         return {"seed": self.seed, "unit": self.unit or "(shared)", "generation":
-                "" if self.gen is None else self.gen.k, "kind": self.kind,
-                "target": self.target, "where": self.where}
+                "" if self.gen is None else self.gen.k, "kind": self.kind, "where": self.where}
 
 
 def build_plan(grid: Grid, units: list[Unit]) -> list[Step]:
@@ -102,12 +101,11 @@ def unit_steps(grid: Grid, seed: int, cell: Cell, k: int) -> list[Step]:
     participants' generations and its row."""
     if not cell.members:
         return _lineage(grid, seed, cell, k, cell.key)
-    gen = Generation(seed, k, cell.key)
-    out = [Step(seed, "pool", POPULATION, gen, cell.key)] if k else []
+    gen, (pool, row) = Generation(seed, k, cell.key), POPULATION_STEPS
+    out = [Step(seed, pool, POPULATION, gen, cell.key)] if k else []
     for member in cell.members:
         out += _lineage(grid, seed, member, k, cell.key)
-    return out + [Step(seed, kind, POPULATION, gen, cell.key)
-                  for kind in POPULATION_STEPS[1:]]
+    return out + [Step(seed, row, POPULATION, gen, cell.key)]
 
 
 def _lineage(grid: Grid, seed: int, cell: Cell, k: int, unit: str) -> list[Step]:

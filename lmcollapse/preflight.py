@@ -51,7 +51,7 @@ from lmcollapse.models import (
     model_config,
     wrap_tokenizer,
 )
-from lmcollapse.plan import build_plan
+from lmcollapse.plan import Step, build_plan
 from lmcollapse.policies import reserve_needed
 from lmcollapse.population import population_size
 from lmcollapse.prepared import Setup
@@ -259,17 +259,21 @@ def _no_model() -> Any:
 
 def prepare(cfg: ExperimentConfig, acc: Accelerator, layout: RunLayout, grid: Grid,
             units: list[tuple[int, str]] | None = None, selection: str = "all cells",
-            claim: bool = True, invocation: dict[str, Any] | None = None) -> Setup:
+            claim: bool = True, invocation: dict[str, Any] | None = None,
+            plan: list[Step] | None = None) -> Setup:
     """Check everything that can fail (the disk this job's ``units`` need included), then
     claim the run directory: the locks of this job's units (a cell another live job runs
     is refused), then experiment.json. Any failure before the claim is a ConfigError (exit
     code 2): a data file that cannot be read, a model that cannot be loaded, a folder in
     the way, a disk too small, a cell in use. ``claim=False`` (a worker process of
     :mod:`lmcollapse.parallel`, whose parent claimed the run) stops before the claim;
-    ``invocation`` adds keys to this invocation's record in experiment.json."""
+    ``invocation`` adds keys to this invocation's record in experiment.json; ``plan``: the
+    steps of ``units`` (lmcollapse.plan; built from them when not given), which the disk
+    estimate reads."""
     units = units or grid.units()
+    plan = build_plan(grid, units) if plan is None else plan
     try:
-        return _prepare(cfg, acc, layout, grid, units, selection, claim, invocation or {})
+        return _prepare(cfg, acc, layout, grid, units, plan, selection, claim, invocation or {})
     except ConfigError:
         raise
     except Exception as err:  # noqa: BLE001  (anything else at set-up is bad input too)
@@ -291,7 +295,7 @@ def _check_output_dir(layout: RunLayout) -> None:
 
 
 def _prepare(cfg: ExperimentConfig, acc: Accelerator, layout: RunLayout, whole: Grid,
-             units: list[tuple[int, str]], selection: str, claim: bool,
+             units: list[tuple[int, str]], plan: list[Step], selection: str, claim: bool,
              invocation: dict[str, Any]) -> Setup:
     grid = whole.cells
     _check_output_dir(layout)
@@ -345,7 +349,7 @@ def _prepare(cfg: ExperimentConfig, acc: Accelerator, layout: RunLayout, whole: 
     if not claim:
         return setup
     if acc.is_main_process:
-        check_disk(estimate(whole, build_plan(whole, units), arch, len(human.train),
+        check_disk(estimate(whole, plan, arch, len(human.train),
                             getattr(arch, "hidden_size", None)), layout.root)
     locks = {layout.cell_lock(seed, key): f"seed {seed}, cell {key}" for seed, key in units}
     # nothing was written so far; from here on the run directory is ours
