@@ -451,7 +451,7 @@ def loop_breakdown(grid: Grid) -> dict[str, Any]:
     for seed in cfg.seeds:
         for cell in grid.lineages.values():  # a population: its participants' generations
             for k in range(1, cfg.generations + 1):
-                d = layout.gen_dir(Generation(seed, k, cell.key, cell.zero_group))
+                d = layout.gen_dir(Generation(seed, k, cell.key, cell.founder))
                 marks = {step: files.read_json(layout.marker(d, step)) for step in STEPS}
                 wall = (dt.datetime.fromisoformat(marks["measure"]["finished"])
                         - dt.datetime.fromisoformat(marks["train"]["started"])).total_seconds()

@@ -1,10 +1,11 @@
 """The cells of an experiment: every (grid point, policy), each with its own resolved and
-validated config, and a population's participants as cells of their own.
+validated config, and the participants of a unit (a population's) as cells of their own.
 
 :func:`cells` expands a config once; :class:`lmcollapse.grid.Grid` holds the result for
 everyone who runs, selects or forecasts them (the config layer expands it once more at load,
 so that a bad grid point is refused before any work). Errors name the grid axis and value
-(``grid[0].values[2]``) or the participant.
+(``grid[0].values[2]``) or the participant. A cell's participants come from the unit kind
+its policy declares (:mod:`lmcollapse.units`), asked through the registry.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 
 from lmcollapse.checks import safe_name
 from lmcollapse.errors import ConfigError
+from lmcollapse.registry import unit_kind
 from lmcollapse.settings import (
     NOT_SWEEPABLE,
     RUN_WIDE,
@@ -41,21 +43,23 @@ class Cell:
     policy: PolicySpec
     cfg: ExperimentConfig
     axes: dict[str, Any]
-    #: which generation-0 model the cell starts from: "" for the seed's shared one, else
-    #: the values of the axes that change how generation 0 is trained
-    zero_group: str = ""
-    #: a population (a policy with ``participants``): one cell per participant, each with
-    #: its own resolved config, keyed ``<population>.<participant>`` (the population's
-    #: key is this cell's)
-    members: list[Cell] = field(default_factory=list)
-    #: a member: its population's key (else "")
-    population: str = ""
-    #: a member: its participant's ``seed_offset`` (!= 0: initial weights and a
-    #: generation-0 model of its own, drawn as if from another seed)
+    #: its founder: the generation-0 model it descends from ("" for the seed's shared one,
+    #: else the values of the axes that change how generation 0 is trained)
+    founder: str = ""
+    #: the kind of unit it runs as (:mod:`lmcollapse.units`: the name its policy declares;
+    #: a participant is a lineage)
+    kind: str = ""
+    #: the cells that train in this unit in place of it (a population's participants: one
+    #: each, with its own resolved config, keyed ``<unit>.<participant>``); none: a lineage
+    participants: list[Cell] = field(default_factory=list)
+    #: a participant: the key of the unit it runs in (else "")
+    unit: str = ""
+    #: a participant: its ``seed_offset`` (!= 0: initial weights and a generation-0 model of
+    #: its own, drawn as if from another seed)
     seed_offset: int = 0
 
 
-def zero_signature(cfg: ExperimentConfig) -> str:
+def founder_signature(cfg: ExperimentConfig) -> str:
     """What decides generation 0's model: the training settings and whether the model
     starts from random weights (``model.init: scratch``); decoding does not (it decides
     corpus 0, not model 0)."""
@@ -65,7 +69,8 @@ def zero_signature(cfg: ExperimentConfig) -> str:
                       sort_keys=True)
 
 
-def _short(value: Any) -> str:
+def short(value: Any) -> str:
+    """A grid value as a cell key shows it."""
     text = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
     return re.sub(r"[^A-Za-z0-9_.=+-]+", "", text.replace(":", "-")) or "x"
 
@@ -88,9 +93,9 @@ def cells(cfg: ExperimentConfig) -> list[Cell]:
             key = cfg.grid[i].key
             if key.startswith("policy."):
                 for entry in data["policies"]:
-                    _set(entry, key.split(".")[1:], value)
+                    set_key(entry, key.split(".")[1:], value)
             else:
-                _set(data, key.split("."), value)
+                set_key(data, key.split("."), value)
         where = ", ".join(f"grid[{i}].values[{j}] ({cfg.grid[i].key}={v!r})"
                           for i, j, v in point)
         try:
@@ -99,18 +104,17 @@ def cells(cfg: ExperimentConfig) -> list[Cell]:
         except ConfigError as err:
             raise ConfigError(f"{where}: {err}") from None
         axes = {cfg.grid[i].key: v for i, _, v in point}
-        suffix = ",".join(f"{cfg.grid[i].label}={_short(v)}" for i, _, v in point)
-        group = "" if zero_signature(resolved) == zero_signature(cfg) else ",".join(
-            f"{cfg.grid[i].label}={_short(v)}" for i, _, v in point
+        suffix = ",".join(f"{cfg.grid[i].label}={short(v)}" for i, _, v in point)
+        founder = "" if founder_signature(resolved) == founder_signature(cfg) else ",".join(
+            f"{cfg.grid[i].label}={short(v)}" for i, _, v in point
             if cfg.grid[i].key.startswith(("train.", "model.")))
         for i, spec in enumerate(resolved.policies):
             key = f"{spec.key}@{suffix}" if suffix else spec.key
-            cell = Cell(key, spec, resolved, axes, group)
-            if hasattr(spec.settings, "participants"):
-                cell.members = [_member(cell, data, i, j, suffix, where)
-                                for j in range(len(spec.participants))]
+            kind = unit_kind(spec.name)
+            cell = Cell(key, spec, resolved, axes, founder, kind.name)
+            cell.participants = kind.participants(cell, data, i, suffix, where)
             out.append(cell)
-    keys = [c.key for c in out] + [m.key for c in out for m in c.members]
+    keys = [c.key for c in out] + [m.key for c in out for m in c.participants]
     for cell in out:
         safe_name(cell.key, f"grid: the cell name {cell.key!r} (policy label @ axis name=value)",
                   derived=True)
@@ -118,41 +122,6 @@ def cells(cfg: ExperimentConfig) -> list[Cell]:
         raise ConfigError(f"grid: two cells would share a name ({keys}); give the axes "
                           "distinct values or `name`s")
     return out
-
-
-def _member(population: Cell, data: dict[str, Any], i: int, j: int, suffix: str,
-            where: str) -> Cell:
-    """Participant ``j`` of the population ``population`` (policy entry ``i`` at one grid
-    point, whose plain data is ``data``): the shared config with the participant's own
-    settings, and the generation-0 model it starts from."""
-    spec = population.policy
-    p = spec.participants[j]
-    at = f"policies[{i}].participants[{j}]"
-    member = copy.deepcopy(data)
-    sized = sorted(k for k in p.overrides() if k.startswith("model.scratch."))
-    if sized and population.cfg.model.source != "scratch":
-        raise ConfigError(f"{at}.{sized[0]}: only a model built from scratch (model.source: "
-                          f"scratch) takes a size of its own; this one is "
-                          f"{population.cfg.model.source}")
-    for key, value in p.overrides().items():
-        _set(member, key.split("."), value, at)
-    entry = {**plain(spec), "label": f"{spec.key}.{p.label}", "curate": {
-        **plain(spec.curate), **p.curate}}
-    member["policies"] = [entry]
-    try:
-        resolved = build(ExperimentConfig, member)
-        validate(resolved)
-    except ConfigError as err:
-        raise ConfigError(f"{where + ': ' if where else ''}{at}: {err}") from None
-    parts = [population.zero_group] if population.zero_group else []
-    if zero_signature(resolved) != zero_signature(population.cfg):
-        parts += [f"{k.rsplit('.', 1)[-1]}={_short(v)}" for k, v in sorted(
-            p.overrides().items()) if k.startswith(("train.", "model."))]
-    if p.seed_offset:
-        parts.append(f"seed{p.seed_offset:+d}")
-    key = f"{spec.key}.{p.label}" + (f"@{suffix}" if suffix else "")
-    return Cell(key, resolved.policies[0], resolved, population.axes, ",".join(parts),
-                population=population.key, seed_offset=p.seed_offset)
 
 
 def _check_axis(axis: GridAxis, i: int) -> None:
@@ -172,7 +141,9 @@ def _check_axis(axis: GridAxis, i: int) -> None:
         raise ConfigError(f"{where}.values: give distinct values, got {axis.values!r}")
 
 
-def _set(node: dict[str, Any], parts: list[str], value: Any, where: str = "grid") -> None:
+def set_key(node: dict[str, Any], parts: list[str], value: Any, where: str = "grid") -> None:
+    """Set the dotted key ``parts`` of plain config data ``node`` (refused, naming
+    ``where``, where a part is not a mapping)."""
     for part in parts[:-1]:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):

@@ -153,9 +153,9 @@ def run_main(argv: list[str] | None = None) -> int:
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         return 0
     if args.command == "cells":
-        print("\n".join(f"seed {seed}\t{key}" + (  # a population: its participants run in it
-            f"\t({', '.join(m.key for m in grid.cells[key].members)})"
-            if grid.cells[key].members else "") for seed, key in units))
+        print("\n".join(f"seed {seed}\t{key}" + (  # a unit's participants run in it
+            f"\t({', '.join(m.key for m in grid.cells[key].participants)})"
+            if grid.cells[key].participants else "") for seed, key in units))
         return 0
     if args.command == "plan":
         print(_plan_table(build_plan(grid, units)))

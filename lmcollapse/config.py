@@ -69,9 +69,9 @@ def _check_reserve_used(cfg: ExperimentConfig, grid: list[Cell]) -> None:
     if cfg.data.fresh_reserve and not any(uses_reserve(c.policy, cfg.generations)
                                           for c in grid):
         raise ConfigError(f"data.fresh_reserve: {cfg.data.fresh_reserve} holds back training "
-                          "records that no policy would use (fresh with pool: reserve and "
-                          "internet with human_source: reserve draw from it); remove it or "
-                          "give a fresh policy pool: reserve")
+                          "records that no policy would use (a policy with human_source: "
+                          "reserve draws from it); remove it or set human_source: reserve on a "
+                          "policy that takes it")
 
 
 def config_diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:

@@ -113,8 +113,9 @@ class Generation:
     #: the key of its cell (a policy label, plus grid values in a grid); None: the shared
     #: generation 0
     cell_key: str | None = None
-    #: which shared generation 0 the cell starts from ("" unless a grid changes training)
-    group: str = ""
+    #: its founder: the generation-0 model the cell descends from ("": the seed's shared
+    #: one; else the training setting's, named by the values that change training)
+    founder: str = ""
 
     def __post_init__(self) -> None:
         if self.k > 0 and self.cell_key is None:
@@ -125,24 +126,24 @@ class Generation:
         """The cell key, or ``shared`` for the shared generation 0 (in derived seeds)."""
         if self.cell_key is not None:
             return self.cell_key
-        return f"{SHARED}@{self.group}" if self.group else SHARED
+        return f"{SHARED}@{self.founder}" if self.founder else SHARED
 
     @property
-    def shared_zero(self) -> Generation:
+    def founder_generation(self) -> Generation:
         """The shared generation 0 whose model the cell starts from."""
-        return Generation(self.seed, 0, None, self.group)
+        return Generation(self.seed, 0, None, self.founder)
 
     @property
     def previous(self) -> Generation:
         """The generation whose model generation k continues from: k-1 of the same cell,
         the shared generation 0 for k = 1."""
         if self.k > 1:
-            return Generation(self.seed, self.k - 1, self.cell_key, self.group)
-        return self.shared_zero
+            return Generation(self.seed, self.k - 1, self.cell_key, self.founder)
+        return self.founder_generation
 
     def __str__(self) -> str:
         policy = self.cell_key if self.cell_key is not None else (
-            f"all at {self.group} (shared)" if self.group else "all (shared)")
+            f"all at {self.founder} (shared)" if self.founder else "all (shared)")
         own = " (own corpus)" if self.k == 0 and self.cell_key is not None else ""
         return f"seed {self.seed}, policy {policy}, generation {self.k}{own}"
 
@@ -198,10 +199,10 @@ class RunLayout:
     def seed_dir(self, seed: int) -> Path:
         return self.root / f"seed_{seed}"
 
-    def scratch_base(self, seed: int, group: str = "") -> Path:
-        """A scratch model's initial weights for ``seed`` (``base@<group>``: of a training
+    def scratch_base(self, seed: int, founder: str = "") -> Path:
+        """A scratch model's initial weights for ``seed`` (``base@<founder>``: of a training
         setting that builds another size)."""
-        return _component(self.seed_dir(seed), "base@" + group) if group else \
+        return _component(self.seed_dir(seed), "base@" + founder) if founder else \
             self.seed_dir(seed) / "base"
 
     def human(self, seed: int) -> Path:
@@ -210,16 +211,16 @@ class RunLayout:
     def gen_dir(self, gen: Generation) -> Path:
         if gen.cell_key is None:
             return _component(self.seed_dir(gen.seed), gen_name(0) + (
-                f"@{gen.group}" if gen.group else ""))
+                f"@{gen.founder}" if gen.founder else ""))
         return _component(self.seed_dir(gen.seed), gen.cell_key) / gen_name(gen.k)
 
     def model_dir(self, gen: Generation) -> Path:
         """Where generation ``gen``'s weights are (generation 0: the shared model)."""
-        return self.gen_dir(gen if gen.k > 0 else gen.shared_zero) / MODEL
+        return self.gen_dir(gen if gen.k > 0 else gen.founder_generation) / MODEL
 
     def adapter_dir(self, gen: Generation) -> Path:
         """(LoRA) generation ``gen``'s adapter (generation 0: the shared model's)."""
-        return self.gen_dir(gen if gen.k > 0 else gen.shared_zero) / ADAPTER
+        return self.gen_dir(gen if gen.k > 0 else gen.founder_generation) / ADAPTER
 
     def row_dir(self, seed: int, policy: str | None, generation: int | None) -> Path:
         """The directory of one row of the results: generation None is the human row,

@@ -8,8 +8,9 @@ Read it in the order of the data flow (docs/design.md)::
 
 :class:`CollapseLoop` takes the steps of its plan (:mod:`lmcollapse.plan`, where their
 order is written): generation 0 of each seed (human data only, shared by every cell), the
-human reference row, then generations 1..N of every cell, each three steps (``train``,
-``generate``, ``measure``; a population adds its ``pool`` and row). A step is finished when
+human reference row, then generations 1..N of every unit, each as its unit kind lists it
+(a lineage: ``train``, ``generate``, ``measure``; a population adds its ``pool`` and row,
+steps of its own that it takes itself, :mod:`lmcollapse.units`). A step is finished when
 its marker exists (:mod:`lmcollapse.layout`), and every file is written atomically, so
 re-running the same command continues at the first unfinished step and never redoes a
 finished one.
@@ -45,17 +46,18 @@ from lmcollapse.metrics.base import (
     scoring_precision,
     write_row,
 )
-from lmcollapse.plan import HUMAN, POPULATION, Step, build_plan
+from lmcollapse.plan import GENERATION, HUMAN, Step, build_plan
 from lmcollapse.policies import MixContext, make_policy
-from lmcollapse.population import POOL_COLUMNS, Host, Population
 from lmcollapse.preflight import make_accelerator, metric_context, prepare, start_trackers
 from lmcollapse.prepared import Setup
+from lmcollapse.registry import UNIT_KINDS
 from lmcollapse.sampling import derive_seed
 from lmcollapse.scorers.base import ScoreContext, make_scorer
 from lmcollapse.settings import CurationConfig, ExperimentConfig
 from lmcollapse.shards import Selection, Unit
 from lmcollapse.steps import Steps, waiting_lock
 from lmcollapse.train import train_generation
+from lmcollapse.units import Host, UnitKind
 from lmcollapse.weights import Weights
 
 log = logging.getLogger(__name__)
@@ -93,8 +95,8 @@ class CollapseLoop:
         self.steps: Steps | None = None
         #: which weights a generation starts from and where they go (made by prepare)
         self.weights: Weights | None = None
-        #: the pools and rows of the populations (made by prepare)
-        self.population: Population | None = None
+        #: every unit kind, by name, taking its own steps (made by prepare)
+        self.kinds: dict[str, UnitKind] = {}
         #: corpora of the current seed, by generation directory
         self._corpora: dict[Path, list[Sample]] = {}
         self._corpora_seed: int | None = None
@@ -113,9 +115,9 @@ class CollapseLoop:
         self.setup = prepare(self.cfg, self.acc, self.layout, self.grid, self.units,
                              self.selection.describe(), claim, self.invocation, self.plan)
         self.weights = Weights(self.grid, self.acc, self.layout, self.setup)
-        self.population = Population(Host(
-            self.grid, self.layout, self.setup, self.acc.is_main_process,
-            lambda *step: self.steps.run(*step), self.corpus, self.context))
+        host = Host(self.grid, self.layout, self.setup, self.acc.is_main_process,
+                    lambda *step: self.steps.run(*step), self.corpus, self.context)
+        self.kinds = {name: kind(host) for name, kind in UNIT_KINDS.items()}
         return self.setup
 
     # --- the cells ----------------------------------------------------------------------
@@ -166,7 +168,7 @@ class CollapseLoop:
             steps = list(group)
             with waiting_lock(self.acc, self.layout.seed_lock(seed),
                               f"seed {seed}, generation 0 and the human row"):
-                self.weights.ensure_base(seed, [s.gen.group for s in steps
+                self.weights.ensure_base(seed, [s.gen.founder for s in steps
                                                 if s.kind == "train"])
                 for step in steps:
                     self.take(step)
@@ -174,8 +176,8 @@ class CollapseLoop:
     def take(self, step: Step) -> None:
         """One step: its work, unless its marker says it is done."""
         d = step.directory(self.layout)
-        if step.target == POPULATION:
-            self.population.take(step, self.grid.cells[step.unit], d)
+        if step.target not in (GENERATION, HUMAN):  # a unit kind's own step
+            self.kinds[step.target].take(step, self.grid.cells[step.unit], d)
             return
         work = {"train": self.train, "generate": self.generate, "measure": self.measure}
         fn = (lambda: self.measure_human(step.seed)) if step.target == HUMAN else (
@@ -192,10 +194,10 @@ class CollapseLoop:
         human, cell = self.setup.human.train, self.grid.lineages.get(gen.cell_key)
         if gen.k == 0:
             return list(human)
-        pool = self.population.pool(gen.seed, cell.population, gen.k) if cell.population \
-            else None  # a participant crawls its population's pool, not its own lineage
+        unit = self.grid.unit_of(cell)  # a unit's shared pool, if it has one, is crawled in
+        pool = self.kinds[unit.kind].pool(gen.seed, unit, gen.k)  # place of its own corpora
         corpora = {j: self.corpus(self.layout.gen_dir(
-            Generation(gen.seed, j, gen.cell_key) if j else self.grid.zero_of(gen)))
+            Generation(gen.seed, j, gen.cell_key) if j else self.grid.generation0(gen)))
             for j in range(gen.k if pool is None else 0)}
         corpora = _perfect(corpora, human, self.grid.settings(gen), cell.policy.continuations)
         rng = np.random.default_rng(derive_seed(gen.seed, gen.cell_key, gen.k, "mix"))
@@ -210,8 +212,8 @@ class CollapseLoop:
     def train(self, gen: Generation, d: Path) -> None:
         set_seed(derive_seed(gen.seed, gen.tag, gen.k, "train"))
         mix = self.mix(gen)
-        if self.acc.is_main_process:  # a crawl also says who wrote each block, and when
-            files.write_rows(d / MIX, mix, POOL_COLUMNS if "writer" in mix[0] else PROVENANCE)
+        if self.acc.is_main_process:  # (a crawl also says who wrote each block, and when)
+            files.write_rows(d / MIX, mix, self.kinds[self.grid.kind_of(gen)].mix_columns if gen.k else PROVENANCE)
         tcfg = self.grid.train_settings(gen)
         start = self.weights.starting(gen)
         with self.steps.work():
@@ -241,7 +243,7 @@ class CollapseLoop:
         """One continuation of every prompt by generation ``gen``'s model. Draw 0 uses the
         seed an uncurated cell uses (the shared one at generation 0), so a curating cell's
         first candidates are exactly the uncurated corpus."""
-        tag = gen.tag if gen.k > 0 else gen.shared_zero.tag
+        tag = gen.tag if gen.k > 0 else gen.founder_generation.tag
         seed = (derive_seed(gen.seed, tag, gen.k, "generate") if draw == 0
                 else derive_seed(gen.seed, gen.tag, gen.k, "generate", draw))
         model = self.weights.load(gen)
@@ -277,11 +279,11 @@ class CollapseLoop:
                             prompts=self.setup.human.train,
                             prompt_tokens=self.grid.settings(gen).generate.prompt_tokens,
                             generator=lambda: self.weights.load(gen),
-                            reference_model=lambda: self.weights.reference(gen.seed, gen.group),
+                            reference_model=lambda: self.weights.reference(gen.seed, gen.founder),
                             truth=self.setup.truth)
 
     def measure(self, gen: Generation, d: Path) -> None:
-        ctx = self.context(gen.seed, d, gen.group, generation=gen.k, model=self.weights.load(gen),
+        ctx = self.context(gen.seed, d, gen.founder, generation=gen.k, model=self.weights.load(gen),
                            corpus=self.corpus(d))
         self._row(d, gen.seed, gen.cell_key, gen.k, lambda m: m.compute(ctx))
         self.weights.forget()  # the next step trains a new one
@@ -306,10 +308,10 @@ class CollapseLoop:
             self._corpora[d] = _as_arrays(files.read_rows(d / CORPUS))
         return self._corpora[d]
 
-    def context(self, seed: int, out_dir: Path, group: str, **row: Any) -> MeasureContext:
+    def context(self, seed: int, out_dir: Path, founder: str, **row: Any) -> MeasureContext:
         return metric_context(self.setup, self.cfg, self.acc, self.layout.seed_dir(seed),
-                              out_dir, lambda: self.weights.reference(seed, group),
-                              reference_group=group, seed=seed, **row)
+                              out_dir, lambda: self.weights.reference(seed, founder),
+                              reference_founder=founder, seed=seed, **row)
 
 
 def _new_run(cfg: ExperimentConfig, selection: Selection) -> ExperimentConfig:

@@ -10,16 +10,18 @@ plan), and ``lmcollapse plan --config ...`` prints it without running anything. 
    one that builds it): generation 0 of the seed (``train``, ``generate``, ``measure``),
    the generation-0 model of every other training setting the job's cells (or their
    participants) use (``train`` only), and the human reference row (``measure``);
-2. then generations outermost (k = 0..N), and within a generation each unit of the job by
-   its kind:
+2. then generations outermost (k = 0..N), and within a generation each unit of the job in
+   job order, its generation k as its kind lists it (:meth:`UnitKind.steps
+   <lmcollapse.units.base.UnitKind.steps>`, found by the name the cell's policy declares):
 
-   - a **lineage** (a cell): its generation k (``train`` for k >= 1, ``generate``,
-     ``measure``); at k = 0 only when the cell writes a corpus 0 of its own;
-   - a **population** (a cell with participants): its ``pool`` (k >= 1), each participant's
-     generation k as a lineage's, then the population's row (``measure``).
+   - a **lineage** (:mod:`lmcollapse.units.lineage`): its generation k (``train`` for
+     k >= 1, ``generate``, ``measure``; :func:`lineage_steps`); at k = 0 only when the cell
+     writes a corpus 0 of its own;
+   - a **population** (:mod:`lmcollapse.units.population`): its ``pool`` (k >= 1), each
+     participant's generation k as a lineage's, then the population's row (``measure``).
 
 A step's marker (``<kind>.done``) lives in its directory: the generation's, the seed's
-``human`` folder, or the population's ``gen_k``.
+``human`` folder, or the unit's own ``gen_k`` (a population's).
 """
 
 from __future__ import annotations
@@ -29,12 +31,13 @@ from pathlib import Path
 
 from lmcollapse.cells import Cell
 from lmcollapse.grid import Grid
-from lmcollapse.layout import POPULATION_STEPS, STEPS, Generation, RunLayout
+from lmcollapse.layout import STEPS, Generation, RunLayout
+from lmcollapse.registry import UNIT_KINDS
 from lmcollapse.shards import Unit
 
-#: what a step acts on: a generation of a lineage (or of the shared part), the seed's human
-#: reference row, or a population (its pool and row)
-GENERATION, HUMAN, POPULATION = "generation", "human", "population"
+#: what a step acts on: a generation of a lineage (or of the shared part) or the seed's
+#: human reference row; any other target is the name of the unit kind whose own step it is
+GENERATION, HUMAN = "generation", "human"
 
 
 @dataclass(frozen=True)
@@ -44,9 +47,9 @@ class Step:
     seed: int
     #: ``train``, ``generate``, ``measure`` (:data:`~lmcollapse.layout.STEPS`) or ``pool``
     kind: str
-    #: :data:`GENERATION`, :data:`HUMAN` or :data:`POPULATION`
+    #: :data:`GENERATION`, :data:`HUMAN`, or a unit kind's name (a step of its own)
     target: str
-    #: the generation (a population's: ``Generation(seed, k, population)``); None: human row
+    #: the generation (a unit's own: ``Generation(seed, k, unit key)``); None: human row
     gen: Generation | None
     #: the key of the unit (cell) the step belongs to; None: the seed's shared part
     unit: str | None
@@ -56,10 +59,9 @@ class Step:
         """The step's place, as the progress bar and an error name it."""
         if self.target == HUMAN:
             return f"seed {self.seed}, human reference"
-        if self.target == POPULATION:
-            return (f"seed {self.seed}, population {self.gen.cell_key}, "
-                    + (f"pool {self.gen.k}" if self.kind == "pool" else
-                       f"generation {self.gen.k}"))
+        if self.target != GENERATION:  # a unit's own step: its row, or another kind of step
+            return (f"seed {self.seed}, {self.target} {self.gen.cell_key}, "
+                    + ("generation" if self.kind == "measure" else self.kind) + f" {self.gen.k}")
         return str(self.gen)
 
     def directory(self, layout: RunLayout) -> Path:
@@ -89,30 +91,23 @@ def shared_part(grid: Grid, seed: int, cells: list[Cell]) -> list[Step]:
     """The seed's generation-0 models (the shared one writes and measures corpus 0; another
     training setting's is only trained) and the human reference row."""
     out = []
-    for group in grid.zero_groups(cells):
-        gen = Generation(seed, 0, None, group)
-        kinds = STEPS if not group else STEPS[:1]
+    for founder in grid.founders(cells):
+        gen = Generation(seed, 0, None, founder)
+        kinds = STEPS if not founder else STEPS[:1]
         out += [Step(seed, kind, GENERATION, gen, None) for kind in kinds]
     return out + [Step(seed, "measure", HUMAN, None, None)]
 
 
 def unit_steps(grid: Grid, seed: int, cell: Cell, k: int) -> list[Step]:
-    """Generation ``k`` of one unit: a lineage's generation, or a population's pool, its
-    participants' generations and its row."""
-    if not cell.members:
-        return _lineage(grid, seed, cell, k, cell.key)
-    gen, (pool, row) = Generation(seed, k, cell.key), POPULATION_STEPS
-    out = [Step(seed, pool, POPULATION, gen, cell.key)] if k else []
-    for member in cell.members:
-        out += _lineage(grid, seed, member, k, cell.key)
-    return out + [Step(seed, row, POPULATION, gen, cell.key)]
+    """Generation ``k`` of one unit, as its kind lists it."""
+    return UNIT_KINDS.get(cell.kind).steps(grid, seed, cell, k)
 
 
-def _lineage(grid: Grid, seed: int, cell: Cell, k: int, unit: str) -> list[Step]:
-    """Generation k of one lineage (a cell, or a population's participant): train on the
-    mix (k >= 1), write corpus k, measure; at k = 0 only a cell with a corpus 0 of its own
-    (its model is the shared one)."""
-    if not k and not grid.own_zero(cell):
+def lineage_steps(grid: Grid, seed: int, cell: Cell, k: int, unit: str) -> list[Step]:
+    """Generation k of one lineage (a cell, or a participant of the unit ``unit``): train on
+    the mix (k >= 1), write corpus k, measure; at k = 0 only a cell with a corpus 0 of its
+    own (its model is the shared one)."""
+    if not k and not grid.own_corpus0(cell):
         return []
-    gen = Generation(seed, k, cell.key, cell.zero_group)
+    gen = Generation(seed, k, cell.key, cell.founder)
     return [Step(seed, kind, GENERATION, gen, unit) for kind in (STEPS if k else STEPS[1:])]

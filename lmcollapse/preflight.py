@@ -53,9 +53,8 @@ from lmcollapse.models import (
 )
 from lmcollapse.plan import Step, build_plan
 from lmcollapse.policies import reserve_needed
-from lmcollapse.population import population_size
 from lmcollapse.prepared import Setup
-from lmcollapse.registry import METRICS, POLICIES
+from lmcollapse.registry import METRICS, POLICIES, UNIT_KINDS
 from lmcollapse.scorers.base import ScoreContext, make_scorer
 from lmcollapse.settings import ExperimentConfig, build, plain
 
@@ -219,7 +218,7 @@ def _shared_tokenizer(cfg: ExperimentConfig, acc: Accelerator, layout: RunLayout
 
 def check_reserve(cfg: ExperimentConfig, grid: dict[str, Cell], n: int, reserve: int) -> None:
     """Each cell's settings against the human pool in blocks (``Policy.check_blocks``), and
-    every cell drawing from the reserve (``fresh`` with ``pool: reserve``: ``generations``
+    every cell drawing from the reserve (``human_source: reserve``: ``generations``
     disjoint shards of round(r*N) blocks; ``internet`` with ``human_source: reserve``: the
     human part of every new batch) must find enough in it; refuse a reserve too small
     before any work."""
@@ -227,7 +226,7 @@ def check_reserve(cfg: ExperimentConfig, grid: dict[str, Cell], n: int, reserve:
     for cell in grid.values():
         POLICIES.get(cell.policy.name).check_blocks(
             cell.policy.settings, f"policies[{labels.index(cell.policy.key)}]", n,
-            cfg.generations, max(2, *(m.cfg.train.batch_size for m in cell.members or [cell])))
+            cfg.generations, max(2, *(m.cfg.train.batch_size for m in cell.participants or [cell])))
         need = reserve_needed(cell.policy, n, cfg.generations)
         if need > reserve:
             share = cfg.data.fresh_reserve
@@ -281,9 +280,9 @@ def prepare(cfg: ExperimentConfig, acc: Accelerator, layout: RunLayout, grid: Gr
                           f"{str(err)[:500]}") from err
 
 
-def grid_members(grid: dict[str, Cell]) -> list[Cell]:
+def grid_lineages(grid: dict[str, Cell]) -> list[Cell]:
     """Every cell that trains: the cells, a population's participants in its place."""
-    return [m for c in grid.values() for m in (c.members or [c])]
+    return [m for c in grid.values() for m in (c.participants or [c])]
 
 
 def _check_output_dir(layout: RunLayout) -> None:
@@ -312,7 +311,7 @@ def _prepare(cfg: ExperimentConfig, acc: Accelerator, layout: RunLayout, whole: 
     arch = model_config(cfg.model, tokenizer)
     if cfg.model.source == "scratch":  # built from its config alone: can it run?
         check_architecture(arch)
-        for m in (m for c in grid.values() for m in c.members):  # a participant's own size
+        for m in (m for c in grid.values() for m in c.participants):  # a participant's size
             if plain(m.cfg.model.scratch) != plain(cfg.model.scratch):
                 check_architecture(model_config(m.cfg.model, tokenizer),
                                    f"{m.key}: model.scratch")
@@ -324,22 +323,23 @@ def _prepare(cfg: ExperimentConfig, acc: Accelerator, layout: RunLayout, whole: 
             c.cfg.train.lora.enabled for c in grid.values()):
         raise ConfigError("train.lora: LoRA is not run under FSDP (its few trainable weights "
                           "need no sharding); launch with configs/accelerate/multi_gpu.yaml")
-    packed = [m.key for m in grid_members(grid) if m.cfg.train.pack]
+    packed = [m.key for m in grid_lineages(grid) if m.cfg.train.pack]
     if packed and tokenizer.eos_token_id is None:
         raise ConfigError(f"train.pack (cell {packed[0]}): packing separates rows with the "
                           "tokenizer's end-of-text token, and this tokenizer has none; set "
                           "train.pack: false")
     for i, spec in enumerate(cfg.policies):
-        wants = [k for k in ("pool", "human_source") if getattr(spec.settings, k, "") == "source"]
-        if wants and setup.fresh is None:
-            raise ConfigError(f"policies[{i}].{wants[0]}: 'source' needs a data source that writes "
-                              f"new text (data.source: synthetic); {cfg.data.source!r} cannot")
+        if getattr(spec.settings, "human_source", "") == "source" and setup.fresh is None:
+            raise ConfigError(f"policies[{i}].human_source: 'source' needs a data source that "
+                              f"writes new text (data.source: synthetic); {cfg.data.source!r} "
+                              "cannot")
     ctx = metric_context(setup, cfg, acc, layout.root, layout.root, _no_model)
     for metric in metrics:
         metric.preflight(ctx)
     labels = [p.key for p in cfg.policies]
-    for cell in (c for c in grid.values() if c.members):  # a population's own row
-        population_size(cell, ctx, f"policies[{labels.index(cell.policy.key)}].sample_size")
+    for cell in grid.values():  # what each unit kind checks once the data is known
+        where = f"policies[{labels.index(cell.policy.key)}]"
+        UNIT_KINDS.get(cell.kind).preflight(cell, ctx, where)
     scoring = ScoreContext(accelerator=acc, tokenizer=tokenizer, prompts=human.train,
                            prompt_tokens=cfg.generate.prompt_tokens, generator=_no_model,
                            reference_model=_no_model, truth=setup.truth)
@@ -468,10 +468,10 @@ def write_provenance(cfg: ExperimentConfig, acc: Accelerator, layout: RunLayout,
                         record.get(key))
     truth = source.truth()
     record.update(config=cfg.to_dict(), seeds=cfg.seeds, policies=[c.key for c in grid],
-                  populations={c.key: [m.key for m in c.members] for c in grid
-                               if c.members},
+                  populations={c.key: [m.key for m in c.participants] for c in grid
+                               if c.participants},
                   cells={c.key: {"policy": c.policy.key, "axes": c.axes,
-                                 "zero_group": c.zero_group} for c in grid},
+                                 "founder": c.founder} for c in grid},
                   data=source.describe(), source=truth.describe() if truth is not None else None)
     if sizes is not None:  # the human data in blocks (the reserve: data.fresh_reserve)
         record["sizes"] = sizes

@@ -48,7 +48,7 @@ from lmcollapse.grid import Grid
 from lmcollapse.layout import MARKER_SUFFIX, METRICS, TRAIN_LOG, RunLayout
 from lmcollapse.loop import CollapseLoop
 from lmcollapse.parallel import Failure, make_plan, run_parallel, set_threads
-from lmcollapse.plan import POPULATION, Step, build_plan
+from lmcollapse.plan import GENERATION, HUMAN, Step, build_plan
 from lmcollapse.policies import MixContext, make_policy
 from lmcollapse.registry import POLICIES
 from lmcollapse.settings import ExperimentConfig
@@ -116,7 +116,7 @@ def mix_rows(cell: Cell, n: int, k: int, generations: int) -> int:
                      np.random.default_rng(0), generations, lambda count: [row] * count,
                      reserve=[row] * (n * generations),  # a participant's pool: ample batches
                      pool=[{**row, "batch": j} for j in range(k + 1) for _ in range(10 * n)]
-                     if cell.population else None)
+                     if cell.unit else None)  # a participant crawls its unit's pool
     return len(make_policy(cell.policy, shard_seed=0).build(ctx))
 
 
@@ -204,15 +204,15 @@ def forecast(grid: Grid, scfg: ExperimentConfig, smoke_dir: Path, plan: Any,
 
     def cost(step: Step) -> dict[str, float]:
         """A step of the full run, from its rehearsal counterpart (generation k >= 1: the
-        rehearsal's generation 1 of the cell, on the full run's mix and sizes); a
-        population's pool and row count as measuring."""
+        rehearsal's generation 1 of the cell, on the full run's mix and sizes); a unit
+        kind's own steps (a population's pool and row) count as measuring."""
         smoke = None if step.gen is None else dataclasses.replace(
             step.gen, seed=seed, k=min(step.gen.k, 1))
         d = layout.human(seed) if smoke is None else layout.gen_dir(smoke)
         marker = measured.get(f"{d.relative_to(smoke_dir)}/{step.kind}")
         if marker is None:
             return {}
-        if step.target == POPULATION:
+        if step.target not in (GENERATION, HUMAN):
             return {"measure": marker["elapsed_s"] * ratio["prompts"]}
         if step.kind == "train":
             k, cell = step.gen.k, grid.cell(step.gen.cell_key) if step.gen.cell_key else None

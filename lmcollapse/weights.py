@@ -62,49 +62,50 @@ class Weights:
 
     # --- where a generation starts --------------------------------------------------------
 
-    def arch(self, group: str = "") -> Any:
-        """The architecture of generation 0 of training setting ``group`` (a participant of
+    def arch(self, founder: str = "") -> Any:
+        """The architecture of generation 0 of training setting ``founder`` (a participant of
         a population may be built from scratch at a size of its own): the run's, or its."""
-        scratch = plain(self.grid.settings(Generation(0, 0, None, group)).model.scratch)
+        scratch = plain(self.grid.settings(Generation(0, 0, None, founder)).model.scratch)
         if self.cfg.model.source != "scratch" or scratch == plain(self.cfg.model.scratch):
             return self.setup.model_config
-        return model_config(self.grid.settings(Generation(0, 0, None, group)).model,
+        return model_config(self.grid.settings(Generation(0, 0, None, founder)).model,
                             self.setup.tokenizer)
 
-    def own_base(self, group: str) -> bool:
-        """Whether training setting ``group`` builds its scratch model from initial weights
+    def own_base(self, founder: str) -> bool:
+        """Whether training setting ``founder`` builds its scratch model from initial weights
         of its own: a participant of another size, or with a ``seed_offset`` (drawn from
-        the group's name, so as if from another seed)."""
-        return bool(group) and (self.arch(group) is not self.setup.model_config or any(
-            m.seed_offset for m in self.grid.lineages.values() if m.zero_group == group))
+        the founder's name, so as if from another seed)."""
+        return bool(founder) and (self.arch(founder) is not self.setup.model_config or any(
+            m.seed_offset for m in self.grid.lineages.values() if m.founder == founder))
 
-    def base_dir(self, seed: int, group: str = "") -> Path | None:
+    def base_dir(self, seed: int, founder: str = "") -> Path | None:
         """Where the run keeps the weights ``init: base`` starts from: a scratch model's
-        initial weights (of the training setting ``group`` when its size differs), or a
+        initial weights (of the training setting ``founder`` when its size differs), or a
         GGUF checkpoint dequantized once for all seeds; None for other pretrained models,
         loaded as named."""
         if self.cfg.model.source == "scratch":
-            return self.layout.scratch_base(seed, group if self.own_base(group) else "")
+            return self.layout.scratch_base(seed, founder if self.own_base(founder) else "")
         if self.cfg.model.gguf_file:
             return self.layout.base_model
         return None
 
-    def ensure_base(self, seed: int, groups: list[str] = ("",)) -> None:
+    def ensure_base(self, seed: int, founders: list[str] = ("",)) -> None:
         """Save the ``base`` weights once, on the main process, atomically (a resumed run
         reuses them): a scratch model's initial weights for ``seed`` (one per size the
-        training settings ``groups`` build), or the GGUF checkpoint as plain float32 weights
+        training settings ``founders`` build), or the GGUF checkpoint as plain float32 weights
         with its tokenizer, so every generation reloads ordinary weights and every saved
         model is serializable."""
         shared = self.cfg.model.source != "scratch"  # the GGUF copy serves every seed
-        for group in dict.fromkeys(g if self.own_base(g) else "" for g in groups):
-            base_dir = self.base_dir(seed, group)
+        for founder in dict.fromkeys(g if self.own_base(g) else "" for g in founders):
+            base_dir = self.base_dir(seed, founder)
             if base_dir is None:
                 return
             with (waiting_lock(self.acc, self.layout.base_lock, "the dequantized GGUF model")
                   if shared else contextlib.nullcontext()):
                 if self.acc.is_main_process and not (base_dir / SAVED_CONFIG).exists():
                     model = (load_pretrained(self.cfg.model) if shared else random_model(
-                        self.arch(group), derive_seed(seed, "base", *([group] if group else []))))
+                        self.arch(founder),
+                        derive_seed(seed, "base", *([founder] if founder else []))))
                     self.save(model, base_dir)
                 self.acc.wait_for_everyone()
 
@@ -113,12 +114,12 @@ class Weights:
         fresh random ones, or generation k-1's model (:meth:`trained`)."""
         init_seed = derive_seed(gen.seed, gen.tag, gen.k, "init")
         model_cfg = self.grid.settings(gen).model
-        base = self.base_dir(gen.seed, gen.group)
+        base = self.base_dir(gen.seed, gen.founder)
         if base is not None and base.exists():  # the weights it may start from, as written
             files.verify(base)
         if gen.k == 0:
             if model_cfg.init == "scratch":
-                return random_model(self.arch(gen.group), init_seed)
+                return random_model(self.arch(gen.founder), init_seed)
             return starting_model(model_cfg, self.setup.tokenizer, "base", init_seed, base, None)
         if model_cfg.init == "previous":
             return self.trained(gen.previous)
@@ -130,7 +131,7 @@ class Weights:
         its saved weights, or with LoRA the weights it started from plus its adapter (for
         ``init: previous`` the chain of adapters back to generation 0), merged exactly as
         training merged them."""
-        gen = gen if gen.k > 0 else gen.shared_zero
+        gen = gen if gen.k > 0 else gen.founder_generation
         if not self.grid.settings(gen).train.lora.enabled:
             path = self.layout.model_dir(gen)
             files.verify(path)
@@ -194,10 +195,10 @@ class Weights:
             self._model = (path, self.trained(gen).to(self.acc.device))
         return self._model[1]
 
-    def reference(self, seed: int, group: str = "") -> torch.nn.Module:
+    def reference(self, seed: int, founder: str = "") -> torch.nn.Module:
         """The seed's generation-0 model (of the cell's training setting), loaded once and
         kept for reference scoring."""
-        zero = Generation(seed, 0, None, group)
+        zero = Generation(seed, 0, None, founder)
         path = self.layout.model_dir(zero)
         if self._model is not None and self._model[0] == path:
             return self._model[1]

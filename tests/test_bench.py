@@ -106,7 +106,7 @@ def test_loop_breakdown_reads_the_step_markers(tmp_path):
     steps = {"train": (0, 5, 4.0), "generate": (5, 8.5, 3.0), "measure": (8.5, 10, 2.0)}
     for cell in cells(cfg):
         for k in (1, 2):
-            d = layout.gen_dir(Generation(0, k, cell.key, cell.zero_group))
+            d = layout.gen_dir(Generation(0, k, cell.key, cell.founder))
             d.mkdir(parents=True)
             for step, (start, end, work) in steps.items():
                 layout.marker(d, step).write_text(json.dumps({

@@ -9,7 +9,7 @@ import pytest
 from conftest import tiny_config
 
 from lmcollapse import files
-from lmcollapse.cells import zero_signature
+from lmcollapse.cells import founder_signature
 from lmcollapse.data.blocks import human_continuations, human_rows, pack_rows
 from lmcollapse.errors import ConfigError
 from lmcollapse.grid import Grid
@@ -76,9 +76,10 @@ def test_bad_control_settings_are_refused_naming_the_field(tmp_path, extra, need
 def test_packing_shares_generation_zero() -> None:
     cfg = tiny_config("/tmp/unused", "grid=[{key: train.pack, values: [false, true]}]")
     grid = Grid.of(cfg)
-    assert len(grid.cells) == 6 and {c.zero_group for c in grid.cells.values()} == {""}
+    assert len(grid.cells) == 6 and {c.founder for c in grid.cells.values()} == {""}
     other = tiny_config("/tmp/unused", "train.lr=0.003")
-    assert zero_signature(other) != zero_signature(cfg)  # a real training setting still splits
+    # a real training setting still splits
+    assert founder_signature(other) != founder_signature(cfg)
 
 
 # ---------------------------------------------------------------- through the loop

@@ -33,8 +33,8 @@ def test_axes_cross_policies_and_name_their_cells(tmp_path):
     assert [c.policy.curate.rule for c in rules if c.policy.name == "replace"] == ["none", "best"]
     assert rules[-1].key.endswith("@rule=best")
     # generation 0 depends on training, not on decoding nor on a policy setting
-    assert {c.zero_group for c in grid if c.cfg.train.lr == 0.005} == {""}  # the base lr
-    assert {c.zero_group for c in grid if c.cfg.train.lr == 0.001} == {"lr=0.001"}
+    assert {c.founder for c in grid if c.cfg.train.lr == 0.005} == {""}  # the base lr
+    assert {c.founder for c in grid if c.cfg.train.lr == 0.001} == {"lr=0.001"}
 
 
 @pytest.mark.parametrize(("axis", "match"), [
@@ -127,10 +127,10 @@ def test_grid_resumes_and_reports_per_setting(grid_run, tmp_path):
 
 @pytest.mark.slow
 def test_fresh_human_text_from_the_source(tmp_path):
-    """``fresh`` with ``pool: source``: the human half of generation 1's mix is new text the
+    """``fresh`` with ``human_source: source``: the human half of generation 1's mix is new text the
     synthetic source wrote for it (sample ids ``human:fresh1:*``), none of it human train."""
     cfg = tiny_config(tmp_path, "generations=1", "metrics.names=[perplexity]",
-                      "policies=[{name: fresh, fraction: 0.5, pool: source}]")
+                      "policies=[{name: fresh, fraction: 0.5, human_source: source}]")
     CollapseLoop(cfg).run()
     seed = cfg.run_dir / "seed_0"
     mix = pq.read_table(seed / "fresh" / "gen_01" / "mix.parquet").to_pylist()
@@ -142,8 +142,9 @@ def test_fresh_human_text_from_the_source(tmp_path):
 
 def test_fresh_from_a_source_that_cannot_write_is_refused(tmp_path):
     cfg = tiny_config(tmp_path, *text_source(tmp_path), "metrics.names=[perplexity]",
-                      "policies=[{name: fresh, fraction: 0.5, pool: source}]")
-    with pytest.raises(ConfigError, match=r"policies\[0\]\.pool: 'source' needs a data source"):
+                      "policies=[{name: fresh, fraction: 0.5, human_source: source}]")
+    with pytest.raises(ConfigError,
+                       match=r"policies\[0\]\.human_source: 'source' needs a data source"):
         CollapseLoop(cfg).run()
     assert not (tmp_path / "quickstart").exists()
 
@@ -160,7 +161,7 @@ def test_a_cell_whose_values_make_a_long_name_gets_a_bounded_folder(tmp_path):
     assert len(key) > 255 and "@target_modules=model.layers.0" in key
     layout = RunLayout(tmp_path / "run")
     for path in (layout.gen_dir(Generation(0, 1, key)).parent,
-                 layout.gen_dir(Generation(0, 0, None, grid[-1].zero_group)),
+                 layout.gen_dir(Generation(0, 0, None, grid[-1].founder)),
                  layout.cell_lock(0, key)):
         assert len(path.name.encode()) <= MAX_NAME + len("seed_0..lock")
         path.mkdir(parents=True)  # the file system takes it

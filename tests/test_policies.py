@@ -290,7 +290,7 @@ def test_registry_refuses_duplicate_names() -> None:
 
 
 def test_fresh_from_the_source_takes_new_blocks_at_any_fraction() -> None:
-    """``pool: source``: round(r*N) blocks the source writes for this generation (any r up
+    """``human_source: source``: round(r*N) blocks the source writes for this generation (any r up
     to 1, no disjointness limit), the rest drawn from corpus k-1."""
     asked = []
 
@@ -300,7 +300,7 @@ def test_fresh_from_the_source_takes_new_blocks_at_any_fraction() -> None:
                 for i in range(count)]
 
     for r in (0.0, 0.5, 1.0):
-        policy = Fresh.with_settings(fraction=r, pool="source")
+        policy = Fresh.with_settings(fraction=r, human_source="source")
         ctx = make_ctx(2, generations=5)
         ctx.fresh_human = fresh_human
         mix = policy.build(ctx)
@@ -308,6 +308,6 @@ def test_fresh_from_the_source_takes_new_blocks_at_any_fraction() -> None:
         assert origins(mix) == {k: v for k, v in {"human": round(r * N),
                                                   "gen_1": N - round(r * N)}.items() if v}
         assert not set(ids(mix)) & set(ids(ctx.human))  # never the training pool's blocks
-    Fresh.check(spec(name="fresh", fraction=1.0, pool="source").settings, "policies[0]", 5)
-    with pytest.raises(ValueError, match="pool: source needs a data source"):
-        Fresh.with_settings(fraction=0.5, pool="source").build(make_ctx(1))
+    Fresh.check(spec(name="fresh", fraction=1.0, human_source="source").settings, "policies[0]", 5)
+    with pytest.raises(ValueError, match="human_source: source needs a data source"):
+        Fresh.with_settings(fraction=0.5, human_source="source").build(make_ctx(1))

@@ -11,6 +11,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -28,8 +29,8 @@ from lmcollapse.errors import ConfigError
 from lmcollapse.grid import Grid
 from lmcollapse.loop import CollapseLoop
 from lmcollapse.policies.internet import InternetSettings, ParticipantSpec
-from lmcollapse.population import composition, jsd, new_batch
 from lmcollapse.sampling import derive_seed
+from lmcollapse.units.population import composition, jsd, new_batch
 
 SCHEDULE = [0.3, 0.6]
 SHARED = ("synthetic_share: [0.3, 0.6], new_content: 0.5, human_source: HS, crawl: CRAWL, "
@@ -168,7 +169,7 @@ def test_the_within_participant_floor_needs_two_disjoint_halves_of_a_corpus():
     disjoint samples of one participant's corpus; null takes the largest that fits."""
     from types import SimpleNamespace
 
-    from lmcollapse.population import population_size
+    from lmcollapse.units.population import population_size
 
     def cell(size):
         return SimpleNamespace(policy=SimpleNamespace(settings=SimpleNamespace(sample_size=size)))
@@ -210,7 +211,7 @@ def test_a_seed_offset_gives_a_participant_initial_weights_of_its_own(tmp_path, 
     cfg = tiny_config(tmp_path, population(participants=[{"label": "a"}, {
         "label": "b", "seed_offset": 1}, {"label": "c", "seed_offset": 2}]))
     grid = Grid.of(cfg)
-    groups = grid.zero_groups(list(grid.cells.values()))
+    groups = grid.founders(list(grid.cells.values()))
     assert groups == ["", "seed+1", "seed+2"]
     arch = scratch_config(ScratchModelConfig(hidden_size=32, num_layers=1, num_heads=4,
                                              intermediate_size=64), tokenizer)
@@ -236,14 +237,14 @@ def test_participants_are_cells_and_a_grid_sweeps_the_schedule(tmp_path):
         "grid=[{key: policy.synthetic_share, values: [[0.5], [0.0]], name: share}]")
     grid = Grid.of(cfg)
     assert list(grid.cells) == ["internet@share=0.5", "internet@share=0.0"]
-    members = grid.cells["internet@share=0.5"].members
+    members = grid.cells["internet@share=0.5"].participants
     assert [m.key for m in members] == [f"internet.{x}@share=0.5" for x in "abcd"]
     assert [m.cfg.generate.temperature for m in members] == [1.0, 0.8, 1.0, 1.0]
     assert [m.cfg.train.lr for m in members] == [cfg.train.lr, cfg.train.lr, 0.001,
                                                  cfg.train.lr]
     # decoding shares model 0 (own corpus 0); training and a seed offset train their own
-    assert [m.zero_group for m in members] == ["", "", "lr=0.001", "seed+1"]
-    assert [grid.own_zero(m) for m in members] == [False, True, True, True]
+    assert [m.founder for m in members] == ["", "", "lr=0.001", "seed+1"]
+    assert [grid.own_corpus0(m) for m in members] == [False, True, True, True]
     assert grid.cells["internet@share=0.0"].policy.synthetic_share == [0.0]
     assert grid.units() == [(0, "internet@share=0.5"), (0, "internet@share=0.0")]
 
@@ -524,7 +525,7 @@ def test_settings_that_make_a_long_name_run_and_resume(tmp_path):
     args = ["generations=1", "metrics.names=[perplexity]", population(
         synthetic_share=0.3, participants=[{"label": "a"}, {"label": "b", "train": LONG_TRAIN}])]
     cfg = tiny_config(tmp_path, *args)
-    group = next(m.zero_group for m in Grid.of(cfg).lineages.values() if m.zero_group)
+    group = next(m.founder for m in Grid.of(cfg).lineages.values() if m.founder)
     assert len(f"gen_00@{group}") > 255
     CollapseLoop(cfg).run()
     seed = cfg.run_dir / "seed_0"
@@ -554,3 +555,28 @@ def test_a_name_past_the_bound_is_a_prefix_and_a_digest_and_an_old_folder_is_kep
     (tmp_path / "seed_0" / key).mkdir(parents=True)  # a run made before the bound
     assert layout.gen_dir(gen).parent.name == key
     assert len(layout.cell_lock(0, key).name.encode()) <= 255
+
+
+@pytest.mark.slow
+def test_a_participants_progress_names_its_populations_pool(population_run, tmp_path):
+    """A stopped population: a participant's unfinished generation starts with the
+    population's ``pool`` step, which lives in the population's folder, and the report's
+    progress note says which of the four steps are done."""
+    from lmcollapse.report import compute
+    from lmcollapse.report.load import load_runs
+
+    cfg, _ = population_run
+    run = tmp_path / "run"
+    shutil.copytree(cfg.run_dir, run)
+    gen2 = run / "seed_0" / "web.a" / "gen_02"
+    (gen2 / "metrics.json").unlink()
+    for step in ("generate", "measure"):
+        (gen2 / f"{step}.done").unlink()
+    notes = " ".join(n for r in compute.leaderboard(load_runs([run])).rows for n in r.notes)
+    assert "web.a seed 0: finished gen 1; gen 2: pool, train done, generate and measure " \
+           "pending" in notes
+    (run / "seed_0" / "web" / "gen_02" / "pool.done").unlink()
+    (gen2 / "train.done").unlink()
+    notes = " ".join(n for r in compute.leaderboard(load_runs([run])).rows for n in r.notes)
+    assert "web.a seed 0: finished gen 1; gen 2: pool, train, generate and measure " \
+           "pending" in notes

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from lmcollapse.errors import ConfigError
 from lmcollapse.loop import CollapseLoop
-from lmcollapse.population import new_batch
+from lmcollapse.units.population import new_batch
 
 #: a refusal's first words: the field, as a config path (``policies[0].weight``,
 #: ``data.fresh_reserve``, ``grid``...) or the overrides it came from, then a colon

@@ -1,5 +1,5 @@
 """The reserve (``data.fresh_reserve``): human text held back from generation 0 and every
-mix, from which ``fresh`` with ``pool: reserve`` draws truly fresh shards."""
+mix, from which ``fresh`` with ``human_source: reserve`` draws truly fresh shards."""
 
 from __future__ import annotations
 
@@ -17,9 +17,11 @@ from lmcollapse.data.base import hold_back, hold_out
 from lmcollapse.data.blocks import human_rows, tokenize_records
 from lmcollapse.data.text import read_records
 from lmcollapse.errors import ConfigError
+from lmcollapse.layout import RunLayout
 from lmcollapse.loop import CollapseLoop
 from lmcollapse.policies import MixContext
 from lmcollapse.policies.fresh import Fresh
+from lmcollapse.preflight import check_compatible
 
 N, BLOCK = 50, 4
 
@@ -35,7 +37,7 @@ def _ctx(k: int, reserve: list[dict], generations: int = 4) -> MixContext:
 
 def test_fresh_from_the_reserve_draws_disjoint_shards_and_no_train_block():
     reserve = human_rows(list(range(1000, 1000 + 30 * BLOCK)), BLOCK, "reserve")
-    policy = Fresh.with_settings(fraction=0.1, pool="reserve", shard_seed=5)
+    policy = Fresh.with_settings(fraction=0.1, human_source="reserve", shard_seed=5)
     seen: set[str] = set()
     for k in range(1, 5):
         mix = policy.build(_ctx(k, reserve))
@@ -58,12 +60,13 @@ def test_hold_back_takes_the_last_records():
 
 
 @pytest.mark.parametrize(("overrides", "field", "allowed"), [
-    (["policies=[{name: fresh, fraction: 0.1, pool: reserve}]"], r"policies\[0\]\.pool",
+    (["policies=[{name: fresh, fraction: 0.1, human_source: reserve}]"],
+     r"policies\[0\]\.human_source",
      "set data.fresh_reserve"),
     (["data.fresh_reserve=0.2"], "data.fresh_reserve", "no policy would use"),
-    (["data.fresh_reserve=1.0", "policies=[{name: fresh, fraction: 0.1, pool: reserve}]"],
+    (["data.fresh_reserve=1.0", "policies=[{name: fresh, fraction: 0.1, human_source: reserve}]"],
      "data.fresh_reserve", r"in \[0, 1\)"),
-    (["policies=[{name: fresh, pool: stock}]"], r"policies\[0\]\.pool", "reserve"),
+    (["policies=[{name: fresh, human_source: stock}]"], r"policies\[0\]\.human_source", "reserve"),
 ])
 def test_a_reserve_setting_that_cannot_work_is_refused(overrides, field, allowed):
     with pytest.raises(ConfigError, match=f"{field}.*{allowed}"):
@@ -73,7 +76,7 @@ def test_a_reserve_setting_that_cannot_work_is_refused(overrides, field, allowed
 def test_a_reserve_too_small_is_refused_before_any_work(tmp_path):
     cfg = tiny_config(tmp_path, *text_source(tmp_path), "generations=3",
                       "metrics.names=[perplexity]", "data.fresh_reserve=0.05",
-                      "policies=[{name: fresh, fraction: 0.1, pool: reserve}]")
+                      "policies=[{name: fresh, fraction: 0.1, human_source: reserve}]")
     with pytest.raises(ConfigError) as err:
         CollapseLoop(cfg).run()
     msg = str(err.value)
@@ -84,7 +87,7 @@ def test_a_reserve_too_small_is_refused_before_any_work(tmp_path):
     # no share under 1 would do: the message says only what would
     cfg = tiny_config(tmp_path, *text_source(tmp_path), "generations=3",
                       "metrics.names=[perplexity]", "data.fresh_reserve=0.05",
-                      "policies=[{name: fresh, fraction: 0.3, pool: reserve}]")
+                      "policies=[{name: fresh, fraction: 0.3, human_source: reserve}]")
     with pytest.raises(ConfigError, match=r"holds \d+ blocks; draw less human text per "
                        "generation, or run fewer generations$"):
         CollapseLoop(cfg).run()
@@ -96,7 +99,7 @@ def test_a_reserve_that_leaves_too_little_train_is_named(tmp_path):
     reserve as a way out, not only the text and the block size."""
     cfg = tiny_config(tmp_path, *text_source(tmp_path), "metrics.names=[perplexity]",
                       "data.fresh_reserve=0.999",
-                      "policies=[{name: fresh, fraction: 0.1, pool: reserve}]")
+                      "policies=[{name: fresh, fraction: 0.1, human_source: reserve}]")
     with pytest.raises(ConfigError, match=r"^data: the train split gives \d+ blocks .*"
                        r"data\.fresh_reserve=0\.999 having held back \d+ of its \d+ records "
                        r"for the reserve\); need at least 16\. Use more text or a smaller "
@@ -111,7 +114,7 @@ def test_the_reserve_through_the_loop(tmp_path):
     come from it, a new shard each generation; experiment.json states the sizes."""
     cfg = tiny_config(tmp_path, *text_source(tmp_path), "generations=2",
                       "metrics.names=[perplexity]", "data.fresh_reserve=0.3",
-                      "policies=[{name: fresh, fraction: 0.2, pool: reserve}, "
+                      "policies=[{name: fresh, fraction: 0.2, human_source: reserve}, "
                       "{name: mix, fraction: 0.2}]")
     CollapseLoop(cfg).run()
     seed = cfg.run_dir / "seed_0"
@@ -150,8 +153,8 @@ def test_the_reserve_through_the_loop(tmp_path):
 def test_a_grid_may_sweep_the_pool_with_a_reserve():
     """The reserve is checked over every cell: a grid point drawing from it is enough."""
     cfg = load_config(None, ["data.fresh_reserve=0.3", "policies=[{name: fresh, fraction: 0.1}]",
-                             "grid=[{key: policy.pool, values: [shards, reserve]}]"])
-    pools = {c.key: c.policy.settings.pool for c in cells(cfg)}
+                             "grid=[{key: policy.human_source, values: [shards, reserve]}]"])
+    pools = {c.key: c.policy.settings.human_source for c in cells(cfg)}
     assert sorted(pools.values()) == ["reserve", "shards"]
     with pytest.raises(ConfigError, match="no policy would use"):
         load_config(None, ["data.fresh_reserve=0.3", "policies=[{name: fresh, fraction: 0.1}]",
@@ -174,5 +177,27 @@ def test_a_run_begun_before_the_reserve_existed_resumes(tmp_path):
     assert loop.timings == []  # nothing redone
     with pytest.raises(ConfigError, match=r"data.fresh_reserve: None -> 0.2|fresh_reserve"):
         CollapseLoop(tiny_config(tmp_path, "generations=1", "metrics.names=[perplexity]",
-                                 "policies=[{name: fresh, pool: reserve, fraction: 0.1}]",
+                                 "policies=[{name: fresh, human_source: reserve, fraction: 0.1}]",
                                  "data.fresh_reserve=0.2")).run()
+
+
+def test_fresh_reads_its_old_key_pool_as_human_source(tmp_path):
+    """``fresh``'s ``pool`` was renamed ``human_source`` (``internet``'s word for the same
+    choice): a config or a run directory that says ``pool`` is read as before, both keys
+    at once are refused, and a run begun under the old name resumes."""
+    cfg = load_config(None, ["data.fresh_reserve=0.3",
+                             "policies=[{name: fresh, fraction: 0.1, pool: reserve}]"])
+    assert cfg.policies[0].settings.human_source == "reserve"
+    assert "pool" not in cfg.to_dict()["policies"][0]
+    with pytest.raises(ConfigError, match=r"policies\[0\]\.pool: the old name of human_source"):
+        load_config(None, ["policies=[{name: fresh, pool: shards, human_source: shards}]"])
+    cfg = tiny_config(tmp_path, "policies=[{name: fresh, fraction: 0.1, human_source: source}]")
+    layout = RunLayout(cfg.run_dir)
+    old = cfg.to_dict()
+    old["policies"][0]["pool"] = old["policies"][0].pop("human_source")
+    layout.root.mkdir(parents=True)
+    layout.experiment_json.write_text(json.dumps({"config": old}))
+    check_compatible(cfg, layout)  # the same config: no refusal
+    other = tiny_config(tmp_path, "policies=[{name: fresh, fraction: 0.1, human_source: shards}]")
+    with pytest.raises(ConfigError, match="different config"):
+        check_compatible(other, layout)

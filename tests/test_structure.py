@@ -5,6 +5,7 @@ this one test module, run through the config layer, the loop and the report)."""
 from __future__ import annotations
 
 import ast
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,14 +13,19 @@ from pathlib import Path
 import pytest
 from conftest import tiny_config
 
+from lmcollapse import files
 from lmcollapse.data.base import load_human_text
 from lmcollapse.data.synthetic import SyntheticSettings, SyntheticSource
 from lmcollapse.errors import ConfigError
+from lmcollapse.layout import Generation
 from lmcollapse.loop import CollapseLoop
 from lmcollapse.metrics.base import MeasureContext, Measurement, Metric
+from lmcollapse.plan import Step, lineage_steps
 from lmcollapse.policies import MixContext, Policy, make_policy
-from lmcollapse.registry import METRICS, POLICIES, SOURCES
+from lmcollapse.policies.replace import Replace
+from lmcollapse.registry import METRICS, POLICIES, SOURCES, UNIT_KINDS
 from lmcollapse.report import compute, load
+from lmcollapse.units import UnitKind
 
 PACKAGE = Path(__file__).resolve().parents[1] / "lmcollapse"
 #: third-party packages a function may import lazily: optional extras only
@@ -305,12 +311,86 @@ def _named_strings(path: Path, names: set[str]) -> list[tuple[int, str]]:
 
 def test_only_the_policies_and_the_unit_kinds_name_a_policy():
     """docs/design.md: the config layer, the loop and the report never name a part. No
-    module outside lmcollapse/policies/ and the unit kinds (lmcollapse/population.py) holds
-    a registered policy's name as a string: a new policy is one module plus its test."""
+    module outside lmcollapse/policies/ and the unit kinds (lmcollapse/units/) holds a
+    registered policy's name as a string: a new policy is one module plus its test."""
     POLICIES.names()  # discovers every built-in part
     names = set(POLICIES.names())
     assert {"replace", "internet"} <= names
-    allowed = {PACKAGE / "population.py"} | set((PACKAGE / "policies").rglob("*.py"))
+    allowed = set((PACKAGE / "units").rglob("*.py")) | set((PACKAGE / "policies").rglob("*.py"))
     offenders = {str(p.relative_to(PACKAGE)): found for p in sorted(PACKAGE.rglob("*.py"))
                  if p not in allowed and (found := _named_strings(p, names))}
     assert not offenders, offenders
+
+
+def test_the_loop_the_plan_and_the_config_layer_name_no_unit_kind():
+    """A policy declares its unit kind; the loop, the plan, the grid, the set-up, the
+    rehearsal and the config layer ask the registry by that name, and hold neither a unit
+    kind's name nor a test for a kind's settings (``hasattr(settings, "participants")``)."""
+    kinds = set(UNIT_KINDS.names())
+    assert {"lineage", "population"} <= kinds
+    assert POLICIES.get("internet").unit == "population"
+    modules = [PACKAGE / f for f in ("loop.py", "plan.py", "grid.py", "cells.py", "config.py",
+                                     "checks.py", "preflight.py", "smoke.py", "disk.py",
+                                     "parallel.py", "cli.py")]
+    modules += sorted((PACKAGE / "settings").glob("*.py"))
+    offenders = {str(p.relative_to(PACKAGE)): found for p in modules
+                 if (found := _named_strings(p, kinds))}
+    assert not offenders, offenders
+    probes = [p.relative_to(PACKAGE) for p in modules if "participants\")" in p.read_text()]
+    assert not probes, probes
+
+
+class Twins(UnitKind):
+    """A unit kind written here, as a researcher would add one: two lineages of one policy
+    (participants ``<key>.a`` and ``<key>.b``, each with seeds of its own) and a step of its
+    own after each generation, writing how many samples their corpora k share."""
+
+    @classmethod
+    def participants(cls, cell, data, i, suffix, where):
+        return [dataclasses.replace(cell, key=f"{cell.key}.{x}", kind=UNIT_KINDS.default(),
+                                    participants=[], unit=cell.key) for x in "ab"]
+
+    @classmethod
+    def steps(cls, grid, seed, cell, k):
+        out = [s for p in cell.participants for s in lineage_steps(grid, seed, p, k, cell.key)]
+        return out + [Step(seed, "measure", cls.name, Generation(seed, k, cell.key), cell.key)]
+
+    def take(self, step, cell, d):
+        def audit():
+            gens = [Generation(step.seed, step.gen.k, p.key, p.founder)
+                    for p in cell.participants]
+            a, b = ({tuple(r["input_ids"]) for r in self.host.corpus(self.host.layout.gen_dir(
+                g if g.k else self.host.grid.generation0(g)))} for g in gens)
+            files.write_json(d / "twins.json", {"shared": len(a & b), "samples": len(a)})
+
+        self.host.run_step(d, step.kind, step.where, audit)
+
+
+class TwinReplace(Replace):
+    """``replace``, run as a pair of twins."""
+
+    unit = "twins"
+
+
+@pytest.mark.slow
+def test_a_new_unit_kind_is_one_module(monkeypatch, tmp_path):
+    """A kind registered outside the package (here, in this test) runs through the config
+    layer, the plan, the loop and its set-up with no core edit: its participants train,
+    and its own step runs after them, once per generation."""
+    monkeypatch.setattr(Twins, "name", "twins")
+    monkeypatch.setitem(UNIT_KINDS._entries, "twins", Twins)
+    monkeypatch.setattr(TwinReplace, "name", "twin_replace")
+    monkeypatch.setitem(POLICIES._entries, "twin_replace", TwinReplace)
+    cfg = tiny_config(tmp_path, "generations=1", "metrics.names=[perplexity]",
+                      "policies=[{name: twin_replace, label: pair}]")
+    loop = CollapseLoop(cfg)
+    assert [m.key for m in loop.grid.cells["pair"].participants] == ["pair.a", "pair.b"]
+    assert [(s.unit, s.kind, s.gen.k) for s in loop.plan if s.target == "twins"] == [
+        ("pair", "measure", 0), ("pair", "measure", 1)]
+    loop.run()
+    seed = cfg.run_dir / "seed_0"
+    zero, one = (files.read_json(seed / "pair" / f"gen_0{k}" / "twins.json") for k in (0, 1))
+    assert zero["shared"] == zero["samples"] > 0  # both see the seed's shared corpus 0
+    assert one["shared"] < one["samples"]  # each wrote its own corpus 1
+    for twin in ("pair.a", "pair.b"):
+        assert "perplexity" in files.read_json(seed / twin / "gen_01" / "metrics.json")["values"]

@@ -108,7 +108,7 @@ class Source:
         return self.name
 
     #: ``(documents, seed) -> new documents`` where the source can write more human text
-    #: (``fresh`` with ``pool: source``); None where it cannot
+    #: (``fresh`` with ``human_source: source``); None where it cannot
     fresh_documents: Callable[[int, int], list[str]] | None = None
 
 

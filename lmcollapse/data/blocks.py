@@ -28,7 +28,7 @@ class HumanData:
     concatenated split, and ``test_stream`` is the whole test split as one token list.
     ``reserve`` holds the blocks of the reserve (``data.fresh_reserve``; its text is
     ``texts["reserve"]``), empty without one: human text no model trains on before
-    ``fresh`` with ``pool: reserve`` draws it.
+    ``fresh`` with ``human_source: reserve`` draws it.
     """
 
     records: dict[str, list[list[int]]]

@@ -83,8 +83,8 @@ class MeasureContext:
     #: (:meth:`human_seed`), so the human row varies over seeds as a corpus row does
     seed: int = 0
     #: which generation-0 model ``reference_model`` returns ("" unless a grid changes
-    #: training): files computed with it (MAUVE features) are cached per group
-    reference_group: str = ""
+    #: training): files computed with it (MAUVE features) are cached per founder
+    reference_founder: str = ""
     generation: int | None = None
     model: torch.nn.Module | None = None
     corpus: list[Sample] | None = None

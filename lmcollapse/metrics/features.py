@@ -169,8 +169,8 @@ class Features:
 
     def _cache_name(self, ctx: MeasureContext) -> str:
         name = self.config.featurizer
-        if name == "gen0" and ctx.reference_group:  # another training setting's gen 0
-            name += "@" + ctx.reference_group
+        if name == "gen0" and ctx.reference_founder:  # another training setting's gen 0
+            name += "@" + ctx.reference_founder
         slug = re.sub(r"[^A-Za-z0-9_.=@-]+", "_", name).strip("_")
         return features_file(slug, self.size(ctx), self.config.seed)
 

@@ -41,8 +41,9 @@ class MixContext:
     #: the reserve: human blocks held back from generation 0 and every mix
     #: (``data.fresh_reserve``), for ``fresh`` with ``pool: reserve``
     reserve: list[Sample] = field(default_factory=list)
-    #: (a population's participant) the shared pool generation k may crawl: every batch
-    #: so far, each block with its ``writer`` and ``batch`` (lmcollapse.population)
+    #: (a participant of a unit with a shared pool: a population's) the pool generation k
+    #: may crawl: every batch so far, each block with its ``writer`` and ``batch``
+    #: (:meth:`lmcollapse.units.base.UnitKind.pool`)
     pool: list[Sample] | None = None
 
     @property
@@ -76,6 +77,9 @@ class Policy:
 
     name = ""
     settings: type | None = None
+    #: the kind of unit the policy runs as (a registered :mod:`lmcollapse.units` kind);
+    #: None: the default kind, one lineage of generations
+    unit: str | None = None
 
     def __init__(self, settings: Any = None, shard_seed: int = 0) -> None:
         if settings is None and self.settings is not None:

@@ -10,7 +10,7 @@ generation k >= 1 it receives batch k: ``new_content * N`` blocks, of which the 
 ``weight``) and the rest is new human text (the reserve, or new documents of the source).
 Each participant's generation k trains on a crawl of ``crawl_size * N`` blocks drawn from
 the pool: every batch (``crawl: all``) or the last ``window`` batches (``crawl: window``).
-:mod:`lmcollapse.population` builds the batches and measures the population.
+:mod:`lmcollapse.units.population` builds the batches and measures the population.
 """
 
 from __future__ import annotations
@@ -207,10 +207,12 @@ def _check_override(key: str, where: str) -> None:
 @POLICIES.register("internet")
 class Internet(Policy):
     """A crawl of ``crawl_size * N`` blocks drawn from the shared pool's batches in reach
-    (every batch, or the last ``window``); the pool is built by :mod:`lmcollapse.population`
-    and handed over as ``ctx.pool``."""
+    (every batch, or the last ``window``); the policy runs as a population (its unit kind,
+    :mod:`lmcollapse.units.population`), which builds the pool and hands it over as
+    ``ctx.pool``."""
 
     settings = InternetSettings
+    unit = "population"
 
     @classmethod
     def check(cls, settings: Any, where: str, generations: int) -> None:
@@ -284,7 +286,7 @@ class Internet(Policy):
     def build(self, ctx: MixContext) -> list[Sample]:
         if ctx.pool is None:
             raise ValueError("internet: a participant's mix is a crawl of the population's "
-                             "pool, which the loop hands over (lmcollapse.population)")
+                             "pool, which the loop hands over (lmcollapse.units.population)")
         reach = set(self.config.crawled_batches(ctx.k))
         crawlable = [r for r in ctx.pool if r["batch"] in reach]
         count = self.config.crawl_blocks(ctx.n)

@@ -18,7 +18,7 @@ from typing import Any, ClassVar, NamedTuple
 import numpy as np
 
 from lmcollapse.errors import ReportError
-from lmcollapse.layout import METRICS, REFERENCE_SCORES, STEPS, RunLayout
+from lmcollapse.layout import METRICS, POPULATION_STEPS, REFERENCE_SCORES, STEPS, RunLayout
 from lmcollapse.report.load import RunResults, check_name, default_columns, measured
 from lmcollapse.report.stats import (
     ALPHA,
@@ -228,7 +228,7 @@ class Onset:
                 f", p < {ALPHA:g}); (test) = read over seeds, not per seed.")
 
 
-def shared_zero(exp: RunResults) -> list[str]:
+def sharing_generation0(exp: RunResults) -> list[str]:
     """The policies whose rows are all one model and corpus: with ``generations: 0`` no
     policy has acted yet, and every policy without a corpus 0 of its own (no curation, the
     base decoding) shows the seed's shared generation 0. Empty when there are later
@@ -291,18 +291,24 @@ def _left_out(exp: RunResults, policy: str, label: str, cells: dict[str, Cell],
 
 
 def _progress(exp: RunResults, policy: str, seed: int, done: int | None) -> str:
-    """``finished gen 2; gen 3: train done, generate and measure pending``."""
+    """``finished gen 2; gen 3: train done, generate and measure pending``; a participant's
+    generation k >= 1 starts with its population's ``pool`` step (in the population's
+    folder): ``gen 3: pool done, train, generate and measure pending``."""
     nxt = 0 if done is None else done + 1
     head = "nothing measured" if done is None else f"finished gen {done}"
-    dirs = exp.gen_dirs(policy, seed, nxt)
-    if not dirs:
+    steps = [(s, exp.gen_dirs(policy, seed, nxt)) for s in STEPS]
+    unit = next((u for u, members in exp.populations.items() if policy in members), None)
+    if unit is not None and nxt:
+        steps.insert(0, (POPULATION_STEPS[0], exp.gen_dirs(unit, seed, nxt)))
+    if not any(dirs for _, dirs in steps):
         return f"{head}; gen {nxt} not started"
-    have = [s for s in STEPS if any(RunLayout.marker(d, s).exists() for d in dirs)]
-    todo = [s for s in STEPS if s not in have]
+    have = [s for s, dirs in steps if any(RunLayout.marker(d, s).exists() for d in dirs)]
+    todo = [s for s, _ in steps if s not in have]
     if not todo:  # measured, but its record is gone or unreadable
         return f"{head}; {exp.why_absent(policy, seed, nxt)}"
+    pending = " and ".join([", ".join(todo[:-1]), todo[-1]] if len(todo) > 1 else todo)
     return (f"{head}; gen {nxt}: " + (f"{', '.join(have)} done, " if have else "")
-            + f"{' and '.join(todo)} pending")
+            + f"{pending} pending")
 
 
 def leaderboard(exps: list[RunResults], rank_by: str | None = None,
@@ -346,7 +352,7 @@ def leaderboard(exps: list[RunResults], rank_by: str | None = None,
         pre = f"{exp.key} / " if many else ""
         humans.append(LeaderboardRow(exp, "human", f"{pre}human", {m: Cell(exp.human(m), None)
                                                          for m in columns}))
-        shared = shared_zero(exp)  # one model and corpus: one row, not one per policy
+        shared = sharing_generation0(exp)  # one model and corpus: one row, not one per policy
         rows += [_policy_row(exp, p, columns, rule, meta[onset_metric]["higher_is_better"],
                              correction, pre + " = ".join(shared) if p in shared else pre + p)
                  for p in exp.policies if p not in shared[1:]]
@@ -410,7 +416,7 @@ def per_generation(exps: list[RunResults], metric: str) -> dict[str, dict[int | 
     direction = meta[metric]["higher_is_better"]
     many, table = len(exps) > 1, {}
     for exp in exps:
-        human, shared = exp.human(metric), shared_zero(exp)
+        human, shared = exp.human(metric), sharing_generation0(exp)
         for p in _ranked_policies(exp, metric, direction):
             if p in shared[1:]:
                 continue

@@ -19,7 +19,7 @@ from lmcollapse.report.compute import (
     Leaderboard,
     LeaderboardRow,
     median_onset,
-    shared_zero,
+    sharing_generation0,
 )
 from lmcollapse.report.load import RunResults
 from lmcollapse.report.stats import ALPHA, CORRECTION_NAMES, Stat
@@ -209,10 +209,10 @@ def notes(lb: Leaderboard) -> list[str]:
         *seeds_needed_notes(lb),
     ]
     for exp in lb.experiments:
-        if shared_zero(exp):
+        if sharing_generation0(exp):
             out.append(f"generations: 0{f' ({exp.key})' if len(lb.experiments) > 1 else ''}: "
                        "no policy has acted yet (a policy builds the training mix from "
-                       f"generation 1 on), so {', '.join(shared_zero(exp))} are one "
+                       f"generation 1 on), so {', '.join(sharing_generation0(exp))} are one "
                        "generation-0 model and corpus, trained on human text alone: one row.")
     if any(r.partial for r in lb.rows):
         out.append("† partial: not every seed finished the final generation; a cell uses the "

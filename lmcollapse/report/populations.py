@@ -1,4 +1,4 @@
-"""Compute: the populations of an experiment (:mod:`lmcollapse.population`), over seeds.
+"""Compute: the populations of an experiment (:mod:`lmcollapse.units.population`), over seeds.
 
 Per population and generation: its row's values (the synthetic share of the pool and of
 the crawls, by blocks and by tokens; the Jensen-Shannon divergence between participants,

@@ -37,7 +37,7 @@ from lmcollapse.report.compute import (
     leaderboard,
     per_generation,
     reference_scores,
-    shared_zero,
+    sharing_generation0,
     sweep,
 )
 from lmcollapse.report.formats import (
@@ -191,7 +191,7 @@ def _compute(exps: list[RunResults], rank_by: str | None, metric: str | None,
             row.bootstrap[m] = documents.intervals(
                 row.experiment, m, row.policy, row.cells[m].generation, specs[id(row.experiment)])
     warnings = [(e.key if len(exps) > 1 else "", documents.early_warning(
-        e, spec, correction, [p for p in e.policies if p not in shared_zero(e)[1:]]))
+        e, spec, correction, [p for p in e.policies if p not in sharing_generation0(e)[1:]]))
         for e in exps for spec in specs[id(e)]]
     return _Computed(lb, tex_lb, metric, table, marks, tables, warnings)
 

@@ -192,6 +192,7 @@ def build(cls: type, data: Any, where: str = "") -> Any:
         raise ConfigError(f"{where or 'config'}: expected a mapping, got {data!r}")
     if issubclass(cls, NamedPart):
         return _build_named(cls, data, where)
+    data = _renamed(cls, data, where)
     hints = _hints(cls)
     names = [f.name for f in dataclasses.fields(cls) if f.name != "sections"]
     owners = cls.owners() if issubclass(cls, Sections) else {}
@@ -216,6 +217,23 @@ def build(cls: type, data: Any, where: str = "") -> Any:
     return cls(**kwargs)
 
 
+def _renamed(cls: type, data: dict[str, Any], where: str) -> dict[str, Any]:
+    """``data`` with the old keys a settings class declares (``renamed``: old -> new) read
+    as their new names (a config or a run directory written before the rename); both at
+    once are refused."""
+    renamed: dict[str, str] = getattr(cls, "renamed", {})
+    if not any(old in data for old in renamed):
+        return data
+    out = dict(data)
+    for old, new in renamed.items():
+        if old in out:
+            if new in out:
+                raise ConfigError(f"{where + '.' if where else ''}{old}: the old name of "
+                                  f"{new}; give one of them, not both")
+            out[new] = out.pop(old)
+    return out
+
+
 def _build_named(cls: type[NamedPart], data: dict[str, Any], where: str) -> NamedPart:
     keys = cls.own_keys()
     if cls.name_required and "name" not in data:
@@ -228,6 +246,7 @@ def _build_named(cls: type[NamedPart], data: dict[str, Any], where: str) -> Name
         raise ConfigError(f"{where}.name: " + unknown_name_message(kind, name,
                                                                    cls.registry.names()))
     settings_cls = settings_of(cls.registry.get(name))
+    own = _renamed(settings_cls, own, where)
     allowed = [f.name for f in dataclasses.fields(settings_cls)]
     for key in own:
         if key not in allowed:

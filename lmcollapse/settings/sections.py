@@ -64,7 +64,7 @@ class DataConfig(Sections):
     block_tokens: int = 64
     max_train_blocks: int | None = None
     max_validation_blocks: int | None = None
-    #: share of the training pool's records held back for ``fresh`` with ``pool: reserve``
+    #: share of the training pool's records held back for ``fresh`` with ``human_source: reserve``
     #: (the last records, after the validation hold-out): text that generation 0, every
     #: policy's mix, the scratch tokenizer and the words metric's train counts never see
     fresh_reserve: float = 0.0

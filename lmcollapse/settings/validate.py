@@ -7,11 +7,12 @@ allowed, before any work starts.
 from __future__ import annotations
 
 import dataclasses
+import typing
 from typing import Any
 
 from lmcollapse.checks import positive, safe_name
 from lmcollapse.errors import ConfigError
-from lmcollapse.registry import POLICIES
+from lmcollapse.registry import POLICIES, unit_kind
 from lmcollapse.settings.experiment import CONFIG_VERSION, ExperimentConfig, PolicySpec
 from lmcollapse.settings.sections import Sections
 
@@ -24,17 +25,17 @@ def uses_reserve(spec: PolicySpec, generations: int) -> bool:
 
 
 def _check_reserve(cfg: ExperimentConfig) -> None:
-    """``pool: reserve`` needs a reserve (its size is checked at set-up, once the text is
-    tokenised); :func:`_check_reserve_used` checks the converse over every cell."""
+    """``human_source: reserve`` needs a reserve (its size is checked at set-up, once the
+    text is tokenised); :func:`_check_reserve_used` checks the converse over every cell."""
     users = [i for i, p in enumerate(cfg.policies) if uses_reserve(p, cfg.generations)]
     if users and not cfg.data.fresh_reserve:
         spec = cfg.policies[users[0]]
-        field_name = "pool" if hasattr(spec.settings, "pool") else "human_source"
-        raise ConfigError(f"policies[{users[0]}].{field_name}: 'reserve' draws never-seen "
+        other = [v for v in typing.get_args(typing.get_type_hints(type(spec.settings)).get(
+            "human_source")) if v != "reserve"]
+        raise ConfigError(f"policies[{users[0]}].human_source: 'reserve' draws never-seen "
                           "human text from data.fresh_reserve, which is 0; set "
-                          "data.fresh_reserve (a share of the training records, e.g. 0.3) or "
-                          + ("use pool: shards" if field_name == "pool" else
-                             "use human_source: source (a source that writes new text)"))
+                          "data.fresh_reserve (a share of the training records, e.g. 0.3)"
+                          + (f" or use human_source: {' or '.join(other)}" if other else ""))
 
 
 def validate(cfg: ExperimentConfig) -> None:
@@ -74,6 +75,7 @@ def validate(cfg: ExperimentConfig) -> None:
         POLICIES.get(spec.name).check(spec.settings, f"policies[{i}]", cfg.generations)
         positive(spec.epochs, f"policies[{i}].epochs", allow_none=True)
         spec.curate.check(f"policies[{i}].curate")
+        unit_kind(spec.name).check(spec, f"policies[{i}]")  # what its unit kind refuses
         _check_continuations(spec, f"policies[{i}]", cfg)
     for name in ("data", "model", "train", "generate", "metrics"):
         _check_tree(getattr(cfg, name), name)
@@ -96,13 +98,11 @@ def validate(cfg: ExperimentConfig) -> None:
 def _check_continuations(spec: PolicySpec, where: str, cfg: ExperimentConfig) -> None:
     """``continuations: human`` stands the true continuation of each prompt in for what a
     model wrote: the human block must hold prompt and continuation, and there must be one
-    continuation per prompt to stand in for (no curation, no population's pool)."""
+    continuation per prompt to stand in for (no curation; a unit kind without a lineage of
+    corpora refuses it itself)."""
     if spec.continuations == "model":
         return
     g, block = cfg.generate, cfg.data.block_tokens
-    if hasattr(spec.settings, "participants"):
-        raise ConfigError(f"{where}.continuations: a population's participants crawl its "
-                          "shared pool, not a lineage of corpora; allowed here: model")
     if spec.curate.active:
         raise ConfigError(f"{where}.continuations: human stands the true continuation in for "
                           "each prompt, so curation has nothing to choose among; drop "

@@ -1,5 +1,7 @@
-"""A population (an ``internet`` cell): the shared pool its participants crawl and the
-population's own row.
+"""``population``: the unit kind of a policy whose participants write one shared pool and
+crawl it (``internet``, Martinez et al.). Its cell expands into one cell per participant
+(each a lineage with its own resolved config); its generation k is its ``pool`` step, each
+participant's generation k, then its own row (``measure``).
 
 Batch 0 of the pool is the human training pool. Before generation k >= 1 the ``pool`` step
 adds batch k: ``round(new_content * N)`` blocks, of which round(share_k * that) are drawn
@@ -28,10 +30,9 @@ After the participants of generation k have written their corpora, the populatio
 
 from __future__ import annotations
 
+import copy
 import itertools
 from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,19 +40,20 @@ import numpy as np
 from scipy.spatial.distance import jensenshannon
 
 from lmcollapse import files
-from lmcollapse.cells import Cell
+from lmcollapse.cells import Cell, founder_signature, set_key, short
 from lmcollapse.data.blocks import PROVENANCE, Sample, fresh_writer
 from lmcollapse.errors import ConfigError
 from lmcollapse.faults import kill_point
 from lmcollapse.grid import Grid
 from lmcollapse.layout import METRICS as METRICS_FILE
-from lmcollapse.layout import MIX, POOL, POOL_SUMMARY, Generation, RunLayout
+from lmcollapse.layout import MIX, POOL, POOL_SUMMARY, POPULATION_STEPS, Generation
 from lmcollapse.metrics.base import Measurement, Metric, collect, write_row
 from lmcollapse.metrics.diversity import ngram_counts
-from lmcollapse.plan import Step
-from lmcollapse.prepared import Setup
+from lmcollapse.plan import Step, lineage_steps
+from lmcollapse.registry import UNIT_KINDS
 from lmcollapse.sampling import derive_seed, draw_indices, fixed_sample
-from lmcollapse.settings import ExperimentConfig
+from lmcollapse.settings import ExperimentConfig, PolicySpec, build, plain, validate
+from lmcollapse.units.base import UnitKind
 
 #: the writer of human blocks (a participant's label otherwise)
 HUMAN = "human"
@@ -167,46 +169,56 @@ def population_size(cell: Cell, ctx: Any, where: str) -> int:
     return size
 
 
-@dataclass(frozen=True)
-class Host:
-    """What a population may use of the run that holds it, and nothing else (the loop makes
-    it): the grid, the file layout, the set-up's data and tokenizer, whether this is the
-    main process, a step runner (marker, timing, progress), the corpora by folder and the
-    metrics' context."""
+@UNIT_KINDS.register("population")
+class Population(UnitKind):
+    """A population: its participants (cells of their own), its pool and its row."""
 
-    grid: Grid
-    layout: RunLayout
-    setup: Setup
-    is_main: bool
-    #: (folder, step kind, where, work): the work once, unless the step's marker exists
-    run_step: Callable[[Path, str, str, Callable[[], None]], None]
-    #: a generation folder -> its corpus (read once)
-    corpus: Callable[[Path], list[Sample]]
-    #: (seed, folder, generation-0 group, **row) -> a MeasureContext
-    context: Callable[..., Any]
+    #: a crawl's blocks also say who wrote them, and when
+    mix_columns = POOL_COLUMNS
 
-    @property
-    def cfg(self) -> ExperimentConfig:
-        return self.grid.cfg
-
-
-class Population:
-    """The pool and row steps of a run's populations."""
-
-    def __init__(self, host: Host) -> None:
-        self.host = host
+    def __init__(self, host: Any) -> None:
+        super().__init__(host)
         #: the pool generation k crawls, by (seed, population, k)
         self._pools: dict[tuple[int, str, int], list[Sample]] = {}
+
+    # --- the config layer, set-up and the plan --------------------------------------------
+
+    @classmethod
+    def check(cls, spec: PolicySpec, where: str) -> None:
+        if spec.continuations != "model":
+            raise ConfigError(f"{where}.continuations: a population's participants crawl its "
+                              "shared pool, not a lineage of corpora; allowed here: model")
+
+    @classmethod
+    def participants(cls, cell: Cell, data: dict[str, Any], i: int, suffix: str,
+                     where: str) -> list[Cell]:
+        return [_participant(cell, data, i, j, suffix, where)
+                for j in range(len(cell.policy.participants))]
+
+    @classmethod
+    def preflight(cls, cell: Cell, ctx: Any, where: str) -> None:
+        population_size(cell, ctx, f"{where}.sample_size")
+
+    @classmethod
+    def steps(cls, grid: Grid, seed: int, cell: Cell, k: int) -> list[Step]:
+        """Its ``pool`` (k >= 1), each participant's generation k, then its row."""
+        gen, (pool, row) = Generation(seed, k, cell.key), POPULATION_STEPS
+        out = [Step(seed, pool, cls.name, gen, cell.key)] if k else []
+        for participant in cell.participants:
+            out += lineage_steps(grid, seed, participant, k, cell.key)
+        return out + [Step(seed, row, cls.name, gen, cell.key)]
+
+    # --- the run --------------------------------------------------------------------------
 
     def participant_gens(self, seed: int, cell: Cell, k: int) -> list[Generation]:
         """Generation k of every participant (generation 0: as it sees it)."""
         grid = self.host.grid
-        gens = [Generation(seed, k, m.key, m.zero_group) for m in cell.members]
-        return [grid.zero_of(g) for g in gens] if k == 0 else gens
+        gens = [Generation(seed, k, m.key, m.founder) for m in cell.participants]
+        return [grid.generation0(g) for g in gens] if k == 0 else gens
 
     def take(self, step: Step, cell: Cell, d: Path) -> None:
-        """A step of the population ``cell`` (lmcollapse.plan): its ``pool`` before
-        generation k, or its row (``measure``) once every participant has written."""
+        """A step of the population ``cell``: its ``pool`` before generation k, or its row
+        (``measure``) once every participant has written."""
         seed, k = step.seed, step.gen.k
         fn = (lambda: self._build_pool(seed, cell, k, d)) if step.kind == "pool" else (
             lambda: self._measure(seed, cell, k, d))
@@ -214,11 +226,11 @@ class Population:
 
     # --- the pool -------------------------------------------------------------------------
 
-    def pool(self, seed: int, population: str, k: int) -> list[Sample]:
-        """The pool generation k of ``population`` crawls (read back once)."""
-        key = (seed, population, k)
+    def pool(self, seed: int, cell: Cell, k: int) -> list[Sample]:
+        """The pool generation k of the population ``cell`` crawls (read back once)."""
+        key = (seed, cell.key, k)
         if key not in self._pools:
-            path = self.host.layout.gen_dir(Generation(seed, k, population)) / POOL
+            path = self.host.layout.gen_dir(Generation(seed, k, cell.key)) / POOL
             files.verify(path)
             self._pools.clear()  # one pool in memory: the next one is built from it
             self._pools[key] = [{**r, "input_ids": np.asarray(r["input_ids"], np.int32)}
@@ -229,7 +241,7 @@ class Population:
         host, s = self.host, cell.policy.settings
         human = host.setup.human
         n, generations = len(human.train), host.cfg.generations
-        previous = starting_pool(human.train) if k == 1 else self.pool(seed, cell.key, k - 1)
+        previous = starting_pool(human.train) if k == 1 else self.pool(seed, cell, k - 1)
         corpora = {p.label: host.corpus(host.layout.gen_dir(g)) for p, g in zip(
             s.participants, self.participant_gens(seed, cell, k - 1), strict=True)}
         rows = previous + new_batch(s, k, n, generations, corpora, self._human(seed, cell, k),
@@ -321,3 +333,38 @@ def _halves(samples: list[Any], size: int, seed: int) -> tuple[list[Any], list[A
     """Two disjoint samples of ``size`` from ``samples`` (the within-participant floor)."""
     order = np.random.default_rng(seed).permutation(len(samples))[:2 * size]
     return [samples[i] for i in sorted(order[:size])], [samples[i] for i in sorted(order[size:])]
+
+
+def _participant(population: Cell, data: dict[str, Any], i: int, j: int, suffix: str,
+                 where: str) -> Cell:
+    """Participant ``j`` of the population ``population`` (policy entry ``i`` at one grid
+    point, whose plain data is ``data``): the shared config with the participant's own
+    settings, and its founder (the generation-0 model it starts from)."""
+    spec = population.policy
+    p = spec.participants[j]
+    at = f"policies[{i}].participants[{j}]"
+    member = copy.deepcopy(data)
+    sized = sorted(k for k in p.overrides() if k.startswith("model.scratch."))
+    if sized and population.cfg.model.source != "scratch":
+        raise ConfigError(f"{at}.{sized[0]}: only a model built from scratch (model.source: "
+                          f"scratch) takes a size of its own; this one is "
+                          f"{population.cfg.model.source}")
+    for key, value in p.overrides().items():
+        set_key(member, key.split("."), value, at)
+    entry = {**plain(spec), "label": f"{spec.key}.{p.label}", "curate": {
+        **plain(spec.curate), **p.curate}}
+    member["policies"] = [entry]
+    try:
+        resolved = build(ExperimentConfig, member)
+        validate(resolved)
+    except ConfigError as err:
+        raise ConfigError(f"{where + ': ' if where else ''}{at}: {err}") from None
+    parts = [population.founder] if population.founder else []
+    if founder_signature(resolved) != founder_signature(population.cfg):
+        parts += [f"{k.rsplit('.', 1)[-1]}={short(v)}" for k, v in sorted(
+            p.overrides().items()) if k.startswith(("train.", "model."))]
+    if p.seed_offset:
+        parts.append(f"seed{p.seed_offset:+d}")
+    key = f"{spec.key}.{p.label}" + (f"@{suffix}" if suffix else "")
+    return Cell(key, resolved.policies[0], resolved, population.axes, ",".join(parts),
+                UNIT_KINDS.default(), unit=population.key, seed_offset=p.seed_offset)
