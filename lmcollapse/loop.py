@@ -213,7 +213,8 @@ class CollapseLoop:
         set_seed(derive_seed(gen.seed, gen.tag, gen.k, "train"))
         mix = self.mix(gen)
         if self.acc.is_main_process:  # (a crawl also says who wrote each block, and when)
-            files.write_rows(d / MIX, mix, self.kinds[self.grid.kind_of(gen)].mix_columns if gen.k else PROVENANCE)
+            kind = self.kinds[self.grid.kind_of(gen)] if gen.k else None
+            files.write_rows(d / MIX, mix, kind.mix_columns if kind else PROVENANCE)
         tcfg = self.grid.train_settings(gen)
         start = self.weights.starting(gen)
         with self.steps.work():
