@@ -65,6 +65,9 @@ CANDIDATES, CURATION = "candidates.parquet", "curation.json"
 POOL, POOL_SUMMARY = "pool.parquet", "pool.json"
 #: (reference metric) each scored sample's perplexity under generation 0
 REFERENCE_SCORES = "reference_scores.parquet"
+#: (calibration metric) each held-out window's mean NLL, Brier score, confidence, accuracy,
+#: entropy and top-k mass
+CALIBRATION = "calibration.parquet"
 #: the tag generation 0 carries in place of a policy (it is shared by every policy)
 SHARED = "shared"
 #: the row label of held-out human text

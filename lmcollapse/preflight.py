@@ -249,7 +249,8 @@ def metric_context(setup: Setup, cfg: ExperimentConfig, acc: Accelerator, seed_d
         trained_length=setup.trained_length, sample_tokens=g.sample_tokens,
         sample_tokens_from="generate.new_tokens" + (" + prompt_tokens" if g.keep_prompt else ""),
         reference_model=reference_model, seed_dir=seed_dir, out_dir=out_dir,
-        truth=setup.truth, **row)
+        truth=setup.truth, needs=frozenset(n for m in setup.metrics for n in m.needs),
+        prompt_tokens=g.prompt_tokens, keep_prompt=g.keep_prompt, **row)
 
 
 def _no_model() -> Any:

@@ -17,8 +17,9 @@ name: it asks a registry for the settings class of a section and builds it, with
 did-you-mean errors. A part's module is
 found without being listed anywhere: :func:`discover` imports every module of the built-in
 part packages (``lmcollapse.policies``, ``lmcollapse.metrics``, ``lmcollapse.data``,
-``lmcollapse.scorers``, ``lmcollapse.units``), plus any module a package declares under the
-``lmcollapse.parts`` entry-point group, so a new part is one new file.
+``lmcollapse.scorers``, ``lmcollapse.units``, ``lmcollapse.losses``), plus any module a
+package declares under the ``lmcollapse.parts`` entry-point group, so a new part is one new
+file.
 
 This module imports nothing of lmcollapse except :mod:`lmcollapse.errors`: every part and
 the config layer import it, and it imports none of them (discovery imports by name, at run
@@ -39,7 +40,7 @@ T = TypeVar("T")
 
 #: packages whose every module is imported by :func:`discover` (each registers its parts)
 BUILTIN_PARTS = ("lmcollapse.policies", "lmcollapse.metrics", "lmcollapse.data",
-                 "lmcollapse.scorers", "lmcollapse.units")
+                 "lmcollapse.scorers", "lmcollapse.units", "lmcollapse.losses")
 #: entry-point group through which an installed package adds parts
 ENTRY_POINT_GROUP = "lmcollapse.parts"
 
@@ -131,6 +132,8 @@ POLICIES: Registry[Any] = Registry("policy")
 METRICS: Registry[Any] = Registry("metric")
 SOURCES: Registry[Any] = Registry("data source")
 SCORERS: Registry[Any] = Registry("scorer")
+#: training objectives (``train.loss``, :mod:`lmcollapse.losses`)
+LOSSES: Registry[Any] = Registry("loss")
 #: what a policy runs as, one unit of a run's plan (:mod:`lmcollapse.units`)
 UNIT_KINDS: Registry[Any] = Registry("unit kind")
 

@@ -18,6 +18,7 @@ from transformers import AutoModelForCausalLM, get_scheduler
 
 from lmcollapse.data.blocks import Sample
 from lmcollapse.faults import kill_point
+from lmcollapse.losses import make_loss
 from lmcollapse.progress import bars_disabled
 from lmcollapse.scoring import masked_nll, pad_batch
 from lmcollapse.settings import TrainConfig
@@ -171,13 +172,14 @@ def train_generation(accelerator: Accelerator, model: torch.nn.Module, pad_id: i
     running, seen = 0.0, 0
     bar = tqdm(total=total, desc=desc, disable=bars_disabled(accelerator),
                leave=False)
+    objective = make_loss(tcfg.loss)  # (train.loss: cross-entropy unless one is named)
     model.train()
     while step < total:
         if hasattr(loader, "set_epoch"):
             loader.set_epoch(epoch)
         for batch in loader:
             with accelerator.accumulate(model):
-                loss = model(**batch).loss
+                loss = objective(model, batch)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and tcfg.max_grad_norm:
                     accelerator.clip_grad_norm_(model.parameters(), tcfg.max_grad_norm)
@@ -203,7 +205,7 @@ def train_generation(accelerator: Accelerator, model: torch.nn.Module, pad_id: i
                 check_converging(train_loss, val_loss, step, uniform, tcfg)
                 rec = {"step": step, "epoch": epoch, "train_loss": train_loss,
                        "val_loss": val_loss, "val_ppl": math.exp(val_loss),
-                       "lr": scheduler.get_last_lr()[0]}
+                       "lr": scheduler.get_last_lr()[0], **objective.summary()}
                 records.append(rec)
                 if accelerator.trackers:
                     accelerator.log({f"{log_tag}/val_loss": val_loss}, step=step)

@@ -504,3 +504,27 @@ def _check_explicit(words: list[str], matrix: np.ndarray) -> None:
         raise ValueError("matrix rows must sum to one")
     if matrix[-1, -1] != 0:
         raise ValueError("the start distribution must not emit '.' (no empty sentences)")
+
+
+def perturbed(source: MarkovSource, noise: float, seed: int) -> MarkovSource:
+    """An imperfect copy of ``source`` (a verifier's belief, Yi et al. 2025): every
+    transition probability multiplied by exp(noise * z), z ~ N(0, 1) drawn with ``seed``,
+    and each row renormalised. The support is the source's (the verifier knows what can
+    follow what, and misjudges how likely it is); ``noise`` 0 gives the source itself.
+    Its distance from the source is :func:`kl_rate`."""
+    matrix = np.array(source.transition_matrix)
+    z = np.random.default_rng(seed).standard_normal(matrix.shape)
+    weighted = np.where(matrix > 0, matrix * np.exp(noise * z), 0.0)
+    return MarkovSource.from_transition_matrix(source.words,
+                                               weighted / weighted.sum(axis=1, keepdims=True))
+
+
+def kl_rate(p: MarkovSource, q: MarkovSource) -> float:
+    """KL divergence rate (nats per word token) of chain ``q`` from chain ``p`` over one
+    vocabulary: sum_i pi_i sum_j P_ij log(P_ij / Q_ij), pi the stationary distribution of
+    ``p`` (infinite where ``q`` gives 0 to a transition ``p`` makes)."""
+    P, Q = p.transition_matrix, q.transition_matrix
+    if np.any((P > 0) & (Q <= 0)):
+        return math.inf
+    ratio = np.where(P > 0, P / np.where(Q > 0, Q, 1.0), 1.0)
+    return float(p.stationary @ (P * np.log(ratio)).sum(axis=1))

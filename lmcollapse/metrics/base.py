@@ -79,6 +79,10 @@ class MeasureContext:
     out_dir: Path
     #: the exact distribution of human text, where the data source knows it
     truth: ExactDistribution | None = None
+    #: a corpus sample's prompt: the first ``prompt_tokens`` tokens of human training block
+    #: ``prompt_id``, kept at the start of the sample when ``keep_prompt``
+    prompt_tokens: int = 0
+    keep_prompt: bool = False
     #: the run's seed (``seed_<s>``): every draw from human text depends on it
     #: (:meth:`human_seed`), so the human row varies over seeds as a corpus row does
     seed: int = 0
@@ -91,6 +95,9 @@ class MeasureContext:
     #: what metrics of one row share instead of computing twice (e.g. each test document's
     #: NLL under one window setting, read by ground_truth and modes)
     shared: dict[Any, Any] = field(default_factory=dict, repr=False)
+    #: what the run's metrics declare they need of shared work (each metric's ``needs``):
+    #: e.g. the held-out pass keeps per-token statistics only when a metric asks for them
+    needs: frozenset[str] = frozenset()
 
     @property
     def is_main_process(self) -> bool:
@@ -98,6 +105,15 @@ class MeasureContext:
 
     def corpus_seqs(self) -> list[Any]:
         return [r["input_ids"] for r in self.corpus]
+
+    def prompt_and_text(self, sample: Sample) -> tuple[str, str]:
+        """A corpus sample as text: its prompt, and the prompt followed by what the model
+        wrote (decoded together, so a word the continuation completes is whole)."""
+        prompt = [int(t) for t in self.human.train[sample["prompt_id"]]["input_ids"]
+                  [: self.prompt_tokens]]
+        ids = [int(t) for t in sample["input_ids"]]
+        full = ids if self.keep_prompt else prompt + ids
+        return self.tokenizer.decode(prompt), self.tokenizer.decode(full)
 
     @cached_property
     def human_stream(self) -> np.ndarray:
@@ -217,6 +233,8 @@ class Metric:
     columns: tuple[str, ...] = ()
     #: a display name of its own for a value key (default: ``display_name (key)``)
     display_names: dict[str, str] = {}
+    #: shared work this metric needs done (:attr:`MeasureContext.needs`)
+    needs: frozenset[str] = frozenset()
 
     def __init__(self, settings: Any = None) -> None:
         self.config = settings

@@ -1,10 +1,18 @@
-"""Held-out perplexity: token-weighted exp(mean NLL) on the human test text, sliding window."""
+"""Held-out perplexity: token-weighted exp(mean NLL) on the human test text, sliding window.
+
+The held-out pass (:func:`heldout_pass`) is shared by every metric of a row that scores the
+test text in the same windows: perplexity reads its sums; where a metric of the run needs
+them (``needs``: :data:`HELDOUT_STATS`, the calibration metric), the same pass also keeps
+each scored token's statistics (:func:`lmcollapse.scoring.token_stats`)."""
 
 from __future__ import annotations
 
 import math
 from collections import Counter
 from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
 
 from lmcollapse.checks import positive
 from lmcollapse.errors import ConfigError
@@ -87,6 +95,41 @@ def stream_perplexity(accelerator, model, stream: list[int], max_length: int, st
     return float(nll.sum()), float(count.sum())
 
 
+#: a metric that reads the held-out pass's per-token statistics declares this need
+HELDOUT_STATS = "heldout_token_stats"
+#: the k of the per-token top-k mass the held-out pass keeps
+TOP_K = 10
+
+
+@dataclass
+class HeldOut:
+    """The held-out pass of one row: per window its summed NLL and scored tokens, and (where
+    a metric needs them) each window's per-token statistics."""
+
+    windows: list[tuple[int, int, int]]
+    nll: np.ndarray
+    count: np.ndarray
+    stats: list[dict[str, np.ndarray]] | None
+    test_tokens: int
+
+
+def heldout_pass(ctx: MeasureContext, p: PerplexitySettings, where: str) -> HeldOut:
+    """The row's held-out pass over ``p``'s windows (done once per row and window setting,
+    :attr:`MeasureContext.shared`)."""
+    stream = ctx.human.test_stream[: p.max_tokens] if p.max_tokens else ctx.human.test_stream
+    max_length, stride = p.windows(ctx.trained_length, where)
+    stats = HELDOUT_STATS in ctx.needs
+    key = ("heldout", max_length, stride, p.batch_size, len(stream), stats)
+    if key not in ctx.shared:
+        windows = sliding_windows(len(stream), max_length, stride)
+        out: Any = score(ctx.accelerator, ctx.model, [stream[b:e] for b, e, _ in windows],
+                         [f for _, _, f in windows], ctx.tokenizer.pad_token_id, p.batch_size,
+                         desc=f"held-out gen {ctx.generation}", stats_k=TOP_K if stats else None)
+        ctx.shared[key] = HeldOut(windows, out[0], out[1], out[2] if stats else None,
+                                  len(stream))
+    return ctx.shared[key]
+
+
 def unigram_nll(train: list[list[int]], stream: list[int], max_length: int, stride: int,
                 vocab_size: int) -> tuple[float, float]:
     """(total NLL, scored tokens) of ``stream`` under the add-one unigram model of the
@@ -115,17 +158,14 @@ class HeldOutPerplexity(Metric):
         self.config.windows(ctx.trained_length, "metrics.perplexity")
 
     def compute(self, ctx: MeasureContext) -> Measurement:
-        p = self.config
-        stream = ctx.human.test_stream[: p.max_tokens] if p.max_tokens else ctx.human.test_stream
-        max_length, stride = p.windows(ctx.trained_length, "metrics.perplexity")
-        nll, count = stream_perplexity(ctx.accelerator, ctx.model, stream, max_length, stride,
-                                       ctx.tokenizer.pad_token_id, p.batch_size,
-                                       desc=f"perplexity gen {ctx.generation}")
+        h = heldout_pass(ctx, self.config, "metrics.perplexity")
+        nll, count = float(h.nll.sum()), float(h.count.sum())
+        max_length, stride = self.config.windows(ctx.trained_length, "metrics.perplexity")
         return Measurement(
             values={"perplexity": math.exp(nll / count), "test_nll_per_token": nll / count},
             details={"max_length": max_length, "stride": stride,
                      "trained_length": ctx.trained_length},
-            sizes={"scored_tokens": int(count), "test_tokens": len(stream)})
+            sizes={"scored_tokens": int(count), "test_tokens": h.test_tokens})
 
     def human_reference(self, ctx: MeasureContext) -> Measurement:
         """The human row holds the baseline: the add-one unigram model of human train's

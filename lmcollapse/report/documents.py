@@ -52,22 +52,32 @@ class PerSample:
     file: str
     column: str
     values: dict[str, str]
+    #: how the report names it: the metric, or (a metric that declares several columns)
+    #: the metric and the column
+    label: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.label:
+            object.__setattr__(self, "label", self.metric)
 
 
 def per_sample(exp: RunResults) -> list[PerSample]:
     """The per-sample declarations the experiment's metrics.json files carry (one per
-    metric, in the order first seen)."""
-    found: dict[str, PerSample] = {}
+    metric and column, in the order first seen; a metric declares one, or a list)."""
+    found: dict[tuple[str, str], PerSample] = {}
     for rec in exp.records.values():
         for metric, details in (rec.get("details") or {}).items():
             spec = details.get("per_sample") if isinstance(details, dict) else None
-            if metric in found or not isinstance(spec, dict):
-                continue
-            try:
-                found[metric] = PerSample(metric, str(spec["file"]), str(spec["column"]),
-                                          {str(k): str(v) for k, v in spec["values"].items()})
-            except (KeyError, TypeError, AttributeError):
-                continue  # a declaration this version cannot read: no per-document numbers
+            for one in spec if isinstance(spec, list) else [spec]:
+                if not isinstance(one, dict) or (metric, str(one.get("column"))) in found:
+                    continue
+                try:
+                    found[metric, str(one["column"])] = PerSample(
+                        metric, str(one["file"]), str(one["column"]),
+                        {str(k): str(v) for k, v in one["values"].items()},
+                        f"{metric} {one['column']}" if isinstance(spec, list) else metric)
+                except (KeyError, TypeError, AttributeError):
+                    continue  # a declaration this version cannot read: no per-document numbers
     return list(found.values())
 
 

@@ -14,7 +14,7 @@ from lmcollapse.report.stats import ALPHA, CORRECTION_NAMES
 
 def describe(w: EarlyWarning) -> str:
     """The rule of an early-warning table, for its notes."""
-    return (f"Per-document tests of {w.spec.metric} ({w.spec.column} of each sample, "
+    return (f"Per-document tests of {w.spec.label} ({w.spec.column} of each sample, "
             f"{w.spec.file}): Mann-Whitney U (two-sided) of generation k's samples against "
             "generation 0's or the human row's, per seed; the seeds' p-values combined by "
             f"Fisher's method; each comparison's tests one family ({CORRECTION_NAMES[w.correction]}"
@@ -48,7 +48,7 @@ def render_markdown(warnings: list[tuple[str, EarlyWarning]]) -> str:
     then against human text, then the rule."""
     out = []
     for key, w in warnings:
-        out += [f"## Early warning: {w.spec.metric}" + (f" ({key})" if key else ""), ""]
+        out += [f"## Early warning: {w.spec.label}" + (f" ({key})" if key else ""), ""]
         for against, what in (("gen 0", "against generation 0 of the same seed"),
                               ("human", "against held-out human text of the same seed")):
             out += [f"Each generation's samples {what}:", "",
@@ -62,7 +62,7 @@ def render_html(warnings: list[tuple[str, EarlyWarning]]) -> str:
     e = html.escape
     parts = []
     for key, w in warnings:
-        parts.append(f"<h2>Early warning: {e(w.spec.metric)}"
+        parts.append(f"<h2>Early warning: {e(w.spec.label)}"
                      + (f" <small>({e(key)})</small>" if key else "") + "</h2>")
         for against, what in (("gen 0", "against generation 0 of the same seed"),
                               ("human", "against held-out human text of the same seed")):
@@ -104,7 +104,7 @@ def render_csv(warnings: list[tuple[str, EarlyWarning]]) -> str:
         for against in AGAINST:
             for policy, row in warn.tests[against].items():
                 for t in row:
-                    w.writerow([key, warn.spec.metric, against, policy, t.generation,
+                    w.writerow([key, warn.spec.label, against, policy, t.generation,
                                 repr(t.effect), repr(t.p), repr(t.p_adj), warn.correction,
                                 warn.families[against], int(t.beyond_noise),
                                 ";".join(f"{s}:{x.effect!r}:{x.p!r}"

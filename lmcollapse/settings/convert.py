@@ -20,8 +20,7 @@ import yaml
 from lmcollapse.checks import MAX_INT
 from lmcollapse.errors import ConfigError
 from lmcollapse.registry import settings_of, unknown_name_message
-from lmcollapse.settings.experiment import NamedPart
-from lmcollapse.settings.sections import Sections
+from lmcollapse.settings.sections import NamedPart, Sections
 
 
 class DuplicateKey(yaml.YAMLError):
@@ -240,7 +239,8 @@ def _build_named(cls: type[NamedPart], data: dict[str, Any], where: str) -> Name
         raise ConfigError(f"{where}.name: missing; name one of: "
                           f"{', '.join(cls.registry.names())}")
     own = {k: v for k, v in data.items() if k not in keys}
-    name = _coerce(data.get("name", cls.name), str, f"{where}.name")
+    name = _coerce(data.get("name", cls.name), str, f"{where}.name") or (
+        cls.registry.default() if not cls.name_required else "")
     kind = cls.registry.kind
     if name not in cls.registry:
         raise ConfigError(f"{where}.name: " + unknown_name_message(kind, name,

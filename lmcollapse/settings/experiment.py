@@ -13,12 +13,13 @@ from typing import Any, ClassVar, Literal
 
 from lmcollapse.checks import positive
 from lmcollapse.errors import ConfigError
-from lmcollapse.registry import POLICIES, SCORERS, Registry, settings_of
+from lmcollapse.registry import POLICIES, SCORERS, Registry
 from lmcollapse.settings.sections import (
     DataConfig,
     GenerateConfig,
     MetricsConfig,
     ModelConfig,
+    NamedPart,
     Sections,
     TrainConfig,
 )
@@ -32,31 +33,6 @@ NOT_SWEEPABLE = ("generate.new_tokens", "generate.prompt_tokens", "generate.keep
 #: keys of the run's one Accelerator (gradient accumulation, precision): a cell of a grid or
 #: a population's participant cannot set them apart from the run
 RUN_WIDE = ("train.mixed_precision", "train.grad_accum")
-
-
-class NamedPart:
-    """A config entry that names a registered part (``name``) and holds the part's own
-    settings (every key of the entry that is not a field of the entry itself)."""
-
-    registry: ClassVar[Registry[Any]]
-    #: an entry must say which part it is (a policy); False: ``name`` has a default
-    name_required: ClassVar[bool] = False
-    name: str
-    settings: Any
-
-    def __post_init__(self) -> None:
-        if self.settings is None and self.name in self.registry:
-            self.settings = settings_of(self.registry.get(self.name))()
-
-    def __getattr__(self, name: str) -> Any:
-        settings = self.__dict__.get("settings")
-        if settings is not None and hasattr(settings, name):
-            return getattr(settings, name)
-        raise AttributeError(f"{self.__dict__.get('name')!r} has no setting {name!r}")
-
-    @classmethod
-    def own_keys(cls) -> list[str]:
-        return [f.name for f in dataclasses.fields(cls) if f.name != "settings"]
 
 
 @dataclass

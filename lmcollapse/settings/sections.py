@@ -9,12 +9,20 @@ module names no part.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 from lmcollapse.checks import positive
 from lmcollapse.errors import ConfigError
-from lmcollapse.registry import METRICS, SOURCES, Registry, settings_of, unknown_name_message
+from lmcollapse.registry import (
+    LOSSES,
+    METRICS,
+    SOURCES,
+    Registry,
+    settings_of,
+    unknown_name_message,
+)
 
 #: the lowest sampling temperature: logits / temperature must stay finite (float16 ends at
 #: 65504, and a logit gap of 0.1 at 0.01 already makes the top token e^10 times likelier)
@@ -150,6 +158,48 @@ class ModelConfig:
             self.scratch.check(f"{where}.scratch")
 
 
+class NamedPart:
+    """A config entry that names a registered part (``name``) and holds the part's own
+    settings (every key of the entry that is not a field of the entry itself)."""
+
+    registry: ClassVar[Registry[Any]]
+    #: an entry must say which part it is (a policy); False: ``name`` has a default
+    name_required: ClassVar[bool] = False
+    name: str
+    settings: Any
+
+    def __post_init__(self) -> None:
+        if not self.name and not self.name_required:  # the part its registry calls default
+            self.name = self.registry.default()
+        if self.settings is None and self.name in self.registry:
+            self.settings = settings_of(self.registry.get(self.name))()
+
+    def __getattr__(self, name: str) -> Any:
+        settings = self.__dict__.get("settings")
+        if settings is not None and hasattr(settings, name):
+            return getattr(settings, name)
+        raise AttributeError(f"{self.__dict__.get('name')!r} has no setting {name!r}")
+
+    @classmethod
+    def own_keys(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls) if f.name != "settings"]
+
+
+@dataclass
+class LossSpec(NamedPart):
+    """``train.loss``: the training objective, a registered loss (:mod:`lmcollapse.losses`)
+    and its settings; none named: the one its module declares the default (plain
+    cross-entropy)."""
+
+    registry: ClassVar[Registry[Any]] = LOSSES
+    name: str = ""
+    settings: Any = None
+
+    def check(self, where: str) -> None:
+        if hasattr(self.settings, "check"):
+            self.settings.check(where)
+
+
 @dataclass
 class LoraConfig:
     """LoRA (peft) instead of full fine-tuning; the adapter is merged into the saved model."""
@@ -195,8 +245,13 @@ class TrainConfig:
     #: (lmcollapse.data.blocks.pack_rows); full-length rows (human blocks) stay as they
     #: are, so generation 0 is the same packed or not
     pack: bool = False
+    #: the training objective (plain cross-entropy unless a loss is named: truncated
+    #: cross-entropy, :mod:`lmcollapse.losses`); generation 0 trains with it too, so a
+    #: loss is a training setting with a founder of its own
+    loss: LossSpec = field(default_factory=LossSpec)
 
     def check(self, where: str) -> None:
+        self.loss.check(f"{where}.loss")
         for name in ("epochs", "batch_size", "grad_accum", "eval_batch_size"):
             positive(getattr(self, name), f"{where}.{name}")
         if not 0 < self.lr <= 1:
