@@ -255,9 +255,15 @@ class ReportLayout:
     #: the leaderboard's formats, one file each
     FORMATS = ("md", "csv", "tex", "html")
     EARLY_WARNING = "early_warning.csv"
+    PROFILE = "collapse_profile.csv"
 
     def __init__(self, out: str | Path) -> None:
         self.out = Path(out)
+
+    @property
+    def profile(self) -> Path:
+        """The collapse profile: every policy against the eight definitions."""
+        return self.out / self.PROFILE
 
     def leaderboard(self, fmt: str) -> Path:
         return self.out / f"leaderboard.{fmt}"

@@ -27,7 +27,14 @@ from typing import Any
 from lmcollapse.errors import ReportError
 from lmcollapse.files import write_text
 from lmcollapse.layout import ReportLayout, RunLayout, bounded
-from lmcollapse.report import documents, documents_formats, populations, populations_formats
+from lmcollapse.report import (
+    documents,
+    documents_formats,
+    populations,
+    populations_formats,
+    profile,
+    profile_formats,
+)
 from lmcollapse.report import plots as plotting
 from lmcollapse.report.compute import (
     ARROWS,
@@ -123,9 +130,12 @@ def write_report(run_dirs: list[str | Path], out: str | Path | None = None,
     if c.warnings:
         texts.append((files_out.early_warning, documents_formats.render_csv(c.warnings)))
         sections.insert(0, documents_formats.render_html(c.warnings))
+    texts.append((files_out.profile, profile_formats.render_csv(c.profiles)))
+    sections.insert(0, profile_formats.render_html(c.profiles))
     md = render_markdown(c.lb)  # after every file was read: it lists those that could not be
     files = [*(files_out.leaderboard(f).name for f in ("csv", "tex", "md")),
              *([files_out.early_warning.name] if c.warnings else []),
+             files_out.profile.name,
              *(path.name for path, _ in texts if path.suffix == ".md"),
              *(p.relative_to(out).as_posix() for p in made if p.suffix == ".pdf"),
              *(os.path.relpath(RunLayout(d).experiment_json, out)
@@ -135,6 +145,9 @@ def write_report(run_dirs: list[str | Path], out: str | Path | None = None,
         at = full_md.find("\nFigures:")
         at = len(full_md) if at < 0 else at
         full_md = full_md[:at] + "\n" + populations_formats.render_markdown(pops) + full_md[at:]
+    at = full_md.find("\nFigures:")  # the collapse profile, before the figures
+    at = len(full_md) if at < 0 else at
+    full_md = full_md[:at] + "\n" + profile_formats.render_markdown(c.profiles) + full_md[at:]
     if c.warnings:  # before the figures, after the per-generation tables
         at = full_md.find("\nFigures:")
         at = len(full_md) if at < 0 else at
@@ -164,6 +177,8 @@ class _Computed:
     tables: GenerationTables
     #: (experiment key or "", the early warning of one per-sample metric)
     warnings: list[tuple[str, documents.EarlyWarning]]
+    #: each experiment's collapse profile
+    profiles: list[profile.Profile]
 
 
 def _compute(exps: list[RunResults], rank_by: str | None, metric: str | None,
@@ -193,7 +208,9 @@ def _compute(exps: list[RunResults], rank_by: str | None, metric: str | None,
     warnings = [(e.key if len(exps) > 1 else "", documents.early_warning(
         e, spec, correction, [p for p in e.policies if p not in sharing_generation0(e)[1:]]))
         for e in exps for spec in specs[id(e)]]
-    return _Computed(lb, tex_lb, metric, table, marks, tables, warnings)
+    profiles = [profile.profile(e, [p for p in e.policies if p not in sharing_generation0(e)[1:]])
+                for e in exps]
+    return _Computed(lb, tex_lb, metric, table, marks, tables, warnings, profiles)
 
 
 def _figures(exps: list[RunResults], c: _Computed, shown: list[str],
