@@ -37,6 +37,15 @@ def as_rows(w: EarlyWarning, against: str) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
+def _compared(w: EarlyWarning) -> list[tuple[str, str]]:
+    """The comparisons that have tests: against generation 0, and against human text where
+    the human row has samples (a metric that needs a model has none)."""
+    return [(against, what) for against, what in (
+        ("gen 0", "against generation 0 of the same seed"),
+        ("human", "against held-out human text of the same seed"))
+        if any(w.tests[against].values())]
+
+
 def _cell(t: DocumentTest | None) -> str:
     if t is None:
         return "–"
@@ -49,8 +58,7 @@ def render_markdown(warnings: list[tuple[str, EarlyWarning]]) -> str:
     out = []
     for key, w in warnings:
         out += [f"## Early warning: {w.spec.label}" + (f" ({key})" if key else ""), ""]
-        for against, what in (("gen 0", "against generation 0 of the same seed"),
-                              ("human", "against held-out human text of the same seed")):
+        for against, what in _compared(w):
             out += [f"Each generation's samples {what}:", "",
                     md_table(*as_rows(w, against), left=1), ""]
         out += [f"- {describe(w)}", ""]
@@ -64,8 +72,7 @@ def render_html(warnings: list[tuple[str, EarlyWarning]]) -> str:
     for key, w in warnings:
         parts.append(f"<h2>Early warning: {e(w.spec.label)}"
                      + (f" <small>({e(key)})</small>" if key else "") + "</h2>")
-        for against, what in (("gen 0", "against generation 0 of the same seed"),
-                              ("human", "against held-out human text of the same seed")):
+        for against, what in _compared(w):
             header, rows = as_rows(w, against)
             by_policy = {p: {t.generation: t for t in row}
                          for p, row in w.tests[against].items()}
