@@ -435,7 +435,8 @@ def test_cli(run, tmp_path, capsys):
     assert "| 1 | replace |" in text and "## Per generation: distinct_4" in text
     assert f"into {out}" in text and not (out / "plots").exists()
     assert {p.name for p in out.iterdir()} == {f"leaderboard.{x}" for x in
-                                               ("md", "csv", "tex", "html")}
+                                               ("md", "csv", "tex", "html")} | {
+        "collapse_profile.csv"}
 
 
 def test_bad_input_messages(run, tmp_path, capsys):
@@ -709,7 +710,8 @@ def test_one_seed_says_so(tmp_path):
         f"# lmcollapse leaderboard: sig\n\n> {notice}\n")
     assert f'<p class="notice">{notice}</p>' in html_page
     tables = re.findall(r"<table.*?</table>", html_page, re.S)
-    assert len(tables) == 1 + len(res["leaderboard"].columns)
+    # the leaderboard, a per-generation table per column, the collapse profile
+    assert len(tables) == 1 + len(res["leaderboard"].columns) + 1
     assert not any("±" in t for t in tables)
     # one experiment with one seed beside one with three: the caveat names it
     many = tmp_path / "many"

@@ -51,7 +51,7 @@ def render_markdown(profiles: list[Profile]) -> str:
 
 def render_html(profiles: list[Profile]) -> str:
     e = html.escape
-    parts = ['<h2 id="collapse-profile">Collapse profile</h2>', f"<p>{e(INTRO)}</p>"]
+    parts = ["<h2>Collapse profile</h2>", f"<p>{e(INTRO)}</p>"]
     for prof in profiles:
         if len(profiles) > 1:
             parts.append(f"<h3>{e(prof.experiment)}</h3>")
