@@ -121,3 +121,8 @@ def test_calibration_through_the_loop_and_the_report(tmp_path):
     write_report([both.run_dir], out=tmp_path / "report", lineage_prompts=0)
     md = (tmp_path / "report" / "leaderboard.md").read_text()
     assert "Early warning: calibration nll" in md and "Early warning: calibration brier" in md
+    # no human row (it needs a model): no comparison with human text, no empty table
+    section = md[md.index("Early warning: calibration nll"):]
+    section = section[:section.index("Early warning: calibration brier")]
+    assert "against held-out human text" not in section
+    assert "against generation 0's, per seed" in section and "(Holm, 1 tests)" in section

@@ -85,16 +85,6 @@ def sliding_windows(n_tokens: int, max_length: int, stride: int) -> list[tuple[i
     return windows
 
 
-def stream_perplexity(accelerator, model, stream: list[int], max_length: int, stride: int,
-                      pad_id: int, batch_size: int,
-                      desc: str = "perplexity") -> tuple[float, float]:
-    """Sliding-window (total NLL, scored tokens) of ``stream``, windows sharded over processes."""
-    windows = sliding_windows(len(stream), max_length, stride)
-    nll, count = score(accelerator, model, [stream[b:e] for b, e, _ in windows],
-                       [f for _, _, f in windows], pad_id, batch_size, desc=desc)
-    return float(nll.sum()), float(count.sum())
-
-
 #: a metric that reads the held-out pass's per-token statistics declares this need
 HELDOUT_STATS = "heldout_token_stats"
 #: the k of the per-token top-k mass the held-out pass keeps
@@ -103,30 +93,49 @@ TOP_K = 10
 
 @dataclass
 class HeldOut:
-    """The held-out pass of one row: per window its summed NLL and scored tokens, and (where
-    a metric needs them) each window's per-token statistics."""
+    """A sliding-window pass over a token stream: per window its summed NLL and scored
+    tokens, and (where asked for) each window's per-token statistics."""
 
-    windows: list[tuple[int, int, int]]
     nll: np.ndarray
     count: np.ndarray
     stats: list[dict[str, np.ndarray]] | None
     test_tokens: int
 
 
+def window_pass(accelerator: Any, model: Any, stream: list[int], max_length: int,
+                stride: int, pad_id: int, batch_size: int, desc: str = "perplexity",
+                stats_k: int | None = None) -> HeldOut:
+    """Score ``stream`` in its sliding windows (:func:`sliding_windows`), sharded over
+    processes; with ``stats_k``, each window's :func:`lmcollapse.scoring.token_stats` too."""
+    windows = sliding_windows(len(stream), max_length, stride)
+    out: Any = score(accelerator, model, [stream[b:e] for b, e, _ in windows],
+                     [f for _, _, f in windows], pad_id, batch_size, desc=desc,
+                     stats_k=stats_k)
+    return HeldOut(out[0], out[1], out[2] if stats_k is not None else None, len(stream))
+
+
+def stream_perplexity(accelerator: Any, model: Any, stream: list[int], max_length: int,
+                      stride: int, pad_id: int, batch_size: int,
+                      desc: str = "perplexity") -> tuple[float, float]:
+    """Sliding-window (total NLL, scored tokens) of ``stream``: the sums of its
+    :func:`window_pass`, as the perplexity metric takes them."""
+    h = window_pass(accelerator, model, stream, max_length, stride, pad_id, batch_size, desc)
+    return float(h.nll.sum()), float(h.count.sum())
+
+
 def heldout_pass(ctx: MeasureContext, p: PerplexitySettings, where: str) -> HeldOut:
-    """The row's held-out pass over ``p``'s windows (done once per row and window setting,
-    :attr:`MeasureContext.shared`)."""
+    """The row's :func:`window_pass` over the test stream in ``p``'s windows (done once per
+    row and window setting, :attr:`MeasureContext.shared`), with per-token statistics where
+    a metric of the run needs them."""
     stream = ctx.human.test_stream[: p.max_tokens] if p.max_tokens else ctx.human.test_stream
     max_length, stride = p.windows(ctx.trained_length, where)
     stats = HELDOUT_STATS in ctx.needs
     key = ("heldout", max_length, stride, p.batch_size, len(stream), stats)
     if key not in ctx.shared:
-        windows = sliding_windows(len(stream), max_length, stride)
-        out: Any = score(ctx.accelerator, ctx.model, [stream[b:e] for b, e, _ in windows],
-                         [f for _, _, f in windows], ctx.tokenizer.pad_token_id, p.batch_size,
-                         desc=f"held-out gen {ctx.generation}", stats_k=TOP_K if stats else None)
-        ctx.shared[key] = HeldOut(windows, out[0], out[1], out[2] if stats else None,
-                                  len(stream))
+        ctx.shared[key] = window_pass(ctx.accelerator, ctx.model, stream, max_length, stride,
+                                      ctx.tokenizer.pad_token_id, p.batch_size,
+                                      f"held-out gen {ctx.generation}",
+                                      TOP_K if stats else None)
     return ctx.shared[key]
 
 

@@ -14,11 +14,15 @@ from lmcollapse.report.stats import ALPHA, CORRECTION_NAMES
 
 def describe(w: EarlyWarning) -> str:
     """The rule of an early-warning table, for its notes."""
+    if any(w.tests["human"].values()):
+        against = "generation 0's or the human row's"
+        family = f"{w.families.get('gen 0', 0)} and {w.families.get('human', 0)} tests"
+    else:  # no human samples (a metric that needs a model): one comparison
+        against, family = "generation 0's", f"{w.families.get('gen 0', 0)} tests"
     return (f"Per-document tests of {w.spec.label} ({w.spec.column} of each sample, "
             f"{w.spec.file}): Mann-Whitney U (two-sided) of generation k's samples against "
-            "generation 0's or the human row's, per seed; the seeds' p-values combined by "
-            f"Fisher's method; each comparison's tests one family ({CORRECTION_NAMES[w.correction]}"
-            f", {w.families.get('gen 0', 0)} and {w.families.get('human', 0)} tests); "
+            f"{against}, per seed; the seeds' p-values combined by Fisher's method; each "
+            f"comparison's tests one family ({CORRECTION_NAMES[w.correction]}, {family}); "
             f"A = P(a sample of k > one of the other), mean over seeds (0.5 = no shift); "
             f"✱ = beyond noise (corrected p < {ALPHA:g}).")
 
