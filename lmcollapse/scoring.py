@@ -60,7 +60,8 @@ def token_stats(logits: torch.Tensor, targets: torch.Tensor, keep: torch.Tensor,
 
 @torch.no_grad()
 def masked_nll(model: torch.nn.Module, seqs: Sequence[Sequence[int]], score_from: Sequence[int],
-               pad_id: int, stats_k: int | None = None) -> tuple[Any, ...]:
+               pad_id: int, stats_k: int | None = None, per_token: bool = False
+               ) -> tuple[Any, ...]:
     """Sum of -log p(x_t | x_<t) over positions ``t >= max(1, score_from[i])`` of each sequence.
 
     Args:
@@ -72,8 +73,12 @@ def masked_nll(model: torch.nn.Module, seqs: Sequence[Sequence[int]], score_from
 
     Returns:
         ``(nll, count)``: float64 tensors of shape ``[len(seqs)]`` on the model's device;
-        with ``stats_k``, also :func:`token_stats` of the same logits (top-``stats_k`` mass).
+        with ``stats_k``, also :func:`token_stats` of the same logits (top-``stats_k`` mass);
+        with ``per_token`` (not with ``stats_k``), also each sequence's scored tokens' NLL
+        (float64 arrays, in position order).
     """
+    if per_token and stats_k is not None:
+        raise ValueError("per_token and stats_k are exclusive")
     device = next(model.parameters()).device
     ids, mask = pad_batch(seqs, pad_id)
     ids, mask = ids.to(device), mask.to(device)
@@ -84,6 +89,9 @@ def masked_nll(model: torch.nn.Module, seqs: Sequence[Sequence[int]], score_from
     start = torch.as_tensor([max(1, s) for s in score_from], device=device)
     keep = (positions[None, :] >= start[:, None]) & mask[:, 1:].bool()
     summed = (nll.double() * keep).sum(dim=1), keep.sum(dim=1).double()
+    if per_token:
+        return (*summed, [row[kept].double().cpu().numpy() for row, kept in zip(nll, keep,
+                                                                               strict=True)])
     if stats_k is None:
         return summed
     return (*summed, token_stats(logits, targets, keep, stats_k))
@@ -91,7 +99,8 @@ def masked_nll(model: torch.nn.Module, seqs: Sequence[Sequence[int]], score_from
 
 def score(accelerator: Any, model: torch.nn.Module, seqs: Sequence[Sequence[int]],
           score_from: Sequence[int], pad_id: int, batch_size: int,
-          desc: str = "scoring", stats_k: int | None = None) -> tuple[Any, ...]:
+          desc: str = "scoring", stats_k: int | None = None, per_token: bool = False
+          ) -> tuple[Any, ...]:
     """Summed NLL and scored-token count of every sequence, in input order.
 
     Sequences are cut into batches of ``batch_size`` in order, the batches shared out
@@ -105,8 +114,10 @@ def score(accelerator: Any, model: torch.nn.Module, seqs: Sequence[Sequence[int]
 
     Returns:
         ``(nll, count)``: float64 arrays of shape ``[len(seqs)]``; with ``stats_k``, also
-        each sequence's :func:`token_stats`, in input order.
+        each sequence's :func:`token_stats`, with ``per_token`` its tokens' NLL (see
+        :func:`masked_nll`), in input order.
     """
+    extra = stats_k is not None or per_token
     model.eval()
     done: list[tuple[Any, ...]] = []
     with accelerator.split_between_processes(list(range(len(seqs)))) as mine:
@@ -114,12 +125,12 @@ def score(accelerator: Any, model: torch.nn.Module, seqs: Sequence[Sequence[int]
         for batch in tqdm(batches, desc=desc, disable=bars_disabled(accelerator),
                           leave=False):
             out = masked_nll(model, [seqs[i] for i in batch], [score_from[i] for i in batch],
-                             pad_id, stats_k)
-            stats = out[2] if stats_k is not None else [None] * len(batch)
+                             pad_id, stats_k, per_token)
+            stats = out[2] if extra else [None] * len(batch)
             done += zip(batch, out[0].tolist(), out[1].tolist(), stats, strict=True)
     if accelerator.num_processes > 1:
         done = gather_object(done)
     done.sort(key=lambda row: row[0])
     sums = (np.array([n for _, n, _, _ in done], dtype=np.float64),
             np.array([c for _, _, c, _ in done], dtype=np.float64))
-    return sums if stats_k is None else (*sums, [s for _, _, _, s in done])
+    return (*sums, [s for _, _, _, s in done]) if extra else sums

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -115,3 +116,123 @@ def test_curation_by_a_verifier_and_the_measure_toward_it(tmp_path):
     assert rec["verifier_gap"] == pytest.approx((log_v - log_p) / (words - impossible))
     assert rec["truth_nats_per_word"] == pytest.approx(-log_p / (words - impossible))
     assert rec["impossible_share"] == pytest.approx(impossible / words)
+
+
+def test_a_word_owns_the_tokens_from_the_end_of_the_word_before_it():
+    """Character spans: 'a b' + 'c d ' scores c and d (each from the end of the word before
+    it); a token crossing a span boundary leaves the sample out."""
+    from lmcollapse.data.markov import scored_spans
+    from lmcollapse.metrics.verifier import word_of_tokens
+
+    prev, spans = scored_spans("a b", " c dd ")
+    assert prev == "b" and spans == [(3, 4, 5), (5, 6, 8)]
+    # byte-level pieces: "a", " b", " c", " d", "d" (the space goes with the word after it)
+    assert word_of_tokens([(0, 1), (1, 3), (3, 5), (5, 7), (7, 8)], spans) == [-1, -1, 0, 1, 1]
+    assert word_of_tokens([(0, 1), (1, 4), (4, 5), (5, 8)], spans) is None  # " b " crosses
+    assert word_of_tokens([(0, 1), (1, 3), (3, 6), (6, 8)], spans) is None  # "c d" crosses
+    # a word the continuation completes: the context's cut piece is scored from 0
+    prev, spans = scored_spans("wor", "d next ")
+    assert prev == "." and spans == [(0, 0, 4), (4, 5, 9)]
+
+
+@pytest.mark.slow
+def test_measure_toward_a_model_verifier(tmp_path, accelerator):
+    """Toward a model (the seed's generation-0 model, or the same weights as a directory):
+    each word's log v is the model's log-probability of the text up to the word's end minus
+    that up to the end of the word before it (recomputed here from whole forward passes);
+    the gap sums log v - log p over the words the source can produce there; the human row is
+    minus the verifier's stated excess log-loss, which equals ground_truth's excess of the
+    generation-0 model."""
+    import shutil
+
+    import torch
+    from conftest import measure_context
+
+    from lmcollapse.data.markov import scored_words
+    from lmcollapse.metrics.verifier import TowardVerifier, VerifierMetricSettings
+    from lmcollapse.models import load_model
+
+    cfg = tiny_config(tmp_path, "generations=1", "train.epochs=6", "train.lr=1e-2",
+                      "metrics.names=[perplexity,ground_truth,verifier]",
+                      "metrics.verifier.model=gen0",
+                      "policies=[replace, {name: replace, label: by-gen0, curate: {rule: best, "
+                      "fraction: 0.5, scorer: {name: loglik, model: gen0}}}]")
+    loop = CollapseLoop(cfg)
+    loop.run()
+    seed = cfg.run_dir / "seed_0"
+    source = MarkovSource(vocab_size=60, branching=6, seed=0)  # tiny_config's source
+    tok = load_tokenizer(cfg.model, saved=cfg.run_dir / "tokenizer")
+    gen0 = load_model(seed / "gen_00" / "model").eval()
+    blocks, length = loop.setup.human.train, cfg.generate.prompt_tokens
+    nl = tok("\n", add_special_tokens=False)["input_ids"]
+
+    @torch.no_grad()
+    def log_v(text: str) -> float:  # log q0 of the text's tokens after a newline
+        ids = torch.tensor([nl + tok(text, add_special_tokens=False)["input_ids"]])
+        logp = torch.log_softmax(gen0(input_ids=ids).logits[0, :-1].double(), -1)
+        return float(logp.gather(-1, ids[0, 1:, None]).sum())
+
+    corpus = pq.read_table(seed / "by-gen0" / "gen_01" / "corpus.parquet").to_pylist()
+    gap = truth = words = impossible = 0.0
+    for row in corpus:
+        prompt = [int(t) for t in blocks[row["prompt_id"]]["input_ids"][:length]]
+        context = tok.decode(prompt)
+        full = tok.decode(prompt + [int(t) for t in row["input_ids"]])
+        prev, scored = scored_words(context, full[len(context):],
+                                    source.word_to_index.__contains__)
+        prev = prev if prev in source.word_to_index else "."
+        found = [(m.start(), m.end()) for m in re.finditer(r"\S+", full)]
+        last = len(found) if full[-1].isspace() else len(found) - 1  # a cut last word: not
+        first = last - len(scored)
+        assert [full[a:e] for a, e in found[first:last]] == scored
+        ends = [e for _, e in found[first:last]]
+        before = [full[:found[i - 1][1]] if i else "" for i in range(first, last)]
+        for w, e, b, p_prev in zip(scored, ends, before, [prev, *scored[:-1]], strict=True):
+            i, j = source.word_to_index.get(p_prev, -1), source.word_to_index.get(w, -1)
+            p = source.transition_matrix[i, j] if min(i, j) >= 0 else 0.0
+            words += 1
+            if p == 0:
+                impossible += 1
+                continue
+            word_log_v = log_v(full[:e]) - (log_v(b) if b else 0.0)
+            gap, truth = gap + word_log_v - math.log(p), truth - math.log(p)
+    rec = json.loads((seed / "by-gen0" / "gen_01" / "metrics.json").read_text())
+    values = rec["values"]
+    assert values["unaligned_share"] == 0.0  # byte-level BPE never joins across a space
+    assert values["verifier_gap"] == pytest.approx(gap / (words - impossible), rel=1e-5)
+    assert values["truth_nats_per_word"] == pytest.approx(truth / (words - impossible))
+    assert values["impossible_share"] == pytest.approx(impossible / words)
+    excess0 = json.loads((seed / "gen_00" / "metrics.json").read_text())["values"][
+        "excess_nats_per_word"]
+    human = json.loads((seed / "human" / "metrics.json").read_text())
+    stated = human["details"]["verifier"]["verifier_excess_nats_per_word"]
+    assert stated == pytest.approx(excess0, rel=1e-6)
+    assert human["values"]["verifier_gap"] == pytest.approx(-excess0, rel=1e-6)
+    assert rec["details"]["verifier"]["verifier_excess_nats_per_word"] == stated
+
+    # the same weights given as a directory measure the same
+    shutil.copytree(seed / "gen_00" / "model", tmp_path / "judge")
+    metric = TowardVerifier(VerifierMetricSettings(model=str(tmp_path / "judge")))
+    ctx = measure_context(cfg, accelerator, tok, loop.setup.human, tmp_path,
+                          generation=1, corpus=corpus, truth=source,
+                          prompt_tokens=length, keep_prompt=cfg.generate.keep_prompt)
+    metric.preflight(ctx)
+    again = metric.compute(ctx)
+    assert again.values["verifier_gap"] == pytest.approx(values["verifier_gap"], rel=1e-6)
+    assert again.details["verifier_excess_nats_per_word"] == pytest.approx(stated, rel=1e-6)
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ("generator", r"metrics\.verifier\.model: 'gen0' or a model directory"),
+    ("/nonexistent/judge", r"metrics\.verifier\.model: cannot load '/nonexistent/judge'"),
+])
+def test_a_model_verifier_that_cannot_be_measured_is_refused_first(tmp_path, value, message):
+    cfg_args = ("metrics.names=[verifier]", f"metrics.verifier.model={value}")
+    if value == "generator":
+        with pytest.raises(ConfigError, match=message):
+            tiny_config(tmp_path, *cfg_args)
+        return
+    cfg = tiny_config(tmp_path, *cfg_args)
+    with pytest.raises(ConfigError, match=message):
+        CollapseLoop(cfg).run()
+    assert not (cfg.run_dir / "seed_0").exists()

@@ -13,6 +13,7 @@ document is several sentences joined by a space, with no newline inside, for exa
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -214,14 +215,28 @@ def scored_words(context: str, continuation: str,
     holds no complete word.
     """
     full = context + continuation
-    words = full.split()
+    prev, spans = scored_spans(context, continuation, known)
+    return prev, [full[b:e] for _, b, e in spans]
+
+
+def scored_spans(context: str, continuation: str, known: Callable[[str], bool] | None = None
+                 ) -> tuple[str, list[tuple[int, int, int]]]:
+    """:func:`scored_words` as character spans of ``context + continuation``: the word
+    before them and, per scored word, ``(after, begin, end)``: where the word before it
+    ends (0 for the first word of the text), where the word begins and where it ends. A
+    word's tokens under a tokenizer that never joins text across whitespace lie in
+    ``[after, end)``."""
+    full = context + continuation
+    words = [(m.start(), m.end()) for m in re.finditer(r"\S+", full)]
     n_ctx = len(context.split())
     if n_ctx and context[-1:].strip() and (
             continuation[:1].strip()  # the continuation goes on with the context's last word
-            or (known is not None and continuation and not known(words[n_ctx - 1]))):
+            or (known is not None and continuation
+                and not known(full[slice(*words[n_ctx - 1])]))):
         n_ctx -= 1
     end = len(words) if full[-1:].isspace() else len(words) - 1
-    return (words[n_ctx - 1] if n_ctx > 0 else END_TOKEN), words[n_ctx:end]
+    spans = [(words[i - 1][1] if i else 0, *words[i]) for i in range(n_ctx, end)]
+    return (full[slice(*words[n_ctx - 1])] if n_ctx > 0 else END_TOKEN), spans
 
 
 class MarkovSource:
@@ -418,6 +433,21 @@ class MarkovSource:
             return 0.0, 0, 0
         log_p, impossible = self.path_parts(idx)
         return log_p, len(idx) - 1, impossible
+
+    def continuation_steps(self, context: str, continuation: str
+                           ) -> tuple[np.ndarray, list[tuple[int, int, int]]]:
+        """Per word ``continuation`` adds to ``context`` (scored as by
+        :meth:`continuation_log_prob`): its probability given the word before it (0 where
+        the source cannot produce it there), and its :func:`scored_spans` span."""
+        prev, spans = scored_spans(context, continuation, self.word_to_index.__contains__)
+        if not spans:
+            return np.zeros(0), []
+        full = context + continuation
+        if prev not in self.word_to_index:  # a context of one cut word: start a sentence
+            prev = END_TOKEN
+        idx = np.array([self.word_to_index.get(w, -1)
+                        for w in [prev, *(full[b:e] for _, b, e in spans)]])
+        return self._step_probs(idx), spans
 
     def _continuation_path(self, context: str, continuation: str) -> np.ndarray | None:
         """Indices of the word before the scored words and of the scored words (-1:

@@ -46,12 +46,14 @@ def document_nll(ctx: MeasureContext, settings: WindowSettings, where: str,
     length, stride = settings.windows(ctx.trained_length, where)
     key = ("document_nll", length, stride)
     if key not in ctx.shared:
-        ctx.shared[key] = _document_nll(ctx, length, stride, where, batch_size)
+        ctx.shared[key] = documents_nll(ctx, length, stride, where, batch_size)
     return ctx.shared[key]
 
 
-def _document_nll(ctx: MeasureContext, length: int, stride: int, where: str,
+def documents_nll(ctx: MeasureContext, length: int, stride: int, where: str,
                   batch_size: int) -> np.ndarray:
+    """:func:`document_nll` in windows of ``length`` and ``stride``, not kept: the model
+    need not be the row's (the verifier metric scores the documents under its verifier)."""
     docs = test_documents(ctx)
     nl = ctx.tokenizer("\n", add_special_tokens=False)["input_ids"]
     seqs = [nl + ctx.tokenizer(d, add_special_tokens=False)["input_ids"] for d in docs]

@@ -5,13 +5,14 @@ external verifier)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
 from lmcollapse.data.blocks import Sample
 from lmcollapse.errors import ConfigError
-from lmcollapse.models import load_model
+from lmcollapse.models import check_vocab, load_model
 from lmcollapse.registry import SCORERS
 from lmcollapse.scorers.base import ScoreContext, Scorer
 from lmcollapse.scoring import score
@@ -33,6 +34,22 @@ class LogLikSettings:
             raise ConfigError(f"{where}.batch_size: must be > 0, got {self.batch_size}")
 
 
+def load_external(name: str, accelerator: Any, tokenizer: Any, where: str) -> torch.nn.Module:
+    """A verifier model from a directory or hub id, on the run's device, refused naming
+    ``where`` when it cannot be loaded or cannot read the run's tokens."""
+    try:
+        model = load_model(name)
+    except Exception as err:  # noqa: BLE001  (any load failure means the same here)
+        raise ConfigError(f"{where}: cannot load {name!r} "
+                          f"({type(err).__name__}: {str(err)[:200]})") from None
+    try:
+        check_vocab(tokenizer, model.config)
+    except ConfigError as err:
+        raise ConfigError(f"{where}: {name!r} does not share the run's tokenizer ({err})"
+                          ) from None
+    return model.to(accelerator.device)
+
+
 @SCORERS.register("loglik")
 class LogLikelihood(Scorer):
     settings = LogLikSettings
@@ -48,11 +65,8 @@ class LogLikelihood(Scorer):
         if name == "generator":
             return ctx.generator()
         if self._external is None:
-            try:
-                self._external = load_model(name).to(ctx.accelerator.device)
-            except Exception as err:  # noqa: BLE001  (any load failure means the same here)
-                raise ConfigError(f"curate.scorer.model: cannot load {name!r} "
-                                  f"({type(err).__name__}: {str(err)[:200]})") from None
+            self._external = load_external(name, ctx.accelerator, ctx.tokenizer,
+                                           "curate.scorer.model")
         return self._external
 
     def preflight(self, ctx: ScoreContext) -> None:
