@@ -236,3 +236,25 @@ def test_a_model_verifier_that_cannot_be_measured_is_refused_first(tmp_path, val
     with pytest.raises(ConfigError, match=message):
         CollapseLoop(cfg).run()
     assert not (cfg.run_dir / "seed_0").exists()
+
+
+def test_a_verifier_model_that_cannot_read_the_run_tokens_is_refused_first(tmp_path):
+    """A model whose embedding matrix is smaller than the run's tokenizer (another
+    tokenizer's model) is refused at set-up, naming the field, for the metric and for the
+    scorer alike."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    LlamaForCausalLM(LlamaConfig(vocab_size=16, hidden_size=8, intermediate_size=16,
+                                 num_hidden_layers=1, num_attention_heads=2,
+                                 num_key_value_heads=2)).save_pretrained(tmp_path / "small")
+    judge = tmp_path / "small"
+    for args, field in (
+            (("metrics.names=[verifier]", f"metrics.verifier.model={judge}"),
+             r"metrics\.verifier\.model: .* does not share the run's tokenizer"),
+            (("metrics.names=[perplexity]", "policies=[{name: replace, curate: {rule: best, "
+              f"scorer: {{name: loglik, model: {judge}}}}}}}]"),
+             r"curate\.scorer\.model: .* does not share the run's tokenizer")):
+        cfg = tiny_config(tmp_path / field[:8], *args)
+        with pytest.raises(ConfigError, match=field):
+            CollapseLoop(cfg).run()
+        assert not (cfg.run_dir / "seed_0").exists()
