@@ -1,4 +1,5 @@
-"""Command line: ``lmcollapse run|validate|cells|plan|report|compare|plan-seeds|claims|bench``.
+"""Command line: ``lmcollapse run|validate|cells|plan|report|compare|plan-seeds|claims|export|
+leaderboard|bench``.
 
     lmcollapse run --config configs/quickstart.yaml [key.sub=value ...] [--new-run]
     lmcollapse run --config configs/shumailov2023.yaml --shard 3/8   # one job of eight
@@ -10,6 +11,8 @@
     lmcollapse compare runs/quickstart --pair mix-0.1 replace --metrics perplexity
     lmcollapse plan-seeds runs/quickstart --pair mix-0.1 replace --metrics perplexity
     lmcollapse claims runs/wikitext-controls     # configs/wikitext-controls.claims.yaml
+    lmcollapse export runs/quickstart            # runs/quickstart/results.json
+    lmcollapse leaderboard a/results.json b/results.json --out leaderboard
     lmcollapse bench --config configs/quickstart.yaml
 """
 
@@ -62,6 +65,12 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                          "observed gap between chosen cells")
     clm = sub.add_parser("claims", help="test the claims a study declared "
                          "(configs/<experiment>.claims.yaml): one verdict per claim")
+    exq = sub.add_parser("export", help="a finished run as one results file (JSON: its "
+                         "protocol and hash, every row's values, digests, versions, hardware)")
+    exq.add_argument("run", help="run directory (runs/<experiment>)")
+    exq.add_argument("-o", "--out", help="the file to write (default: RUN/results.json)")
+    lbd = sub.add_parser("leaderboard", help="one ranked table from the results files of one "
+                         "protocol (different runs, machines and people)")
     ben = sub.add_parser("bench", help="one JSON record: generation and training "
                          "throughput against naive baselines, where a generation's time goes, "
                          "peak memory")
@@ -101,6 +110,10 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         from lmcollapse.report import claims
 
         claims.add_arguments(clm)
+    if command in (None, "leaderboard"):
+        from lmcollapse.report import leaderboard
+
+        leaderboard.add_arguments(lbd)
     if command in (None, "bench"):
         from lmcollapse import bench
 
@@ -126,6 +139,14 @@ def run_main(argv: list[str] | None = None) -> int:
         from lmcollapse.report import claims
 
         return claims.command(args)
+    if args.command == "leaderboard":
+        from lmcollapse.report import leaderboard
+
+        return leaderboard.command(args)
+    if args.command == "export":
+        from lmcollapse.publish import export
+
+        return export.command(args)
     from lmcollapse.models import check_pretrained
     from lmcollapse.preflight import make_accelerator
 

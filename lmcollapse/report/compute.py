@@ -484,7 +484,7 @@ def reference_scores(exp: RunResults, policy: str) -> list[tuple[str, Any]]:
     for gen in [*range(exp.generations + 1), None]:
         tables = [exp.table(d / REFERENCE_SCORES, ["perplexity"]) for s in exp.seeds
                   for d in exp.gen_dirs(policy, s, gen)[:1]
-                  if (d / REFERENCE_SCORES).is_file() and (d / METRICS).is_file()]
+                  if exp.has(d / REFERENCE_SCORES) and exp.has(d / METRICS)]
         parts = [np.array([r["perplexity"] for r in t], dtype=float) for t in tables if t]
         if parts:
             out.append(("human" if gen is None else f"gen {gen}", np.concatenate(parts)))

@@ -86,7 +86,7 @@ def samples(exp: RunResults, spec: PerSample, policy: str | None, seed: int,
     """The per-sample values of one row (generation None: the human row), or None where the
     row or its file is missing or unreadable (:meth:`RunResults.table` names it)."""
     for d in exp.gen_dirs(policy, seed, generation)[:1]:
-        if (d / spec.file).is_file():
+        if exp.has(d / spec.file):
             rows = exp.table(d / spec.file, [spec.column])
             if rows:
                 return np.array([r[spec.column] for r in rows], dtype=float)

@@ -278,6 +278,7 @@ def setup_items(exp: RunResults) -> list[tuple[str, str]]:
         *conditions(exp).items(),
         ("hardware", _join(info.get("device"), _kv("{} process(es)", info.get("num_processes")),
                            *(f"{k} {v}" for k, v in info.get("versions", {}).items()))),
+        *(("merged", note) for note in exp.merged),
     ]
 
 

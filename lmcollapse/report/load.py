@@ -55,6 +55,10 @@ class RunResults:
         default_factory=dict)
     #: metrics.json files that could not be read -> what is wrong with them
     unreadable: dict[Path, str] = field(default_factory=dict)
+    #: how results files were merged into these results (a leaderboard of several)
+    merged: list[str] = field(default_factory=list)
+    #: whether the corpora's text can be read (a run directory; not a results file)
+    has_texts: bool = True
     #: parquet files read so far (None: unreadable), so each is checked and warned about once
     _tables: dict[tuple[Path, tuple[str, ...] | None], list[dict[str, Any]] | None] = field(
         default_factory=dict, repr=False)
@@ -147,6 +151,15 @@ class RunResults:
                 rows = None
             self._tables[key] = rows
         return self._tables[key]
+
+    def has(self, path: Path) -> bool:
+        """Whether a file of a row (a path below :meth:`gen_dirs`) is there to read."""
+        return Path(path).is_file()
+
+    @property
+    def sources(self) -> list[Path]:
+        """What the results were read from: each run directory's experiment.json."""
+        return [RunLayout(d).experiment_json for d in self.dirs]
 
     def gen_dirs(self, policy: str | None, seed: int, generation: int | None) -> list[Path]:
         """The directories (one per merged run dir) that hold one row of one cell."""

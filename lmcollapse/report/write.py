@@ -26,7 +26,7 @@ from typing import Any
 
 from lmcollapse.errors import ReportError
 from lmcollapse.files import write_text
-from lmcollapse.layout import ReportLayout, RunLayout, bounded
+from lmcollapse.layout import ReportLayout, bounded
 from lmcollapse.report import (
     documents,
     documents_formats,
@@ -65,7 +65,8 @@ from lmcollapse.report.lineages_formats import (
     render_lineages_html,
     render_lineages_markdown,
 )
-from lmcollapse.report.load import RunResults, check_name, load_runs
+from lmcollapse.report.load import RunResults, check_name
+from lmcollapse.report.results import load_any
 from lmcollapse.report.stats import Stat
 
 
@@ -84,8 +85,8 @@ def write_report(run_dirs: list[str | Path], out: str | Path | None = None,
                  histogram_policy: str | None = None, plots: bool = True,
                  lineage_prompts: int = 3, lineage_seed: int = 0,
                  tex_columns: list[str] | None = None, correction: str = "holm",
-                 onset_metric: str = "perplexity", onset_rule: str = "relative"
-                 ) -> dict[str, Any]:
+                 onset_metric: str = "perplexity", onset_rule: str = "relative",
+                 exps: list[RunResults] | None = None) -> dict[str, Any]:
     """Write ``leaderboard.md|csv|tex|html`` and ``plots/*.png|pdf``; returns what it made.
 
     Args mirror the command line: ``metric`` names the per-generation table printed and
@@ -101,8 +102,8 @@ def write_report(run_dirs: list[str | Path], out: str | Path | None = None,
         ``{"leaderboard": Leaderboard, "metric": str, "generation_table": per_generation(...),
         "generation_marks": generation_marks(...), "markdown": str, "files": [Path, ...]}``.
     """
-    # --- load
-    exps = load_runs(run_dirs)
+    # --- load (run directories and results files; or results already loaded and merged)
+    exps = load_any(run_dirs) if exps is None else exps
     policies = list(dict.fromkeys(p for e in exps for p in e.policies))
     if histogram_policy is not None:
         check_name("policy", histogram_policy, sorted(policies))
@@ -112,7 +113,9 @@ def write_report(run_dirs: list[str | Path], out: str | Path | None = None,
                  dict(onset_threshold=onset_threshold, correction=correction,
                       onset_metric=onset_metric, onset_rule=onset_rule))
     # --- render and write (figures, then the text itself, then the leaderboard's formats)
-    out = Path(out) if out else exps[0].dirs[0]
+    first = exps[0].dirs[0]
+    out = Path(out) if out else first if first.is_dir() else first.with_name(
+        first.stem + "-report")
     files_out = ReportLayout(out)
     made, captions = _figures(exps, c, shown, files_out) if plots else ([], {})
     images = {p.stem: p.read_bytes() for p in made if p.suffix == ".png"}
@@ -138,8 +141,7 @@ def write_report(run_dirs: list[str | Path], out: str | Path | None = None,
              files_out.profile.name,
              *(path.name for path, _ in texts if path.suffix == ".md"),
              *(p.relative_to(out).as_posix() for p in made if p.suffix == ".pdf"),
-             *(os.path.relpath(RunLayout(d).experiment_json, out)
-               for e in exps for d in e.dirs)]
+             *(os.path.relpath(src, out) for e in exps for src in e.sources)]
     full_md = render_markdown(c.lb, links, c.tables)
     if pops:  # before the figures
         at = full_md.find("\nFigures:")
@@ -299,7 +301,7 @@ def _texts(exps: list[RunResults], shown: list[str], prompts: int, seed: int,
     and HTML sections."""
     texts: list[tuple[Path, str]] = []
     sections: list[str] = []
-    for exp in exps:
+    for exp in (e for e in exps if e.has_texts):
         truth = source_truth(exp.config) if prompts > 0 else None
         entropy = truth.entropy_rate() if truth is not None else None
         items = lineages(exp, prompts, seed, truth=truth)
@@ -318,7 +320,8 @@ def _texts(exps: list[RunResults], shown: list[str], prompts: int, seed: int,
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The options of ``lmcollapse report``."""
-    p.add_argument("runs", nargs="+", help="run directories (runs/<experiment>)")
+    p.add_argument("runs", nargs="+", help="run directories (runs/<experiment>) or results "
+                   "files (`lmcollapse export`)")
     p.add_argument("--rank-by", default=None, help="metric that ranks rows (default perplexity)")
     p.add_argument("--metric", default=None,
                    help="metric of the per-generation table (default: the ranking metric)")
