@@ -1,5 +1,5 @@
 """Command line: ``lmcollapse run|validate|cells|plan|report|compare|plan-seeds|claims|export|
-leaderboard|bench``.
+leaderboard|site|dataset|bench``.
 
     lmcollapse run --config configs/quickstart.yaml [key.sub=value ...] [--new-run]
     lmcollapse run --config configs/shumailov2023.yaml --shard 3/8   # one job of eight
@@ -13,6 +13,8 @@ leaderboard|bench``.
     lmcollapse claims runs/wikitext-controls     # configs/wikitext-controls.claims.yaml
     lmcollapse export runs/quickstart            # runs/quickstart/results.json
     lmcollapse leaderboard a/results.json b/results.json --out leaderboard
+    lmcollapse site docs/results/*.json --out site        # index.html + a page per protocol
+    lmcollapse dataset docs/results/*.json --out hf        # datasets.load_dataset("hf")
     lmcollapse bench --config configs/quickstart.yaml
 """
 
@@ -71,6 +73,14 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     exq.add_argument("-o", "--out", help="the file to write (default: RUN/results.json)")
     lbd = sub.add_parser("leaderboard", help="one ranked table from the results files of one "
                          "protocol (different runs, machines and people)")
+    sit = sub.add_parser("site", help="a static site of results files: an index of "
+                         "protocols and each protocol's leaderboard (no server, works offline)")
+    dst = sub.add_parser("dataset", help="results files as a Hugging Face datasets folder "
+                         "(parquet and a dataset card; datasets.load_dataset reads it)")
+    for q in (sit, dst):
+        q.add_argument("files", nargs="+", help="results files (`lmcollapse export RUN`)")
+        q.add_argument("--out", required=True, help="the folder to write")
+    sit.add_argument("--no-plots", action="store_true", help="leave the plots out")
     ben = sub.add_parser("bench", help="one JSON record: generation and training "
                          "throughput against naive baselines, where a generation's time goes, "
                          "peak memory")
@@ -147,6 +157,14 @@ def run_main(argv: list[str] | None = None) -> int:
         from lmcollapse.publish import export
 
         return export.command(args)
+    if args.command == "site":
+        from lmcollapse.report import site
+
+        return site.command(args)
+    if args.command == "dataset":
+        from lmcollapse.publish import dataset
+
+        return dataset.command(args)
     from lmcollapse.models import check_pretrained
     from lmcollapse.preflight import make_accelerator
 

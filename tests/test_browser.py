@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import shutil
+from pathlib import Path
 
 import pytest
 from test_report import make_run
@@ -97,5 +98,62 @@ def test_what_a_reader_meets(page, driver, width):
     mean = _mean(cell.text)
     assert lo <= mean <= hi, (title, cell.text)
     # and the console stayed clean
+    errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+    assert not errors, errors
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    """A static site of two protocols' results files (a run exported, and the same results
+    resealed under another protocol)."""
+    import json
+
+    from lmcollapse.publish.export import export
+    from lmcollapse.report.results import protocol_hash, seal
+    from lmcollapse.report.site import write_site
+
+    root = tmp_path_factory.mktemp("site")
+    first = export(make_run(root))
+    doc = json.loads(first.read_text())
+    doc["protocol"]["train"] = {"lr": 0.5}
+    doc["protocol_sha256"] = protocol_hash(doc["protocol"])
+    other = root / "other.json"
+    other.write_text(json.dumps(seal(doc)))
+    pages = write_site([first, other], root / "site")
+    return root / "site", pages
+
+
+@pytest.mark.parametrize("width", [1280, 390])
+def test_the_static_site_in_a_browser(site, driver, width):
+    """From the index (no server: file:// URLs) every link resolves inside the site, each
+    protocol's page opens with its leaderboard and plots, nothing scrolls sideways but the
+    table boxes, and the console stays clean."""
+    from selenium.webdriver.common.by import By
+
+    folder, pages = site
+    driver.set_window_size(width, 900)
+    driver.get(pages[0].as_uri())
+    inner, scroll = driver.execute_script(
+        "return [window.innerWidth, document.documentElement.scrollWidth]")
+    assert scroll <= inner, (width, inner, scroll)
+    hrefs = [a.get_attribute("href") for a in driver.find_elements(By.CSS_SELECTOR, "a")]
+    assert hrefs and all(h.startswith(folder.as_uri() + "/") for h in hrefs), hrefs
+    from urllib.parse import unquote, urlparse
+
+    assert all(Path(unquote(urlparse(h).path)).is_file() for h in hrefs), hrefs
+    boards = sorted({h for h in hrefs if h.endswith("/leaderboard.html")})
+    assert len(boards) == 2
+    for board in boards:
+        driver.get(board)
+        assert driver.find_elements(By.CSS_SELECTOR, "table.sortable")
+        images = driver.execute_script(
+            "return [...document.images].map(i => [i.complete, i.naturalWidth])")
+        assert images and all(ok and w > 0 for ok, w in images)
+        inner, scroll = driver.execute_script(
+            "return [window.innerWidth, document.documentElement.scrollWidth]")
+        assert scroll <= inner, (board, width, inner, scroll)
+        links = [a.get_attribute("href") for a in driver.find_elements(By.CSS_SELECTOR, "a")
+                 if (a.get_attribute("href") or "").startswith("file:")]
+        assert all(Path(unquote(urlparse(h).path)).exists() for h in links), links
     errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
     assert not errors, errors

@@ -240,3 +240,45 @@ def test_an_unfinished_or_changed_run_is_not_exported(runs, tmp_path, capsys):
     _refused(capsys, ["export", str(copy), "-o", str(tmp_path / "r.json")], "corpus.parquet",
              "changed")
     assert not (tmp_path / "r.json").exists()
+
+
+def test_a_static_site_and_a_datasets_folder_from_the_results(runs, tmp_path):
+    """The site: an index and one folder per protocol with its leaderboard (the merged
+    one), its protocol and copies of its results files. The datasets folder: what
+    datasets.load_dataset reads locally is every value of every results file."""
+    from datasets import load_dataset
+
+    from lmcollapse.publish.dataset import write_dataset
+    from lmcollapse.report.site import write_site
+
+    (_, file_a), (_, file_b) = runs["a"], runs["b"]
+    pages = write_site([file_a, file_b], tmp_path / "site", plots=False)
+    doc = read_document(file_a)
+    folder = tmp_path / "site" / doc["protocol_sha256"][:12]
+    assert pages == [tmp_path / "site" / "index.html", folder / "leaderboard.html"]
+    index = pages[0].read_text()
+    assert f'href="{folder.name}/leaderboard.html"' in index and "accumulate" in index
+    assert str(tmp_path) not in index and str(tmp_path) not in pages[1].read_text()
+    assert sorted(p.read_bytes() for p in (folder / "results").iterdir()) == sorted(
+        p.read_bytes() for p in (file_a, file_b))
+    protocol = json.loads((folder / "protocol.json").read_text())
+    assert protocol["protocol_sha256"] == protocol_hash(protocol["protocol"]) == doc[
+        "protocol_sha256"]
+    assert set(_csv(folder / "leaderboard.csv")) == {"human", "replace", "mix-0.1",
+                                                     "accumulate"}
+
+    out = write_dataset([file_a, file_b], tmp_path / "hf")
+    cache = tmp_path / "cache"  # datasets caches by folder name: a fresh cache per test
+    values = load_dataset(str(out), split="train", cache_dir=str(cache))
+    docs = [read_document(f) for f in (file_a, file_b)]
+    expected = {(d["content_sha256"], r["metrics"]["policy"] or "generation 0 (shared)",
+                 r["metrics"]["seed"], r["metrics"]["generation"], m): v
+                for d in docs for r in d["rows"] for m, v in r["metrics"]["values"].items()}
+    got = {(r["results_sha256"], r["cell"], r["seed"], r["generation"], r["metric"]):
+           r["value"] for r in values}
+    assert len(values) == len(got) == len(expected) and got == pytest.approx(expected)
+    protocols = load_dataset(str(out), "protocols", split="train", cache_dir=str(cache))
+    assert protocols["protocol_sha256"] == [doc["protocol_sha256"]]
+    assert json.loads(protocols[0]["protocol"]) == doc["protocol"]
+    assert sorted(protocols[0]["cells"]) == ["accumulate", "mix-0.1", "replace"]
+    assert (out / "README.md").read_text().startswith("---\npretty_name:")

@@ -115,7 +115,8 @@ REPORT_PHASES = {"stats": 0, "load": 1, "compute": 2, "documents": 2, "lineages"
                  "populations": 2, "formats": 3, "plots": 3, "documents_formats": 3,
                  "lineages_formats": 3, "populations_formats": 3, "profile": 2,
                  "profile_formats": 3,
-                 "write": 4, "compare": 4, "claims": 4, "results": 1, "leaderboard": 4}
+                 "write": 4, "compare": 4, "claims": 4, "results": 1, "leaderboard": 4,
+                 "site": 4}
 
 
 def test_the_report_goes_one_way_and_never_reaches_torch():
@@ -149,7 +150,8 @@ CLI_LATE = {"tqdm.contrib.logging", "lmcollapse.loop", "lmcollapse.models",
             "lmcollapse.preflight", "lmcollapse.bench", "lmcollapse.parallel",
             "lmcollapse.smoke", "lmcollapse.report.write", "lmcollapse.report.compare",
             "lmcollapse.report.claims", "lmcollapse.report.leaderboard",
-            "lmcollapse.publish.export"}
+            "lmcollapse.publish.export", "lmcollapse.report.site",
+            "lmcollapse.publish.dataset"}
 
 
 def _calls(path: Path) -> set[str]:

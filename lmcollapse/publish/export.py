@@ -176,7 +176,7 @@ def export(run: str | Path, out: str | Path | None = None) -> Path:
     """Write ``run``'s results file (default ``RUN/results.json``) and read it back."""
     doc = build_results(run)
     path = Path(out) if out else Path(run) / RESULTS_JSON
-    files.write_text(path, json.dumps(doc, indent=1, allow_nan=True) + "\n",
+    files.write_text(path, json.dumps(doc, separators=(",", ":"), allow_nan=True) + "\n",
                      record=False)
     read_document(path)  # what was written reads back
     return path

@@ -258,7 +258,7 @@ def setup_items(exp: RunResults) -> list[tuple[str, str]]:
     lora = t.get("lora", {})
     return [
         ("experiment", _join(exp.name, _kv("git {:.10}", info.get("git_sha")), info.get("created"),
-                             "dirs: " + ", ".join(map(str, exp.dirs)))),
+                             "dirs: " + ", ".join(exp.shown or map(str, exp.dirs)))),
         ("model", _join(model, _kv("init={}", m.get("init")),
                         lora.get("enabled") and _kv("LoRA r={}", lora.get("r")), sep="; ")),
         ("data", _join(info.get("data") or d.get("source"),
@@ -728,6 +728,32 @@ def _with_contents(parts: list[str]) -> list[str]:
     return [*out[:at], '<nav class="contents">' + " · ".join(links) + "</nav>", *out[at:]]
 
 
+#: the style of every page the report writes
+PAGE_STYLE = ("body{font-family:sans-serif;margin:2em;max-width:95em}"
+              "table{border-collapse:collapse}"
+              "td,th{border:1px solid #ccc;padding:.2em .5em;text-align:right}"
+              "td{white-space:nowrap}th{cursor:pointer;vertical-align:bottom;min-width:3em}"
+              "th[title]{text-decoration:underline dotted}"
+              ".grid{display:grid;gap:1em;grid-template-columns:"
+              "repeat(auto-fill,minmax(min(30em,100%),1fr))}.grid figure{margin:0}"
+              "td:nth-child(2),th:nth-child(2){text-align:left}dt{font-weight:bold;float:left;"
+              "clear:left;width:11em;overflow-wrap:anywhere}dd{margin-left:12em;"
+              "overflow-wrap:anywhere}li{overflow-wrap:anywhere}"
+              "img{width:100%;height:auto}figure{max-width:100%;margin:1em 0}"
+              ".scroll{overflow-x:auto;max-width:100%}"
+              "td.noise{color:#777}td.noise sup{color:#c60;font-weight:bold}"
+              "table.lineage td.text{white-space:normal;text-align:left;min-width:14em;"
+              "max-width:28em;vertical-align:top}table.lineage th{text-align:left;"
+              "vertical-align:top;white-space:nowrap}.ppl{color:#777;font-size:.85em}"
+              ".notice{background:#fff4d6;border-left:4px solid #e0a000;padding:.5em .8em}"
+              "h3 small,.small{color:#555;font-weight:normal;font-size:.9em}"
+              "details{margin:.5em 0}summary{cursor:pointer;font-weight:bold}"
+              "nav.contents{margin:1em 0;line-height:1.8}figcaption{color:#444;font-size:.9em}"
+              # last, so that it overrides the rules above on a phone
+              "@media(max-width:40em){body{margin:.6em}dt{float:none;width:auto}"
+              "dd{margin-left:1em}}")
+
+
 def render_html(lb: Leaderboard, tables: GenerationTables | None = None,
                 images: dict[str, bytes] | None = None,
                 links: list[str] | None = None, sections: list[str] | None = None,
@@ -786,32 +812,16 @@ def render_html(lb: Leaderboard, tables: GenerationTables | None = None,
     if links:
         parts += ["<h2>Files</h2>", "<ul>" + "".join(
             f'<li><a href="{e(link)}">{e(link)}</a></li>' for link in links) + "</ul>"]
-    style = ("body{font-family:sans-serif;margin:2em;max-width:95em}table{border-collapse:collapse}"
-             "td,th{border:1px solid #ccc;padding:.2em .5em;text-align:right}"
-             "td{white-space:nowrap}th{cursor:pointer;vertical-align:bottom;min-width:3em}"
-             "th[title]{text-decoration:underline dotted}"
-             ".grid{display:grid;gap:1em;grid-template-columns:"
-             "repeat(auto-fill,minmax(min(30em,100%),1fr))}.grid figure{margin:0}"
-             "td:nth-child(2),th:nth-child(2){text-align:left}dt{font-weight:bold;float:left;"
-             "clear:left;width:11em;overflow-wrap:anywhere}dd{margin-left:12em;"
-             "overflow-wrap:anywhere}li{overflow-wrap:anywhere}"
-             "img{width:100%;height:auto}figure{max-width:100%;margin:1em 0}"
-             ".scroll{overflow-x:auto;max-width:100%}"
-             "td.noise{color:#777}td.noise sup{color:#c60;font-weight:bold}"
-             "table.lineage td.text{white-space:normal;text-align:left;min-width:14em;"
-             "max-width:28em;vertical-align:top}table.lineage th{text-align:left;"
-             "vertical-align:top;white-space:nowrap}.ppl{color:#777;font-size:.85em}"
-             ".notice{background:#fff4d6;border-left:4px solid #e0a000;padding:.5em .8em}"
-             "h3 small,.small{color:#555;font-weight:normal;font-size:.9em}"
-             "details{margin:.5em 0}summary{cursor:pointer;font-weight:bold}"
-             "nav.contents{margin:1em 0;line-height:1.8}figcaption{color:#444;font-size:.9em}"
-             # last, so that it overrides the rules above on a phone
-             "@media(max-width:40em){body{margin:.6em}dt{float:none;width:auto}"
-             "dd{margin-left:1em}}")
+    return page(title, _with_contents(parts))
+
+
+def page(title: str, parts: list[str]) -> str:
+    """A self-contained HTML page of ready-made ``parts`` (the report's style and sorting
+    script; works offline and on a phone)."""
     viewport = '<meta name="viewport" content="width=device-width, initial-scale=1">'
     return (f'<!DOCTYPE html>\n<html lang="en">\n<head><meta charset="utf-8">{viewport}'
-            f"<title>{e(title)}</title><style>{style}</style></head>\n<body>\n"
-            + "\n".join(_with_contents(parts))
+            f"<title>{html.escape(title)}</title><style>{PAGE_STYLE}</style></head>\n<body>\n"
+            + "\n".join(parts)
             + f"\n<script>{_SORT_JS}</script>\n</body>\n</html>\n")
 
 

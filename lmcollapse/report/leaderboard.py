@@ -30,6 +30,10 @@ from lmcollapse.report.write import add_arguments as add_report_arguments
 from lmcollapse.report.write import write_report
 
 
+def _name(exp: ExportedResults) -> str:
+    return exp.shown[0] if exp.shown else str(exp.path)
+
+
 def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
     return a.get("values") == b.get("values")
 
@@ -48,6 +52,7 @@ def merge(group: list[ExportedResults]) -> ExportedResults:
     notes: list[str] = []
     for exp in group:
         out.dirs.append(exp.path)
+        out.shown = [*(out.shown or []), _name(exp)]
         out.info["cells"].update(exp.info.get("cells", {}))
         out.populations.update(exp.populations)
         out.samples.update(exp.samples)
@@ -61,12 +66,12 @@ def merge(group: list[ExportedResults]) -> ExportedResults:
                 held = out.records.get(key)
                 if held is None:
                     out.records[key], out.row_dirs[key] = rec, exp.row_dirs[key]
-                    shared_from[key] = exp.path
+                    shared_from[key] = _name(exp)
                 elif not _same(held, rec):
                     if policy is None:  # this file's cells keep the generation 0 they had
                         own_zero.add(seed)
                     what = "generation 0" if policy is None else "human row"
-                    notes.append(f"seed {seed}: the {what} of {exp.path} differs from "
+                    notes.append(f"seed {seed}: the {what} of {_name(exp)} differs from "
                                  f"{shared_from[key]}'s; " + (
                                      "its cells are measured from their own generation 0"
                                      if policy is None else "the first is shown"))
@@ -94,7 +99,7 @@ def merge(group: list[ExportedResults]) -> ExportedResults:
     out.info["policies"] = list(out.policies)
     out.merged = [f"{len(group)} results file(s) of protocol {first.protocol_sha256[:12]}; "
                   + "; ".join(f"{', '.join(cells)} from {path}" for path, cells in (
-                      (e.path, [p for p in out.policies if owner.get(p) == e.path])
+                      (_name(e), [p for p in out.policies if owner.get(p) == e.path])
                       for e in group) if cells), *dict.fromkeys(notes)]
     out.key = out.name
     return out

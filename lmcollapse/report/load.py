@@ -55,6 +55,8 @@ class RunResults:
         default_factory=dict)
     #: metrics.json files that could not be read -> what is wrong with them
     unreadable: dict[Path, str] = field(default_factory=dict)
+    #: how :attr:`dirs` are named on the page (None: as given; a site names its own copies)
+    shown: list[str] | None = None
     #: how results files were merged into these results (a leaderboard of several)
     merged: list[str] = field(default_factory=list)
     #: whether the corpora's text can be read (a run directory; not a results file)
