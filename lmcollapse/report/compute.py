@@ -25,12 +25,14 @@ from lmcollapse.report.stats import (
     CORRECTION_NAMES,
     CORRECTIONS,
     Stat,
+    Unpaired,
     adjust,
     paired_test,
     planning_alpha,
     seeds_needed,
     stat,
     t_interval,
+    welch_test,
 )
 
 log = logging.getLogger("lmcollapse.report")
@@ -67,9 +69,14 @@ class Comparison(NamedTuple):
     p_adj: float = NAN
     family: int = 0
     seeds_needed: int | None = None
+    #: set when the two cells cannot be paired by seed (merged results files whose
+    #: generation 0 differ): Welch's test, whose p and interval these are
+    unpaired: Unpaired | None = None
 
     @property
     def interval(self) -> tuple[float, float]:
+        if self.unpaired is not None:
+            return self.unpaired.interval
         return t_interval(self.diff, self.sd, self.n)
 
     @property
@@ -87,7 +94,7 @@ def correct(comparisons: list[Comparison], correction: str) -> list[Comparison]:
     out = []
     for c, p in zip(comparisons, adjusted, strict=True):
         c = c._replace(p_adj=p, family=size)
-        if c.n >= 2 and c.within_noise:
+        if c.n >= 2 and c.within_noise and c.unpaired is None:
             c = c._replace(seeds_needed=seeds_needed(c.diff, c.sd, alpha))
         out.append(c)
     return out
@@ -391,12 +398,17 @@ def _score(exp: RunResults, policy: str, metric: str, generation: int | None,
 def _compare(exp: RunResults, metric: str, direction: bool | None,
              this: tuple[str, int | None], above: tuple[str, int | None],
              label: str) -> Comparison:
-    """Paired test of ``this`` (policy, generation) against ``above``; cells shown at different
+    """Paired test of ``this`` (policy, generation) against ``above`` (Welch's unpaired test
+    where they cannot be paired: :meth:`RunResults.pairable`); cells shown at different
     generations are not compared (n = 0)."""
     if this[1] is None or this[1] != above[1]:
         return Comparison(label, 0, NAN, NAN)
-    return Comparison(label, *_paired(exp.scored(this[0], metric, this[1], direction),
-                                      exp.scored(above[0], metric, above[1], direction)))
+    a = exp.scored(this[0], metric, this[1], direction)
+    b = exp.scored(above[0], metric, above[1], direction)
+    if not exp.pairable(this[0], above[0]):
+        u = welch_test(a, b)
+        return Comparison(label, u.n, u.diff, u.p, unpaired=u)
+    return Comparison(label, *_paired(a, b))
 
 
 def _ranked_policies(exp: RunResults, metric: str, direction: bool | None) -> list[str]:

@@ -214,6 +214,14 @@ def notes(lb: Leaderboard) -> list[str]:
                        "no policy has acted yet (a policy builds the training mix from "
                        f"generation 1 on), so {', '.join(sharing_generation0(exp))} are one "
                        "generation-0 model and corpus, trained on human text alone: one row.")
+    unpaired = sorted({f"{r.policy} vs {c.above}" for r in lb.rows for c in r.versus.values()
+                       if c.unpaired is not None})
+    if unpaired:
+        out.append("Not paired (" + ", ".join(unpaired) + "): these cells came from results "
+                   "files whose generation 0 differ (run on other machines), so their seeds "
+                   "do not pair; their gap is Welch's two-sided t-test of the values "
+                   "(scipy.stats.ttest_ind, equal_var=False), corrected in its family as the "
+                   "others, with a Welch interval and no seeds-needed estimate.")
     if any(r.partial for r in lb.rows):
         out.append("† partial: not every seed finished the final generation; a cell uses the "
                    "seeds that did, or the latest generation any seed finished [gen k].")
@@ -621,7 +629,9 @@ def cell_hover(row: LeaderboardRow, m: str) -> str:
     c = row.versus.get(m)
     if c is not None and c.n >= 2 and cell.stat.n:
         lo, hi = c.interval
-        parts.append(f"vs {c.above}: paired difference {_fmt(c.diff, cell.stat.mean)}, 95% "
+        kind = ("difference of means (Welch t-test, not paired: the two cells' generation 0 "
+                "differ)" if c.unpaired is not None else "paired difference")
+        parts.append(f"vs {c.above}: {kind} {_fmt(c.diff, cell.stat.mean)}, 95% "
                      f"interval [{_fmt(lo, cell.stat.mean)}, {_fmt(hi, cell.stat.mean)}], "
                      f"p = {c.p:.2g}, corrected p = {c.p_adj:.2g} "
                      f"(family of {c.family})" + ("" if c.seeds_needed is None or not

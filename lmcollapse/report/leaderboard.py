@@ -91,9 +91,11 @@ def merge(group: list[ExportedResults]) -> ExportedResults:
         for seed in own_zero:
             for policy in exp.policies:
                 zero = (None, seed, 0)
-                if owner.get(policy) == exp.path and (policy, seed, 0) not in exp.records:
-                    out.records[(policy, seed, 0)] = exp.records[zero]
-                    out.row_dirs[(policy, seed, 0)] = exp.row_dirs[zero]
+                if owner.get(policy) == exp.path:
+                    out.zero_from[policy] = exp.path
+                    if (policy, seed, 0) not in exp.records:
+                        out.records[(policy, seed, 0)] = exp.records[zero]
+                        out.row_dirs[(policy, seed, 0)] = exp.row_dirs[zero]
         out.population_records.update(exp.population_records)
     out.seeds.sort()
     out.info["policies"] = list(out.policies)

@@ -154,6 +154,11 @@ class RunResults:
             self._tables[key] = rows
         return self._tables[key]
 
+    def pairable(self, policy: str, other: str) -> bool:
+        """Whether two cells' values pair by seed: they descend from the same generation 0
+        for every seed (always, within one run)."""
+        return True
+
     def has(self, path: Path) -> bool:
         """Whether a file of a row (a path below :meth:`gen_dirs`) is there to read."""
         return Path(path).is_file()

@@ -97,6 +97,14 @@ class ExportedResults(RunResults):
     #: row (as in :attr:`row_dirs`) -> {file: {column: values}}
     samples: dict[Path, dict[str, dict[str, list[float]]]] = field(default_factory=dict)
     has_texts: bool = False
+    #: cells measured from a generation 0 of their own file's, not the first file's (a
+    #: merge of files run on different machines): cell -> that file
+    zero_from: dict[str, Path] = field(default_factory=dict)
+
+    def pairable(self, policy: str, other: str) -> bool:
+        """Cells pair by seed when they descend from the same generation 0 (merged files
+        whose generation 0 differ do not)."""
+        return self.zero_from.get(policy) == self.zero_from.get(other)
 
     def _row(self, policy: str | None, seed: int, generation: int | None) -> Path | None:
         if generation is None:

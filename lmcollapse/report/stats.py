@@ -100,6 +100,46 @@ def paired_test(a: dict[int, float], b: dict[int, float]) -> Paired:
     return Paired(n, mean, sd, p)
 
 
+@dataclass(frozen=True)
+class Unpaired:
+    """An unpaired comparison of two cells' values over seeds (Welch): ``n`` the fewer
+    seeds of the two sides, ``diff`` mean(a) − mean(b), ``se`` its standard error, ``df``
+    the Welch–Satterthwaite degrees of freedom, the two-sided p-value."""
+
+    n: int
+    diff: float
+    se: float
+    df: float
+    p: float
+
+    @property
+    def interval(self) -> tuple[float, float]:
+        if not (self.n >= 2 and math.isfinite(self.se) and math.isfinite(self.df)):
+            return NAN, NAN
+        half = float(stats.t.ppf((1 + LEVEL) / 2, self.df)) * self.se
+        return self.diff - half, self.diff + half
+
+
+def welch_test(a: dict[int, float], b: dict[int, float]) -> Unpaired:
+    """Welch's two-sided t-test of the values of ``a`` against those of ``b`` (not paired
+    by seed): ``scipy.stats.ttest_ind(equal_var=False)``; NaN p with fewer than 2 values
+    on a side or no spread on either."""
+    x, y = list(a.values()), list(b.values())
+    n = min(len(x), len(y))
+    if not n:
+        return Unpaired(0, NAN, NAN, NAN, NAN)
+    diff = statistics.fmean(x) - statistics.fmean(y)
+    if n < 2 or not all(map(math.isfinite, x + y)):
+        return Unpaired(n, diff, NAN, NAN, NAN)
+    va, vb = statistics.variance(x) / len(x), statistics.variance(y) / len(y)
+    se = math.sqrt(va + vb)
+    if se == 0:
+        return Unpaired(n, diff, 0.0, NAN, 0.0 if diff else 1.0)
+    df = (va + vb) ** 2 / (va ** 2 / (len(x) - 1) + vb ** 2 / (len(y) - 1))
+    return Unpaired(n, diff, se, df,
+                    float(stats.ttest_ind(x, y, equal_var=False).pvalue))
+
+
 def adjust(pvalues: Sequence[float], correction: str = "holm") -> list[float]:
     """Adjusted p-values of one family (``statsmodels.stats.multitest.multipletests``);
     NaN entries (too few seeds) stay NaN and are not counted in the family."""
