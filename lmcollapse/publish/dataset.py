@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,7 @@ import pyarrow.parquet as pq
 
 from lmcollapse import __version__
 from lmcollapse.errors import ReportError
-from lmcollapse.report.results import read_document
+from lmcollapse.report.results import guarded, read_document
 
 VALUES = pa.schema([
     ("protocol_sha256", pa.string()), ("experiment", pa.string()), ("cell", pa.string()),
@@ -113,13 +112,5 @@ def write_dataset(paths: list[str | Path], out: str | Path) -> Path:
 
 
 def command(args: argparse.Namespace) -> int:
-    try:
-        out = write_dataset(args.files, args.out)
-    except ReportError as err:
-        print(f"lmcollapse dataset: {err}", file=sys.stderr)
-        return 2
-    except OSError as err:
-        print(f"lmcollapse dataset: cannot write ({err})", file=sys.stderr)
-        return 1
-    print(f"wrote {out} (datasets.load_dataset({str(out)!r}) reads it)")
-    return 0
+    return guarded("dataset", lambda: f"wrote {write_dataset(args.files, args.out)} "
+                   f"(datasets.load_dataset({str(args.out)!r}) reads it)")

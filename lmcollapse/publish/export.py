@@ -16,14 +16,13 @@ import json
 import os
 import platform
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
 
 from lmcollapse import __version__, files
-from lmcollapse.errors import ConfigError, ReportError
+from lmcollapse.errors import ConfigError
 from lmcollapse.layout import EXPERIMENT_JSON, MARKER_SUFFIX, RunLayout
 from lmcollapse.registry import SOURCES
 from lmcollapse.report.load import load_runs
@@ -32,6 +31,7 @@ from lmcollapse.report.results import (
     SCHEMA,
     ResultsFileError,
     check_rows,
+    guarded,
     protocol_hash,
     protocol_of,
     read_document,
@@ -185,16 +185,10 @@ def export(run: str | Path, out: str | Path | None = None) -> Path:
 
 def command(args: Any) -> int:
     """``lmcollapse export RUN [-o FILE]``: prints where the file went and its protocol."""
-    try:
+    def work() -> str:
         path = export(args.run, args.out)
-    except ReportError as err:
-        print(f"lmcollapse export: {err}", file=sys.stderr)
-        return 2
-    except OSError as err:
-        print(f"lmcollapse export: cannot write ({err}); try -o FILE", file=sys.stderr)
-        return 1
-    doc = json.loads(path.read_text())
-    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB): {doc['experiment']}, "
-          f"{len(doc['cells'])} cells x {len(doc['seeds'])} seeds x generations 0.."
-          f"{doc['generations']}, protocol {doc['protocol_sha256'][:12]}")
-    return 0
+        doc = json.loads(path.read_text())
+        return (f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB): {doc['experiment']}, "
+                f"{len(doc['cells'])} cells x {len(doc['seeds'])} seeds x generations 0.."
+                f"{doc['generations']}, protocol {doc['protocol_sha256'][:12]}")
+    return guarded("export", work, "try -o FILE")

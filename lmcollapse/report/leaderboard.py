@@ -20,12 +20,16 @@ hash).
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
 from lmcollapse.errors import ReportError
-from lmcollapse.report.results import ExportedResults, protocol_differences, read_results
+from lmcollapse.report.results import (
+    ExportedResults,
+    guarded,
+    protocol_differences,
+    read_results,
+)
 from lmcollapse.report.write import add_arguments as add_report_arguments
 from lmcollapse.report.write import write_report
 
@@ -145,13 +149,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def command(args: argparse.Namespace) -> int:
     """Merge, then write each protocol's leaderboard as ``lmcollapse report`` writes one."""
-    try:
+    def work() -> str:
         groups = group_by_protocol(args.runs, args.by_protocol)
         out = Path(args.out or "leaderboard")
         cols = [c.strip() for c in args.columns.split(",") if c.strip()] \
             if args.columns else None
         tex = [c.strip() for c in args.tex_columns.split(",") if c.strip()] \
             if args.tex_columns else None
+        lines = []
         for group in groups:
             merged = merge(group)
             where = out / merged.protocol_sha256[:12] if len(groups) > 1 else out
@@ -159,13 +164,8 @@ def command(args: argparse.Namespace) -> int:
                                args.onset_threshold, args.histogram_policy,
                                not args.no_plots, 0, 0, tex, args.correction,
                                args.onset_metric, args.onset_rule, exps=[merged])
-            print(res["markdown"])
-            print(f"wrote {len(res['files'])} files into {where} (protocol "
-                  f"{merged.protocol_sha256[:12]}, {len(group)} results file(s))")
-    except ReportError as err:
-        print(f"lmcollapse leaderboard: {err}", file=sys.stderr)
-        return 2
-    except OSError as err:
-        print(f"lmcollapse leaderboard: cannot write ({err}); try --out DIR", file=sys.stderr)
-        return 1
-    return 0
+            lines += [res["markdown"], f"wrote {len(res['files'])} files into {where} "
+                      f"(protocol {merged.protocol_sha256[:12]}, {len(group)} results "
+                      "file(s))"]
+        return "\n".join(lines)
+    return guarded("leaderboard", work)

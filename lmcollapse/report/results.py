@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -243,6 +245,21 @@ def is_results_file(path: str | Path) -> bool:
     """A path a report reads as a results file rather than a run directory."""
     return Path(path).suffix == ".json" and not Path(path).is_dir()
 
+
+
+def guarded(command: str, work: Callable[[], str], hint: str = "try --out DIR") -> int:
+    """Run a publishing command's ``work`` (which returns what to print): a refusal
+    (:class:`ReportError`) is one line on stderr and exit 2, a failed write exit 1."""
+    try:
+        message = work()
+    except ReportError as err:
+        print(f"lmcollapse {command}: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        print(f"lmcollapse {command}: cannot write ({err}); {hint}", file=sys.stderr)
+        return 1
+    print(message)
+    return 0
 
 
 def load_any(paths: list[str | Path]) -> list[RunResults]:

@@ -15,14 +15,12 @@ import argparse
 import html
 import json
 import shutil
-import sys
 from pathlib import Path
 from typing import Any
 
-from lmcollapse.errors import ReportError
 from lmcollapse.report.formats import page
 from lmcollapse.report.leaderboard import group_by_protocol, merge
-from lmcollapse.report.results import ExportedResults, read_results
+from lmcollapse.report.results import ExportedResults, guarded, read_results
 from lmcollapse.report.write import write_report
 
 
@@ -119,14 +117,8 @@ def render_index(rows: list[tuple[ExportedResults, list[ExportedResults], dict[s
 
 
 def command(args: argparse.Namespace) -> int:
-    try:
+    def work() -> str:
         made = write_site(args.files, args.out, plots=not args.no_plots)
-    except ReportError as err:
-        print(f"lmcollapse site: {err}", file=sys.stderr)
-        return 2
-    except OSError as err:
-        print(f"lmcollapse site: cannot write ({err})", file=sys.stderr)
-        return 1
-    print(f"wrote {made[0]} and {len(made) - 1} protocol page(s); open {made[0]} or put "
-          f"{args.out} on any static host")
-    return 0
+        return (f"wrote {made[0]} and {len(made) - 1} protocol page(s); open {made[0]} or put "
+                f"{args.out} on any static host")
+    return guarded("site", work)
