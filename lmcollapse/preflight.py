@@ -440,6 +440,15 @@ def _save_tokenizer(tokenizer: Any, layout: RunLayout) -> None:
     files.replace_dir(tmp, layout.tokenizer)
 
 
+def hardware() -> dict[str, Any]:
+    """What the numbers were computed on: platform, CPU and, where there are any, GPUs."""
+    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] \
+        if torch.cuda.is_available() else []
+    return {"platform": platform.platform(), "machine": platform.machine(),
+            "processor": platform.processor() or None, "cpu_count": os.cpu_count(),
+            "gpus": gpus}
+
+
 def write_provenance(cfg: ExperimentConfig, acc: Accelerator, layout: RunLayout,
                      source: Source, grid: list[Cell], selection: str = "all cells",
                      sizes: dict[str, int] | None = None,
@@ -456,6 +465,7 @@ def write_provenance(cfg: ExperimentConfig, acc: Accelerator, layout: RunLayout,
            "command": sys.argv, "cells": selection, "num_processes": acc.num_processes,
            "device": str(acc.device), "mixed_precision": acc.mixed_precision,
            "jobs": 1, "threads_per_job": torch.get_num_threads(), **(invocation or {}),
+           "hardware": hardware(),
            "versions": {"python": platform.python_version(), "torch": torch.__version__,
                         "transformers": transformers.__version__,
                         "accelerate": accelerate.__version__,

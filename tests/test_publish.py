@@ -112,6 +112,8 @@ def test_the_results_file_holds_protocol_rows_digests_and_provenance(runs):
     assert any(r["samples"] for r in doc["rows"])
     assert doc["versions"]["torch"] and doc["lmcollapse"]["version"]
     assert doc["hardware"]["device"] == "cpu" and doc["wall"]["steps"] > 0
+    assert doc["hardware"]["cpu_count"] == os.cpu_count() and doc["hardware"]["platform"]
+    assert doc["hardware"]["gpus"] == []  # this machine has none
     assert doc["content_sha256"] == digest({k: v for k, v in doc.items()
                                             if k != "content_sha256"})
 
