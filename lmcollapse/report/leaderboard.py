@@ -138,10 +138,9 @@ def group_by_protocol(paths: list[str | Path], by_protocol: bool = False
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """``lmcollapse leaderboard``: the report's options, results files in place of runs."""
-    add_report_arguments(p)
-    for action in p._actions:  # the positional: results files
-        if action.dest == "runs":
-            action.help = "results files (`lmcollapse export RUN`) of one protocol"
+    add_report_arguments(p, texts=False,
+                         inputs="results files (`lmcollapse export RUN`) of one protocol",
+                         out="output folder (default: ./leaderboard)")
     p.add_argument("--by-protocol", action="store_true",
                    help="one leaderboard per protocol (each in OUT/<protocol hash>) instead "
                    "of refusing files of different protocols")

@@ -318,10 +318,15 @@ def _texts(exps: list[RunResults], shown: list[str], prompts: int, seed: int,
     return texts, sections
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    """The options of ``lmcollapse report``."""
-    p.add_argument("runs", nargs="+", help="run directories (runs/<experiment>) or results "
-                   "files (`lmcollapse export`)")
+def add_arguments(p: argparse.ArgumentParser, texts: bool = True,
+                  inputs: str = "run directories (runs/<experiment>) or results files "
+                  "(`lmcollapse export`)",
+                  out: str = "output folder (default: the first run dir; a results file's: "
+                  "FILE-report beside it)") -> None:
+    """The options of ``lmcollapse report`` (``texts``: with those of the lineages, which
+    only a run directory holds; ``inputs``, ``out``: what its positional arguments and
+    ``--out`` are)."""
+    p.add_argument("runs", nargs="+", help=inputs)
     p.add_argument("--rank-by", default=None, help="metric that ranks rows (default perplexity)")
     p.add_argument("--metric", default=None,
                    help="metric of the per-generation table (default: the ranking metric)")
@@ -344,8 +349,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--histogram-policy", default=None,
                    help="only this policy's histogram figure and samples (default: every "
                    "policy)")
-    p.add_argument("--out", default=None, help="output folder (default: the first run dir)")
+    p.add_argument("--out", default=None, help=out)
     p.add_argument("--no-plots", action="store_true", help="skip the figures")
+    if not texts:
+        return
     p.add_argument("--lineages", type=int, default=3, metavar="N",
                    help="prompts whose continuations are shown generation by generation "
                    "(lineages.md and the HTML page; 0: none)")
