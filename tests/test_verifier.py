@@ -143,6 +143,7 @@ def test_measure_toward_a_model_verifier(tmp_path, accelerator):
     the gap sums log v - log p over the words the source can produce there; the human row is
     minus the verifier's stated excess log-loss, which equals ground_truth's excess of the
     generation-0 model."""
+    import dataclasses
     import shutil
 
     import torch
@@ -167,35 +168,59 @@ def test_measure_toward_a_model_verifier(tmp_path, accelerator):
     nl = tok("\n", add_special_tokens=False)["input_ids"]
 
     @torch.no_grad()
-    def log_v(text: str) -> float:  # log q0 of the text's tokens after a newline
-        ids = torch.tensor([nl + tok(text, add_special_tokens=False)["input_ids"]])
+    def log_v(text: str, cut: int) -> float:
+        """log q0 of the text's tokens after a newline, the first ``cut`` tokens dropped
+        (context only: what a window of the trained length keeps)."""
+        ids = torch.tensor([(nl + tok(text, add_special_tokens=False)["input_ids"])[cut:]])
+        if ids.shape[1] < 2:
+            return 0.0
         logp = torch.log_softmax(gen0(input_ids=ids).logits[0, :-1].double(), -1)
         return float(logp.gather(-1, ids[0, 1:, None]).sum())
 
     corpus = pq.read_table(seed / "by-gen0" / "gen_01" / "corpus.parquet").to_pylist()
-    gap = truth = words = impossible = 0.0
-    for row in corpus:
-        prompt = [int(t) for t in blocks[row["prompt_id"]]["input_ids"][:length]]
-        context = tok.decode(prompt)
-        full = tok.decode(prompt + [int(t) for t in row["input_ids"]])
-        prev, scored = scored_words(context, full[len(context):],
-                                    source.word_to_index.__contains__)
-        prev = prev if prev in source.word_to_index else "."
-        found = [(m.start(), m.end()) for m in re.finditer(r"\S+", full)]
-        last = len(found) if full[-1].isspace() else len(found) - 1  # a cut last word: not
-        first = last - len(scored)
-        assert [full[a:e] for a, e in found[first:last]] == scored
-        ends = [e for _, e in found[first:last]]
-        before = [full[:found[i - 1][1]] if i else "" for i in range(first, last)]
-        for w, e, b, p_prev in zip(scored, ends, before, [prev, *scored[:-1]], strict=True):
-            i, j = source.word_to_index.get(p_prev, -1), source.word_to_index.get(w, -1)
-            p = source.transition_matrix[i, j] if min(i, j) >= 0 else 0.0
-            words += 1
-            if p == 0:
-                impossible += 1
+
+    def expected(window: int) -> tuple[float, float, float, float, int, int]:
+        """(gap, truth, words, impossible, samples cut, samples left out) by whole forward
+        passes: each word's log v is log q0 of the text to its end minus that to the
+        previous word's end; a sample whose scored words alone fill the window is left
+        out."""
+        gap = truth = words = impossible = 0.0
+        cut_samples = left_out = 0
+        for row in corpus:
+            prompt = [int(t) for t in blocks[row["prompt_id"]]["input_ids"][:length]]
+            context = tok.decode(prompt)
+            full = tok.decode(prompt + [int(t) for t in row["input_ids"]])
+            prev, scored = scored_words(context, full[len(context):],
+                                        source.word_to_index.__contains__)
+            if not scored:
                 continue
-            word_log_v = log_v(full[:e]) - (log_v(b) if b else 0.0)
-            gap, truth = gap + word_log_v - math.log(p), truth - math.log(p)
+            prev = prev if prev in source.word_to_index else "."
+            found = [(m.start(), m.end()) for m in re.finditer(r"\S+", full)]
+            last = len(found) if full[-1].isspace() else len(found) - 1  # a cut last word
+            first = last - len(scored)
+            assert [full[a:e] for a, e in found[first:last]] == scored
+            ends = [e for _, e in found[first:last]]
+            before = [full[:found[i - 1][1]] if i else "" for i in range(first, last)]
+            cut = max(0, len(nl + tok(full[:ends[-1]], add_special_tokens=False)["input_ids"])
+                      - window)
+            cut_samples += cut > 0
+            if len(nl + tok(before[0], add_special_tokens=False)["input_ids"]) - cut < 1:
+                left_out += 1
+                continue
+            for w, e, b, p_prev in zip(scored, ends, before, [prev, *scored[:-1]],
+                                       strict=True):
+                i, j = source.word_to_index.get(p_prev, -1), source.word_to_index.get(w, -1)
+                p = source.transition_matrix[i, j] if min(i, j) >= 0 else 0.0
+                words += 1
+                if p == 0:
+                    impossible += 1
+                    continue
+                word_log_v = log_v(full[:e], cut) - log_v(b, cut)
+                gap, truth = gap + word_log_v - math.log(p), truth - math.log(p)
+        return gap, truth, words, impossible, cut_samples, left_out
+
+    gap, truth, words, impossible, cut_samples, _ = expected(cfg.data.block_tokens)
+    assert cut_samples == 0  # prompt + continuation + newline fit the trained length here
     rec = json.loads((seed / "by-gen0" / "gen_01" / "metrics.json").read_text())
     values = rec["values"]
     assert values["unaligned_share"] == 0.0  # byte-level BPE never joins across a space
@@ -220,6 +245,15 @@ def test_measure_toward_a_model_verifier(tmp_path, accelerator):
     again = metric.compute(ctx)
     assert again.values["verifier_gap"] == pytest.approx(values["verifier_gap"], rel=1e-6)
     assert again.details["verifier_excess_nats_per_word"] == pytest.approx(stated, rel=1e-6)
+
+    # a trained length shorter than the samples: each is scored in its last 20 tokens only
+    gap, _, words, impossible, cut_samples, left_out = expected(20)
+    assert cut_samples > len(corpus) // 2  # the window cuts most samples' context
+    short = TowardVerifier(VerifierMetricSettings(model=str(tmp_path / "judge"))).compute(
+        dataclasses.replace(ctx, trained_length=20))
+    assert short.values["unaligned_share"] == pytest.approx(left_out / len(corpus))
+    assert short.values["verifier_gap"] == pytest.approx(gap / (words - impossible), rel=1e-5)
+    assert short.values["verifier_gap"] != pytest.approx(values["verifier_gap"], rel=1e-3)
 
 
 @pytest.mark.parametrize(("value", "message"), [

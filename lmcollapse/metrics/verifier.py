@@ -20,7 +20,11 @@ scores a word as the sum of its tokens' log-probabilities given all the text bef
 (prompt and continuation, tokenised as one text); a word's tokens are those between the
 end of the word before it and its own end, so the tokenizer must not join text across
 whitespace (byte-level BPE and SentencePiece do not). A sample where a token crosses a
-word boundary is left out and counted (``unaligned_share``).
+word boundary is left out and counted (``unaligned_share``). A sample's tokens (after the
+newline it is scored behind) longer than the trained length (and the verifier's own
+context) lose their first tokens, which are context only: no model is scored past the
+length it was trained on; a sample whose scored words alone would not fit is left out and
+counted in ``unaligned_share`` too.
 
 - ``verifier_gap`` (nats per word): sum (log v - log p) / words, over the words the source
   can produce there (the verifier has the same support); > 0: closer to the verifier;
@@ -46,6 +50,7 @@ from lmcollapse.errors import ConfigError
 from lmcollapse.metrics.base import MeasureContext, Measurement, Metric
 from lmcollapse.metrics.ground_truth import documents_nll, test_documents
 from lmcollapse.metrics.perplexity import WindowSettings
+from lmcollapse.models import context_length
 from lmcollapse.registry import METRICS
 from lmcollapse.scorers.loglik import load_external
 from lmcollapse.scorers.verifier import verifier_chain
@@ -175,8 +180,12 @@ class TowardVerifier(Metric):
                      ) -> tuple[list[tuple[float, float, int, int]], int]:
         """Per sample ``(log p, log v, words, impossible)`` over the words the source can
         produce there, a model's log v of each word the sum over its tokens; the number of
-        samples left out because a token crosses a word boundary."""
+        samples left out because a token crosses a word boundary. A sequence longer than
+        the trained length loses its first tokens (context only): no model is scored past
+        the length it was trained on."""
         nl = ctx.tokenizer("\n", add_special_tokens=False)["input_ids"]
+        model = self._model(ctx)
+        limit = min(ctx.trained_length, context_length(model.config) or ctx.trained_length)
         seqs, plans, unaligned = [], [], 0
         for sample in ctx.corpus:
             context, full = ctx.prompt_and_text(sample)
@@ -190,11 +199,16 @@ class TowardVerifier(Metric):
                 unaligned += 1
                 continue
             first = next(i for i, w in enumerate(owner) if w >= 0)
-            seqs.append(nl + list(enc["input_ids"]))
-            plans.append((len(nl) + first, np.asarray(owner[first:]), probs))
+            seq = nl + list(enc["input_ids"])
+            cut = max(0, len(seq) - limit)
+            if len(nl) + first - cut < 1:  # the scored words alone fill the window
+                unaligned += 1
+                continue
+            seqs.append(seq[cut:])
+            plans.append((len(nl) + first - cut, np.asarray(owner[first:]), probs))
         if not seqs:
             return [], unaligned
-        _, _, per_token = score(ctx.accelerator, self._model(ctx), seqs,
+        _, _, per_token = score(ctx.accelerator, model, seqs,
                                 [f for f, _, _ in plans], ctx.tokenizer.pad_token_id,
                                 self.config.batch_size, desc=f"verifier gen {ctx.generation}",
                                 per_token=True)
