@@ -13,8 +13,8 @@ leaderboard|site|dataset|bench``.
     lmcollapse claims runs/wikitext-controls     # configs/wikitext-controls.claims.yaml
     lmcollapse export runs/quickstart            # runs/quickstart/results.json
     lmcollapse leaderboard a/results.json b/results.json --out leaderboard
-    lmcollapse site docs/results/*.json --out site        # index.html + a page per protocol
-    lmcollapse dataset docs/results/*.json --out hf        # datasets.load_dataset("hf")
+    lmcollapse site docs/results/*.json.gz --out site        # index.html + a page per protocol
+    lmcollapse dataset docs/results/*.json.gz --out hf        # datasets.load_dataset("hf")
     lmcollapse bench --config configs/quickstart.yaml
 """
 

@@ -141,6 +141,11 @@ def write_text(path: str | Path, text: str, record: bool = True) -> None:
     _atomic(Path(path), lambda tmp: Path(tmp).write_text(text), record)
 
 
+def write_bytes(path: str | Path, data: bytes, record: bool = True) -> None:
+    """:func:`write_text` for bytes."""
+    _atomic(Path(path), lambda tmp: Path(tmp).write_bytes(data), record)
+
+
 def write_json(path: str | Path, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_jsonable) + "\n")
 

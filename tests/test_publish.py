@@ -284,3 +284,21 @@ def test_a_static_site_and_a_datasets_folder_from_the_results(runs, tmp_path):
     assert json.loads(protocols[0]["protocol"]) == doc["protocol"]
     assert sorted(protocols[0]["cells"]) == ["accumulate", "mix-0.1", "replace"]
     assert (out / "README.md").read_text().startswith("---\npretty_name:")
+
+
+def test_a_compressed_results_file_reads_as_the_plain_one(runs, tmp_path):
+    """``-o FILE.json.gz`` writes the same document gzip-compressed; every command reads it
+    as the plain file."""
+    run, plain = runs["a"]
+    gz = tmp_path / "a.json.gz"
+    assert run_main(["export", str(run), "-o", str(gz)]) == 0
+    assert gz.read_bytes()[:2] == b"\x1f\x8b" and gz.stat().st_size < plain.stat().st_size / 2
+    a, b = read_document(plain), read_document(gz)
+    assert {k: v for k, v in a.items() if k not in ("exported", "content_sha256")} == {
+        k: v for k, v in b.items() if k not in ("exported", "content_sha256")}
+    assert run_main(["leaderboard", str(gz), str(runs["b"][1]), "--no-plots",
+                     "--out", str(tmp_path / "lb")]) == 0
+    assert run_main(["report", str(plain), "--no-plots", "--out", str(tmp_path / "p")]) == 0
+    assert run_main(["report", str(gz), "--no-plots", "--out", str(tmp_path / "g")]) == 0
+    assert _cells(_csv(tmp_path / "p" / "leaderboard.csv")["replace"]) == _cells(
+        _csv(tmp_path / "g" / "leaderboard.csv")["replace"])

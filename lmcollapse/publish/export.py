@@ -12,6 +12,7 @@ is refused, naming it, and nothing is written.
 from __future__ import annotations
 
 import datetime as dt
+import gzip
 import json
 import os
 import platform
@@ -173,11 +174,16 @@ def build_results(run: str | Path) -> dict[str, Any]:
 
 
 def export(run: str | Path, out: str | Path | None = None) -> Path:
-    """Write ``run``'s results file (default ``RUN/results.json``) and read it back."""
+    """Write ``run``'s results file (default ``RUN/results.json``; a name ending in
+    ``.gz`` is gzip-compressed, about a third of the size) and read it back."""
     doc = build_results(run)
     path = Path(out) if out else Path(run) / RESULTS_JSON
-    files.write_text(path, json.dumps(doc, separators=(",", ":"), allow_nan=True) + "\n",
-                     record=False)
+    text = json.dumps(doc, separators=(",", ":"), allow_nan=True) + "\n"
+    if path.name.endswith(".gz"):  # mtime 0: gzip adds no time of its own
+        data = gzip.compress(text.encode(), compresslevel=9, mtime=0)
+        files.write_bytes(path, data, record=False)
+    else:
+        files.write_text(path, text, record=False)
     read_document(path)  # what was written reads back
     return path
 
@@ -187,7 +193,7 @@ def command(args: Any) -> int:
     """``lmcollapse export RUN [-o FILE]``: prints where the file went and its protocol."""
     def work() -> str:
         path = export(args.run, args.out)
-        doc = json.loads(path.read_text())
+        doc = read_document(path)
         return (f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB): {doc['experiment']}, "
                 f"{len(doc['cells'])} cells x {len(doc['seeds'])} seeds x generations 0.."
                 f"{doc['generations']}, protocol {doc['protocol_sha256'][:12]}")

@@ -18,6 +18,7 @@ seed and generation. JSON only, like the rest of the report.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import sys
@@ -30,6 +31,8 @@ from lmcollapse.errors import ReportError
 from lmcollapse.layout import METRICS
 from lmcollapse.report.load import RunResults, load_runs
 
+#: the first bytes of a gzip file: a results file may be compressed (``.json.gz``)
+GZIP_MAGIC = b"\x1f\x8b"
 #: what a results file says it is, and the newest schema this version reads and writes
 FORMAT = "lmcollapse-results"
 SCHEMA = 1
@@ -158,8 +161,9 @@ def read_document(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise _refuse(path, "file", "does not exist" if not path.exists() else "is not a file")
     try:
-        doc = json.loads(path.read_text())
-    except (ValueError, OSError, UnicodeDecodeError) as err:
+        raw = path.read_bytes()
+        doc = json.loads(gzip.decompress(raw) if raw[:2] == GZIP_MAGIC else raw)
+    except (ValueError, OSError, UnicodeDecodeError, EOFError) as err:
         raise _refuse(path, "file", f"not readable JSON ({type(err).__name__}: "
                                     f"{str(err)[:120]})") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
@@ -242,8 +246,9 @@ def read_results(path: str | Path) -> ExportedResults:
 
 
 def is_results_file(path: str | Path) -> bool:
-    """A path a report reads as a results file rather than a run directory."""
-    return Path(path).suffix == ".json" and not Path(path).is_dir()
+    """A path a report reads as a results file rather than a run directory (``.json``, or
+    ``.json.gz`` gzip-compressed)."""
+    return Path(path).name.endswith((".json", ".json.gz")) and not Path(path).is_dir()
 
 
 
