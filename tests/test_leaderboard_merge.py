@@ -11,7 +11,7 @@ from test_report import GENS, make_run, value
 
 from lmcollapse.publish.export import export
 from lmcollapse.report import compute
-from lmcollapse.report.formats import cell_hover, notes
+from lmcollapse.report.formats import cell_hover, notes, render_latex
 from lmcollapse.report.leaderboard import merge
 from lmcollapse.report.results import read_results
 from lmcollapse.report.stats import welch_test
@@ -50,6 +50,7 @@ def test_cells_of_one_generation_0_pair_by_seed(tmp_path):
     assert c.p == pytest.approx(stats.ttest_rel([a[s] for s in (0, 1, 2)],
                                                 [b[s] for s in (0, 1, 2)]).pvalue)
     assert not any("Not paired" in n for n in notes(lb))
+    assert "Welch" not in render_latex(lb)
 
 
 def test_cells_of_different_generation_0_are_compared_unpaired(tmp_path):
@@ -73,6 +74,7 @@ def test_cells_of_different_generation_0_are_compared_unpaired(tmp_path):
     assert own0 == {s: value("perplexity", None, s, 0) + 0.01 * (1 + s) for s in (0, 1, 2)}
     assert any(n.startswith("Not paired (accumulate-b vs accumulate, replace vs "
                             "accumulate-b)") for n in notes(lb))
+    assert "Welch's t-test where the two cells' generation 0 differ" in render_latex(lb)
 
 
 def test_welch_test_by_hand():

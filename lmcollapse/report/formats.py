@@ -191,6 +191,13 @@ def _families(lb: Leaderboard) -> dict[str, int]:
     return out
 
 
+def _unpaired(lb: Leaderboard) -> list[str]:
+    """The leaderboard's gaps tested unpaired (``cell vs cell above``): merged results
+    files whose generation 0 differ."""
+    return sorted({f"{r.policy} vs {c.above}" for r in lb.rows for c in r.versus.values()
+                   if c.unpaired is not None})
+
+
 def notes(lb: Leaderboard) -> list[str]:
     """The footnotes every format carries: statistics, arrows, ranking, significance, onset,
     partial rows."""
@@ -214,8 +221,7 @@ def notes(lb: Leaderboard) -> list[str]:
                        "no policy has acted yet (a policy builds the training mix from "
                        f"generation 1 on), so {', '.join(sharing_generation0(exp))} are one "
                        "generation-0 model and corpus, trained on human text alone: one row.")
-    unpaired = sorted({f"{r.policy} vs {c.above}" for r in lb.rows for c in r.versus.values()
-                       if c.unpaired is not None})
+    unpaired = _unpaired(lb)
     if unpaired:
         out.append("Not paired (" + ", ".join(unpaired) + "): these cells came from results "
                    "files whose generation 0 differ (run on other machines), so their seeds "
@@ -549,7 +555,9 @@ def render_latex(lb: Leaderboard) -> str:
                f"{'/'.join(map(str, gens))} generations, {spread}, change from generation 0 "
                "below in parentheses; $\\uparrow$ higher, $\\downarrow$ lower, $\\approx$ closer "
                "to the human reference is better"
-               + ("; $^{\\sim}$ gap to the row above within noise (paired t-test over seeds, "
+               + ("; $^{\\sim}$ gap to the row above within noise (paired t-test over seeds"
+                  + ("; Welch's t-test where the two cells' generation 0 differ"
+                     if _unpaired(lb) else "") + ", "
                   + (f"{CORRECTION_NAMES[lb.correction]}-corrected within each column)"
                      if lb.correction != "none" else "uncorrected)")
                   if max(seeds) > 1 else "")
